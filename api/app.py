@@ -1,0 +1,168 @@
+"""``create_app(settings)``: the FastAPI application factory. Nothing connects at import time."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from redis.asyncio import Redis
+
+from api import errors
+from api.state import AppState
+from registry.db import create_engine, create_session_factory, unit_of_work
+from registry.ratelimit import LoginLimiter
+from registry.services import audit
+from registry.services.common import Actor
+from registry.settings import Settings
+
+log = logging.getLogger("autoplat.api")
+
+API_PREFIX = "/api/v1"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+#: Extra routers registered by later capabilities (modules, jobs, executions, events, ...).
+RouterHook = Callable[[FastAPI], None]
+
+
+def _routers() -> list[Any]:
+    from api.routes import audit as audit_routes
+    from api.routes import auth, users
+
+    routers = [auth.router, users.router, audit_routes.router]
+    for name in ("modules", "jobs", "executions", "events", "module_routes"):
+        try:
+            module = __import__(f"api.routes.{name}", fromlist=["router"])
+        except ModuleNotFoundError as exc:
+            if exc.name != f"api.routes.{name}":
+                raise
+            continue
+        routers.append(module.router)
+    return routers
+
+
+def create_app(settings: Settings, *, state: AppState | None = None) -> FastAPI:
+    """Build the API. Pass ``state`` to share already-open resources (tests, ``autoplat dev``)."""
+    settings.check_secure()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = state is None
+        app_state = state or open_state(settings)
+        app.state.autoplat = app_state
+        try:
+            yield
+        finally:
+            if owned:
+                await close_state(app_state)
+
+    app = FastAPI(
+        title="autoplat",
+        version=_version(),
+        description="Self-hosted automation platform: modules, jobs on Temporal, events, HTTP triggers.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    errors.install_error_handlers(app)
+    _install_middleware(app, settings)
+
+    from api.routes import health
+
+    app.include_router(health.router)
+    for router in _routers():
+        app.include_router(router, prefix=API_PREFIX)
+    return app
+
+
+def open_state(settings: Settings) -> AppState:
+    engine = create_engine(settings.effective_database_url)
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    return AppState(
+        settings=settings,
+        engine=engine,
+        sessions=create_session_factory(engine),
+        redis=redis,
+        limiter=LoginLimiter(
+            redis,
+            max_failures=settings.login_max_failures,
+            ip_max_failures=settings.login_ip_max_failures,
+            window_seconds=settings.login_window_seconds,
+        ),
+    )
+
+
+async def close_state(state: AppState) -> None:
+    await state.redis.aclose()
+    await state.engine.dispose()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("autoplat")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def _install_middleware(app: FastAPI, settings: Settings) -> None:
+    @app.middleware("http")
+    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        incoming = request.headers.get("x-request-id", "")
+        rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request.state.request_id = rid
+        request.state.actor = None
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = rid
+        if request.method in _MUTATING and response.status_code >= 400 and request.url.path.startswith(API_PREFIX):
+            await _audit_failure(request, response.status_code)
+        return response
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=False,
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key", "Last-Event-ID"],
+            expose_headers=["X-Request-ID", "Retry-After", "Location"],
+        )
+
+
+async def _audit_failure(request: Request, status: int) -> None:
+    """Refused mutating calls are audited too, in their own transaction (the request's rolled back)."""
+    state: AppState | None = getattr(request.app.state, "autoplat", None)
+    if state is None or status == 404 and request.scope.get("route") is None:
+        return
+    route = request.scope.get("route")
+    template = getattr(route, "path", request.url.path)
+    actor: Actor | None = request.state.actor
+    client = request.client.host if request.client else None
+    actor = Actor(
+        user_id=actor.user_id if actor else None,
+        email=actor.email if actor else None,
+        role=actor.role if actor else None,
+        ip=client,
+        request_id=request.state.request_id,
+    )
+    try:
+        async with unit_of_work(state.sessions) as session:
+            audit.record(
+                session=session,
+                actor=actor,
+                action=f"{request.method} {template}",
+                target_type="request",
+                target_id=request.url.path[:200],
+                outcome="failure",
+                details={"status": status},
+            )
+    except Exception:  # noqa: BLE001 - auditing a refusal must never turn it into a 500
+        log.exception("could not write failure audit row")

@@ -1,0 +1,102 @@
+"""One error body for every 4xx/5xx: ``{"error": {"code", "message", "details"}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from registry import errors as e
+
+log = logging.getLogger("autoplat.api")
+
+STATUS_BY_ERROR: list[tuple[type[e.DomainError], int]] = [
+    (e.NotFound, 404),
+    (e.InvalidTransition, 409),
+    (e.Conflict, 409),
+    (e.InvalidManifest, 422),
+    (e.InvalidInput, 422),
+    (e.AuthenticationFailed, 401),
+    (e.PermissionDenied, 403),
+    (e.RateLimited, 429),
+    (e.PayloadTooLarge, 413),
+    (e.ServiceUnavailable, 503),
+    (e.UpstreamTimeout, 504),
+]
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    503: "unavailable",
+    504: "timeout",
+}
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def error_response(status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+
+
+def status_for(exc: e.DomainError) -> int:
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return status
+    return 400
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(e.DomainError)
+    async def _domain(request: Request, exc: e.DomainError) -> JSONResponse:
+        status = status_for(exc)
+        headers: dict[str, str] = {}
+        if isinstance(exc, e.RateLimited):
+            headers["Retry-After"] = str(exc.retry_after)
+        if status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return error_response(status, exc.code, exc.message, exc.details, headers or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+            for err in exc.errors()
+        ]
+        # A body that isn't JSON at all is a 400, everything else a 422.
+        if any(d["type"] == "json_invalid" for d in details):
+            return error_response(400, "bad_request", "request body is not valid JSON", details)
+        return error_response(422, "validation_error", "request validation failed", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route for {request.method} {request.url.path}"
+        if exc.status_code == 405:
+            message = f"method {request.method} not allowed for {request.url.path}"
+        return error_response(exc.status_code, code, message, None, dict(exc.headers or {}) or None)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(
+            500,
+            "internal_error",
+            "internal server error",
+            {"request_id": request.headers.get("x-request-id") or getattr(request.state, "request_id", None)},
+        )

@@ -1,0 +1,61 @@
+"""Liveness and readiness. The only routes (with login) that need no token."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api.deps import StateDep
+from api.errors import error_body
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+CHECK_TIMEOUT = 3.0
+
+
+@router.get("/live", summary="The process is up")
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready", summary="DB, Redis and Temporal are reachable", responses={503: {"description": "Something is down"}})
+async def ready(state: StateDep) -> Any:
+    async def db() -> None:
+        async with state.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def redis() -> None:
+        await state.redis.ping()
+
+    async def temporal() -> None:
+        client = await state.temporal()
+        await client.workflow_service.get_system_info(
+            __import__("temporalio.api.workflowservice.v1", fromlist=["GetSystemInfoRequest"]).GetSystemInfoRequest()
+        )
+
+    checks = {"database": db, "redis": redis, "temporal": temporal}
+
+    async def run(name: str) -> tuple[str, str | None]:
+        try:
+            await asyncio.wait_for(checks[name](), timeout=CHECK_TIMEOUT)
+            return name, None
+        except Exception as exc:  # noqa: BLE001 - any failure means "down"; the reason is reported
+            return name, f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__
+
+    results = dict(await asyncio.gather(*(run(n) for n in checks)))
+    body = {"status": "ok", "checks": {n: ("ok" if err is None else "down") for n, err in results.items()}}
+    down = [n for n, err in results.items() if err is not None]
+    if down:
+        return JSONResponse(
+            error_body(
+                "unavailable",
+                f"not ready: {', '.join(down)} down",
+                {"checks": body["checks"], "errors": {n: results[n] for n in down}},
+            ),
+            status_code=503,
+        )
+    return body

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from api.schemas.common import Schema
+
+
+class LoginRequest(Schema):
+    login: str | None = Field(default=None, max_length=320, description="Email or username")
+    email: str | None = Field(default=None, max_length=320, description="Alias of `login`")
+    username: str | None = Field(default=None, max_length=320, description="Alias of `login`")
+    password: str = Field(min_length=1, max_length=1024)
+
+    def identifier(self) -> str | None:
+        return self.login or self.email or self.username
+
+
+class RefreshRequest(Schema):
+    refresh_token: str = Field(min_length=1, max_length=4096)
+
+
+class LogoutRequest(Schema):
+    refresh_token: str = Field(min_length=1, max_length=4096)
+
+
+class TokenResponse(Schema):
+    access_token: str
+    refresh_token: str
+    token_type: str = "bearer"
+    expires_in: int
+    refresh_expires_in: int
+
+
+class RegisterRequest(Schema):
+    email: str = Field(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    password: str = Field(min_length=1, max_length=1024)
+    username: str | None = Field(default=None, min_length=2, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    full_name: str | None = Field(default=None, max_length=200)
+
+
+class PasswordChange(Schema):
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=1, max_length=1024)
+
+
+class PasswordChanged(Schema):
+    revoked_sessions: int
+
+
+class UserRead(Schema):
+    id: str
+    email: str
+    username: str | None
+    full_name: str | None
+    role: str
+    is_active: bool
+    created_at: datetime
+    last_login_at: datetime | None
+    permissions: list[str] = []

@@ -1,0 +1,240 @@
+"""The ``autoplat`` command line: run the platform, migrate, manage admins and modules.
+
+Platform imports happen inside the commands, so ``autoplat module validate`` stays light.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(help="autoplat: automation platform on Temporal", no_args_is_help=True, add_completion=False)
+module_app = typer.Typer(help="Module authoring: validate and register modules", no_args_is_help=True)
+app.add_typer(module_app, name="module")
+
+
+def _settings() -> Any:
+    from registry.settings import InsecureSettings, Settings
+
+    settings = Settings()
+    try:
+        settings.check_secure()
+    except InsecureSettings as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    return settings
+
+
+def _exit(code: int = 0) -> None:
+    # temporalio sdk-python #300: a short-lived process can crash at interpreter exit.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+@app.command()
+def migrate(revision: Annotated[str, typer.Argument(help="Target revision")] = "head") -> None:
+    """Upgrade the registry database to ``revision`` (default: head)."""
+    from registry.migrate import upgrade
+
+    settings = _settings()
+    asyncio.run(upgrade(settings.effective_database_url, revision))
+    typer.echo(f"database at {revision}: {_redact(settings.effective_database_url)}")
+
+
+@app.command("create-admin")
+def create_admin(
+    email: Annotated[str, typer.Option(help="Admin email")],
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
+    username: Annotated[str | None, typer.Option(help="Optional username")] = None,
+) -> None:
+    """Create an admin user (or promote and reset an existing one)."""
+    from registry.db import create_engine, create_session_factory, unit_of_work
+    from registry.errors import DomainError
+    from registry.models import Role
+    from registry.services import users
+
+    settings = _settings()
+
+    async def run() -> str:
+        engine = create_engine(settings.effective_database_url)
+        try:
+            async with unit_of_work(create_session_factory(engine)) as session:
+                existing = await users.find_by_login(session=session, login=email)
+                if existing is not None:
+                    await users.set_password(session=session, user=existing, password=password)
+                    existing.role = Role.admin.value
+                    existing.is_active = True
+                    return "updated"
+                await users.create_user(
+                    session=session, email=email, password=password, role=Role.admin, username=username
+                )
+                return "created"
+        finally:
+            await engine.dispose()
+
+    try:
+        outcome = asyncio.run(run())
+    except DomainError as exc:
+        typer.secho(f"error: {exc.message}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"admin {email} {outcome}")
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 8000,
+    migrate_first: Annotated[bool, typer.Option("--migrate/--no-migrate", help="Upgrade the DB first")] = False,
+) -> None:
+    """Serve the REST API."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = _settings()
+    asyncio.run(_bootstrap(settings, migrate=migrate_first))
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=False)
+
+
+@app.command()
+def worker() -> None:
+    """Run a Temporal worker for every module job type (hot-pluggable)."""
+    from workflows.worker import run_worker
+
+    settings = _settings()
+    asyncio.run(run_worker(settings))
+    _exit(0)
+
+
+@app.command()
+def reconcile() -> None:
+    """Make Temporal schedules match the registry once and print what was fixed."""
+    from workflows.reconcile import reconcile_once
+
+    settings = _settings()
+    report = asyncio.run(reconcile_once(settings))
+    for line in report.lines() or ["nothing to fix"]:
+        typer.echo(line)
+    _exit(0)
+
+
+@app.command()
+def dev(
+    host: Annotated[str, typer.Option(help="API bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port")] = 8000,
+    temporal_port: Annotated[int, typer.Option(help="Temporal frontend port")] = 7233,
+    ui_port: Annotated[int, typer.Option(help="Temporal Web UI port")] = 8233,
+    example: Annotated[bool, typer.Option("--example/--no-example", help="Register the example module")] = True,
+) -> None:
+    """Everything in one process tree: Temporal dev server, API and worker, embedded defaults."""
+    from autoplat.devserver import run_dev
+
+    os.environ.setdefault("AUTOPLAT_DEV_MODE", "true")
+    code = asyncio.run(
+        run_dev(host=host, port=port, temporal_port=temporal_port, ui_port=ui_port, example=example)
+    )
+    _exit(code)
+
+
+@module_app.command("validate")
+def module_validate(
+    path: Annotated[Path, typer.Argument(help="Module folder (with manifest.json) or manifest file")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Validate a module offline, with the same rules and messages as the API."""
+    import json
+
+    from registry.manifest import validate_manifest
+
+    manifest_path = path / "manifest.json" if path.is_dir() else path
+    try:
+        data = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        typer.secho(f"error: cannot read {manifest_path}: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    report = validate_manifest(data, code_root=manifest_path.parent)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for issue in report.errors:
+            typer.secho(f"error   {issue.path or '/'}  [{issue.code}] {issue.message}", fg="red")
+        for issue in report.warnings:
+            typer.secho(f"warning {issue.path or '/'}  [{issue.code}] {issue.message}", fg="yellow")
+        typer.echo("valid" if report.valid else f"invalid: {len(report.errors)} error(s)")
+    raise typer.Exit(0 if report.valid else 1)
+
+
+@module_app.command("register")
+def module_register(
+    path: Annotated[Path, typer.Argument(help="Module folder (with manifest.json)")],
+    api_url: Annotated[str, typer.Option(envvar="AUTOPLAT_API_URL", help="API base URL")] = "http://127.0.0.1:8000",
+    token: Annotated[str | None, typer.Option(envvar="AUTOPLAT_TOKEN", help="Access token")] = None,
+    user: Annotated[str | None, typer.Option(envvar="AUTOPLAT_USER", help="Login (if no token)")] = None,
+    password: Annotated[str | None, typer.Option(envvar="AUTOPLAT_PASSWORD", help="Password (if no token)")] = None,
+    upload: Annotated[bool, typer.Option("--upload/--path", help="Upload a bundle instead of a server path")] = False,
+    install: Annotated[bool, typer.Option(help="Install after registering")] = True,
+    enable: Annotated[bool, typer.Option(help="Enable after installing")] = False,
+) -> None:
+    """Register (and optionally install and enable) a module with a running API."""
+    from autoplat.client import register_module
+
+    try:
+        result = register_module(
+            path.resolve(), api_url=api_url, token=token, user=user, password=password,
+            upload=upload, install=install, enable=enable,
+        )
+    except RuntimeError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{result['name']} {result['version']}: {result['status']}")
+
+
+async def _bootstrap(settings: Any, *, migrate: bool) -> tuple[str, str | None] | None:
+    """Migrate (optionally) and make sure an admin exists. Returns (email, generated password)."""
+    from registry.db import create_engine, create_session_factory, unit_of_work
+    from registry.migrate import upgrade
+    from registry.services import users
+
+    if migrate:
+        await upgrade(settings.effective_database_url)
+    engine = create_engine(settings.effective_database_url)
+    try:
+        async with unit_of_work(create_session_factory(engine)) as session:
+            created = await users.ensure_admin(
+                session=session,
+                email=settings.admin_email,
+                password=settings.admin_password.get_secret_value() if settings.admin_password else None,
+                generate=settings.dev_mode,
+            )
+    finally:
+        await engine.dispose()
+    if created is None:
+        return None
+    user, generated = created
+    if generated:
+        typer.secho(
+            f"\n  created admin {user.email} with password: {generated}\n  (shown once; change it with "
+            "PUT /api/v1/auth/me/password)\n",
+            fg="green",
+        )
+    return user.email, generated
+
+
+def _redact(url: str) -> str:
+    import re
+
+    return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", url)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

