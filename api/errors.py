@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -48,7 +49,9 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 
 
-def error_response(status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
 
 
@@ -93,10 +96,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        # The id the request middleware validated (or generated), never the raw header: the
+        # middleware doesn't see this response, so echo the id here.
+        request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
+        log.exception("unhandled error on %s %s (request %s)", request.method, request.url.path, request_id)
         return error_response(
             500,
             "internal_error",
             "internal server error",
-            {"request_id": request.headers.get("x-request-id") or getattr(request.state, "request_id", None)},
+            {"request_id": request_id},
+            {"X-Request-ID": request_id},
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -12,6 +13,12 @@ from temporalio.client import Client
 
 from registry.errors import ServiceUnavailable
 from registry.ratelimit import LoginLimiter
+from registry.services.lifecycle import LifecycleHooks, NoHooks
+
+if TYPE_CHECKING:
+    from registry.services.jobs import SecretCodec
+    from workflows.control import Runner
+    from workflows.schedules import ScheduleManager
 from registry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,6 +31,14 @@ class AppState:
     sessions: async_sessionmaker[AsyncSession]
     redis: Redis
     limiter: LoginLimiter
+    #: Called by module lifecycle transitions; the jobs capability plugs in Temporal schedules.
+    hooks: LifecycleHooks = field(default_factory=NoHooks)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hooks, NoHooks):
+            from workflows.hooks import ScheduleHooks
+
+            self.hooks = ScheduleHooks(self.schedules)
     _temporal: Client | None = None
     _temporal_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -49,3 +64,18 @@ class AppState:
 
     def set_temporal(self, client: Client) -> None:
         self._temporal = client
+
+    async def schedules(self) -> ScheduleManager:
+        from workflows.schedules import ScheduleManager
+
+        return ScheduleManager(await self.temporal(), self.settings.task_queue)
+
+    async def runner(self) -> Runner:
+        from workflows.control import Runner
+
+        return Runner(self.settings, self.sessions, self.temporal)
+
+    def secret_codec(self) -> SecretCodec:
+        from registry.services.jobs import SecretCodec
+
+        return SecretCodec(self.settings.encryption_key())

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -201,6 +202,12 @@ class ModuleVersion(Base):
     manifest: Mapped[dict[str, Any]] = mapped_column(JSONType)
     code_path: Mapped[str | None] = mapped_column(Text)
     bundle_sha256: Mapped[str | None] = mapped_column(String(64))
+    #: The code archive (a packed server folder, or the uploaded .zip / .tar.gz as uploaded).
+    #: Deferred: loaded only to unpack it (registry/codestore.py).
+    bundle: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    bundle_size: Mapped[int | None] = mapped_column(Integer)
+    #: Where the code came from: ``path:<server folder>`` or ``upload:<file name>``.
+    source: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     module: Mapped[Module] = relationship(back_populates="versions")

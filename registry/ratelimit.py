@@ -34,7 +34,9 @@ class LoginLimiter:
         account_key, ip_key = self._keys(login, ip)
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.get(account_key).ttl(account_key).get(ip_key).ttl(ip_key)
+                for key in (account_key, ip_key):
+                    pipe.get(key)
+                    pipe.ttl(key)
                 acct, acct_ttl, ipc, ip_ttl = await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("login rate limiter unavailable: %s", exc)
@@ -48,8 +50,9 @@ class LoginLimiter:
         account_key, ip_key = self._keys(login, ip)
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.incr(account_key).expire(account_key, self.window, nx=True)
-                pipe.incr(ip_key).expire(ip_key, self.window, nx=True)
+                for key in (account_key, ip_key):
+                    pipe.incr(key)
+                    pipe.expire(key, self.window, nx=True)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("login rate limiter unavailable: %s", exc)

@@ -79,6 +79,17 @@ class Settings(BaseSettings):
     login_window_seconds: int = Field(default=900, ge=1)
     login_ip_max_failures: int = Field(default=50, ge=1)
 
+    #: Heartbeat timeout of running steps: how fast cancellation and lost workers are noticed.
+    heartbeat_timeout_seconds: int = Field(default=10, ge=1, le=600)
+    #: Cap of the log kept on one execution (bytes); a marker notes truncation.
+    execution_log_limit: int = Field(default=512 * 1024, ge=1024)
+    #: How long ``?wait=true`` calls wait for a result before answering 504 / the execution.
+    execute_wait_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    #: Interval of the periodic reconciler schedule (seconds).
+    reconcile_interval_seconds: int = Field(default=300, ge=10)
+    #: Run the periodic maintenance (reconciler, sweeper, retention) schedule from workers.
+    maintenance_schedule: bool = True
+
     cors_origins: list[str] = Field(default_factory=list)
     page_max_limit: int = 200
 

@@ -20,7 +20,6 @@ import httpx
 import psycopg
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import text
 
 from registry.settings import Settings
 
@@ -113,20 +112,29 @@ async def session(sessions: Any) -> AsyncIterator[Any]:
         yield s
 
 
-@pytest.fixture(autouse=True)
-async def _clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    """Empty every table and the test Redis DB before each test that uses the database."""
-    if "engine" in request.fixturenames or "client" in request.fixturenames or "app_state" in request.fixturenames:
-        eng = request.getfixturevalue("engine")
-        from registry.models import Base
+_DB_FIXTURES = {"engine", "sessions", "session", "client", "app_state", "worker", "migrated"}
 
-        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-        async with eng.begin() as conn:
-            await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-        redis = Redis.from_url(REDIS_URL)
-        await redis.flushdb()
-        await redis.aclose()
-    yield
+
+@pytest.fixture(autouse=True)
+def _clean_state(request: pytest.FixtureRequest) -> None:
+    """Empty every table and the test Redis DB before each test that uses the database."""
+    if not _DB_FIXTURES & set(request.fixturenames):
+        return
+    url = request.getfixturevalue("pg_database").replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+            ).fetchall()
+        ]
+        if tables:
+            conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    client.close()
 
 
 # --- Temporal -------------------------------------------------------------------------------------------
@@ -170,12 +178,31 @@ async def temporal_settings(settings: Settings, temporal_env: Any) -> Settings:
     return settings
 
 
+@pytest.fixture
+async def worker(temporal_settings: Settings, temporal_env: Any, engine: Any) -> AsyncIterator[Any]:
+    """A real worker on the test's own task queue, running the platform's workflows and activities."""
+    from workflows.worker import WorkerDeps, build_worker
+
+    temporal_settings.heartbeat_timeout_seconds = 2
+    deps = WorkerDeps.open(temporal_settings)
+    w = build_worker(temporal_env.client, deps, graceful_shutdown_seconds=5)
+    task = asyncio.create_task(w.run())
+    try:
+        yield w
+    finally:
+        await w.shutdown()
+        await asyncio.gather(task, return_exceptions=True)
+        await deps.close()
+
+
 # --- API ------------------------------------------------------------------------------------------------
 
 @pytest.fixture
 async def app_state(settings: Settings, engine: Any) -> AsyncIterator[Any]:
     from api.app import close_state, open_state
 
+    # Temporal is connected lazily from ``settings``, which ``temporal_settings`` points at the
+    # test's dev server when the test uses one.
     state = open_state(settings)
     yield state
     await close_state(state)

@@ -25,13 +25,23 @@ async def list_audit(
     target_type: str | None = None,
     target_id: str | None = None,
     outcome: Annotated[str | None, Query(pattern="^(success|failure)$")] = None,
+    request_id: Annotated[str | None, Query(max_length=64, description="The X-Request-ID of the call")] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     _: Actor = Requires("audit:read"),
 ) -> Page[AuditRead]:
     page, limit = paging
     result = await audit.list_entries(
-        session=session, page=page, limit=limit, actor_id=actor_id, action=action, target_type=target_type,
-        target_id=target_id, outcome=outcome, since=since, until=until,
+        session=session,
+        page=page,
+        limit=limit,
+        actor_id=actor_id,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        outcome=outcome,
+        request_id=request_id,
+        since=since,
+        until=until,
     )
     return Page(items=[AuditRead.model_validate(r) for r in result.items], total=result.total, page=page, limit=limit)

@@ -5,6 +5,7 @@ from datetime import datetime
 from pydantic import Field
 
 from api.schemas.common import Schema
+from registry.services.users import MIN_PASSWORD_LENGTH
 
 
 class LoginRequest(Schema):
@@ -35,14 +36,14 @@ class TokenResponse(Schema):
 
 class RegisterRequest(Schema):
     email: str = Field(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
-    password: str = Field(min_length=1, max_length=1024)
+    password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024)
     username: str | None = Field(default=None, min_length=2, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     full_name: str | None = Field(default=None, max_length=200)
 
 
 class PasswordChange(Schema):
     current_password: str = Field(min_length=1, max_length=1024)
-    new_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024)
 
 
 class PasswordChanged(Schema):

@@ -47,6 +47,7 @@ async def list_entries(
     target_type: str | None = None,
     target_id: str | None = None,
     outcome: str | None = None,
+    request_id: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> Page[AuditLog]:
@@ -54,13 +55,19 @@ async def list_entries(
     if actor_id:
         stmt = stmt.where(AuditLog.actor_id == actor_id)
     if action:
-        stmt = stmt.where(AuditLog.action.startswith(action.rstrip("*")) if action.endswith("*") else AuditLog.action == action)
+        if action.endswith("*"):
+            # autoescape: a % or _ in the filter is a literal character, not a LIKE wildcard.
+            stmt = stmt.where(AuditLog.action.startswith(action.rstrip("*"), autoescape=True))
+        else:
+            stmt = stmt.where(AuditLog.action == action)
     if target_type:
         stmt = stmt.where(AuditLog.target_type == target_type)
     if target_id:
         stmt = stmt.where(AuditLog.target_id == target_id)
     if outcome:
         stmt = stmt.where(AuditLog.outcome == outcome)
+    if request_id:
+        stmt = stmt.where(AuditLog.request_id == request_id)
     if since:
         stmt = stmt.where(AuditLog.at >= since)
     if until:

@@ -26,9 +26,7 @@ class TokenPair:
     user: User
 
 
-async def _issue(
-    *, session: AsyncSession, settings: Settings, user: User, family_id: str, actor: Actor
-) -> TokenPair:
+async def _issue(*, session: AsyncSession, settings: Settings, user: User, family_id: str, actor: Actor) -> TokenPair:
     refresh, claims = encode_token(settings, subject=user.id, token_type="refresh", family_id=family_id)
     session.add(
         RefreshSession(
@@ -39,9 +37,7 @@ async def _issue(
             ip=actor.ip,
         )
     )
-    access, _ = encode_token(
-        settings, subject=user.id, token_type="access", role=user.role, family_id=family_id
-    )
+    access, _ = encode_token(settings, subject=user.id, token_type="access", role=user.role, family_id=family_id)
     await session.flush()
     return TokenPair(
         access_token=access,
@@ -55,14 +51,16 @@ async def _issue(
 async def login(
     *, session: AsyncSession, settings: Settings, limiter: LoginLimiter, login: str, password: str, actor: Actor
 ) -> TokenPair:
-    await limiter.check(login, actor.ip)
     user = await users.find_by_login(session=session, login=login)
+    # Count failures per account, not per spelling: email and username share one budget.
+    account = f"user:{user.id}" if user is not None else login
+    await limiter.check(account, actor.ip)
     ok = verify_password(user.password_hash if user else None, password)
     if not ok or user is None or not user.is_active:
-        await limiter.failed(login, actor.ip)
+        await limiter.failed(account, actor.ip)
         # One message for unknown user, wrong password and inactive account: no account probing.
         raise AuthenticationFailed("invalid credentials or inactive account")
-    await limiter.succeeded(login)
+    await limiter.succeeded(account)
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     user.last_login_at = datetime.now(UTC)
@@ -103,9 +101,7 @@ async def refresh(*, session: AsyncSession, settings: Settings, token: str, acto
         raise AuthenticationFailed("refresh token expired")
     # Conditional update: of two concurrent refreshes with one token only one wins.
     result = await session.execute(
-        update(RefreshSession)
-        .where(RefreshSession.id == row.id, RefreshSession.used_at.is_(None))
-        .values(used_at=now)
+        update(RefreshSession).where(RefreshSession.id == row.id, RefreshSession.used_at.is_(None)).values(used_at=now)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise AuthenticationFailed("refresh token already used or revoked")

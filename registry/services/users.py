@@ -65,9 +65,7 @@ async def create_user(
 ) -> User:
     check_password_strength(password)
     email = email.strip().lower()
-    existing = await session.scalar(
-        select(User).where(or_(User.email == email, User.username == (username or email)))
-    )
+    existing = await session.scalar(select(User).where(or_(User.email == email, User.username == (username or email))))
     if existing is not None:
         raise Conflict("a user with this email or username already exists")
     user = User(
@@ -120,10 +118,15 @@ async def _guard_last_admin(*, session: AsyncSession, user: User) -> None:
     """Never leave the platform without an active admin."""
     if user.role != Role.admin.value or not user.is_active:
         return
-    admins = await session.scalar(
-        select(func.count()).select_from(User).where(User.role == Role.admin.value, User.is_active.is_(True))
+    # Lock the active admins (in a stable order): two admins demoting each other at the same time
+    # must not both see "another admin remains". The loser re-reads after the winner commits.
+    admins = await session.scalars(
+        select(User.id)
+        .where(User.role == Role.admin.value, User.is_active.is_(True))
+        .order_by(User.id)
+        .with_for_update()
     )
-    if (admins or 0) <= 1:
+    if len(admins.all()) <= 1:
         raise Conflict("this is the last active admin; promote another admin first")
 
 
@@ -133,9 +136,7 @@ async def set_password(*, session: AsyncSession, user: User, password: str) -> N
     await session.flush()
 
 
-async def revoke_sessions(
-    *, session: AsyncSession, user_id: str, reason: str, except_family: str | None = None
-) -> int:
+async def revoke_sessions(*, session: AsyncSession, user_id: str, reason: str, except_family: str | None = None) -> int:
     stmt = (
         update(RefreshSession)
         .where(RefreshSession.user_id == user_id, RefreshSession.revoked_at.is_(None))
@@ -165,7 +166,10 @@ async def ensure_admin(
     if generate:
         generated = secrets.token_urlsafe(18)
         user = await create_user(
-            session=session, email=email or "admin@autoplat.local", password=generated, role=Role.admin,
+            session=session,
+            email=email or "admin@autoplat.local",
+            password=generated,
+            role=Role.admin,
             username="admin",
         )
         return user, generated

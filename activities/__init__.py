@@ -1,0 +1,1 @@
+"""Temporal activities: module handlers, the execution mirror, and the services jobs use."""

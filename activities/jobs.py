@@ -1,0 +1,411 @@
+"""Activities that run module handlers and keep the execution mirror.
+
+``run_step`` is one dynamic activity serving every ``<module>.<job-type>[.<step>]`` name, so a
+module enabled after the worker started runs without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+from temporalio.common import RawValue
+from temporalio.exceptions import ApplicationError
+
+from activities.loader import HandlerNotFound, load_handler
+from activities.types import (
+    INFRA_ATTEMPTS,
+    MIRROR_FINISH,
+    MIRROR_START,
+    FinishInput,
+    RunPlan,
+    StartInput,
+    StepInput,
+    StepPlan,
+)
+from autoplat._invoke import invoke
+from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer
+from autoplat.errors import Cancelled, JobError
+from registry.db import unit_of_work
+from registry.models import Execution, ExecutionStatus, Job, Module, ModuleVersion
+from registry.services import events, runs
+from registry.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Extra services (http, browser, notify, storage, state) are built per step by this factory.
+ServiceFactory = Callable[[StepInput, JobContext], Awaitable[dict[str, Any]]]
+
+
+class _StepRuntime:
+    def __init__(self, activities: JobActivities, inp: StepInput, loop: asyncio.AbstractEventLoop) -> None:
+        self._activities = activities
+        self._inp = inp
+        self._loop = loop
+
+    def heartbeat(self, *details: Any) -> None:
+        if self._loop is _running_loop():
+            activity.heartbeat(*details)
+        else:
+            self._loop.call_soon_threadsafe(lambda: activity.heartbeat(*details))
+
+    def is_cancelled(self) -> bool:
+        return self._activities.cancelled.get(self._inp.execution_id, False)
+
+    async def emit(self, name: str, payload: dict[str, Any]) -> str:
+        return await self._activities.emit(self._inp, name, payload)
+
+    def run_coroutine(self, coro: Awaitable[Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(_await(coro), self._loop).result()
+
+
+async def _await(aw: Awaitable[Any]) -> Any:
+    return await aw
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class JobActivities:
+    """Holds the worker's shared clients; :meth:`activities` lists what to register."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        services: ServiceFactory | None = None,
+        log_sink: Callable[[str], Callable[[dict[str, Any]], None] | None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.services = services
+        self.log_sink = log_sink
+        self.cancelled: dict[str, bool] = {}
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.mirror_start, self.mirror_finish, self.run_step]
+
+    # --- mirror ---------------------------------------------------------------------------------
+    @activity.defn(name=MIRROR_START)
+    async def mirror_start(self, inp: StartInput) -> RunPlan:
+        async with unit_of_work(self.sessions) as session:
+            result = await runs.start_run(
+                session=session,
+                workflow_id=inp.workflow_id,
+                run_id=inp.run_id,
+                workflow_type=inp.workflow_type,
+                job_id=inp.job.job_id,
+                trigger=inp.job.trigger,
+                execution_id=inp.job.execution_id,
+                event=inp.job.event,
+                request=inp.job.request,
+                config_override=inp.job.config_override,
+                attempt=inp.attempt,
+            )
+            execution = result.execution
+            if result.skip_reason is not None:
+                return RunPlan(execution_id=execution.id, skip_reason=result.skip_reason)
+            assert result.module is not None
+            definition = result.definition
+            secrets = await self._secrets(session, result.job, result.module, definition)
+            _, masked = runs.resolve_config(definition, result.job, inp.job.config_override, secrets)
+            execution.config = masked
+            plan = self._plan(execution, result.module, result.version, result.job, definition)
+            execution.steps = execution.steps or [
+                {"name": s.name, "status": "PENDING", "attempts": 0, "failures": 0} for s in plan.steps
+            ]
+            return plan
+
+    def _plan(
+        self, execution: Execution, module: Module, version: ModuleVersion | None, job: Job | None,
+        definition: dict[str, Any],
+    ) -> RunPlan:
+        retries = definition.get("retries") or {}
+        timeout = job.timeout_seconds if job is not None else int(definition.get("timeoutSeconds") or 300)
+        max_attempts = (job.retries + 1) if job is not None else int(retries.get("maxAttempts") or 1)
+        backoff = (job.retry_backoff if job is not None else None) or {}
+        steps = [
+            StepPlan(
+                name=s["name"],
+                handler=s["handler"],
+                activity=s["activity"],
+                timeout_seconds=int(s["timeout_seconds"] or timeout),
+                max_attempts=int(s["retries"] + 1) if s["retries"] is not None else max_attempts,
+            )
+            for s in runs.steps_of(definition, module.name, execution.job_type)
+        ]
+        notifications = (job.notifications if job is not None else None) or definition.get("notifications") or {}
+        return RunPlan(
+            execution_id=execution.id,
+            module=module.name,
+            module_version=module.version,
+            bundle_sha256=version.bundle_sha256 if version is not None else module.bundle_sha256,
+            job_type=execution.job_type,
+            steps=steps,
+            retry_initial_seconds=float(backoff.get("initial_interval_seconds", retries.get("initialIntervalSeconds", 1))),
+            retry_backoff=float(backoff.get("backoff_coefficient", retries.get("backoffCoefficient", 2.0))),
+            retry_max_interval_seconds=backoff.get("maximum_interval_seconds", retries.get("maximumIntervalSeconds")),
+            heartbeat_timeout_seconds=self.settings.heartbeat_timeout_seconds,
+            notifications={k: list(v) for k, v in notifications.items() if isinstance(v, list)},
+        )
+
+    @activity.defn(name=MIRROR_FINISH)
+    async def mirror_finish(self, inp: FinishInput) -> None:
+        async with unit_of_work(self.sessions) as session:
+            execution = await session.get(Execution, inp.execution_id, with_for_update=True)
+            if execution is None:
+                log.warning("mirror_finish: execution %s not found", inp.execution_id)
+                return
+            if inp.attempt:
+                execution.attempt = max(execution.attempt or 0, inp.attempt)
+            runs.finish(
+                session=session, execution=execution, status=ExecutionStatus(inp.status),
+                result=inp.result, error=inp.error, reason=inp.reason,
+            )
+
+    # --- steps ----------------------------------------------------------------------------------
+    @activity.defn(dynamic=True)
+    async def run_step(self, args: Sequence[RawValue]) -> Any:
+        inp: StepInput = activity.payload_converter().from_payload(args[0].payload, StepInput)
+        info = activity.info()
+        buffer = LogBuffer(self.settings.execution_log_limit, self.log_sink(inp.execution_id) if self.log_sink else None)
+        self.cancelled.pop(inp.execution_id, None)
+        failures = await self._step_started(inp, info.attempt)
+        if failures >= inp.max_attempts:
+            # Only infrastructure retries remain (the handler's own budget is spent).
+            raise ApplicationError(
+                f"step {inp.step} already failed {failures} time(s)", type="AttemptsExhausted", non_retryable=True
+            )
+        ctx: JobContext | None = None
+        outcome = "FAILED"
+        error_text: str | None = None
+        try:
+            async with unit_of_work(self.sessions) as session:
+                execution = await session.get(Execution, inp.execution_id)
+                job = await session.get(Job, inp.job_id) if inp.job_id else None
+                module = await session.scalar(select(Module).where(Module.name == inp.module))
+                version = await self._version(session, module, inp.module_version)
+                if module is None or version is None:
+                    raise JobError(f"module {inp.module} {inp.module_version} is no longer registered")
+                definition = runs.job_type_definition(version.manifest, inp.job_type) or {}
+                secrets = await self._secrets(session, job, module, definition)
+                config, _ = runs.resolve_config(definition, job, inp.config_override, secrets)
+                module_config = dict(module.config or {})
+                module_config.update(self._decrypt(module.secrets))
+                code_root = await self._code_root(session, version, inp)
+                trigger = execution.trigger if execution else inp.trigger
+            key = f"{inp.module}@{inp.module_version}#{inp.bundle_sha256 or ''}"
+            try:
+                fn = await asyncio.to_thread(load_handler, code_root, inp.handler, key=key)
+            except HandlerNotFound as exc:
+                raise ApplicationError(str(exc), type="HandlerNotFound", non_retryable=True) from exc
+            loop = asyncio.get_running_loop()
+            ctx = JobContext(
+                info=ExecutionInfo(
+                    execution_id=inp.execution_id, module=inp.module, job_type=inp.job_type, job_id=inp.job_id,
+                    module_version=inp.module_version, step=inp.step, attempt=info.attempt, trigger=trigger,
+                    workflow_id=info.workflow_id, run_id=info.workflow_run_id,
+                ),
+                config=config,
+                secrets=secrets | {k: v for k, v in self._decrypt(module.secrets).items()},
+                module_config=module_config,
+                runtime=_StepRuntime(self, inp, loop),
+                log_buffer=buffer,
+                previous=inp.previous,
+                event=inp.event,
+                request=HttpRequest(**inp.request) if inp.request else None,
+            )
+            if self.services is not None:
+                for name, service in (await self.services(inp, ctx)).items():
+                    setattr(ctx, name, service)
+            result = await self._run_with_heartbeats(fn, ctx, inp)
+            outcome = "COMPLETED"
+            if ctx.request is not None:
+                return {"__route_response__": True, "body": result, "status": ctx.response.status,
+                        "headers": ctx.response.headers}
+            return result
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"
+            buffer.add(_entry("WARNING", "step cancelled", inp, info.attempt))
+            raise
+        except ApplicationError as exc:
+            error_text = exc.message
+            if exc.type == "StepTimeout":
+                outcome = "TIMED_OUT"
+            buffer.add(_entry("ERROR", f"{exc.type}: {exc.message}", inp, info.attempt))
+            failures = await self._count_failure(inp, exc.non_retryable)
+            raise self._budgeted(exc, failures, inp) from None
+        except JobError as exc:
+            error_text = exc.message
+            buffer.add(_entry("ERROR", f"JobError: {exc.message}", inp, info.attempt))
+            await self._count_failure(inp, True)
+            raise ApplicationError(exc.message, exc.details, type="JobError", non_retryable=True) from None
+        except Cancelled as exc:
+            outcome = "CANCELLED"
+            raise ApplicationError(str(exc) or "cancelled", type="Cancelled", non_retryable=True) from None
+        except Exception as exc:  # noqa: BLE001 - any handler exception fails the attempt (retryable)
+            error_text = f"{type(exc).__name__}: {exc}"
+            buffer.add(_entry("ERROR", error_text, inp, info.attempt, exc=exc))
+            failures = await self._count_failure(inp, False)
+            raise self._budgeted(
+                ApplicationError(error_text, type=type(exc).__name__), failures, inp
+            ) from None
+        finally:
+            await asyncio.shield(self._step_finished(inp, info.attempt, outcome, error_text, buffer))
+
+    async def _run_with_heartbeats(self, fn: Callable[..., Any], ctx: JobContext, inp: StepInput) -> Any:
+        interval = max(self.settings.heartbeat_timeout_seconds / 3, 0.5)
+
+        async def beat() -> None:
+            while True:
+                activity.heartbeat()
+                await asyncio.sleep(interval)
+
+        beater = asyncio.create_task(beat())
+        task = asyncio.ensure_future(invoke(fn, ctx))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout=inp.timeout_seconds)
+        except TimeoutError:
+            self.cancelled[inp.execution_id] = True
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise ApplicationError(f"step {inp.step} timed out after {inp.timeout_seconds}s", type="StepTimeout") from None
+        except asyncio.CancelledError:
+            self.cancelled[inp.execution_id] = True
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+        finally:
+            beater.cancel()
+            self.cancelled.pop(inp.execution_id, None)
+
+    def _budgeted(self, exc: ApplicationError, failures: int, inp: StepInput) -> ApplicationError:
+        """Handler failures count against the job's retries; the rest of the Temporal budget is
+        kept for infrastructure failures (a worker lost mid-step)."""
+        if exc.non_retryable or failures < inp.max_attempts:
+            return exc
+        return ApplicationError(exc.message, *exc.details, type=exc.type or "AttemptsExhausted", non_retryable=True)
+
+    # --- helpers --------------------------------------------------------------------------------
+    async def _version(self, session: AsyncSession, module: Module | None, version: str) -> ModuleVersion | None:
+        if module is None:
+            return None
+        return await session.scalar(
+            select(ModuleVersion).where(ModuleVersion.module_id == module.id, ModuleVersion.version == version)
+        )
+
+    async def _code_root(self, session: AsyncSession, version: ModuleVersion, inp: StepInput) -> Path:
+        from registry import codestore
+
+        sha = version.bundle_sha256 or ""
+        target = codestore.code_folder(self.settings.state_dir, inp.module, inp.module_version, sha)
+        if not target.exists():
+            # First run of this version on this host: unpack the bundle stored in the registry.
+            data = await session.scalar(select(ModuleVersion.bundle).where(ModuleVersion.id == version.id))
+            target = await asyncio.to_thread(
+                codestore.materialize, self.settings.state_dir, inp.module, inp.module_version, sha, data
+            )
+        code_root = (version.manifest.get("python") or {}).get("codeRoot") or version.manifest.get("codeRoot") or "."
+        return (target / code_root).resolve()
+
+    def _decrypt(self, token: str | None) -> dict[str, Any]:
+        if not token:
+            return {}
+        from registry.crypto import decrypt_json
+
+        return decrypt_json(self.settings.encryption_key(), token)
+
+    async def _secrets(
+        self, session: AsyncSession, job: Job | None, module: Module, definition: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self._decrypt(job.secrets) if job is not None else {}
+
+    async def _step_started(self, inp: StepInput, attempt: int) -> int:
+        async with unit_of_work(self.sessions) as session:
+            execution = await session.get(Execution, inp.execution_id, with_for_update=True)
+            if execution is None:
+                return 0
+            steps = [dict(s) for s in (execution.steps or [])]
+            while len(steps) <= inp.step_index:
+                steps.append({"name": inp.step, "status": "PENDING", "attempts": 0, "failures": 0})
+            step = steps[inp.step_index]
+            step.update(status="RUNNING", attempts=attempt, started_at=datetime.now(UTC).isoformat())
+            execution.steps = steps
+            execution.attempt = max(execution.attempt or 0, attempt)
+            return int(step.get("failures", 0))
+
+    async def _count_failure(self, inp: StepInput, final: bool) -> int:
+        async with unit_of_work(self.sessions) as session:
+            execution = await session.get(Execution, inp.execution_id, with_for_update=True)
+            if execution is None:
+                return 0
+            steps = [dict(s) for s in (execution.steps or [])]
+            if inp.step_index >= len(steps):
+                return 0
+            steps[inp.step_index]["failures"] = int(steps[inp.step_index].get("failures", 0)) + 1
+            execution.steps = steps
+            return int(steps[inp.step_index]["failures"])
+
+    async def _step_finished(
+        self, inp: StepInput, attempt: int, outcome: str, error: str | None, buffer: LogBuffer
+    ) -> None:
+        """Keep the step's logs and status whatever happened (success, failure, timeout, cancel)."""
+        try:
+            async with unit_of_work(self.sessions) as session:
+                execution = await session.get(Execution, inp.execution_id, with_for_update=True)
+                if execution is None:
+                    return
+                text = buffer.text()
+                if text:
+                    execution.logs = f"{execution.logs}\n{text}" if execution.logs else text
+                steps = [dict(s) for s in (execution.steps or [])]
+                if inp.step_index < len(steps):
+                    steps[inp.step_index].update(
+                        status=outcome, finished_at=datetime.now(UTC).isoformat(), attempts=attempt
+                    )
+                    if error:
+                        steps[inp.step_index]["error"] = error[:2000]
+                    execution.steps = steps
+        except Exception:  # noqa: BLE001 - never hide the step's own outcome behind a mirror error
+            log.exception("could not persist logs of execution %s", inp.execution_id)
+
+    async def emit(self, inp: StepInput, name: str, payload: dict[str, Any]) -> str:
+        from registry.services.events import validate_name
+
+        validate_name(name)
+        async with unit_of_work(self.sessions) as session:
+            event = events.record(
+                session=session, name=name, payload=payload, source=inp.module, module_name=inp.module,
+                execution_id=inp.execution_id,
+            )
+            event_id = event.id
+        return event_id
+
+
+def _entry(level: str, message: str, inp: StepInput, attempt: int, exc: BaseException | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "message": message,
+        "step": inp.step,
+        "attempt": attempt,
+        "source": "platform",
+    }
+    if exc is not None:
+        import traceback
+
+        entry["exception"] = "".join(traceback.format_exception(exc, limit=20))[-8000:]
+    return entry
+

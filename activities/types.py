@@ -1,0 +1,105 @@
+"""Inputs and outputs shared by workflows and activities (plain dataclasses, JSON-converted)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MIRROR_START = "autoplat.mirror_start"
+MIRROR_FINISH = "autoplat.mirror_finish"
+RECONCILE = "autoplat.reconcile"
+NOTIFY = "autoplat.notify"
+
+#: Error types that never retry (business failures and broken module code).
+NON_RETRYABLE = ["JobError", "HandlerNotFound", "AttemptsExhausted", "Cancelled"]
+#: Extra attempts granted beyond the job's retries for infrastructure failures (a worker lost
+#: mid-step): handler failures are counted separately against the job's own budget.
+INFRA_ATTEMPTS = 3
+
+
+@dataclass
+class JobInput:
+    """The single input of every job workflow run."""
+
+    job_id: str | None = None
+    trigger: str = "manual"
+    execution_id: str | None = None
+    event: dict[str, Any] | None = None
+    config_override: dict[str, Any] | None = None
+    request: dict[str, Any] | None = None
+    #: Set for direct invocations without a job row (module routes): module/job type come from
+    #: the workflow type.
+    job_type_only: bool = False
+
+
+@dataclass
+class StartInput:
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    job: JobInput
+    attempt: int = 1
+
+
+@dataclass
+class StepPlan:
+    name: str
+    handler: str
+    activity: str
+    timeout_seconds: int
+    max_attempts: int
+
+
+@dataclass
+class RunPlan:
+    execution_id: str
+    skip_reason: str | None = None
+    module: str = ""
+    module_version: str = ""
+    bundle_sha256: str | None = None
+    job_type: str = ""
+    steps: list[StepPlan] = field(default_factory=list)
+    retry_initial_seconds: float = 1.0
+    retry_backoff: float = 2.0
+    retry_max_interval_seconds: float | None = None
+    heartbeat_timeout_seconds: int = 10
+    notifications: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class StepInput:
+    execution_id: str
+    job_id: str | None
+    module: str
+    module_version: str
+    bundle_sha256: str | None
+    job_type: str
+    step: str
+    step_index: int
+    handler: str
+    max_attempts: int
+    timeout_seconds: int
+    trigger: str
+    previous: Any = None
+    event: dict[str, Any] | None = None
+    request: dict[str, Any] | None = None
+    config_override: dict[str, Any] | None = None
+
+
+@dataclass
+class FinishInput:
+    execution_id: str
+    status: str
+    result: Any = None
+    error: dict[str, Any] | None = None
+    reason: str | None = None
+    attempt: int | None = None
+
+
+@dataclass
+class NotifyInput:
+    channel: str
+    subject: str
+    body: str
+    data: dict[str, Any] = field(default_factory=dict)
+    module: str | None = None

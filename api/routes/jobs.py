@@ -1,0 +1,184 @@
+"""Jobs: create from a module job type, schedule on Temporal, run now, list runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from api.deps import PageDep, Requires, SessionDep, SettingsDep, StateDep
+from api.routes.executions import execution_read
+from api.schemas.common import ERROR_RESPONSES, Page
+from api.schemas.executions import ExecutionRead
+from api.schemas.jobs import ExecuteRequest, ExecutionSummary, JobCreate, JobRead, JobUpdate
+from api.state import AppState
+from registry.errors import UpstreamTimeout
+from registry.models import Job, Module
+from registry.services import executions, jobs
+from registry.services.common import Actor
+from workflows.schedules import schedule_id
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+
+
+async def job_read(job: Job, state: AppState, *, session: SessionDep, detail: bool = False) -> JobRead:
+    module = await session.get(Module, job.module_id)
+    codec = state.secret_codec()
+    config = jobs.masked_config(job, module, codec.decrypt(job.secrets)) if module else dict(job.config)
+    read = JobRead(
+        id=job.id, module=job.module_name, job_type=job.job_type, name=job.name, description=job.description,
+        schedule=job.schedule, timezone=job.timezone, enabled=job.enabled, timeout_seconds=job.timeout_seconds,
+        retries=job.retries, retry_backoff=job.retry_backoff or {}, overlap=job.overlap,
+        catchup_window_seconds=job.catchup_window_seconds, config=config, event_triggers=job.event_triggers or [],
+        notifications=job.notifications or {}, schedule_id=schedule_id(job.id) if job.schedule else None,
+        revision=job.revision, created_at=job.created_at, updated_at=job.updated_at,
+    )
+    if detail:
+        read.next_runs = jobs.upcoming(job) if job.enabled else []
+        last = await jobs.last_execution(session=session, job_id=job.id)
+        if last is not None:
+            read.last_execution = ExecutionSummary(
+                id=last.id, status=last.status, trigger=last.trigger, created_at=last.created_at,
+                finished_at=last.finished_at,
+            )
+        if job.schedule:
+            try:
+                read.schedule_state = await (await state.schedules()).describe(job.id)
+            except Exception as exc:  # noqa: BLE001 - the job is still readable while Temporal is down
+                read.schedule_state = {"error": f"Temporal unavailable: {type(exc).__name__}"}
+    return read
+
+
+class _LazyScheduler:
+    """Connects to Temporal only when a schedule actually has to change."""
+
+    def __init__(self, state: AppState) -> None:
+        self._state = state
+
+    async def apply(self, job: Job, module: Module | None, steps: int = 1) -> str:
+        return await (await self._state.schedules()).apply(job, module, steps)
+
+    async def delete(self, job_id: str) -> bool:
+        return await (await self._state.schedules()).delete(job_id)
+
+
+@router.post("", response_model=JobRead, status_code=status.HTTP_201_CREATED)
+async def create_job(
+    body: JobCreate, session: SessionDep, state: StateDep, actor: Actor = Requires("jobs:write")
+) -> JobRead:
+    fields = body.model_dump(exclude_unset=True)
+    kwargs = {k: v for k, v in fields.items() if k != "schedule"}
+    if "schedule" in fields:
+        kwargs["schedule"] = fields["schedule"]
+    job = await jobs.create_job(
+        session=session, scheduler=_LazyScheduler(state), crypto=state.secret_codec(), actor=actor, **kwargs
+    )
+    return await job_read(job, state, session=session, detail=True)
+
+
+@router.get("", response_model=Page[JobRead])
+async def list_jobs(
+    session: SessionDep,
+    state: StateDep,
+    paging: PageDep,
+    module: Annotated[str | None, Query(max_length=50)] = None,
+    job_type: Annotated[str | None, Query(max_length=100)] = None,
+    enabled: bool | None = None,
+    search: Annotated[str | None, Query(max_length=200)] = None,
+    _: Actor = Requires("jobs:read"),
+) -> Page[JobRead]:
+    page, limit = paging
+    result = await jobs.list_jobs(
+        session=session, page=page, limit=limit, module=module, job_type=job_type, enabled=enabled, search=search
+    )
+    items = [await job_read(j, state, session=session) for j in result.items]
+    return Page(items=items, total=result.total, page=page, limit=limit)
+
+
+@router.get("/{job_id}", response_model=JobRead)
+async def get_job(job_id: str, session: SessionDep, state: StateDep, _: Actor = Requires("jobs:read")) -> JobRead:
+    return await job_read(await jobs.get_job(session=session, job_id=job_id), state, session=session, detail=True)
+
+
+@router.patch("/{job_id}", response_model=JobRead)
+async def update_job(
+    job_id: str, body: JobUpdate, session: SessionDep, state: StateDep, actor: Actor = Requires("jobs:write")
+) -> JobRead:
+    changes = body.model_dump(exclude_unset=True)
+    if "retry_backoff" in changes and changes["retry_backoff"] is not None:
+        changes["retry_backoff"] = {k: v for k, v in changes["retry_backoff"].items() if v is not None}
+    job = await jobs.update_job(
+        session=session, scheduler=_LazyScheduler(state), crypto=state.secret_codec(), actor=actor,
+        job_id=job_id, changes=changes,
+    )
+    return await job_read(job, state, session=session, detail=True)
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_job(job_id: str, session: SessionDep, state: StateDep, actor: Actor = Requires("jobs:write")) -> None:
+    await jobs.delete_job(session=session, scheduler=_LazyScheduler(state), actor=actor, job_id=job_id)
+
+
+@router.post("/{job_id}/enable", response_model=JobRead)
+async def enable_job(job_id: str, session: SessionDep, state: StateDep, actor: Actor = Requires("jobs:write")) -> JobRead:
+    job = await jobs.set_enabled(session=session, scheduler=_LazyScheduler(state), actor=actor, job_id=job_id, enabled=True)
+    return await job_read(job, state, session=session, detail=True)
+
+
+@router.post("/{job_id}/disable", response_model=JobRead)
+async def disable_job(
+    job_id: str, session: SessionDep, state: StateDep, actor: Actor = Requires("jobs:write")
+) -> JobRead:
+    job = await jobs.set_enabled(session=session, scheduler=_LazyScheduler(state), actor=actor, job_id=job_id, enabled=False)
+    return await job_read(job, state, session=session, detail=True)
+
+
+@router.post(
+    "/{job_id}/execute",
+    response_model=ExecutionRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={200: {"model": ExecutionRead, "description": "With wait=true: the finished execution"}},
+)
+async def execute_job(
+    job_id: str,
+    response: Response,
+    state: StateDep,
+    body: ExecuteRequest | None = None,
+    wait: Annotated[bool, Query(description="Wait for the result like a function call")] = False,
+    wait_timeout: Annotated[float | None, Query(gt=0, le=3600, description="Seconds (default from settings)")] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+    actor: Actor = Requires("jobs:execute"),
+) -> ExecutionRead:
+    runner = await state.runner()
+    execution, created = await runner.start_job(
+        job_id=job_id, actor=actor, trigger="manual", config_override=body.config if body else None,
+        idempotency_key=idempotency_key,
+    )
+    response.headers["Location"] = f"/api/v1/executions/{execution.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    if wait:
+        timeout = wait_timeout or state.settings.execute_wait_timeout_seconds
+        execution = await runner.wait(execution, timeout)
+        if execution.status in ("PENDING", "RUNNING"):
+            raise UpstreamTimeout(
+                f"execution {execution.id} is still {execution.status} after {timeout:g}s; poll its Location",
+                details={"execution_id": execution.id, "location": f"/api/v1/executions/{execution.id}"},
+            )
+        response.status_code = status.HTTP_200_OK
+    return execution_read(execution, state.settings)
+
+
+@router.get("/{job_id}/executions", response_model=Page[ExecutionRead])
+async def job_executions(
+    job_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    paging: PageDep,
+    status_: Annotated[str | None, Query(alias="status", max_length=120)] = None,
+    _: Actor = Requires("executions:read"),
+) -> Page[ExecutionRead]:
+    await jobs.get_job(session=session, job_id=job_id)
+    page, limit = paging
+    result = await executions.list_executions(session=session, page=page, limit=limit, job_id=job_id, status=status_)
+    return Page(items=[execution_read(r, settings) for r in result.items], total=result.total, page=page, limit=limit)

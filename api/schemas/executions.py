@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from api.schemas.common import Schema
+
+
+class ExecutionRead(Schema):
+    id: str
+    job_id: str | None
+    module: str
+    module_version: str | None
+    job_type: str
+    workflow_id: str
+    run_id: str | None
+    status: str
+    status_reason: str | None
+    trigger: str
+    event_id: str | None
+    idempotency_key: str | None
+    attempt: int
+    steps: list[Any]
+    config: dict[str, Any] | None
+    result: Any = None
+    error: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: int | None
+    temporal_url: str | None = None
+
+
+class ExecutionDetail(ExecutionRead):
+    logs: list[dict[str, Any]] = []
+
+
+class LogsRead(Schema):
+    execution_id: str
+    status: str
+    entries: list[dict[str, Any]]
+    truncated: bool = False

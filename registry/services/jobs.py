@@ -1,0 +1,322 @@
+"""Jobs: instances of a module's job type with a schedule, policies and config.
+
+Temporal is driven through the :class:`JobScheduler` the caller passes: the DB change is flushed
+first, then the schedule is changed, then the caller commits. If Temporal fails the transaction
+rolls back; if the commit fails after Temporal changed, the reconciler repairs the drift.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.errors import Conflict, InvalidInput, NotFound
+from registry.manifest import (
+    MASK,
+    apply_config_defaults,
+    mask_secrets,
+    next_runs,
+    secret_fields,
+    validate_config,
+    validate_cron,
+    validate_timezone,
+)
+from registry.models import Execution, Job, Module, ModuleStatus
+from registry.services import audit
+from registry.services.common import Actor, Page, escape_like, paginate
+from registry.services.runs import job_type_definition, steps_of
+
+OVERLAP_POLICIES = ("skip", "buffer_one", "allow_all", "cancel_other")
+_INSTALLED = (ModuleStatus.INSTALLED.value, ModuleStatus.ENABLED.value, ModuleStatus.DISABLED.value)
+
+
+class JobScheduler(Protocol):
+    async def apply(self, job: Job, module: Module | None, steps: int = 1) -> str: ...
+
+    async def delete(self, job_id: str) -> bool: ...
+
+
+class NoScheduler:
+    async def apply(self, job: Job, module: Module | None, steps: int = 1) -> str:
+        return "none"
+
+    async def delete(self, job_id: str) -> bool:
+        return False
+
+
+_UNSET: Any = object()
+
+
+async def get_job(*, session: AsyncSession, job_id: str) -> Job:
+    job = await session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+async def _module(session: AsyncSession, name: str, *, lock: bool = False) -> Module:
+    stmt = select(Module).where(Module.name == name)
+    if lock:
+        stmt = stmt.with_for_update()
+    module = await session.scalar(stmt)
+    if module is None:
+        raise NotFound(f"module {name} not found")
+    return module
+
+
+def _definition(module: Module, job_type: str) -> dict[str, Any]:
+    definition = job_type_definition(module.manifest, job_type)
+    if definition is None:
+        names = [j.get("name") for j in module.manifest.get("jobs") or [] if isinstance(j, dict)]
+        raise InvalidInput(
+            f"module {module.name} has no job type {job_type!r}",
+            details=[{"loc": ["body", "job_type"], "msg": f"one of {names}"}],
+        )
+    return definition
+
+
+def _check_schedule(schedule: str | None, timezone: str) -> None:
+    if schedule is not None:
+        problem = validate_cron(schedule)
+        if problem:
+            raise InvalidInput(f"invalid cron {schedule!r}: {problem}", details=[{"loc": ["body", "schedule"], "msg": problem}])
+    if not validate_timezone(timezone):
+        raise InvalidInput(f"unknown timezone {timezone!r}", details=[{"loc": ["body", "timezone"], "msg": "IANA name"}])
+
+
+def split_config(
+    schema: dict[str, Any], config: dict[str, Any], stored_secrets: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate ``config`` and split it into (plain config, secrets). Omitted or masked secret
+    values keep what is stored (secrets are write-only)."""
+    secret_keys = secret_fields(schema) if schema else set()
+    secrets = dict(stored_secrets)
+    plain: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in secret_keys:
+            if value != MASK:
+                secrets[key] = value
+        else:
+            plain[key] = value
+    if schema:
+        issues = validate_config(schema, apply_config_defaults(schema, {**plain, **secrets}))
+        if issues:
+            raise InvalidInput(
+                "config does not match the job type's config schema",
+                details=[{"loc": ["body", "config", *[p for p in i.path.split("/") if p]], "msg": i.message,
+                          "code": i.code} for i in issues],
+            )
+    return plain, secrets
+
+
+def masked_config(job: Job, module: Module, secrets: dict[str, Any]) -> dict[str, Any]:
+    definition = job_type_definition(module.manifest, job.job_type) or {}
+    schema = definition.get("config") or {}
+    merged = {**(job.config or {}), **secrets}
+    return mask_secrets(schema, merged) if schema else merged
+
+
+async def create_job(
+    *,
+    session: AsyncSession,
+    scheduler: JobScheduler,
+    crypto: Any,
+    actor: Actor,
+    module: str,
+    job_type: str,
+    name: str,
+    description: str = "",
+    schedule: Any = _UNSET,
+    timezone: str | None = None,
+    enabled: bool = True,
+    timeout_seconds: int | None = None,
+    retries: int | None = None,
+    retry_backoff: dict[str, Any] | None = None,
+    overlap: str | None = None,
+    catchup_window_seconds: int | None = None,
+    config: dict[str, Any] | None = None,
+    event_triggers: list[Any] | None = None,
+    notifications: dict[str, Any] | None = None,
+) -> Job:
+    mod = await _module(session, module)
+    if mod.status not in _INSTALLED:
+        raise Conflict(
+            f"module {module} is {mod.status}: install it before creating jobs",
+            details={"current_state": mod.status},
+        )
+    definition = _definition(mod, job_type)
+    default_schedule = definition.get("schedule") or {}
+    if schedule is _UNSET:
+        schedule = default_schedule.get("cron")
+    timezone = timezone or default_schedule.get("timezone") or "UTC"
+    _check_schedule(schedule, timezone)
+    existing = await session.scalar(select(Job.id).where(Job.module_name == module, Job.name == name))
+    if existing is not None:
+        raise Conflict(f"module {module} already has a job named {name!r}")
+    retries_def = definition.get("retries") or {}
+    plain, secrets = split_config(definition.get("config") or {}, config or {}, {})
+    job = Job(
+        module_id=mod.id,
+        module_name=module,
+        job_type=job_type,
+        name=name,
+        description=description or definition.get("description", ""),
+        schedule=schedule,
+        timezone=timezone,
+        enabled=enabled,
+        timeout_seconds=timeout_seconds or int(definition.get("timeoutSeconds") or 300),
+        retries=retries if retries is not None else max(int(retries_def.get("maxAttempts") or 1) - 1, 0),
+        retry_backoff=retry_backoff or _backoff_from(retries_def),
+        overlap=overlap or definition.get("overlap") or "skip",
+        catchup_window_seconds=catchup_window_seconds or int(definition.get("catchupWindowSeconds") or 60),
+        config=plain,
+        secrets=crypto.encrypt(secrets) if secrets else None,
+        event_triggers=event_triggers or [],
+        notifications=notifications or definition.get("notifications") or {},
+        created_by=actor.user_id,
+    )
+    session.add(job)
+    await session.flush()
+    await scheduler.apply(job, mod, len(steps_of(definition, module, job_type)))
+    audit.record(session=session, actor=actor, action="job.create", target_type="job", target_id=job.id,
+                 details={"module": module, "job_type": job_type, "schedule": schedule})
+    return job
+
+
+def _backoff_from(retries: dict[str, Any]) -> dict[str, Any]:
+    backoff = {
+        "initial_interval_seconds": float(retries.get("initialIntervalSeconds") or 1),
+        "backoff_coefficient": float(retries.get("backoffCoefficient") or 2),
+    }
+    if retries.get("maximumIntervalSeconds"):
+        backoff["maximum_interval_seconds"] = float(retries["maximumIntervalSeconds"])
+    return backoff
+
+
+async def update_job(
+    *,
+    session: AsyncSession,
+    scheduler: JobScheduler,
+    crypto: Any,
+    actor: Actor,
+    job_id: str,
+    changes: dict[str, Any],
+) -> Job:
+    job = await get_job(session=session, job_id=job_id)
+    mod = await _module(session, job.module_name)
+    definition = _definition(mod, job.job_type)
+    if "name" in changes and changes["name"] != job.name:
+        clash = await session.scalar(
+            select(Job.id).where(Job.module_name == job.module_name, Job.name == changes["name"], Job.id != job.id)
+        )
+        if clash is not None:
+            raise Conflict(f"module {job.module_name} already has a job named {changes['name']!r}")
+    schedule = changes.get("schedule", job.schedule)
+    timezone = changes.get("timezone") or job.timezone
+    _check_schedule(schedule, timezone)
+    if "config" in changes:
+        stored = crypto.decrypt(job.secrets)
+        plain, secrets = split_config(definition.get("config") or {}, changes.pop("config") or {}, stored)
+        job.config = plain
+        job.secrets = crypto.encrypt(secrets) if secrets else None
+    for key in ("name", "description", "schedule", "timezone", "enabled", "timeout_seconds", "retries",
+                "retry_backoff", "overlap", "catchup_window_seconds", "event_triggers", "notifications"):
+        if key in changes and (changes[key] is not None or key == "schedule"):
+            setattr(job, key, changes[key])
+    job.revision += 1
+    await session.flush()
+    await scheduler.apply(job, mod, len(steps_of(definition, job.module_name, job.job_type)))
+    audit.record(session=session, actor=actor, action="job.update", target_type="job", target_id=job.id,
+                 details={"fields": sorted(changes)})
+    return job
+
+
+async def set_enabled(
+    *, session: AsyncSession, scheduler: JobScheduler, actor: Actor, job_id: str, enabled: bool
+) -> Job:
+    job = await get_job(session=session, job_id=job_id)
+    mod = await _module(session, job.module_name)
+    if job.enabled != enabled:
+        job.enabled = enabled
+        job.revision += 1
+        await session.flush()
+    definition = job_type_definition(mod.manifest, job.job_type) or {}
+    steps = len(steps_of(definition, mod.name, job.job_type)) if definition else 1
+    await scheduler.apply(job, mod, steps)
+    audit.record(session=session, actor=actor, action="job.enable" if enabled else "job.disable",
+                 target_type="job", target_id=job.id)
+    return job
+
+
+async def delete_job(*, session: AsyncSession, scheduler: JobScheduler, actor: Actor, job_id: str) -> None:
+    job = await get_job(session=session, job_id=job_id)
+    await session.delete(job)
+    await session.flush()
+    await scheduler.delete(job_id)
+    audit.record(session=session, actor=actor, action="job.delete", target_type="job", target_id=job_id,
+                 details={"module": job.module_name, "name": job.name})
+
+
+async def list_jobs(
+    *,
+    session: AsyncSession,
+    page: int,
+    limit: int,
+    module: str | None = None,
+    job_type: str | None = None,
+    enabled: bool | None = None,
+    search: str | None = None,
+) -> Page[Job]:
+    stmt = select(Job).order_by(Job.created_at.desc(), Job.id)
+    if module:
+        stmt = stmt.where(Job.module_name == module)
+    if job_type:
+        stmt = stmt.where(Job.job_type == job_type)
+    if enabled is not None:
+        stmt = stmt.where(Job.enabled.is_(enabled))
+    if search:
+        like = f"%{escape_like(search.lower())}%"
+        stmt = stmt.where(or_(func.lower(Job.name).like(like, escape="\\"),
+                              func.lower(Job.description).like(like, escape="\\")))
+    return await paginate(session, stmt, page=page, limit=limit)
+
+
+async def last_execution(*, session: AsyncSession, job_id: str) -> Execution | None:
+    return await session.scalar(
+        select(Execution).where(Execution.job_id == job_id).order_by(Execution.created_at.desc()).limit(1)
+    )
+
+
+def upcoming(job: Job, n: int = 5, after: datetime | None = None) -> list[datetime]:
+    if not job.schedule:
+        return []
+    try:
+        return next_runs(job.schedule, job.timezone, n=n, after=after)
+    except (ValueError, KeyError):
+        return []
+
+
+async def jobs_of_module(*, session: AsyncSession, module_id: str) -> list[Job]:
+    return list(await session.scalars(select(Job).where(Job.module_id == module_id)))
+
+
+class SecretCodec:
+    """Encrypts secret config values at rest (Fernet, key from settings)."""
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    def encrypt(self, values: dict[str, Any]) -> str:
+        from registry.crypto import encrypt_json
+
+        return encrypt_json(self._key, values)
+
+    def decrypt(self, token: str | None) -> dict[str, Any]:
+        if not token:
+            return {}
+        from registry.crypto import decrypt_json
+
+        return decrypt_json(self._key, token)

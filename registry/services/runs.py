@@ -1,0 +1,236 @@
+"""What a run needs at start and writes at its end: the execution mirror, from the workflow's side.
+
+Called by the mirror activities. Every write is keyed by the workflow id / execution id, so a
+retried activity or a redelivered task never creates a second row or moves a final status.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.manifest import apply_config_defaults, mask_secrets
+from registry.models import Execution, ExecutionStatus, Job, Module, ModuleStatus, ModuleVersion
+from registry.services import events
+
+_EXECUTION_NS = uuid.UUID("5b0e4a4e-3f5e-4f6b-9a0e-2c1f7f8d9a10")
+
+STATUS_EVENTS = {
+    ExecutionStatus.COMPLETED: "job.completed",
+    ExecutionStatus.FAILED: "job.failed",
+    ExecutionStatus.TIMED_OUT: "job.timed_out",
+    ExecutionStatus.CANCELLED: "job.cancelled",
+    ExecutionStatus.SKIPPED: "job.skipped",
+}
+
+
+def execution_id_for(workflow_id: str) -> str:
+    """Deterministic execution id of a run started outside the API (schedules)."""
+    return str(uuid.uuid5(_EXECUTION_NS, workflow_id))
+
+
+def job_type_definition(manifest: dict[str, Any], job_type: str) -> dict[str, Any] | None:
+    for job in manifest.get("jobs") or []:
+        if isinstance(job, dict) and job.get("name") == job_type:
+            return job
+    return None
+
+
+def steps_of(definition: dict[str, Any], module: str, job_type: str) -> list[dict[str, Any]]:
+    """The steps of a job type; a single handler is one step named after the job type."""
+    if definition.get("steps"):
+        return [
+            {
+                "name": step["name"],
+                "handler": step["handler"],
+                "activity": f"{module}.{job_type}.{step['name']}",
+                "timeout_seconds": step.get("timeoutSeconds"),
+                "retries": step.get("retries"),
+            }
+            for step in definition["steps"]
+        ]
+    return [
+        {
+            "name": job_type,
+            "handler": definition["handler"],
+            "activity": f"{module}.{job_type}",
+            "timeout_seconds": None,
+            "retries": None,
+        }
+    ]
+
+
+def resolve_config(
+    definition: dict[str, Any], job: Job | None, override: dict[str, Any] | None, secrets: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config with secrets, config with secrets masked) for a run starting now."""
+    schema = definition.get("config") or {}
+    merged: dict[str, Any] = {}
+    if job is not None:
+        merged.update(job.config or {})
+    merged.update(secrets)
+    if override:
+        merged.update(override)
+    resolved = apply_config_defaults(schema, merged) if schema else merged
+    return resolved, mask_secrets(schema, resolved) if schema else dict(resolved)
+
+
+@dataclass
+class StartResult:
+    execution: Execution
+    skip_reason: str | None = None
+    definition: dict[str, Any] = field(default_factory=dict)
+    module: Module | None = None
+    version: ModuleVersion | None = None
+    job: Job | None = None
+
+
+async def start_run(
+    *,
+    session: AsyncSession,
+    workflow_id: str,
+    run_id: str,
+    workflow_type: str,
+    job_id: str | None,
+    trigger: str,
+    execution_id: str | None,
+    event: dict[str, Any] | None,
+    request: dict[str, Any] | None,
+    config_override: dict[str, Any] | None,
+    attempt: int,
+    masked_config: Any = None,
+) -> StartResult:
+    """Create or adopt the run's mirror row and decide whether it runs or is skipped."""
+    module_name, _, job_type = workflow_type.partition(".")
+    execution = await session.scalar(
+        select(Execution).where(Execution.workflow_id == workflow_id).with_for_update()
+    )
+    now = datetime.now(UTC)
+    if execution is None:
+        execution = Execution(
+            id=execution_id or execution_id_for(workflow_id),
+            job_id=job_id,
+            module_name=module_name,
+            job_type=job_type,
+            workflow_id=workflow_id,
+            trigger=trigger,
+            event_id=(event or {}).get("id"),
+            input={"request": request} if request else None,
+            status=ExecutionStatus.PENDING.value,
+            created_at=now,
+        )
+        session.add(execution)
+        try:
+            async with session.begin_nested():
+                await session.flush()
+        except IntegrityError:
+            execution = await session.scalar(select(Execution).where(Execution.workflow_id == workflow_id))
+            assert execution is not None
+    execution.run_id = run_id
+    execution.attempt = max(execution.attempt or 0, attempt)
+
+    job = await session.get(Job, job_id) if job_id else None
+    module = await session.scalar(select(Module).where(Module.name == module_name))
+    reason: str | None = None
+    if job_id and job is None:
+        reason = "the job was deleted after this run was requested"
+    elif job is not None and not job.enabled:
+        reason = "the job is disabled"
+    elif module is None:
+        reason = f"module {module_name} no longer exists"
+    elif module.status != ModuleStatus.ENABLED.value:
+        reason = f"module {module_name} is {module.status}"
+    result = StartResult(execution=execution, module=module, job=job)
+    if reason is None and module is not None:
+        version = await session.scalar(
+            select(ModuleVersion).where(
+                ModuleVersion.module_id == module.id, ModuleVersion.version == module.version
+            )
+        )
+        definition = job_type_definition(module.manifest, job_type)
+        if definition is None:
+            reason = f"job type {job_type} does not exist in {module_name} {module.version}"
+        else:
+            result.definition = definition
+            result.version = version
+            execution.module_version = module.version
+
+    if ExecutionStatus(execution.status).is_final:
+        # A redelivered start for a run that already ended: report it as is.
+        result.skip_reason = reason or execution.status_reason or "already finished"
+        return result
+    if reason is not None:
+        finish(session=session, execution=execution, status=ExecutionStatus.SKIPPED, reason=reason)
+        result.skip_reason = reason
+        return result
+    if execution.status != ExecutionStatus.RUNNING.value:
+        execution.status = ExecutionStatus.RUNNING.value
+        execution.started_at = execution.started_at or now
+        events.record(
+            session=session,
+            name="job.started",
+            payload=_event_payload(execution),
+            source="platform",
+            module_name=module_name,
+            execution_id=execution.id,
+        )
+    if masked_config is not None:
+        execution.config = masked_config
+    return result
+
+
+def finish(
+    *,
+    session: AsyncSession,
+    execution: Execution,
+    status: ExecutionStatus,
+    result: Any = None,
+    error: dict[str, Any] | None = None,
+    reason: str | None = None,
+) -> bool:
+    """Move a row to its final status once; later calls are no-ops (returns False)."""
+    if ExecutionStatus(execution.status).is_final:
+        return False
+    now = datetime.now(UTC)
+    execution.status = status.value
+    execution.status_reason = reason
+    execution.result = result
+    execution.error = error
+    execution.finished_at = now
+    if execution.started_at is not None:
+        execution.duration_ms = int((now - execution.started_at).total_seconds() * 1000)
+    name = STATUS_EVENTS.get(status)
+    if name:
+        events.record(
+            session=session,
+            name=name,
+            payload=_event_payload(execution),
+            source="platform",
+            module_name=execution.module_name,
+            execution_id=execution.id,
+        )
+    return True
+
+
+def _event_payload(execution: Execution) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "execution_id": execution.id,
+        "job_id": execution.job_id,
+        "module": execution.module_name,
+        "job_type": execution.job_type,
+        "trigger": execution.trigger,
+        "status": execution.status,
+    }
+    if execution.status_reason:
+        payload["reason"] = execution.status_reason
+    if execution.error:
+        payload["error"] = execution.error.get("message")
+    if execution.duration_ms is not None:
+        payload["duration_ms"] = execution.duration_ms
+    return payload

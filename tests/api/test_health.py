@@ -1,0 +1,93 @@
+"""Liveness and readiness: 503 naming what is down, 200 when DB, Redis and Temporal answer."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from registry.db import create_engine
+
+
+async def test_live(client):
+    r = await client.get("/health/live")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok"}
+
+
+async def test_ready_is_503_naming_temporal_when_it_is_unreachable(client):
+    # The test settings point Temporal at 127.0.0.1:1, where nothing listens.
+    r = await client.get("/health/ready")
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert error["code"] == "unavailable"
+    assert "temporal" in error["message"]
+    assert "redis" not in error["message"] and "database" not in error["message"]
+    assert error["details"]["checks"] == {"database": "ok", "redis": "ok", "temporal": "down"}
+    assert "127.0.0.1:1" in error["details"]["errors"]["temporal"]
+
+
+async def test_ready_is_503_naming_redis_when_it_is_unreachable(client, temporal_env):
+    state = client.app.state.autoplat
+    state.set_temporal(temporal_env.client)
+    original = state.redis
+    state.redis = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1, socket_timeout=1)
+    try:
+        r = await client.get("/health/ready")
+    finally:
+        await state.redis.aclose()
+        state.redis = original
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert "redis" in error["message"]
+    assert "temporal" not in error["message"] and "database" not in error["message"]
+    assert error["details"]["checks"] == {"database": "ok", "redis": "down", "temporal": "ok"}
+
+
+async def test_ready_is_503_naming_the_database_when_it_is_unreachable(client, temporal_env):
+    state = client.app.state.autoplat
+    state.set_temporal(temporal_env.client)
+    original = state.engine
+    state.engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
+    try:
+        r = await client.get("/health/ready")
+    finally:
+        await state.engine.dispose()
+        state.engine = original
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert error["details"]["checks"] == {"database": "down", "redis": "ok", "temporal": "ok"}
+    assert "database" in error["message"]
+
+
+async def test_ready_names_everything_that_is_down(client):
+    state = client.app.state.autoplat
+    original = state.redis
+    state.redis = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1, socket_timeout=1)
+    try:
+        r = await client.get("/health/ready")
+    finally:
+        await state.redis.aclose()
+        state.redis = original
+    assert r.status_code == 503
+    assert r.json()["error"]["details"]["checks"] == {"database": "ok", "redis": "down", "temporal": "down"}
+    assert "redis" in r.json()["error"]["message"] and "temporal" in r.json()["error"]["message"]
+
+
+async def test_ready_is_200_when_everything_answers(client, temporal_env):
+    client.app.state.autoplat.set_temporal(temporal_env.client)
+    r = await client.get("/health/ready")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok", "temporal": "ok"}}
+
+
+async def test_ready_connects_to_temporal_from_settings(client, temporal_env, settings):
+    # Without a pre-set client the API dials the configured address itself (lazily, on first use).
+    settings.temporal_address = temporal_env.client.service_client.config.target_host
+    r = await client.get("/health/ready")
+    assert r.status_code == 200, r.text
+    assert r.json()["checks"]["temporal"] == "ok"
+
+
+async def test_health_ignores_tokens(client):
+    # A stale token in a probe's config must not make the probe fail.
+    r = await client.get("/health/live", headers={"Authorization": "Bearer garbage"})
+    assert r.status_code == 200

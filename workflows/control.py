@@ -1,0 +1,229 @@
+"""Starting, awaiting and cancelling runs: the Temporal side of the jobs and executions API.
+
+A run's mirror row is committed before its workflow starts (the worker adopts it by workflow id),
+so a run is never started without a row, nor recorded twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.types import JobInput
+from registry.db import unit_of_work
+from registry.errors import Conflict, NotFound, ServiceUnavailable
+from registry.models import Execution, ExecutionStatus, Job, Module, ModuleStatus
+from registry.services import audit, runs
+from registry.services.common import Actor
+from registry.settings import Settings
+from workflows.schedules import search_attributes, workflow_timeout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runner:
+    """Everything needed to start runs: settings, sessions and a Temporal client."""
+
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    #: Connects lazily, so requests that fail validation never wait on Temporal.
+    client_factory: Callable[[], Awaitable[Client]]
+
+    async def start_job(
+        self,
+        *,
+        job_id: str,
+        actor: Actor,
+        trigger: str = "manual",
+        config_override: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Execution, bool]:
+        """Start a manual run of a job. Returns (execution, created)."""
+        async with unit_of_work(self.sessions) as session:
+            job = await session.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"job {job_id} not found")
+            module = await session.scalar(select(Module).where(Module.name == job.module_name))
+            if idempotency_key:
+                existing = await session.scalar(
+                    select(Execution).where(Execution.job_id == job_id, Execution.idempotency_key == idempotency_key)
+                )
+                if existing is not None:
+                    return existing, False
+            if not job.enabled:
+                raise Conflict(f"job {job.name} is disabled; enable it to run it", details={"current_state": "disabled"})
+            if module is None or module.status != ModuleStatus.ENABLED.value:
+                state = module.status if module else "missing"
+                raise Conflict(
+                    f"module {job.module_name} is {state}; enable it to run its jobs",
+                    details={"current_state": state, "allowed_actions": ["enable"]},
+                )
+            execution = Execution(
+                id=str(uuid.uuid4()),
+                job_id=job.id,
+                module_name=job.module_name,
+                job_type=job.job_type,
+                trigger=trigger,
+                idempotency_key=idempotency_key,
+                status=ExecutionStatus.PENDING.value,
+                input={"config_override": runs_mask(job, module, config_override)} if config_override else None,
+            )
+            execution.workflow_id = f"exec-{execution.id}"
+            session.add(execution)
+            audit.record(session=session, actor=actor, action="job.execute", target_type="job", target_id=job.id,
+                         details={"execution_id": execution.id, "trigger": trigger})
+            steps = len(runs.steps_of(runs.job_type_definition(module.manifest, job.job_type) or {"handler": "x:y"},
+                                      module.name, job.job_type))
+            timeout = workflow_timeout(job, steps)
+        await self._start(
+            execution,
+            JobInput(job_id=job_id, trigger=trigger, execution_id=execution.id, config_override=config_override),
+            timeout,
+        )
+        return execution, True
+
+    async def invoke(
+        self,
+        *,
+        module: str,
+        job_type: str,
+        trigger: str,
+        request: dict[str, Any] | None = None,
+        event: dict[str, Any] | None = None,
+        timeout: timedelta | None = None,
+    ) -> Execution:
+        """Run a job type directly, without a job row (module HTTP routes)."""
+        async with unit_of_work(self.sessions) as session:
+            execution = Execution(
+                id=str(uuid.uuid4()),
+                module_name=module,
+                job_type=job_type,
+                trigger=trigger,
+                status=ExecutionStatus.PENDING.value,
+                input={"request": _summary(request)} if request else None,
+            )
+            execution.workflow_id = f"call-{execution.id}"
+            session.add(execution)
+        await self._start(
+            execution,
+            JobInput(trigger=trigger, execution_id=execution.id, request=request, event=event, job_type_only=True),
+            timeout or timedelta(hours=1),
+        )
+        return execution
+
+    async def _start(self, execution: Execution, job_input: JobInput, timeout: timedelta) -> None:
+        try:
+            client = await self.client_factory()
+            await client.start_workflow(
+                f"{execution.module_name}.{execution.job_type}",
+                job_input,
+                id=execution.workflow_id,
+                task_queue=self.settings.task_queue,
+                execution_timeout=timeout,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                search_attributes=search_attributes(
+                    execution.module_name, execution.job_id, execution.trigger, execution.id
+                ),
+            )
+        except Exception as exc:
+            if isinstance(exc, RPCError) and exc.status == RPCStatusCode.ALREADY_EXISTS:
+                return
+            async with unit_of_work(self.sessions) as session:
+                row = await session.get(Execution, execution.id)
+                if row is not None:
+                    runs.finish(session=session, execution=row, status=ExecutionStatus.FAILED,
+                                error={"type": "StartFailed", "message": f"could not start the run: {exc}"},
+                                reason="Temporal unavailable")
+            log.warning("could not start %s: %s", execution.workflow_id, exc)
+            raise ServiceUnavailable(f"could not start the run on Temporal: {type(exc).__name__}") from exc
+
+    async def wait(self, execution: Execution, timeout: float) -> Execution:
+        """Wait for the run to end (bounded); returns the mirror row as it is then."""
+        handle = (await self.client_factory()).get_workflow_handle(execution.workflow_id)
+        try:
+            await asyncio.wait_for(handle.result(), timeout=timeout)
+        except (WorkflowFailureError, TimeoutError):
+            pass
+        except RPCError:
+            pass
+        async with self.sessions() as session:
+            row = await session.get(Execution, execution.id)
+            assert row is not None
+            return row
+
+    async def cancel(self, *, session: AsyncSession, execution_id: str, actor: Actor) -> Execution:
+        execution = await session.get(Execution, execution_id)
+        if execution is None:
+            raise NotFound(f"execution {execution_id} not found")
+        if ExecutionStatus(execution.status).is_final:
+            raise Conflict(
+                f"execution {execution_id} already ended {execution.status}",
+                details={"current_state": execution.status, "allowed_actions": ["retry"]},
+            )
+        handle = (await self.client_factory()).get_workflow_handle(execution.workflow_id)
+        try:
+            await handle.cancel()
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise ServiceUnavailable(f"could not cancel on Temporal: {exc.message}") from exc
+            runs.finish(session=session, execution=execution, status=ExecutionStatus.CANCELLED,
+                        reason="cancelled before its workflow existed")
+        audit.record(session=session, actor=actor, action="execution.cancel", target_type="execution",
+                     target_id=execution_id)
+        return execution
+
+    async def retry(self, *, execution_id: str, actor: Actor) -> Execution:
+        async with self.sessions() as session:
+            execution = await session.get(Execution, execution_id)
+            if execution is None:
+                raise NotFound(f"execution {execution_id} not found")
+            if not ExecutionStatus(execution.status).is_final:
+                raise Conflict(
+                    f"execution {execution_id} is still {execution.status}",
+                    details={"current_state": execution.status, "allowed_actions": ["cancel"]},
+                )
+            job_id = execution.job_id
+            override = (execution.input or {}).get("config_override")
+        if job_id is None:
+            raise Conflict("only executions of a job can be retried; call the route again")
+        new, _ = await self.start_job(job_id=job_id, actor=actor, trigger="manual", config_override=override)
+        return new
+
+    async def describe_status(self, workflow_id: str) -> WorkflowExecutionStatus | None:
+        try:
+            desc = await (await self.client_factory()).get_workflow_handle(workflow_id).describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        return desc.status
+
+
+def runs_mask(job: Job, module: Module | None, override: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not override or module is None:
+        return override
+    from registry.manifest import mask_secrets
+
+    definition = runs.job_type_definition(module.manifest, job.job_type) or {}
+    schema = definition.get("config") or {}
+    return mask_secrets(schema, override) if schema else override
+
+
+def _summary(request: dict[str, Any]) -> dict[str, Any]:
+    return {k: request.get(k) for k in ("method", "path", "params", "query")}
+
+
+

@@ -1,0 +1,160 @@
+"""The one dynamic workflow serving every ``<module>.<job-type>`` workflow type.
+
+Deterministic and small: resolve the run (local activity), run each step as its own activity
+(Temporal does timeouts, retries and cancellation), write the end of the mirror (local activity),
+send the job's notifications once after the final attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RawValue, RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.types import (
+        INFRA_ATTEMPTS,
+        MIRROR_FINISH,
+        MIRROR_START,
+        NON_RETRYABLE,
+        NOTIFY,
+        FinishInput,
+        JobInput,
+        NotifyInput,
+        RunPlan,
+        StartInput,
+        StepInput,
+    )
+
+_LOCAL = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)),
+}
+
+
+def classify(exc: BaseException) -> str:
+    """Map a step failure onto the execution status."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, CancelledError | asyncio.CancelledError):
+            return "CANCELLED"
+        if isinstance(cause, TimeoutError):
+            return "TIMED_OUT"
+        if isinstance(cause, ApplicationError):
+            if cause.type == "StepTimeout":
+                return "TIMED_OUT"
+            if cause.type == "Cancelled":
+                return "CANCELLED"
+        cause = cause.__cause__
+    return "FAILED"
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    cause: BaseException = exc
+    while isinstance(cause, ActivityError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    error: dict[str, Any] = {"message": str(getattr(cause, "message", None) or cause) or type(cause).__name__}
+    if isinstance(cause, ApplicationError):
+        error["type"] = cause.type
+        if cause.details:
+            error["details"] = list(cause.details)
+    elif isinstance(cause, TimeoutError):
+        error["type"] = f"Timeout.{cause.type.name if cause.type else 'UNKNOWN'}"
+    else:
+        error["type"] = type(cause).__name__
+    return error
+
+
+@workflow.defn(dynamic=True)
+class JobWorkflow:
+    @workflow.run
+    async def run(self, args: Sequence[RawValue]) -> Any:
+        info = workflow.info()
+        job = workflow.payload_converter().from_payload(args[0].payload, JobInput) if args else JobInput()
+        plan: RunPlan = await workflow.execute_local_activity(
+            MIRROR_START,
+            StartInput(
+                workflow_id=info.workflow_id, run_id=info.run_id, workflow_type=info.workflow_type, job=job,
+                attempt=info.attempt,
+            ),
+            result_type=RunPlan,
+            **_LOCAL,  # type: ignore[arg-type]
+        )
+        if plan.skip_reason is not None:
+            return {"execution_id": plan.execution_id, "status": "SKIPPED", "reason": plan.skip_reason}
+
+        previous: Any = None
+        status, error, result = "COMPLETED", None, None
+        failure: BaseException | None = None
+        try:
+            for index, step in enumerate(plan.steps):
+                previous = await workflow.execute_activity(
+                    step.activity,
+                    StepInput(
+                        execution_id=plan.execution_id, job_id=job.job_id, module=plan.module,
+                        module_version=plan.module_version, bundle_sha256=plan.bundle_sha256,
+                        job_type=plan.job_type, step=step.name, step_index=index, handler=step.handler,
+                        max_attempts=step.max_attempts, timeout_seconds=step.timeout_seconds, trigger=job.trigger,
+                        previous=previous, event=job.event, request=job.request,
+                        config_override=job.config_override,
+                    ),
+                    start_to_close_timeout=timedelta(seconds=step.timeout_seconds + 5),
+                    heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
+                    retry_policy=RetryPolicy(
+                        initial_interval=timedelta(seconds=plan.retry_initial_seconds),
+                        backoff_coefficient=plan.retry_backoff,
+                        maximum_interval=(
+                            timedelta(seconds=plan.retry_max_interval_seconds)
+                            if plan.retry_max_interval_seconds
+                            else None
+                        ),
+                        maximum_attempts=step.max_attempts + INFRA_ATTEMPTS,
+                        non_retryable_error_types=NON_RETRYABLE,
+                    ),
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                )
+            result = previous
+        except (ActivityError, CancelledError, asyncio.CancelledError) as exc:
+            status, error, failure = classify(exc), _error(exc), exc
+            if status == "CANCELLED":
+                error = {"message": "cancelled", "type": "Cancelled"}
+
+        await workflow.execute_local_activity(
+            MIRROR_FINISH,
+            FinishInput(execution_id=plan.execution_id, status=status, result=result, error=error),
+            **_LOCAL,  # type: ignore[arg-type]
+        )
+        await self._notify(plan, status, error)
+        if status == "CANCELLED":
+            raise CancelledError("execution cancelled")
+        if failure is not None:
+            raise ApplicationError(
+                (error or {}).get("message", status), {"status": status, "execution_id": plan.execution_id},
+                type=status, non_retryable=True,
+            )
+        return {"execution_id": plan.execution_id, "status": status, "result": result}
+
+    async def _notify(self, plan: RunPlan, status: str, error: dict[str, Any] | None) -> None:
+        """Send the job's declared notifications once, after the final attempt."""
+        key = {"COMPLETED": "onSuccess", "FAILED": "onFailure", "TIMED_OUT": "onTimeout"}.get(status)
+        channels = plan.notifications.get(key or "", []) if key else []
+        for channel in channels:
+            subject = f"[autoplat] {plan.module}.{plan.job_type} {status}"
+            body = f"Execution {plan.execution_id} of {plan.module}.{plan.job_type} ended {status}."
+            if error:
+                body += f"\nError: {error.get('message')}"
+            try:
+                await workflow.execute_activity(
+                    NOTIFY,
+                    NotifyInput(channel=channel, subject=subject, body=body, module=plan.module,
+                                data={"execution_id": plan.execution_id, "status": status, "error": error}),
+                    start_to_close_timeout=timedelta(seconds=60),
+                    retry_policy=RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30)),
+                )
+            except ActivityError:
+                workflow.logger.warning("notification to %s failed for %s", channel, plan.execution_id)

@@ -1,0 +1,151 @@
+"""The worker assembly: ``build_worker`` for ``autoplat worker`` and for tests alike."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.jobs import JobActivities
+from registry.db import create_engine, create_session_factory
+from registry.settings import Settings
+from workflows.job import JobWorkflow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerDeps:
+    """Shared clients of one worker process, built once and closed with it."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, settings: Settings) -> WorkerDeps:
+        engine = create_engine(settings.effective_database_url)
+        return cls(settings=settings, engine=engine, sessions=create_session_factory(engine))
+
+    async def close(self) -> None:
+        for closer in reversed(self.closers):
+            result = closer()
+            if asyncio.iscoroutine(result):
+                await result
+        await self.engine.dispose()
+
+
+def activity_providers(deps: WorkerDeps) -> list[Any]:
+    """Every activity class of the platform, built with the worker's shared clients."""
+    providers: list[Any] = [JobActivities(settings=deps.settings, sessions=deps.sessions)]
+    for extra in _optional_providers():
+        providers.append(extra(deps))
+    return providers
+
+
+def _optional_providers() -> list[Callable[[WorkerDeps], Any]]:
+    """Activity classes contributed by later capabilities (services, events, maintenance)."""
+    found: list[Callable[[WorkerDeps], Any]] = []
+    for name in ("activities.services", "activities.maintenance", "activities.events"):
+        try:
+            module = __import__(name, fromlist=["provider"])
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        found.append(module.provider)
+    return found
+
+
+def workflow_classes() -> list[type]:
+    classes: list[type] = [JobWorkflow]
+    try:
+        from workflows.maintenance import MaintenanceWorkflow
+
+        classes.append(MaintenanceWorkflow)
+    except ModuleNotFoundError:
+        pass
+    return classes
+
+
+def build_worker(client: Client, deps: WorkerDeps, *, task_queue: str | None = None, **kwargs: Any) -> Worker:
+    providers = activity_providers(deps)
+    # The job activities get the services factory / log sink of the service providers, if any.
+    jobs = next(p for p in providers if isinstance(p, JobActivities))
+    for provider in providers:
+        hook = getattr(provider, "attach", None)
+        if hook is not None:
+            hook(jobs)
+    activities = [fn for provider in providers for fn in provider.activities()]
+    return Worker(
+        client,
+        task_queue=task_queue or deps.settings.task_queue,
+        workflows=workflow_classes(),
+        activities=activities,
+        graceful_shutdown_timeout=timedelta(seconds=kwargs.pop("graceful_shutdown_seconds", 30)),
+        max_concurrent_activities=kwargs.pop("max_concurrent_activities", 100),
+        **kwargs,
+    )
+
+
+async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``), then shut down gracefully: running steps finish."""
+    from workflows.client import ensure_search_attributes
+
+    client = await _connect_with_retry(settings)
+    await ensure_search_attributes(client, settings.temporal_namespace)
+    deps = WorkerDeps.open(settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    worker = build_worker(client, deps)
+    log.info("worker polling task queue %s on %s", settings.task_queue, settings.temporal_address)
+    try:
+        await _maybe_start_maintenance(client, settings)
+        async with worker:
+            await stop.wait()
+            log.info("shutting down: waiting for running steps")
+    finally:
+        await deps.close()
+
+
+async def _connect_with_retry(settings: Settings, attempts: int = 60) -> Client:
+    from workflows.client import connect
+
+    delay = 0.5
+    for attempt in range(1, attempts + 1):
+        try:
+            return await connect(settings)
+        except Exception as exc:  # noqa: BLE001 - Temporal not up yet: keep trying with backoff
+            if attempt == attempts:
+                raise
+            log.warning("Temporal not reachable at %s (%s); retrying", settings.temporal_address, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5)
+    raise RuntimeError("unreachable")
+
+
+async def _maybe_start_maintenance(client: Client, settings: Settings) -> None:
+    if not settings.maintenance_schedule:
+        return
+    try:
+        from workflows.maintenance import ensure_maintenance_schedule
+    except ModuleNotFoundError:
+        return
+    try:
+        await ensure_maintenance_schedule(client, settings)
+    except Exception:  # noqa: BLE001 - maintenance is repairable later; the worker must still run
+        log.exception("could not ensure the maintenance schedule")
