@@ -95,6 +95,7 @@ def open_state(settings: Settings) -> AppState:
             max_failures=settings.login_max_failures,
             ip_max_failures=settings.login_ip_max_failures,
             window_seconds=settings.login_window_seconds,
+            prefix=settings.redis_prefix,
         ),
     )
 
@@ -144,7 +145,12 @@ async def _audit_failure(request: Request, status: int) -> None:
         return
     route = request.scope.get("route")
     template = getattr(route, "path", request.url.path)
+    if not template.startswith(API_PREFIX):
+        template = API_PREFIX + template
     actor: Actor | None = request.state.actor
+    # Anonymous refusals are not audited (anyone could flood the table); failed logins are.
+    if actor is None and not template.startswith(f"{API_PREFIX}/auth/"):
+        return
     client = request.client.host if request.client else None
     actor = Actor(
         user_id=actor.user_id if actor else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import importlib
 import inspect
@@ -12,6 +13,9 @@ from typing import Any
 
 from autoplat.context import JobContext
 from autoplat.errors import Cancelled
+
+#: How long a stopped sync handler gets to unwind (its finally blocks) before the step moves on.
+STOP_GRACE_SECONDS = 5.0
 
 
 def resolve_handler(ref: str) -> Callable[..., Any]:
@@ -76,6 +80,9 @@ async def invoke(fn: Callable[..., Any], ctx: JobContext) -> Any:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
         _raise_in_thread(thread, Cancelled)
+        # Give the handler a moment to run its ``finally`` blocks (and log) before we go on.
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(future), timeout=STOP_GRACE_SECONDS)
         raise
 
 

@@ -63,7 +63,10 @@ _EXCLUDED_SUFFIXES = (".pyc", ".pyo")
 _IGNORED_ROOTS = frozenset({"__MACOSX"})
 _CHUNK = 1024 * 1024
 _MODULE_RE = re.compile(r"[a-z][a-z0-9-]{0,99}")
-_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,127}")
+_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,255}")
+#: Longest version kept in a folder name (file names are limited to 255 bytes). Truncating is safe:
+#: the folder name also carries the content digest, and equal content may share a folder.
+_MAX_VERSION_IN_NAME = 200
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _DRIVE_RE = re.compile(r"[A-Za-z]:")
 
@@ -87,9 +90,7 @@ def _walk(root: Path, rel: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ..
         parts = (*rel, entry.name)
         shown = "/".join(parts)
         if entry.is_symlink():
-            raise InvalidInput(
-                f"{shown}: symbolic links are not allowed in a module folder", details={"entry": shown}
-            )
+            raise InvalidInput(f"{shown}: symbolic links are not allowed in a module folder", details={"entry": shown})
         if entry.is_dir(follow_symlinks=False):
             if entry.name in EXCLUDED_DIRS:
                 continue
@@ -151,9 +152,7 @@ def pack_folder(path: Path) -> tuple[bytes, str]:
                 tar.addfile(info, fh)
     data = buffer.getvalue()
     if len(data) > MAX_BUNDLE_BYTES:
-        raise PayloadTooLarge(
-            f"the module folder packs to {_mib(len(data))}; the limit is {_mib(MAX_BUNDLE_BYTES)}"
-        )
+        raise PayloadTooLarge(f"the module folder packs to {_mib(len(data))}; the limit is {_mib(MAX_BUNDLE_BYTES)}")
     return data, sha256_hex(data)
 
 
@@ -375,7 +374,7 @@ def code_folder(state_dir: Path, module: str, version: str, sha256: str) -> Path
         raise ValueError(f"unsafe module name or version: {module!r} {version!r}")
     if not _SHA_RE.fullmatch(sha256):
         raise ValueError(f"not a sha256 hex digest: {sha256!r}")
-    return Path(state_dir) / "code" / module / f"{version}-{sha256[:12]}"
+    return Path(state_dir) / "code" / module / f"{version[:_MAX_VERSION_IN_NAME]}-{sha256[:12]}"
 
 
 def materialize(state_dir: Path, module: str, version: str, sha256: str, data: bytes | None = None) -> Path:

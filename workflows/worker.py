@@ -115,9 +115,11 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     log.info("worker polling task queue %s on %s", settings.task_queue, settings.temporal_address)
     try:
         await _maybe_start_maintenance(client, settings)
+        startup = asyncio.create_task(_reconcile_at_startup(client, deps))
         async with worker:
             await stop.wait()
             log.info("shutting down: waiting for running steps")
+        startup.cancel()
     finally:
         await deps.close()
 
@@ -149,3 +151,15 @@ async def _maybe_start_maintenance(client: Client, settings: Settings) -> None:
         await ensure_maintenance_schedule(client, settings)
     except Exception:  # noqa: BLE001 - maintenance is repairable later; the worker must still run
         log.exception("could not ensure the maintenance schedule")
+
+
+async def _reconcile_at_startup(client: Client, deps: WorkerDeps) -> None:
+    from workflows.reconcile import reconcile_schedules, sweep_executions
+
+    try:
+        report = await reconcile_schedules(client=client, sessions=deps.sessions, task_queue=deps.settings.task_queue)
+        await sweep_executions(client=client, sessions=deps.sessions, report=report)
+        for line in report.lines():
+            log.info("start-up reconcile: %s", line)
+    except Exception:  # noqa: BLE001 - the periodic reconciler will try again
+        log.exception("start-up reconcile failed")

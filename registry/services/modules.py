@@ -32,15 +32,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import undefer
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry import codestore
 from registry.crypto import DecryptionFailed, decrypt_json, encrypt_json
+from registry.db import unit_of_work
 from registry.errors import Conflict, InvalidInput, InvalidManifest, InvalidTransition, NotFound, PayloadTooLarge
 from registry.manifest import (
     MASK,
@@ -56,6 +56,7 @@ from registry.models import Job, Module, ModuleStatus, ModuleVersion, new_id
 from registry.services import audit, events
 from registry.services.common import Actor, Page, escape_like, paginate
 from registry.services.lifecycle import LifecycleHooks
+from registry.settings import Settings
 
 __all__ = [
     "TRANSITIONS",
@@ -65,9 +66,11 @@ __all__ = [
     "InstallOutcome",
     "allowed_actions",
     "check_handlers",
+    "config_schema",
     "delete_module",
     "disable_module",
     "enable_module",
+    "ensure_module_from_path",
     "get_module",
     "install_module",
     "job_types",
@@ -210,14 +213,17 @@ async def list_modules(
     return await paginate(session, stmt, page=page, limit=limit)
 
 
-async def list_versions(*, session: AsyncSession, name: str, page: int, limit: int) -> Page[ModuleVersion]:
+async def list_versions(
+    *, session: AsyncSession, name: str, page: int, limit: int
+) -> tuple[Module, Page[ModuleVersion]]:
+    """The module and its stored versions, newest first."""
     module = await get_module(session=session, name=name)
     stmt = (
         select(ModuleVersion)
         .where(ModuleVersion.module_id == module.id)
         .order_by(ModuleVersion.created_at.desc(), ModuleVersion.id)
     )
-    return await paginate(session, stmt, page=page, limit=limit)
+    return module, await paginate(session, stmt, page=page, limit=limit)
 
 
 def _jobs(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -345,7 +351,10 @@ def _stage(source: CodeSource, workdir: Path) -> _Staged:
         raise InvalidManifest(
             f"manifest is invalid ({len(report.errors)} error(s)); first: {first.path or '/'} "
             f"[{first.code}] {first.message}",
-            details=report.to_dict(),
+            details={
+                "errors": [i.to_dict() for i in report.errors],
+                "warnings": [i.to_dict() for i in report.warnings],
+            },
         )
     assert isinstance(manifest, dict)
     return _Staged(data=data, sha256=sha, manifest=manifest, folder=folder, source=label)
@@ -477,7 +486,9 @@ def _record(
     event: str,
     outcome: str = "success",
     details: dict[str, Any] | None = None,
+    audit_details: dict[str, Any] | None = None,
 ) -> None:
+    """The audit row and the platform event of a transition; ``audit_details`` stay out of the event."""
     payload = {"name": module.name, "version": module.version, "status": module.status, **(details or {})}
     audit.record(
         session=session,
@@ -486,15 +497,15 @@ def _record(
         target_type="module",
         target_id=module.name,
         outcome=outcome,
-        details=payload,
+        details={**payload, **(audit_details or {})},
     )
-    events.record(session=session, name=f"module.{event}", payload=payload, source=_EVENT_SOURCE, module_name=module.name)
+    events.record(
+        session=session, name=f"module.{event}", payload=payload, source=_EVENT_SOURCE, module_name=module.name
+    )
 
 
-async def _current_version(session: AsyncSession, module: Module, *, with_bundle: bool = False) -> ModuleVersion:
+async def _current_version(session: AsyncSession, module: Module) -> ModuleVersion:
     stmt = select(ModuleVersion).where(ModuleVersion.module_id == module.id, ModuleVersion.version == module.version)
-    if with_bundle:
-        stmt = stmt.options(undefer(ModuleVersion.bundle))
     row = await session.scalar(stmt)
     if row is None:  # pragma: no cover - every registration writes its version row
         raise NotFound(f"module {module.name} has no stored code for version {module.version}")
@@ -502,17 +513,16 @@ async def _current_version(session: AsyncSession, module: Module, *, with_bundle
 
 
 async def _ensure_code(session: AsyncSession, state_dir: Path, module: Module) -> Path:
-    """The module's current code folder on this host, unpacked from the DB if needed."""
+    """The module's current code folder on this host, unpacked from the DB bundle if absent."""
     version = await _current_version(session, module)
-    if not version.bundle_sha256:
+    sha = version.bundle_sha256
+    if not sha:
         raise Conflict(f"module {module.name} {module.version} has no code bundle; register it again")
     try:
-        folder = codestore.materialize(state_dir, module.name, module.version, version.bundle_sha256)
+        folder = codestore.materialize(state_dir, module.name, module.version, sha)
     except FileNotFoundError:
-        version = await _current_version(session, module, with_bundle=True)
-        folder = await asyncio.to_thread(
-            codestore.materialize, state_dir, module.name, module.version, version.bundle_sha256, version.bundle
-        )
+        bundle = await session.scalar(select(ModuleVersion.bundle).where(ModuleVersion.id == version.id))
+        folder = await asyncio.to_thread(codestore.materialize, state_dir, module.name, module.version, sha, bundle)
     module.code_path = str(folder)
     return folder
 
@@ -631,7 +641,7 @@ async def register_module(*, session: AsyncSession, actor: Actor, state_dir: Pat
         await session.flush()
     except IntegrityError as exc:
         raise Conflict(f"module {staged.name} already exists", details={"name": staged.name}) from exc
-    _record(session, actor, module, action="register", event="registered", details={"source": staged.source})
+    _record(session, actor, module, action="register", event="registered", audit_details={"source": staged.source})
     return module
 
 
@@ -672,7 +682,9 @@ async def install_module(*, session: AsyncSession, actor: Actor, state_dir: Path
     module.status = S.INSTALLED.value
     module.status_reason = None
     module.installed_at = _now()
-    _record(session, actor, module, action="install", event="installed", details={"bundle_sha256": module.bundle_sha256})
+    _record(
+        session, actor, module, action="install", event="installed", details={"bundle_sha256": module.bundle_sha256}
+    )
     return InstallOutcome(module=module, ok=True)
 
 
@@ -808,12 +820,15 @@ async def upgrade_module(
     if target_status != module.status:
         module.status = target_status.value
         module.status_reason = None
-    # Split the configuration again by the new schema: a field that became secret leaves the clear column.
-    _store_config(module, config, secret_key=secret_key)
+    # Split the configuration again by the new schema: a field that became secret leaves the clear
+    # column; one that is no longer secret stays encrypted.
+    keep = _legacy_secrets(module, config_schema(module), secret_key)
+    _store_config(module, config, secret_key=secret_key, keep_encrypted=keep)
     module.revision += 1
     _record(
         session, actor, module, action="upgrade", event="upgraded",
-        details={"previous_version": previous, "source": staged.source},
+        details={"previous_version": previous},
+        audit_details={"source": staged.source},
     )  # fmt: skip
     await session.flush()
     await hooks.module_upgraded(session=session, module=module, previous_version=previous)
@@ -823,7 +838,7 @@ async def upgrade_module(
 # --- configuration ---------------------------------------------------------------------------------
 
 
-def _config_schema(module: Module) -> dict[str, Any]:
+def config_schema(module: Module) -> dict[str, Any]:
     schema = (module.manifest or {}).get("config")
     return schema if isinstance(schema, dict) else {}
 
@@ -895,34 +910,75 @@ def _decrypt(module: Module, secret_key: str | None) -> dict[str, Any]:
         ) from exc
 
 
+def _without_masks(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _without_masks(v) if isinstance(v, Mapping) else v for k, v in config.items() if v != MASK}
+
+
 def _stored_config(module: Module, *, secret_key: str | None) -> dict[str, Any]:
     """The configuration as set (no defaults), secrets in clear."""
-    clear = {k: v for k, v in (module.config or {}).items()}
-    return _merge(clear, _decrypt(module, secret_key))
+    return _merge(dict(module.config or {}), _decrypt(module, secret_key))
 
 
-def _store_config(module: Module, config: Mapping[str, Any], *, secret_key: str | None) -> None:
-    schema = _config_schema(module)
+def _store_config(
+    module: Module,
+    config: Mapping[str, Any],
+    *,
+    secret_key: str | None,
+    keep_encrypted: frozenset[str] = frozenset(),
+) -> None:
+    """Split ``config`` into the clear column and the encrypted one, by the current schema.
+
+    ``keep_encrypted`` names top-level keys to keep encrypted although the schema doesn't mark
+    them secret (any more): a value once written as a secret never lands in clear by an upgrade.
+    """
+    schema = config_schema(module)
     secrets = _secret_values(schema, config)
     # Module.config never holds a secret: a set secret reads "********" there.
-    module.config = mask_secrets(schema, config)
+    clear = mask_secrets(schema, config)
+    for key in keep_encrypted:
+        if config.get(key) is not None:
+            secrets[key] = config[key]
+            clear[key] = MASK
     if secrets:
-        if secret_key is None:  # pragma: no cover
+        if secret_key is None:  # pragma: no cover - callers pass the key
             raise Conflict("a secret key is needed to store secrets")
         module.secrets = encrypt_json(secret_key, secrets)
     else:
         module.secrets = None
+    module.config = clear
+
+
+def _legacy_secrets(module: Module, schema: Mapping[str, Any], secret_key: str | None) -> frozenset[str]:
+    """Top-level keys stored encrypted that ``schema`` doesn't mark secret, at top level or below."""
+    props = schema.get("properties")
+    props = props if isinstance(props, Mapping) else {}
+    return frozenset(
+        key
+        for key in _decrypt(module, secret_key)
+        if key not in secret_fields(schema) and not _nested_secret(props.get(key))
+    )
+
+
+def _nested_secret(schema: object) -> bool:
+    if not isinstance(schema, Mapping):
+        return False
+    props = schema.get("properties")
+    if not isinstance(props, Mapping):
+        return False
+    return any(
+        isinstance(sub, Mapping) and (sub.get("secret") is True or _nested_secret(sub)) for sub in props.values()
+    )
 
 
 def public_config(module: Module) -> dict[str, Any]:
     """The module configuration with defaults applied and every set secret masked."""
-    schema = _config_schema(module)
+    schema = config_schema(module)
     return mask_secrets(schema, apply_config_defaults(schema, module.config or {}))
 
 
 def resolved_config(*, module: Module, secret_key: str) -> dict[str, Any]:
     """The module configuration in clear with defaults: what a running job receives."""
-    schema = _config_schema(module)
+    schema = config_schema(module)
     return apply_config_defaults(schema, _stored_config(module, secret_key=secret_key))
 
 
@@ -938,9 +994,20 @@ async def update_config(
         InvalidInput: the configuration (with defaults) doesn't satisfy the schema.
     """
     module = await _lock(session, name)
-    schema = _config_schema(module)
-    stored = _stored_config(module, secret_key=secret_key)
+    schema = config_schema(module)
+    try:
+        stored = _stored_config(module, secret_key=secret_key)
+        legacy = _legacy_secrets(module, schema, secret_key)
+    except Conflict:
+        # Secrets encrypted under another key are lost: the ones sent now replace them, and
+        # the ones not sent are unset (and must be sent if the schema requires them).
+        stored, legacy = _without_masks(module.config or {}), frozenset()
     new = _keep_secrets(schema, dict(config), stored)
+    for key in legacy:
+        if key not in new or new[key] == MASK:
+            new[key] = stored[key]
+        elif new[key] is None:
+            del new[key]
     issues = validate_config(schema, apply_config_defaults(schema, new))
     if issues:
         first = issues[0]
@@ -949,7 +1016,7 @@ async def update_config(
             details={"errors": [i.to_dict() for i in issues]},
         )
     before_secrets = _secret_values(schema, stored)
-    _store_config(module, new, secret_key=secret_key)
+    _store_config(module, new, secret_key=secret_key, keep_encrypted=legacy)
     after_secrets = _secret_values(schema, new)
     changed = sorted(
         k for k in set(before_secrets) | set(after_secrets) if before_secrets.get(k) != after_secrets.get(k)
@@ -965,3 +1032,51 @@ async def update_config(
     )
     await session.flush()
     return module
+
+
+# --- bootstrap -------------------------------------------------------------------------------------
+
+
+class _Platform(Protocol):
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    hooks: LifecycleHooks
+
+
+async def ensure_module_from_path(*, state: _Platform, path: Path, enable: bool = True) -> str:
+    """Register (or upgrade to a newer version), install and enable a module folder; idempotent.
+
+    Used by ``autoplat dev`` for the example module. Each step commits on its own, so a failed
+    install leaves the module registered and FAILED with its reason.
+
+    Returns:
+        A one-line summary, e.g. ``"data-sync 1.0.0: ENABLED"``.
+    """
+    actor = Actor.system("autoplat")
+    settings = state.settings
+    source = CodeSource(path=Path(path).resolve())
+    try:
+        local = json.loads((source.path or Path(path)).joinpath("manifest.json").read_text(encoding="utf-8"))
+        name, version = str(local["name"]), str(local["version"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _manifest_error("manifest.missing", f"cannot read the module name and version: {exc}") from exc
+
+    async with unit_of_work(state.sessions) as session:
+        module = await session.scalar(select(Module).where(Module.name == name))
+        if module is None:
+            module = await register_module(session=session, actor=actor, state_dir=settings.state_dir, source=source)
+        elif parse_version(version) > parse_version(module.version):
+            module = await upgrade_module(
+                session=session, actor=actor, hooks=state.hooks, state_dir=settings.state_dir,
+                secret_key=settings.encryption_key(), name=name, source=source,
+            )  # fmt: skip
+    if module.status in (S.REGISTERED, S.FAILED):
+        async with unit_of_work(state.sessions) as session:
+            outcome = await install_module(session=session, actor=actor, state_dir=settings.state_dir, name=name)
+        module = outcome.module
+        if not outcome.ok:
+            return f"{name} {module.version}: FAILED ({outcome.reason})"
+    if enable and module.status in (S.INSTALLED, S.DISABLED):
+        async with unit_of_work(state.sessions) as session:
+            module = await enable_module(session=session, actor=actor, hooks=state.hooks, name=name)
+    return f"{name} {module.version}: {module.status}"

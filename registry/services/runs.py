@@ -112,10 +112,12 @@ async def start_run(
         select(Execution).where(Execution.workflow_id == workflow_id).with_for_update()
     )
     now = datetime.now(UTC)
+    job = await session.get(Job, job_id) if job_id else None
     if execution is None:
         execution = Execution(
             id=execution_id or execution_id_for(workflow_id),
-            job_id=job_id,
+            # A run of a job deleted meanwhile is still recorded (as skipped), without the dangling link.
+            job_id=job_id if job is not None else None,
             module_name=module_name,
             job_type=job_type,
             workflow_id=workflow_id,
@@ -135,7 +137,6 @@ async def start_run(
     execution.run_id = run_id
     execution.attempt = max(execution.attempt or 0, attempt)
 
-    job = await session.get(Job, job_id) if job_id else None
     module = await session.scalar(select(Module).where(Module.name == module_name))
     reason: str | None = None
     if job_id and job is None:

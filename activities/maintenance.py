@@ -1,0 +1,42 @@
+"""The maintenance activity: reconciler + sweeper (+ event retention when the events capability
+is present)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from temporalio import activity
+
+from activities.types import RECONCILE
+
+log = logging.getLogger(__name__)
+
+
+class MaintenanceActivities:
+    def __init__(self, deps: Any) -> None:
+        self.deps = deps
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.reconcile]
+
+    @activity.defn(name=RECONCILE)
+    async def reconcile(self) -> dict[str, Any]:
+        from workflows.reconcile import reconcile_schedules, sweep_executions
+
+        client = activity.client()
+        settings = self.deps.settings
+        report = await reconcile_schedules(client=client, sessions=self.deps.sessions, task_queue=settings.task_queue)
+        await sweep_executions(client=client, sessions=self.deps.sessions, report=report)
+        result: dict[str, Any] = report.as_dict()
+        retention = getattr(self.deps, "retention", None)
+        if retention is not None:
+            result["events_deleted"] = await retention()
+        for line in report.lines():
+            log.info("maintenance: %s", line)
+        return result
+
+
+def provider(deps: Any) -> MaintenanceActivities:
+    return MaintenanceActivities(deps)

@@ -1,0 +1,118 @@
+"""Schemas of the module registry API (``/api/v1/modules``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field
+
+from api.schemas.common import Schema
+
+
+class ModuleRegister(Schema):
+    """JSON body of ``POST /modules`` and ``POST /modules/{name}/upgrade`` (the other form is multipart)."""
+
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Absolute folder on the API server holding the module code (read with the API's rights).",
+    )
+    manifest: dict[str, Any] | None = Field(
+        default=None, description="The manifest; when omitted, manifest.json is read from `path`."
+    )
+
+
+class ManifestIssueRead(Schema):
+    path: str = Field(description="JSON pointer of the value at fault; empty for the whole document")
+    code: str
+    message: str
+
+
+class ValidationResult(Schema):
+    valid: bool
+    errors: list[ManifestIssueRead]
+    warnings: list[ManifestIssueRead]
+
+
+class ModuleRead(Schema):
+    id: str
+    name: str
+    version: str
+    display_name: str
+    description: str
+    author: str | None
+    status: str
+    status_reason: str | None
+    manifest: dict[str, Any] = Field(description="The full manifest of the current version")
+    bundle_sha256: str | None
+    config: dict[str, Any] = Field(description="Module configuration with defaults; secrets read ********")
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+    installed_at: datetime | None
+    enabled_at: datetime | None
+    allowed_actions: list[str] = Field(description="Lifecycle actions allowed from the current status")
+    job_types: int = Field(description="Number of job types in the manifest")
+
+
+class ModuleVersionRead(Schema):
+    id: str
+    version: str
+    current: bool
+    bundle_sha256: str | None
+    bundle_size: int | None
+    source: str | None
+    code_path: str | None
+    created_at: datetime
+    manifest: dict[str, Any]
+
+
+class RetryPolicyRead(Schema):
+    max_attempts: int
+    initial_interval_seconds: float
+    backoff_coefficient: float
+    maximum_interval_seconds: float | None
+    non_retryable_errors: list[str]
+
+
+class StepRead(Schema):
+    name: str | None
+    handler: str | None
+    timeout_seconds: int | None
+    retry_policy: RetryPolicyRead | None
+
+
+class JobTypeRead(Schema):
+    name: str
+    display_name: str
+    description: str
+    workflow_type: str = Field(description="Temporal workflow type: <module>.<job>")
+    handler: str | None
+    steps: list[StepRead]
+    schedule: str | None = Field(description="Default cron expression, or null")
+    timezone: str | None
+    config_schema: dict[str, Any]
+    defaults: dict[str, Any] = Field(description="Config defaults from the schema (secrets masked)")
+    secret_fields: list[str]
+    timeout_seconds: int
+    retries: int = Field(description="Retries after the first attempt (maxAttempts - 1)")
+    retry_policy: RetryPolicyRead
+    overlap: str
+    catchup_window_seconds: int
+    task_queue: str | None
+    notifications: dict[str, Any]
+    listeners: list[dict[str, Any]] = Field(description="Manifest listeners that start this job type")
+
+
+class ModuleConfigRead(Schema):
+    config: dict[str, Any] = Field(description="Configuration with defaults applied; set secrets read ********")
+    config_schema: dict[str, Any] = Field(description="The manifest's module-level config schema")
+    secret_fields: list[str]
+
+
+class ModuleConfigUpdate(Schema):
+    config: dict[str, Any] = Field(
+        description="The whole configuration (PUT replaces it). A secret omitted or sent as ******** keeps "
+        "its stored value; a secret sent as null is removed."
+    )

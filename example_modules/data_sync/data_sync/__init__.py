@@ -1,0 +1,1 @@
+"""data-sync: the example module of autoplat (see ../manifest.json)."""
