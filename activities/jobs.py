@@ -21,7 +21,6 @@ from temporalio.exceptions import ApplicationError
 
 from activities.loader import HandlerNotFound, load_handler
 from activities.types import (
-    INFRA_ATTEMPTS,
     MIRROR_FINISH,
     MIRROR_START,
     FinishInput,
@@ -129,7 +128,11 @@ class JobActivities:
             return plan
 
     def _plan(
-        self, execution: Execution, module: Module, version: ModuleVersion | None, job: Job | None,
+        self,
+        execution: Execution,
+        module: Module,
+        version: ModuleVersion | None,
+        job: Job | None,
         definition: dict[str, Any],
     ) -> RunPlan:
         retries = definition.get("retries") or {}
@@ -154,7 +157,9 @@ class JobActivities:
             bundle_sha256=version.bundle_sha256 if version is not None else module.bundle_sha256,
             job_type=execution.job_type,
             steps=steps,
-            retry_initial_seconds=float(backoff.get("initial_interval_seconds", retries.get("initialIntervalSeconds", 1))),
+            retry_initial_seconds=float(
+                backoff.get("initial_interval_seconds", retries.get("initialIntervalSeconds", 1))
+            ),
             retry_backoff=float(backoff.get("backoff_coefficient", retries.get("backoffCoefficient", 2.0))),
             retry_max_interval_seconds=backoff.get("maximum_interval_seconds", retries.get("maximumIntervalSeconds")),
             heartbeat_timeout_seconds=self.settings.heartbeat_timeout_seconds,
@@ -171,8 +176,12 @@ class JobActivities:
             if inp.attempt:
                 execution.attempt = max(execution.attempt or 0, inp.attempt)
             runs.finish(
-                session=session, execution=execution, status=ExecutionStatus(inp.status),
-                result=inp.result, error=inp.error, reason=inp.reason,
+                session=session,
+                execution=execution,
+                status=ExecutionStatus(inp.status),
+                result=inp.result,
+                error=inp.error,
+                reason=inp.reason,
             )
 
     # --- steps ----------------------------------------------------------------------------------
@@ -180,7 +189,9 @@ class JobActivities:
     async def run_step(self, args: Sequence[RawValue]) -> Any:
         inp: StepInput = activity.payload_converter().from_payload(args[0].payload, StepInput)
         info = activity.info()
-        buffer = LogBuffer(self.settings.execution_log_limit, self.log_sink(inp.execution_id) if self.log_sink else None)
+        buffer = LogBuffer(
+            self.settings.execution_log_limit, self.log_sink(inp.execution_id) if self.log_sink else None
+        )
         self.cancelled.pop(inp.execution_id, None)
         failures = await self._step_started(inp, info.attempt)
         if failures >= inp.max_attempts:
@@ -202,8 +213,13 @@ class JobActivities:
                 definition = runs.job_type_definition(version.manifest, inp.job_type) or {}
                 secrets = await self._secrets(session, job, module, definition)
                 config, _ = runs.resolve_config(definition, job, inp.config_override, secrets)
-                module_config = dict(module.config or {})
-                module_config.update(self._decrypt(module.secrets))
+                from registry.manifest import secret_fields
+                from registry.services.modules import config_schema, resolved_config
+
+                module_config = resolved_config(module=module, secret_key=self.settings.encryption_key())
+                module_secrets = {
+                    k: module_config[k] for k in secret_fields(config_schema(module)) if k in module_config
+                }
                 code_root = await self._code_root(session, version, inp)
                 trigger = execution.trigger if execution else inp.trigger
             key = f"{inp.module}@{inp.module_version}#{inp.bundle_sha256 or ''}"
@@ -214,12 +230,19 @@ class JobActivities:
             loop = asyncio.get_running_loop()
             ctx = JobContext(
                 info=ExecutionInfo(
-                    execution_id=inp.execution_id, module=inp.module, job_type=inp.job_type, job_id=inp.job_id,
-                    module_version=inp.module_version, step=inp.step, attempt=info.attempt, trigger=trigger,
-                    workflow_id=info.workflow_id, run_id=info.workflow_run_id,
+                    execution_id=inp.execution_id,
+                    module=inp.module,
+                    job_type=inp.job_type,
+                    job_id=inp.job_id,
+                    module_version=inp.module_version,
+                    step=inp.step,
+                    attempt=info.attempt,
+                    trigger=trigger,
+                    workflow_id=info.workflow_id,
+                    run_id=info.workflow_run_id,
                 ),
                 config=config,
-                secrets=secrets | {k: v for k, v in self._decrypt(module.secrets).items()},
+                secrets=module_secrets | secrets,
                 module_config=module_config,
                 runtime=_StepRuntime(self, inp, loop),
                 log_buffer=buffer,
@@ -233,8 +256,12 @@ class JobActivities:
             result = await self._run_with_heartbeats(fn, ctx, inp)
             outcome = "COMPLETED"
             if ctx.request is not None:
-                return {"__route_response__": True, "body": result, "status": ctx.response.status,
-                        "headers": ctx.response.headers}
+                return {
+                    "__route_response__": True,
+                    "body": result,
+                    "status": ctx.response.status,
+                    "headers": ctx.response.headers,
+                }
             return result
         except asyncio.CancelledError:
             outcome = "CANCELLED"
@@ -259,9 +286,7 @@ class JobActivities:
             error_text = f"{type(exc).__name__}: {exc}"
             buffer.add(_entry("ERROR", error_text, inp, info.attempt, exc=exc))
             failures = await self._count_failure(inp, False)
-            raise self._budgeted(
-                ApplicationError(error_text, type=type(exc).__name__), failures, inp
-            ) from None
+            raise self._budgeted(ApplicationError(error_text, type=type(exc).__name__), failures, inp) from None
         finally:
             await asyncio.shield(self._step_finished(inp, info.attempt, outcome, error_text, buffer))
 
@@ -281,7 +306,9 @@ class JobActivities:
             self.cancelled[inp.execution_id] = True
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            raise ApplicationError(f"step {inp.step} timed out after {inp.timeout_seconds}s", type="StepTimeout") from None
+            raise ApplicationError(
+                f"step {inp.step} timed out after {inp.timeout_seconds}s", type="StepTimeout"
+            ) from None
         except asyncio.CancelledError:
             self.cancelled[inp.execution_id] = True
             task.cancel()
@@ -387,7 +414,11 @@ class JobActivities:
         validate_name(name)
         async with unit_of_work(self.sessions) as session:
             event = events.record(
-                session=session, name=name, payload=payload, source=inp.module, module_name=inp.module,
+                session=session,
+                name=name,
+                payload=payload,
+                source=inp.module,
+                module_name=inp.module,
                 execution_id=inp.execution_id,
             )
             event_id = event.id
@@ -408,4 +439,3 @@ def _entry(level: str, message: str, inp: StepInput, attempt: int, exc: BaseExce
 
         entry["exception"] = "".join(traceback.format_exception(exc, limit=20))[-8000:]
     return entry
-

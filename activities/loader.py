@@ -35,7 +35,7 @@ def _is_under(module: types.ModuleType, root: str) -> bool:
     path = getattr(module, "__file__", None)
     if path:
         return os.path.abspath(path).startswith(root + os.sep)
-    paths = getattr(module, "__path__", None)
+    paths = getattr(module, "__path__", None) or []
     return bool(paths) and any(os.path.abspath(p).startswith(root + os.sep) for p in paths)
 
 

@@ -88,7 +88,10 @@ def require(permission: str) -> Callable[..., Coroutine[Any, Any, Actor]]:
             request.state.actor = Actor(user_id=user.id, email=user.email, role=user.role)
             raise PermissionDenied(f"role {user.role} lacks permission {permission}")
         actor = Actor(
-            user_id=user.id, email=user.email, role=user.role, ip=client_ip(request),
+            user_id=user.id,
+            email=user.email,
+            role=user.role,
+            ip=client_ip(request),
             request_id=request.state.request_id,
         )
         request.state.actor = actor

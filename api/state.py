@@ -39,6 +39,7 @@ class AppState:
             from workflows.hooks import ScheduleHooks
 
             self.hooks = ScheduleHooks(self.schedules)
+
     _temporal: Client | None = None
     _temporal_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

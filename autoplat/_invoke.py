@@ -33,7 +33,8 @@ def resolve_handler(ref: str) -> Callable[..., Any]:
 def _arguments(fn: Callable[..., Any], ctx: JobContext) -> tuple[Any, ...]:
     try:
         params = [
-            p for p in inspect.signature(fn).parameters.values()
+            p
+            for p in inspect.signature(fn).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
         varargs = any(p.kind == p.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values())

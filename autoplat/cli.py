@@ -136,9 +136,7 @@ def dev(
     from autoplat.devserver import run_dev
 
     os.environ.setdefault("AUTOPLAT_DEV_MODE", "true")
-    code = asyncio.run(
-        run_dev(host=host, port=port, temporal_port=temporal_port, ui_port=ui_port, example=example)
-    )
+    code = asyncio.run(run_dev(host=host, port=port, temporal_port=temporal_port, ui_port=ui_port, example=example))
     _exit(code)
 
 
@@ -186,8 +184,14 @@ def module_register(
 
     try:
         result = register_module(
-            path.resolve(), api_url=api_url, token=token, user=user, password=password,
-            upload=upload, install=install, enable=enable,
+            path.resolve(),
+            api_url=api_url,
+            token=token,
+            user=user,
+            password=password,
+            upload=upload,
+            install=install,
+            enable=enable,
         )
     except RuntimeError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)

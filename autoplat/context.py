@@ -140,8 +140,14 @@ class JobLogger:
         if exc:
             entry["exception"] = traceback.format_exc(limit=20)
         self._buffer.add(entry)
-        _log.log(level, "[%s %s] %s", self._info.module, self._info.job_type, text,
-                 extra={"execution_id": self._info.execution_id})
+        _log.log(
+            level,
+            "[%s %s] %s",
+            self._info.module,
+            self._info.job_type,
+            text,
+            extra={"execution_id": self._info.execution_id},
+        )
 
     def debug(self, msg: Any, *args: Any, extra: Mapping[str, Any] | None = None) -> None:
         self._log(logging.DEBUG, msg, args, extra, False)

@@ -66,7 +66,11 @@ async def _start_temporal(settings: Any, temporal_port: int, ui_port: int) -> as
     )
     _say(f"starting the Temporal dev server on 127.0.0.1:{temporal_port} ...")
     proc = await asyncio.create_subprocess_exec(
-        "bash", str(script), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "bash",
+        str(script),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
     )
     assert proc.stdout is not None
@@ -74,9 +78,13 @@ async def _start_temporal(settings: Any, temporal_port: int, ui_port: int) -> as
         line = await proc.stdout.readline()
         if not line:
             code = await proc.wait()
-            raise SystemExit(f"the Temporal dev server failed to start (exit {code}); see {settings.state_dir}/temporal.log")
+            raise SystemExit(
+                f"the Temporal dev server failed to start (exit {code}); see {settings.state_dir}/temporal.log"
+            )
         text = line.decode().rstrip()
-        if text.startswith("Temporal Web UI") or (text.startswith("Temporal dev server ready") and "--headless" in text):
+        if text.startswith("Temporal Web UI") or (
+            text.startswith("Temporal dev server ready") and "--headless" in text
+        ):
             break
         if text.startswith("Temporal dev server ready"):
             continue
@@ -98,7 +106,6 @@ async def _serve(settings: Any, *, host: str, port: int, example: bool, stop: as
             await _register_example(state)
         app = create_app(settings, state=state)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         worker_stop = asyncio.Event()
         worker_task = asyncio.create_task(run_worker(settings, stop=worker_stop))
         api_task = asyncio.create_task(server.serve())

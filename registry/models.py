@@ -290,9 +290,7 @@ class Event(Base):
         Index("ix_events_received", "received_at"),
     )
 
-    seq: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
@@ -314,9 +312,7 @@ class EventDelivery(Base):
     __tablename__ = "event_deliveries"
     __table_args__ = (UniqueConstraint("event_id", "job_id", name="uq_event_deliveries_event_job"),)
 
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(64), index=True)
     job_id: Mapped[str] = mapped_column(String(36))
     workflow_id: Mapped[str] = mapped_column(String(255))

@@ -131,15 +131,11 @@ class Settings(BaseSettings):
         if not secret:
             problems.append("AUTOPLAT_JWT_SECRET is not set")
         elif _weak(secret):
-            problems.append(
-                f"AUTOPLAT_JWT_SECRET is too weak (at least {MIN_SECRET_LENGTH} random characters)"
-            )
+            problems.append(f"AUTOPLAT_JWT_SECRET is too weak (at least {MIN_SECRET_LENGTH} random characters)")
         if self.secret_key is not None:
             key = self.secret_key.get_secret_value()
             if _weak(key):
-                problems.append(
-                    f"AUTOPLAT_SECRET_KEY is too weak (at least {MIN_SECRET_LENGTH} random characters)"
-                )
+                problems.append(f"AUTOPLAT_SECRET_KEY is too weak (at least {MIN_SECRET_LENGTH} random characters)")
         if self.admin_password is not None and len(self.admin_password.get_secret_value()) < 12:
             problems.append("AUTOPLAT_ADMIN_PASSWORD is too short (at least 12 characters)")
         if problems:

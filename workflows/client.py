@@ -50,9 +50,7 @@ async def ensure_search_attributes(client: Client, namespace: str) -> None:
     from temporalio.api.enums.v1 import IndexedValueType
     from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 
-    existing = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=namespace)
-    )
+    existing = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
     missing = {
         name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
         for name, kind in SEARCH_ATTRIBUTES.items()

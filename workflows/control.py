@@ -63,7 +63,9 @@ class Runner:
                 if existing is not None:
                     return existing, False
             if not job.enabled:
-                raise Conflict(f"job {job.name} is disabled; enable it to run it", details={"current_state": "disabled"})
+                raise Conflict(
+                    f"job {job.name} is disabled; enable it to run it", details={"current_state": "disabled"}
+                )
             if module is None or module.status != ModuleStatus.ENABLED.value:
                 state = module.status if module else "missing"
                 raise Conflict(
@@ -82,10 +84,21 @@ class Runner:
             )
             execution.workflow_id = f"exec-{execution.id}"
             session.add(execution)
-            audit.record(session=session, actor=actor, action="job.execute", target_type="job", target_id=job.id,
-                         details={"execution_id": execution.id, "trigger": trigger})
-            steps = len(runs.steps_of(runs.job_type_definition(module.manifest, job.job_type) or {"handler": "x:y"},
-                                      module.name, job.job_type))
+            audit.record(
+                session=session,
+                actor=actor,
+                action="job.execute",
+                target_type="job",
+                target_id=job.id,
+                details={"execution_id": execution.id, "trigger": trigger},
+            )
+            steps = len(
+                runs.steps_of(
+                    runs.job_type_definition(module.manifest, job.job_type) or {"handler": "x:y"},
+                    module.name,
+                    job.job_type,
+                )
+            )
             timeout = workflow_timeout(job, steps)
         await self._start(
             execution,
@@ -144,9 +157,13 @@ class Runner:
             async with unit_of_work(self.sessions) as session:
                 row = await session.get(Execution, execution.id)
                 if row is not None:
-                    runs.finish(session=session, execution=row, status=ExecutionStatus.FAILED,
-                                error={"type": "StartFailed", "message": f"could not start the run: {exc}"},
-                                reason="Temporal unavailable")
+                    runs.finish(
+                        session=session,
+                        execution=row,
+                        status=ExecutionStatus.FAILED,
+                        error={"type": "StartFailed", "message": f"could not start the run: {exc}"},
+                        reason="Temporal unavailable",
+                    )
             log.warning("could not start %s: %s", execution.workflow_id, exc)
             raise ServiceUnavailable(f"could not start the run on Temporal: {type(exc).__name__}") from exc
 
@@ -179,10 +196,15 @@ class Runner:
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise ServiceUnavailable(f"could not cancel on Temporal: {exc.message}") from exc
-            runs.finish(session=session, execution=execution, status=ExecutionStatus.CANCELLED,
-                        reason="cancelled before its workflow existed")
-        audit.record(session=session, actor=actor, action="execution.cancel", target_type="execution",
-                     target_id=execution_id)
+            runs.finish(
+                session=session,
+                execution=execution,
+                status=ExecutionStatus.CANCELLED,
+                reason="cancelled before its workflow existed",
+            )
+        audit.record(
+            session=session, actor=actor, action="execution.cancel", target_type="execution", target_id=execution_id
+        )
         return execution
 
     async def retry(self, *, execution_id: str, actor: Actor) -> Execution:
@@ -224,6 +246,3 @@ def runs_mask(job: Job, module: Module | None, override: dict[str, Any] | None) 
 
 def _summary(request: dict[str, Any]) -> dict[str, Any]:
     return {k: request.get(k) for k in ("method", "path", "params", "query")}
-
-
-

@@ -31,10 +31,8 @@ with workflow.unsafe.imports_passed_through():
         StepInput,
     )
 
-_LOCAL = {
-    "start_to_close_timeout": timedelta(seconds=30),
-    "retry_policy": RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)),
-}
+_LOCAL_TIMEOUT = timedelta(seconds=30)
+_LOCAL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
 
 
 def classify(exc: BaseException) -> str:
@@ -79,11 +77,15 @@ class JobWorkflow:
         plan: RunPlan = await workflow.execute_local_activity(
             MIRROR_START,
             StartInput(
-                workflow_id=info.workflow_id, run_id=info.run_id, workflow_type=info.workflow_type, job=job,
+                workflow_id=info.workflow_id,
+                run_id=info.run_id,
+                workflow_type=info.workflow_type,
+                job=job,
                 attempt=info.attempt,
             ),
             result_type=RunPlan,
-            **_LOCAL,  # type: ignore[arg-type]
+            start_to_close_timeout=_LOCAL_TIMEOUT,
+            retry_policy=_LOCAL_RETRY,
         )
         if plan.skip_reason is not None:
             return {"execution_id": plan.execution_id, "status": "SKIPPED", "reason": plan.skip_reason}
@@ -96,11 +98,21 @@ class JobWorkflow:
                 previous = await workflow.execute_activity(
                     step.activity,
                     StepInput(
-                        execution_id=plan.execution_id, job_id=job.job_id, module=plan.module,
-                        module_version=plan.module_version, bundle_sha256=plan.bundle_sha256,
-                        job_type=plan.job_type, step=step.name, step_index=index, handler=step.handler,
-                        max_attempts=step.max_attempts, timeout_seconds=step.timeout_seconds, trigger=job.trigger,
-                        previous=previous, event=job.event, request=job.request,
+                        execution_id=plan.execution_id,
+                        job_id=job.job_id,
+                        module=plan.module,
+                        module_version=plan.module_version,
+                        bundle_sha256=plan.bundle_sha256,
+                        job_type=plan.job_type,
+                        step=step.name,
+                        step_index=index,
+                        handler=step.handler,
+                        max_attempts=step.max_attempts,
+                        timeout_seconds=step.timeout_seconds,
+                        trigger=job.trigger,
+                        previous=previous,
+                        event=job.event,
+                        request=job.request,
                         config_override=job.config_override,
                     ),
                     start_to_close_timeout=timedelta(seconds=step.timeout_seconds + 5),
@@ -127,15 +139,18 @@ class JobWorkflow:
         await workflow.execute_local_activity(
             MIRROR_FINISH,
             FinishInput(execution_id=plan.execution_id, status=status, result=result, error=error),
-            **_LOCAL,  # type: ignore[arg-type]
+            start_to_close_timeout=_LOCAL_TIMEOUT,
+            retry_policy=_LOCAL_RETRY,
         )
         await self._notify(plan, status, error)
         if status == "CANCELLED":
             raise CancelledError("execution cancelled")
         if failure is not None:
             raise ApplicationError(
-                (error or {}).get("message", status), {"status": status, "execution_id": plan.execution_id},
-                type=status, non_retryable=True,
+                (error or {}).get("message", status),
+                {"status": status, "execution_id": plan.execution_id},
+                type=status,
+                non_retryable=True,
             )
         return {"execution_id": plan.execution_id, "status": status, "result": result}
 
@@ -151,8 +166,13 @@ class JobWorkflow:
             try:
                 await workflow.execute_activity(
                     NOTIFY,
-                    NotifyInput(channel=channel, subject=subject, body=body, module=plan.module,
-                                data={"execution_id": plan.execution_id, "status": status, "error": error}),
+                    NotifyInput(
+                        channel=channel,
+                        subject=subject,
+                        body=body,
+                        module=plan.module,
+                        data={"execution_id": plan.execution_id, "status": status, "error": error},
+                    ),
                     start_to_close_timeout=timedelta(seconds=60),
                     retry_policy=RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30)),
                 )

@@ -44,10 +44,14 @@ async def ensure_maintenance_schedule(client: Any, settings: Any) -> None:
 
     schedule = Schedule(
         action=ScheduleActionStartWorkflow(
-            MAINTENANCE_WORKFLOW, id="autoplat-maintenance-run", task_queue=settings.task_queue,
+            MAINTENANCE_WORKFLOW,
+            id="autoplat-maintenance-run",
+            task_queue=settings.task_queue,
             execution_timeout=timedelta(minutes=15),
         ),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.reconcile_interval_seconds))]),
+        spec=ScheduleSpec(
+            intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.reconcile_interval_seconds))]
+        ),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
     )
     try:

@@ -47,8 +47,11 @@ class Report:
 
     def as_dict(self) -> dict[str, list[str]]:
         return {
-            "created": self.created, "updated": self.updated, "deleted": self.deleted,
-            "swept": self.swept, "errors": self.errors,
+            "created": self.created,
+            "updated": self.updated,
+            "deleted": self.deleted,
+            "swept": self.swept,
+            "errors": self.errors,
         }
 
 
@@ -97,10 +100,15 @@ async def reconcile_schedules(
                 continue
             desc = await client.get_schedule_handle(sid).describe()
             action = desc.schedule.action
-            memo = _decode_memo(client, (action.memo or {}).get("autoplat_schedule")) if isinstance(
-                action, ScheduleActionStartWorkflow) else {}
-            stale = memo != memo_for(job, module) or desc.schedule.state.paused != (state == "paused") or (
-                isinstance(action, ScheduleActionStartWorkflow) and action.task_queue != task_queue
+            memo = (
+                _decode_memo(client, (action.memo or {}).get("autoplat_schedule"))
+                if isinstance(action, ScheduleActionStartWorkflow)
+                else {}
+            )
+            stale = (
+                memo != memo_for(job, module)
+                or desc.schedule.state.paused != (state == "paused")
+                or (isinstance(action, ScheduleActionStartWorkflow) and action.task_queue != task_queue)
             )
             if stale:
                 await manager.apply(job, module, steps)
@@ -129,8 +137,12 @@ _CLOSED = {
 
 
 async def sweep_executions(
-    *, client: Client, sessions: async_sessionmaker[AsyncSession], older_than: timedelta = timedelta(seconds=30),
-    report: Report | None = None, limit: int = 500,
+    *,
+    client: Client,
+    sessions: async_sessionmaker[AsyncSession],
+    older_than: timedelta = timedelta(seconds=30),
+    report: Report | None = None,
+    limit: int = 500,
 ) -> Report:
     """Close mirror rows whose workflow ended without writing its end."""
     report = report or Report()
@@ -139,8 +151,10 @@ async def sweep_executions(
         rows = list(
             await session.scalars(
                 select(Execution)
-                .where(Execution.status.in_([ExecutionStatus.PENDING.value, ExecutionStatus.RUNNING.value]),
-                       Execution.created_at < cutoff)
+                .where(
+                    Execution.status.in_([ExecutionStatus.PENDING.value, ExecutionStatus.RUNNING.value]),
+                    Execution.created_at < cutoff,
+                )
                 .order_by(Execution.created_at)
                 .limit(limit)
             )
@@ -159,15 +173,19 @@ async def sweep_executions(
         status = _CLOSED.get(temporal_status) if temporal_status else ExecutionStatus.FAILED
         reason = (
             f"workflow {temporal_status.name.lower()} outside the platform"
-            if temporal_status else "workflow not found in Temporal (never started or past retention)"
+            if temporal_status
+            else "workflow not found in Temporal (never started or past retention)"
         )
         async with unit_of_work(sessions) as session:
             fresh = await session.get(Execution, row.id, with_for_update=True)
             if fresh is None:
                 continue
             changed = runs.finish(
-                session=session, execution=fresh, status=status or ExecutionStatus.FAILED,
-                error={"type": "Swept", "message": reason}, reason=reason,
+                session=session,
+                execution=fresh,
+                status=status or ExecutionStatus.FAILED,
+                error={"type": "Swept", "message": reason},
+                reason=reason,
             )
         if changed:
             report.swept.append(f"{row.id} -> {(status or ExecutionStatus.FAILED).value} ({reason})")

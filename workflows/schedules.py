@@ -16,7 +16,6 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
-    ScheduleHandle,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
@@ -50,7 +49,9 @@ def schedule_id(job_id: str) -> str:
     return f"{SCHEDULE_PREFIX}{job_id}"
 
 
-def search_attributes(module: str, job_id: str | None, trigger: str, execution_id: str | None = None) -> TypedSearchAttributes:
+def search_attributes(
+    module: str, job_id: str | None, trigger: str, execution_id: str | None = None
+) -> TypedSearchAttributes:
     pairs: list[SearchAttributePair[Any]] = [
         SearchAttributePair(MODULE_KEY, module),
         SearchAttributePair(TRIGGER_KEY, trigger),
@@ -66,7 +67,9 @@ def workflow_timeout(job: Job, steps: int = 1) -> timedelta:
     """A bound on a whole run: every attempt of every step, with backoff, plus slack."""
     attempts = job.retries + 1 + INFRA_ATTEMPTS
     backoff = job.retry_backoff or {}
-    max_interval = float(backoff.get("maximum_interval_seconds") or 100 * float(backoff.get("initial_interval_seconds", 1)))
+    max_interval = float(
+        backoff.get("maximum_interval_seconds") or 100 * float(backoff.get("initial_interval_seconds", 1))
+    )
     per_step = (job.timeout_seconds + 5) * attempts + max_interval * attempts
     return timedelta(seconds=int(per_step * max(steps, 1) + 300))
 
@@ -131,7 +134,8 @@ class ScheduleManager:
         schedule = self.build(job, module, steps)
         try:
             await self.client.create_schedule(
-                schedule_id(job.id), schedule,
+                schedule_id(job.id),
+                schedule,
                 search_attributes=search_attributes(job.module_name, job.id, "schedule"),
             )
             return "created"

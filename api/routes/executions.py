@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, status
@@ -20,8 +20,16 @@ router = APIRouter(prefix="/executions", tags=["executions"], responses=ERROR_RE
 
 TriggerQ = Literal["schedule", "manual", "event", "api", "http"]
 SortQ = Literal[
-    "created_at", "-created_at", "started_at", "-started_at", "finished_at", "-finished_at",
-    "duration_ms", "-duration_ms", "status", "-status",
+    "created_at",
+    "-created_at",
+    "started_at",
+    "-started_at",
+    "finished_at",
+    "-finished_at",
+    "duration_ms",
+    "-duration_ms",
+    "status",
+    "-status",
 ]
 
 
@@ -35,14 +43,29 @@ def execution_read(row: Execution, settings: Settings) -> ExecutionRead:
     return ExecutionRead(**_fields(row, settings))
 
 
-def _fields(row: Execution, settings: Settings) -> dict[str, object]:
+def _fields(row: Execution, settings: Settings) -> dict[str, Any]:
     return {
-        "id": row.id, "job_id": row.job_id, "module": row.module_name, "module_version": row.module_version,
-        "job_type": row.job_type, "workflow_id": row.workflow_id, "run_id": row.run_id, "status": row.status,
-        "status_reason": row.status_reason, "trigger": row.trigger, "event_id": row.event_id,
-        "idempotency_key": row.idempotency_key, "attempt": row.attempt, "steps": row.steps or [],
-        "config": row.config, "result": row.result, "error": row.error, "created_at": row.created_at,
-        "started_at": row.started_at, "finished_at": row.finished_at, "duration_ms": row.duration_ms,
+        "id": row.id,
+        "job_id": row.job_id,
+        "module": row.module_name,
+        "module_version": row.module_version,
+        "job_type": row.job_type,
+        "workflow_id": row.workflow_id,
+        "run_id": row.run_id,
+        "status": row.status,
+        "status_reason": row.status_reason,
+        "trigger": row.trigger,
+        "event_id": row.event_id,
+        "idempotency_key": row.idempotency_key,
+        "attempt": row.attempt,
+        "steps": row.steps or [],
+        "config": row.config,
+        "result": row.result,
+        "error": row.error,
+        "created_at": row.created_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "duration_ms": row.duration_ms,
         "temporal_url": temporal_url(settings, row),
     }
 
@@ -59,7 +82,9 @@ async def list_executions(
     job_id: str | None = None,
     module: Annotated[str | None, Query(max_length=50)] = None,
     job_type: Annotated[str | None, Query(max_length=100)] = None,
-    status_: Annotated[str | None, Query(alias="status", max_length=120, description="One or more, comma-separated")] = None,
+    status_: Annotated[
+        str | None, Query(alias="status", max_length=120, description="One or more, comma-separated")
+    ] = None,
     trigger: TriggerQ | None = None,
     event_id: str | None = None,
     since: datetime | None = None,
@@ -69,8 +94,18 @@ async def list_executions(
 ) -> Page[ExecutionRead]:
     page, limit = paging
     result = await executions.list_executions(
-        session=session, page=page, limit=limit, sort=sort, job_id=job_id, module=module, job_type=job_type,
-        status=status_, trigger=trigger, event_id=event_id, since=since, until=until,
+        session=session,
+        page=page,
+        limit=limit,
+        sort=sort,
+        job_id=job_id,
+        module=module,
+        job_type=job_type,
+        status=status_,
+        trigger=trigger,
+        event_id=event_id,
+        since=since,
+        until=until,
     )
     return Page(items=[execution_read(r, settings) for r in result.items], total=result.total, page=page, limit=limit)
 
@@ -106,7 +141,8 @@ async def get_logs(
     if level:
         order = ["DEBUG", "INFO", "WARNING", "ERROR"]
         entries = [
-            e for e in entries
+            e
+            for e in entries
             if e.get("level", "INFO") in order and order.index(e.get("level", "INFO")) >= order.index(level)
         ]
     truncated = any(e.get("message", "").startswith("[log truncated") for e in entries)

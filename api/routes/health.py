@@ -22,7 +22,9 @@ async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="DB, Redis and Temporal are reachable", responses={503: {"description": "Something is down"}})
+@router.get(
+    "/ready", summary="DB, Redis and Temporal are reachable", responses={503: {"description": "Something is down"}}
+)
 async def ready(state: StateDep) -> Any:
     async def db() -> None:
         async with state.engine.connect() as conn:

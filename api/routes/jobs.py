@@ -26,19 +26,36 @@ async def job_read(job: Job, state: AppState, *, session: SessionDep, detail: bo
     codec = state.secret_codec()
     config = jobs.masked_config(job, module, codec.decrypt(job.secrets)) if module else dict(job.config)
     read = JobRead(
-        id=job.id, module=job.module_name, job_type=job.job_type, name=job.name, description=job.description,
-        schedule=job.schedule, timezone=job.timezone, enabled=job.enabled, timeout_seconds=job.timeout_seconds,
-        retries=job.retries, retry_backoff=job.retry_backoff or {}, overlap=job.overlap,
-        catchup_window_seconds=job.catchup_window_seconds, config=config, event_triggers=job.event_triggers or [],
-        notifications=job.notifications or {}, schedule_id=schedule_id(job.id) if job.schedule else None,
-        revision=job.revision, created_at=job.created_at, updated_at=job.updated_at,
+        id=job.id,
+        module=job.module_name,
+        job_type=job.job_type,
+        name=job.name,
+        description=job.description,
+        schedule=job.schedule,
+        timezone=job.timezone,
+        enabled=job.enabled,
+        timeout_seconds=job.timeout_seconds,
+        retries=job.retries,
+        retry_backoff=job.retry_backoff or {},
+        overlap=job.overlap,
+        catchup_window_seconds=job.catchup_window_seconds,
+        config=config,
+        event_triggers=job.event_triggers or [],
+        notifications=job.notifications or {},
+        schedule_id=schedule_id(job.id) if job.schedule else None,
+        revision=job.revision,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
     )
     if detail:
         read.next_runs = jobs.upcoming(job) if job.enabled else []
         last = await jobs.last_execution(session=session, job_id=job.id)
         if last is not None:
             read.last_execution = ExecutionSummary(
-                id=last.id, status=last.status, trigger=last.trigger, created_at=last.created_at,
+                id=last.id,
+                status=last.status,
+                trigger=last.trigger,
+                created_at=last.created_at,
                 finished_at=last.finished_at,
             )
         if job.schedule:
@@ -108,8 +125,12 @@ async def update_job(
     if "retry_backoff" in changes and changes["retry_backoff"] is not None:
         changes["retry_backoff"] = {k: v for k, v in changes["retry_backoff"].items() if v is not None}
     job = await jobs.update_job(
-        session=session, scheduler=_LazyScheduler(state), crypto=state.secret_codec(), actor=actor,
-        job_id=job_id, changes=changes,
+        session=session,
+        scheduler=_LazyScheduler(state),
+        crypto=state.secret_codec(),
+        actor=actor,
+        job_id=job_id,
+        changes=changes,
     )
     return await job_read(job, state, session=session, detail=True)
 
@@ -120,8 +141,12 @@ async def delete_job(job_id: str, session: SessionDep, state: StateDep, actor: A
 
 
 @router.post("/{job_id}/enable", response_model=JobRead)
-async def enable_job(job_id: str, session: SessionDep, state: StateDep, actor: Actor = Requires("jobs:write")) -> JobRead:
-    job = await jobs.set_enabled(session=session, scheduler=_LazyScheduler(state), actor=actor, job_id=job_id, enabled=True)
+async def enable_job(
+    job_id: str, session: SessionDep, state: StateDep, actor: Actor = Requires("jobs:write")
+) -> JobRead:
+    job = await jobs.set_enabled(
+        session=session, scheduler=_LazyScheduler(state), actor=actor, job_id=job_id, enabled=True
+    )
     return await job_read(job, state, session=session, detail=True)
 
 
@@ -129,7 +154,9 @@ async def enable_job(job_id: str, session: SessionDep, state: StateDep, actor: A
 async def disable_job(
     job_id: str, session: SessionDep, state: StateDep, actor: Actor = Requires("jobs:write")
 ) -> JobRead:
-    job = await jobs.set_enabled(session=session, scheduler=_LazyScheduler(state), actor=actor, job_id=job_id, enabled=False)
+    job = await jobs.set_enabled(
+        session=session, scheduler=_LazyScheduler(state), actor=actor, job_id=job_id, enabled=False
+    )
     return await job_read(job, state, session=session, detail=True)
 
 
@@ -151,7 +178,10 @@ async def execute_job(
 ) -> ExecutionRead:
     runner = await state.runner()
     execution, created = await runner.start_job(
-        job_id=job_id, actor=actor, trigger="manual", config_override=body.config if body else None,
+        job_id=job_id,
+        actor=actor,
+        trigger="manual",
+        config_override=body.config if body else None,
         idempotency_key=idempotency_key,
     )
     response.headers["Location"] = f"/api/v1/executions/{execution.id}"

@@ -34,11 +34,22 @@ async def list_users(
 @router.post("", response_model=UserRead, status_code=status.HTTP_201_CREATED)
 async def create_user(body: UserCreate, session: SessionDep, actor: Actor = Requires("users:write")) -> UserRead:
     user = await users.create_user(
-        session=session, email=body.email, password=body.password, role=body.role,
-        username=body.username, full_name=body.full_name, is_active=body.is_active,
+        session=session,
+        email=body.email,
+        password=body.password,
+        role=body.role,
+        username=body.username,
+        full_name=body.full_name,
+        is_active=body.is_active,
     )
-    audit.record(session=session, actor=actor, action="user.create", target_type="user", target_id=user.id,
-                 details={"role": user.role})
+    audit.record(
+        session=session,
+        actor=actor,
+        action="user.create",
+        target_type="user",
+        target_id=user.id,
+        details={"role": user.role},
+    )
     return user_read(user)
 
 
@@ -54,8 +65,14 @@ async def update_user(
     user = await users.update_user(
         session=session, user_id=user_id, role=body.role, is_active=body.is_active, full_name=body.full_name
     )
-    audit.record(session=session, actor=actor, action="user.update", target_type="user", target_id=user.id,
-                 details=body.model_dump(exclude_none=True, mode="json"))
+    audit.record(
+        session=session,
+        actor=actor,
+        action="user.update",
+        target_type="user",
+        target_id=user.id,
+        details=body.model_dump(exclude_none=True, mode="json"),
+    )
     return user_read(user)
 
 
@@ -69,6 +86,12 @@ async def delete_user(user_id: str, session: SessionDep, actor: Actor = Requires
 async def revoke_sessions(user_id: str, session: SessionDep, actor: Actor = Requires("users:write")) -> SessionsRevoked:
     await users.get_user(session=session, user_id=user_id)
     count = await users.revoke_sessions(session=session, user_id=user_id, reason="admin_revoked")
-    audit.record(session=session, actor=actor, action="user.revoke_sessions", target_type="user", target_id=user_id,
-                 details={"revoked_sessions": count})
+    audit.record(
+        session=session,
+        actor=actor,
+        action="user.revoke_sessions",
+        target_type="user",
+        target_id=user_id,
+        details={"revoked_sessions": count},
+    )
     return SessionsRevoked(revoked_sessions=count)

@@ -22,7 +22,8 @@ class JobCreate(Schema):
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=2000)
     schedule: str | None = Field(
-        default=None, max_length=120,
+        default=None,
+        max_length=120,
         description="Cron, 5 fields or 6 with seconds first; omitted = the job type's default; null = none",
     )
     timezone: str | None = Field(default=None, max_length=64, description="IANA timezone (default UTC)")

@@ -30,7 +30,7 @@ async def get_execution(*, session: AsyncSession, execution_id: str) -> Executio
 
 
 def _filtered(
-    stmt: Select[Any],
+    stmt: Any,
     *,
     job_id: str | None = None,
     module: str | None = None,
@@ -86,8 +86,14 @@ async def stats(*, session: AsyncSession, **filters: Any) -> dict[str, Any]:
     per_job_rows = (
         await session.execute(
             _filtered(
-                select(Execution.job_id, Execution.module_name, Execution.job_type, Execution.status, func.count(),
-                       func.avg(Execution.duration_ms)),
+                select(
+                    Execution.job_id,
+                    Execution.module_name,
+                    Execution.job_type,
+                    Execution.status,
+                    func.count(),
+                    func.avg(Execution.duration_ms),
+                ),
                 **filters,
             ).group_by(Execution.job_id, Execution.module_name, Execution.job_type, Execution.status)
         )

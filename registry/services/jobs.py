@@ -82,9 +82,13 @@ def _check_schedule(schedule: str | None, timezone: str) -> None:
     if schedule is not None:
         problem = validate_cron(schedule)
         if problem:
-            raise InvalidInput(f"invalid cron {schedule!r}: {problem}", details=[{"loc": ["body", "schedule"], "msg": problem}])
+            raise InvalidInput(
+                f"invalid cron {schedule!r}: {problem}", details=[{"loc": ["body", "schedule"], "msg": problem}]
+            )
     if not validate_timezone(timezone):
-        raise InvalidInput(f"unknown timezone {timezone!r}", details=[{"loc": ["body", "timezone"], "msg": "IANA name"}])
+        raise InvalidInput(
+            f"unknown timezone {timezone!r}", details=[{"loc": ["body", "timezone"], "msg": "IANA name"}]
+        )
 
 
 def split_config(
@@ -106,8 +110,10 @@ def split_config(
         if issues:
             raise InvalidInput(
                 "config does not match the job type's config schema",
-                details=[{"loc": ["body", "config", *[p for p in i.path.split("/") if p]], "msg": i.message,
-                          "code": i.code} for i in issues],
+                details=[
+                    {"loc": ["body", "config", *[p for p in i.path.split("/") if p]], "msg": i.message, "code": i.code}
+                    for i in issues
+                ],
             )
     return plain, secrets
 
@@ -181,8 +187,14 @@ async def create_job(
     session.add(job)
     await session.flush()
     await scheduler.apply(job, mod, len(steps_of(definition, module, job_type)))
-    audit.record(session=session, actor=actor, action="job.create", target_type="job", target_id=job.id,
-                 details={"module": module, "job_type": job_type, "schedule": schedule})
+    audit.record(
+        session=session,
+        actor=actor,
+        action="job.create",
+        target_type="job",
+        target_id=job.id,
+        details={"module": module, "job_type": job_type, "schedule": schedule},
+    )
     return job
 
 
@@ -222,15 +234,33 @@ async def update_job(
         plain, secrets = split_config(definition.get("config") or {}, changes.pop("config") or {}, stored)
         job.config = plain
         job.secrets = crypto.encrypt(secrets) if secrets else None
-    for key in ("name", "description", "schedule", "timezone", "enabled", "timeout_seconds", "retries",
-                "retry_backoff", "overlap", "catchup_window_seconds", "event_triggers", "notifications"):
+    for key in (
+        "name",
+        "description",
+        "schedule",
+        "timezone",
+        "enabled",
+        "timeout_seconds",
+        "retries",
+        "retry_backoff",
+        "overlap",
+        "catchup_window_seconds",
+        "event_triggers",
+        "notifications",
+    ):
         if key in changes and (changes[key] is not None or key == "schedule"):
             setattr(job, key, changes[key])
     job.revision += 1
     await session.flush()
     await scheduler.apply(job, mod, len(steps_of(definition, job.module_name, job.job_type)))
-    audit.record(session=session, actor=actor, action="job.update", target_type="job", target_id=job.id,
-                 details={"fields": sorted(changes)})
+    audit.record(
+        session=session,
+        actor=actor,
+        action="job.update",
+        target_type="job",
+        target_id=job.id,
+        details={"fields": sorted(changes)},
+    )
     return job
 
 
@@ -246,8 +276,13 @@ async def set_enabled(
     definition = job_type_definition(mod.manifest, job.job_type) or {}
     steps = len(steps_of(definition, mod.name, job.job_type)) if definition else 1
     await scheduler.apply(job, mod, steps)
-    audit.record(session=session, actor=actor, action="job.enable" if enabled else "job.disable",
-                 target_type="job", target_id=job.id)
+    audit.record(
+        session=session,
+        actor=actor,
+        action="job.enable" if enabled else "job.disable",
+        target_type="job",
+        target_id=job.id,
+    )
     return job
 
 
@@ -256,8 +291,14 @@ async def delete_job(*, session: AsyncSession, scheduler: JobScheduler, actor: A
     await session.delete(job)
     await session.flush()
     await scheduler.delete(job_id)
-    audit.record(session=session, actor=actor, action="job.delete", target_type="job", target_id=job_id,
-                 details={"module": job.module_name, "name": job.name})
+    audit.record(
+        session=session,
+        actor=actor,
+        action="job.delete",
+        target_type="job",
+        target_id=job_id,
+        details={"module": job.module_name, "name": job.name},
+    )
 
 
 async def list_jobs(
@@ -279,8 +320,9 @@ async def list_jobs(
         stmt = stmt.where(Job.enabled.is_(enabled))
     if search:
         like = f"%{escape_like(search.lower())}%"
-        stmt = stmt.where(or_(func.lower(Job.name).like(like, escape="\\"),
-                              func.lower(Job.description).like(like, escape="\\")))
+        stmt = stmt.where(
+            or_(func.lower(Job.name).like(like, escape="\\"), func.lower(Job.description).like(like, escape="\\"))
+        )
     return await paginate(session, stmt, page=page, limit=limit)
 
 

@@ -108,9 +108,7 @@ async def start_run(
 ) -> StartResult:
     """Create or adopt the run's mirror row and decide whether it runs or is skipped."""
     module_name, _, job_type = workflow_type.partition(".")
-    execution = await session.scalar(
-        select(Execution).where(Execution.workflow_id == workflow_id).with_for_update()
-    )
+    execution = await session.scalar(select(Execution).where(Execution.workflow_id == workflow_id).with_for_update())
     now = datetime.now(UTC)
     job = await session.get(Job, job_id) if job_id else None
     if execution is None:
@@ -150,9 +148,7 @@ async def start_run(
     result = StartResult(execution=execution, module=module, job=job)
     if reason is None and module is not None:
         version = await session.scalar(
-            select(ModuleVersion).where(
-                ModuleVersion.module_id == module.id, ModuleVersion.version == module.version
-            )
+            select(ModuleVersion).where(ModuleVersion.module_id == module.id, ModuleVersion.version == module.version)
         )
         definition = job_type_definition(module.manifest, job_type)
         if definition is None:

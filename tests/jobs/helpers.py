@@ -36,9 +36,15 @@ def write_module(
         "description": f"test module {name}",
         "author": "tests",
         "jobs": [
-            {**job, **({"handler": f"{package}.handlers:{job['handler']}"} if "handler" in job else {}),
-             **({"steps": [{**s, "handler": f"{package}.handlers:{s['handler']}"} for s in job["steps"]]}
-                if "steps" in job else {})}
+            {
+                **job,
+                **({"handler": f"{package}.handlers:{job['handler']}"} if "handler" in job else {}),
+                **(
+                    {"steps": [{**s, "handler": f"{package}.handlers:{s['handler']}"} for s in job["steps"]]}
+                    if "steps" in job
+                    else {}
+                ),
+            }
             for job in jobs
         ],
         **(extra or {}),
@@ -57,8 +63,13 @@ async def put_module(sessions: Any, state_dir: Path, folder: Path, *, status: st
 
         module = await session.scalar(select(Module).where(Module.name == manifest["name"]))
         if module is None:
-            module = Module(name=manifest["name"], display_name=manifest["displayName"], version=manifest["version"],
-                            manifest=manifest, status=status)
+            module = Module(
+                name=manifest["name"],
+                display_name=manifest["displayName"],
+                version=manifest["version"],
+                manifest=manifest,
+                status=status,
+            )
             session.add(module)
         module.version = manifest["version"]
         module.manifest = manifest
@@ -66,8 +77,17 @@ async def put_module(sessions: Any, state_dir: Path, folder: Path, *, status: st
         module.bundle_sha256 = sha
         module.status = status
         await session.flush()
-        session.add(ModuleVersion(module_id=module.id, version=manifest["version"], manifest=manifest,
-                                  code_path=str(path), bundle_sha256=sha, bundle=data, bundle_size=len(data)))
+        session.add(
+            ModuleVersion(
+                module_id=module.id,
+                version=manifest["version"],
+                manifest=manifest,
+                code_path=str(path),
+                bundle_sha256=sha,
+                bundle=data,
+                bundle_size=len(data),
+            )
+        )
     return module
 
 

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import eventually
 from tests.jobs.helpers import put_module, write_module
 
-CODE = '''
+CODE = """
 import asyncio, time
 from pathlib import Path
 
@@ -34,7 +34,7 @@ async def waiter(ctx):
             await asyncio.sleep(0.05)
     finally:
         marker.write_text("stopped")
-'''
+"""
 
 CONFIG = {"type": "object", "properties": {"marker": {"type": "string"}, "ignore_cancel": {"type": "boolean"}}}
 JOBS = [
@@ -49,8 +49,11 @@ async def module(sessions: Any, settings: Any, tmp_path: Path) -> Any:
 
 
 async def _job(client: Any, headers: dict[str, str], job_type: str, **extra: Any) -> dict[str, Any]:
-    r = await client.post("/api/v1/jobs", json={"module": "ctl", "job_type": job_type, "name": job_type,
-                                                 "schedule": None, **extra}, headers=headers)
+    r = await client.post(
+        "/api/v1/jobs",
+        json={"module": "ctl", "job_type": job_type, "name": job_type, "schedule": None, **extra},
+        headers=headers,
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -60,8 +63,13 @@ async def test_timeout_ends_timed_out_and_really_stops_the_step(
     client, worker, module, operator_headers, tmp_path, ignore_cancel
 ):
     marker = tmp_path / f"marker-{ignore_cancel}"
-    job = await _job(client, operator_headers, "busy", timeout_seconds=2,
-                     config={"marker": str(marker), "ignore_cancel": ignore_cancel})
+    job = await _job(
+        client,
+        operator_headers,
+        "busy",
+        timeout_seconds=2,
+        config={"marker": str(marker), "ignore_cancel": ignore_cancel},
+    )
     body = (await client.post(f"/api/v1/jobs/{job['id']}/execute?wait=true", headers=operator_headers)).json()
     assert body["status"] == "TIMED_OUT", body
     assert body["error"]["type"] in ("StepTimeout", "Timeout.START_TO_CLOSE")
@@ -84,8 +92,11 @@ async def test_cancel_reaches_the_running_step(client, worker, module, operator_
 
     async def running() -> bool:
         row = (await client.get(f"/api/v1/executions/{started['id']}", headers=operator_headers)).json()
-        return any(e["message"] == "waiting forever" for e in row["logs"]) or row["steps"] and \
-            row["steps"][0].get("status") == "RUNNING"
+        return (
+            any(e["message"] == "waiting forever" for e in row["logs"])
+            or row["steps"]
+            and row["steps"][0].get("status") == "RUNNING"
+        )
 
     await eventually(running, what="step running")
     r = await client.post(f"/api/v1/executions/{started['id']}/cancel", headers=operator_headers)

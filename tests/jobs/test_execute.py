@@ -8,7 +8,7 @@ import pytest
 
 from tests.jobs.helpers import put_module, write_module
 
-CODE = '''
+CODE = """
 import asyncio, time
 from autoplat import JobError
 
@@ -31,16 +31,27 @@ def first(ctx):
 
 def second(ctx, previous):
     return previous * 10
-'''
+"""
 
 JOBS = [
-    {"name": "hello", "description": "greets", "handler": "hello",
-     "config": {"type": "object", "properties": {"who": {"type": "string", "default": "world"}}}},
+    {
+        "name": "hello",
+        "description": "greets",
+        "handler": "hello",
+        "config": {"type": "object", "properties": {"who": {"type": "string", "default": "world"}}},
+    },
     {"name": "boom", "description": "fails", "handler": "boom"},
-    {"name": "flaky", "description": "fails twice", "handler": "flaky",
-     "retries": {"maxAttempts": 3, "initialIntervalSeconds": 1, "backoffCoefficient": 1}},
-    {"name": "pipeline", "description": "two steps",
-     "steps": [{"name": "first", "handler": "first"}, {"name": "second", "handler": "second"}]},
+    {
+        "name": "flaky",
+        "description": "fails twice",
+        "handler": "flaky",
+        "retries": {"maxAttempts": 3, "initialIntervalSeconds": 1, "backoffCoefficient": 1},
+    },
+    {
+        "name": "pipeline",
+        "description": "two steps",
+        "steps": [{"name": "first", "handler": "first"}, {"name": "second", "handler": "second"}],
+    },
 ]
 
 
@@ -51,8 +62,11 @@ async def module(sessions: Any, settings: Any, tmp_path: Any) -> Any:
 
 
 async def create_job(client: Any, headers: dict[str, str], job_type: str, **extra: Any) -> dict[str, Any]:
-    r = await client.post("/api/v1/jobs", json={"module": "demo", "job_type": job_type, "name": f"{job_type}-job",
-                                                 "schedule": None, **extra}, headers=headers)
+    r = await client.post(
+        "/api/v1/jobs",
+        json={"module": "demo", "job_type": job_type, "name": f"{job_type}-job", "schedule": None, **extra},
+        headers=headers,
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -96,8 +110,13 @@ async def test_job_error_fails_without_retry_and_keeps_logs(client, worker, modu
 
 
 async def test_retries_record_attempt_numbers(client, worker, module, operator_headers):
-    job = await create_job(client, operator_headers, "flaky", retries=2,
-                           retry_backoff={"initial_interval_seconds": 0.1, "backoff_coefficient": 1})
+    job = await create_job(
+        client,
+        operator_headers,
+        "flaky",
+        retries=2,
+        retry_backoff={"initial_interval_seconds": 0.1, "backoff_coefficient": 1},
+    )
     r = await client.post(f"/api/v1/jobs/{job['id']}/execute?wait=true", headers=operator_headers)
     body = r.json()
     assert body["status"] == "COMPLETED", body
@@ -109,8 +128,13 @@ async def test_retries_record_attempt_numbers(client, worker, module, operator_h
 
 
 async def test_retries_exhausted_fail(client, worker, module, operator_headers):
-    job = await create_job(client, operator_headers, "flaky", retries=1,
-                           retry_backoff={"initial_interval_seconds": 0.1, "backoff_coefficient": 1})
+    job = await create_job(
+        client,
+        operator_headers,
+        "flaky",
+        retries=1,
+        retry_backoff={"initial_interval_seconds": 0.1, "backoff_coefficient": 1},
+    )
     body = (await client.post(f"/api/v1/jobs/{job['id']}/execute?wait=true", headers=operator_headers)).json()
     assert body["status"] == "FAILED"
     assert body["attempt"] == 2

@@ -17,16 +17,20 @@ from tests.jobs.helpers import put_module, write_module
 from workflows.reconcile import reconcile_schedules
 from workflows.schedules import ScheduleManager, schedule_id
 
-CODE = '''
+CODE = """
 def tick(ctx):
     ctx.logger.info("tick %s", ctx.config.get("label"))
     return {"label": ctx.config.get("label"), "trigger": ctx.trigger}
-'''
-JOBS = [{
-    "name": "tick", "description": "ticks", "handler": "tick",
-    "schedule": {"cron": "0 0 1 1 *", "timezone": "UTC"},
-    "config": {"type": "object", "properties": {"label": {"type": "string", "default": "a"}}},
-}]
+"""
+JOBS = [
+    {
+        "name": "tick",
+        "description": "ticks",
+        "handler": "tick",
+        "schedule": {"cron": "0 0 1 1 *", "timezone": "UTC"},
+        "config": {"type": "object", "properties": {"label": {"type": "string", "default": "a"}}},
+    }
+]
 EVERY_SECOND = "* * * * * *"
 
 
@@ -36,8 +40,9 @@ async def module(sessions: Any, settings: Any, tmp_path: Path) -> Any:
 
 
 async def _create(client: Any, headers: dict[str, str], **extra: Any) -> dict[str, Any]:
-    r = await client.post("/api/v1/jobs", json={"module": "sched", "job_type": "tick", "name": "tick", **extra},
-                          headers=headers)
+    r = await client.post(
+        "/api/v1/jobs", json={"module": "sched", "job_type": "tick", "name": "tick", **extra}, headers=headers
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -60,8 +65,9 @@ async def test_scheduled_job_fires_and_cron_change_replaces_the_schedule(
     client, worker, module, operator_headers, temporal_env
 ):
     job = await _create(client, operator_headers)
-    r = await client.patch(f"/api/v1/jobs/{job['id']}", json={"schedule": EVERY_SECOND, "config": {"label": "b"}},
-                           headers=operator_headers)
+    r = await client.patch(
+        f"/api/v1/jobs/{job['id']}", json={"schedule": EVERY_SECOND, "config": {"label": "b"}}, headers=operator_headers
+    )
     assert r.status_code == 200, r.text
 
     async def completed() -> list[dict[str, Any]]:
@@ -99,7 +105,9 @@ async def test_disable_and_delete_remove_the_schedule(client, worker, module, op
     assert await manager.describe(job["id"]) is None
     # A run already requested by the old schedule is skipped, not run (seed bug: disabled jobs still ran).
     handle = await temporal_env.client.start_workflow(
-        "sched.tick", JobInput(job_id=job["id"], trigger="schedule"), id=f"late-{job['id']}",
+        "sched.tick",
+        JobInput(job_id=job["id"], trigger="schedule"),
+        id=f"late-{job['id']}",
         task_queue=worker.task_queue,
     )
     assert (await asyncio.wait_for(handle.result(), 30))["status"] == "SKIPPED"
@@ -111,7 +119,9 @@ async def test_disable_and_delete_remove_the_schedule(client, worker, module, op
     assert await manager.describe(job["id"]) is None
     # A run of a deleted job is skipped too (seed bug: orphaned queue entries).
     handle = await temporal_env.client.start_workflow(
-        "sched.tick", JobInput(job_id=job["id"], trigger="schedule"), id=f"orphan-{job['id']}",
+        "sched.tick",
+        JobInput(job_id=job["id"], trigger="schedule"),
+        id=f"orphan-{job['id']}",
         task_queue=worker.task_queue,
     )
     result = await asyncio.wait_for(handle.result(), 30)
@@ -125,8 +135,9 @@ async def test_manual_run_of_a_disabled_job_is_refused(client, module, operator_
     assert r.json()["error"]["details"]["current_state"] == "disabled"
 
 
-async def test_reconciler_repairs_drift_both_ways(client, worker, module, operator_headers, temporal_env, sessions,
-                                                  temporal_settings):
+async def test_reconciler_repairs_drift_both_ways(
+    client, worker, module, operator_headers, temporal_env, sessions, temporal_settings
+):
     a = await _create(client, operator_headers, name="a")
     b = await _create(client, operator_headers, name="b")
     manager = ScheduleManager(temporal_env.client, temporal_settings.task_queue)
@@ -134,11 +145,28 @@ async def test_reconciler_repairs_drift_both_ways(client, worker, module, operat
     # Drift 3: a cron changed in the DB only (stale schedule).
     await manager.delete(a["id"])
     async with unit_of_work(sessions) as session:
-        await session.execute(update(Job).where(Job.id == b["id"]).values(schedule="*/5 * * * *", revision=Job.revision + 1))
-    orphan = Job(id="00000000-0000-0000-0000-00000000dead", module_id=module.id, module_name="sched", job_type="tick",
-                 name="ghost", schedule="0 * * * *", timezone="UTC", revision=1, config={}, retry_backoff={},
-                 event_triggers=[], notifications={}, enabled=True, timeout_seconds=60, retries=0,
-                 overlap="skip", catchup_window_seconds=60)
+        await session.execute(
+            update(Job).where(Job.id == b["id"]).values(schedule="*/5 * * * *", revision=Job.revision + 1)
+        )
+    orphan = Job(
+        id="00000000-0000-0000-0000-00000000dead",
+        module_id=module.id,
+        module_name="sched",
+        job_type="tick",
+        name="ghost",
+        schedule="0 * * * *",
+        timezone="UTC",
+        revision=1,
+        config={},
+        retry_backoff={},
+        event_triggers=[],
+        notifications={},
+        enabled=True,
+        timeout_seconds=60,
+        retries=0,
+        overlap="skip",
+        catchup_window_seconds=60,
+    )
     async with sessions() as session:
         mod = await session.get(Module, module.id)
         assert await manager.apply(orphan, mod) == "created"
@@ -147,12 +175,14 @@ async def test_reconciler_repairs_drift_both_ways(client, worker, module, operat
         return schedule_id(orphan.id) in [s.id async for s in await temporal_env.client.list_schedules()]
 
     await eventually(listed, what="orphan schedule listed")
-    report = await reconcile_schedules(client=temporal_env.client, sessions=sessions,
-                                       task_queue=temporal_settings.task_queue)
+    report = await reconcile_schedules(
+        client=temporal_env.client, sessions=sessions, task_queue=temporal_settings.task_queue
+    )
     assert report.created == [schedule_id(a["id"])]
     assert report.updated == [schedule_id(b["id"])]
     assert report.deleted == [schedule_id(orphan.id)]
     assert not report.errors
-    again = await reconcile_schedules(client=temporal_env.client, sessions=sessions,
-                                      task_queue=temporal_settings.task_queue)
+    again = await reconcile_schedules(
+        client=temporal_env.client, sessions=sessions, task_queue=temporal_settings.task_queue
+    )
     assert again.lines() == []
