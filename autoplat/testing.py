@@ -40,7 +40,8 @@ __all__ = ["JobError", "LocalRuntime", "StepResult", "JobResult", "run_step", "a
 class LocalRuntime:
     """Runtime of handlers run by the harness: records heartbeats and emitted events."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop
         self.heartbeats: list[tuple[Any, ...]] = []
         self.events: list[dict[str, Any]] = []
         self.cancelled = False
@@ -50,6 +51,11 @@ class LocalRuntime:
 
     def is_cancelled(self) -> bool:
         return self.cancelled
+
+    def run_coroutine(self, coro: Any) -> Any:
+        """Run a coroutine on the harness loop from a sync handler's thread (``ctx.emit_sync``)."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     async def emit(self, name: str, payload: dict[str, Any]) -> str:
         event_id = str(uuid.uuid4())
@@ -102,7 +108,7 @@ async def arun_step(
     raise_errors: bool = True,
 ) -> StepResult:
     """Run one handler with a real :class:`JobContext`; returns its result, logs and events."""
-    runtime = LocalRuntime()
+    runtime = LocalRuntime(asyncio.get_running_loop())
     buffer = LogBuffer()
     ctx = JobContext(
         info=ExecutionInfo(execution_id=str(uuid.uuid4()), module=module, job_type=job_type, step=step,

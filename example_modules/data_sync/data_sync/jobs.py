@@ -1,38 +1,108 @@
-"""Handlers of the data-sync job types.
+"""Handlers of the data-sync job types, written only against the autoplat SDK (and the stdlib).
 
-Placeholders for now: each returns a small summary of what it would do. They import only the
-standard library; the real implementations use the SDK's JobContext (http, notify, emit, storage).
+- ``hourly_sync`` pulls records from an HTTP JSON source (paged by ``batch_size``) and emits
+  ``data.synced`` with what it got.
+- ``daily_report`` summarises a sync (the ``data.synced`` event that triggered it, or the last
+  result it is given) for the configured recipients.
+- ``health_check`` probes the source's status endpoint and emits ``health.alert`` when unhealthy.
+- ``notify`` turns a ``health.alert`` into an alert for on-call.
+
+The HTTP calls use the standard library here; on workers with the services capability, the same
+code can use ``ctx.http`` (retries, SSRF guard, request logging).
 """
 
 from __future__ import annotations
 
+import json
+import time
+import urllib.error
+import urllib.request
 from typing import Any
 
-
-def _config(ctx: Any) -> dict[str, Any]:
-    config = getattr(ctx, "config", None)
-    return dict(config) if isinstance(config, dict) else {}
+from autoplat import JobContext, JobError, RetryableError
 
 
-def hourly_sync(ctx: Any) -> dict[str, Any]:
-    """Fetch records from ``source_url`` in batches of ``batch_size``."""
-    config = _config(ctx)
-    return {"job": "hourly-sync", "source_url": config.get("source_url"), "batch_size": config.get("batch_size")}
+def _get_json(url: str, *, token: str | None, timeout: float) -> Any:
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - URL from config
+            return json.loads(response.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        if exc.code >= 500 or exc.code == 429:
+            raise RetryableError(f"{url} answered {exc.code}") from exc
+        raise JobError(f"{url} answered {exc.code}") from exc
+    except (urllib.error.URLError, TimeoutError) as exc:
+        raise RetryableError(f"{url} unreachable: {exc}") from exc
+    except ValueError as exc:
+        raise JobError(f"{url} did not answer JSON") from exc
 
 
-def daily_report(ctx: Any) -> dict[str, Any]:
-    """Summarise the day's syncs for ``recipients`` over ``channel``."""
-    config = _config(ctx)
-    return {"job": "daily-report", "recipients": config.get("recipients", []), "channel": config.get("channel")}
+def hourly_sync(ctx: JobContext) -> dict[str, Any]:
+    """Fetch every page of records from ``source_url`` and report what was synced."""
+    started = time.monotonic()
+    url = ctx.config["source_url"]
+    size = int(ctx.config["batch_size"])
+    records: list[Any] = []
+    page = 0
+    while True:
+        ctx.check_cancelled()
+        separator = "&" if "?" in url else "?"
+        batch = _get_json(f"{url}{separator}offset={page * size}&limit={size}", token=ctx.secrets.get("api_token"),
+                          timeout=30)
+        items = batch.get("items", batch) if isinstance(batch, dict) else batch
+        if not isinstance(items, list):
+            raise JobError("the source must answer a JSON list (or an object with 'items')")
+        records.extend(items)
+        ctx.heartbeat(len(records))
+        ctx.logger.info("page %d: %d record(s)", page, len(items))
+        if len(items) < size:
+            break
+        page += 1
+    summary = {"records": len(records), "pages": page + 1, "duration_ms": int((time.monotonic() - started) * 1000)}
+    ctx.emit_sync("data.synced", summary)
+    ctx.logger.info("synced %d record(s)", len(records), extra=summary)
+    return summary
 
 
-def health_check(ctx: Any) -> dict[str, Any]:
-    """Probe ``status_url`` within ``timeout_seconds``."""
-    config = _config(ctx)
-    return {"job": "health-check", "status_url": config.get("status_url"), "timeout": config.get("timeout_seconds")}
+def daily_report(ctx: JobContext) -> dict[str, Any]:
+    """Summarise a sync for the recipients (defaulting to the module's ``notify_email``)."""
+    source = (ctx.event or {}).get("payload") or ctx.previous or {}
+    recipients = ctx.config.get("recipients") or [ctx.module_config.get("notify_email")]
+    report = {
+        "channel": ctx.config["channel"],
+        "recipients": [r for r in recipients if r],
+        "records": int(source.get("records", 0)),
+        "trigger": ctx.trigger,
+        "subject": f"data-sync report: {int(source.get('records', 0))} record(s)",
+    }
+    ctx.logger.info("report for %s: %s", ", ".join(report["recipients"]) or "nobody", report["subject"])
+    return report
 
 
-def notify(ctx: Any) -> dict[str, Any]:
-    """Alert the on-call address."""
-    config = _config(ctx)
-    return {"job": "notify", "subject": config.get("subject"), "to": config.get("notify_email")}
+def health_check(ctx: JobContext) -> dict[str, Any]:
+    """Probe ``status_url``; an unhealthy source emits ``health.alert``."""
+    url = ctx.config["status_url"]
+    try:
+        status = _get_json(url, token=None, timeout=float(ctx.config["timeout_seconds"]))
+        healthy = isinstance(status, dict) and str(status.get("status", "")).lower() in ("ok", "healthy", "up")
+        detail = status if isinstance(status, dict) else {"body": status}
+    except (RetryableError, JobError) as exc:
+        healthy, detail = False, {"error": str(exc)}
+    result = {"healthy": healthy, "status_url": url, "detail": detail}
+    if not healthy:
+        ctx.logger.warning("source unhealthy: %s", detail)
+        ctx.emit_sync("health.alert", {"status": "unhealthy", "status_url": url, "detail": detail})
+    else:
+        ctx.logger.info("source healthy")
+    return result
+
+
+def notify(ctx: JobContext) -> dict[str, Any]:
+    """Alert on-call about a ``health.alert`` event."""
+    payload = (ctx.event or {}).get("payload") or {}
+    to = ctx.module_config.get("notify_email")
+    subject = f"{ctx.config['subject']}: {payload.get('status', 'unknown')}"
+    ctx.logger.warning("alert to %s: %s", to, subject, extra={"detail": payload.get("detail")})
+    return {"to": to, "subject": subject, "detail": payload.get("detail")}
