@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -83,7 +84,20 @@ class Runner:
                 input={"config_override": runs_mask(job, module, config_override)} if config_override else None,
             )
             execution.workflow_id = f"exec-{execution.id}"
-            session.add(execution)
+            try:
+                # A savepoint: two concurrent requests with one Idempotency-Key race on the unique
+                # (job, key) constraint; the loser answers the winner's execution.
+                async with session.begin_nested():
+                    session.add(execution)
+            except IntegrityError:
+                if not idempotency_key:
+                    raise
+                existing = await session.scalar(
+                    select(Execution).where(Execution.job_id == job_id, Execution.idempotency_key == idempotency_key)
+                )
+                if existing is None:
+                    raise
+                return existing, False
             audit.record(
                 session=session,
                 actor=actor,
