@@ -119,7 +119,10 @@ class JobActivities:
             assert result.module is not None
             definition = result.definition
             secrets = await self._secrets(session, result.job, result.module, definition)
-            _, masked = runs.resolve_config(definition, result.job, inp.job.config_override, secrets)
+            override = dict(inp.job.config_override or {})
+            if (execution.input or {}).get("secret_override"):
+                override.update(self._decrypt((execution.input or {})["secret_override"]))
+            _, masked = runs.resolve_config(definition, result.job, override or None, secrets)
             execution.config = masked
             plan = self._plan(execution, result.module, result.version, result.job, definition)
             execution.steps = execution.steps or [
@@ -193,6 +196,13 @@ class JobActivities:
             self.settings.execution_log_limit, self.log_sink(inp.execution_id) if self.log_sink else None
         )
         self.cancelled.pop(inp.execution_id, None)
+        beater = asyncio.create_task(self._heartbeats())
+        try:
+            return await self._run_step(inp, info, buffer)
+        finally:
+            beater.cancel()
+
+    async def _run_step(self, inp: StepInput, info: activity.Info, buffer: LogBuffer) -> Any:
         failures = await self._step_started(inp, info.attempt)
         if failures >= inp.max_attempts:
             # Only infrastructure retries remain (the handler's own budget is spent).
@@ -212,7 +222,12 @@ class JobActivities:
                     raise JobError(f"module {inp.module} {inp.module_version} is no longer registered")
                 definition = runs.job_type_definition(version.manifest, inp.job_type) or {}
                 secrets = await self._secrets(session, job, module, definition)
-                config, _ = runs.resolve_config(definition, job, inp.config_override, secrets)
+                override = dict(inp.config_override or {})
+                if execution is not None and (execution.input or {}).get("secret_override"):
+                    run_secrets = self._decrypt((execution.input or {})["secret_override"])
+                    override.update(run_secrets)
+                    secrets = {**secrets, **run_secrets}
+                config, _ = runs.resolve_config(definition, job, override or None, secrets)
                 from registry.manifest import secret_fields
                 from registry.services.modules import config_schema, resolved_config
 
@@ -291,14 +306,6 @@ class JobActivities:
             await asyncio.shield(self._step_finished(inp, info.attempt, outcome, error_text, buffer))
 
     async def _run_with_heartbeats(self, fn: Callable[..., Any], ctx: JobContext, inp: StepInput) -> Any:
-        interval = max(self.settings.heartbeat_timeout_seconds / 3, 0.5)
-
-        async def beat() -> None:
-            while True:
-                activity.heartbeat()
-                await asyncio.sleep(interval)
-
-        beater = asyncio.create_task(beat())
         task = asyncio.ensure_future(invoke(fn, ctx))
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout=inp.timeout_seconds)
@@ -315,8 +322,15 @@ class JobActivities:
             await asyncio.gather(task, return_exceptions=True)
             raise
         finally:
-            beater.cancel()
             self.cancelled.pop(inp.execution_id, None)
+
+    async def _heartbeats(self) -> None:
+        """Heartbeat for the whole step (loading code included), so slow preparation is not
+        mistaken for a lost worker, and cancellation is delivered while the handler runs."""
+        interval = max(self.settings.heartbeat_timeout_seconds / 3, 0.5)
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(interval)
 
     def _budgeted(self, exc: ApplicationError, failures: int, inp: StepInput) -> ApplicationError:
         """Handler failures count against the job's retries; the rest of the Temporal budget is

@@ -60,6 +60,9 @@ async def get_current_user(claims: ClaimsDep, session: SessionDep) -> User:
     user = await session.get(User, claims.subject)
     if user is None or not user.is_active:
         raise AuthenticationFailed("user is unknown or inactive")
+    # End the read so long requests (``?wait=true``) don't hold a pooled connection meanwhile;
+    # the session starts a new transaction if the route uses it.
+    await session.commit()
     return user
 
 

@@ -81,7 +81,7 @@ class Runner:
                 trigger=trigger,
                 idempotency_key=idempotency_key,
                 status=ExecutionStatus.PENDING.value,
-                input={"config_override": runs_mask(job, module, config_override)} if config_override else None,
+                input=self._override_input(job, module, config_override),
             )
             execution.workflow_id = f"exec-{execution.id}"
             try:
@@ -116,10 +116,41 @@ class Runner:
             timeout = workflow_timeout(job, steps)
         await self._start(
             execution,
-            JobInput(job_id=job_id, trigger=trigger, execution_id=execution.id, config_override=config_override),
+            # Only the plain part of an override travels through Temporal history; secret values stay
+            # encrypted on the execution row and are merged back by the step activity.
+            JobInput(
+                job_id=job_id,
+                trigger=trigger,
+                execution_id=execution.id,
+                config_override=(execution.input or {}).get("config_override"),
+            ),
             timeout,
         )
         return execution, True
+
+    def _codec(self) -> Any:
+        from registry.services.jobs import SecretCodec
+
+        return SecretCodec(self.settings.encryption_key())
+
+    def _override_input(self, job: Job, module: Module, override: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Validate a per-run override against the job type's schema; split off its secrets (encrypted)."""
+        if not override:
+            return None
+        from registry.manifest import secret_fields
+        from registry.services.jobs import split_config
+
+        definition = runs.job_type_definition(module.manifest, job.job_type) or {}
+        schema = definition.get("config") or {}
+        codec = self._codec()
+        split_config(schema, {**(job.config or {}), **override}, codec.decrypt(job.secrets))  # 422 when invalid
+        secret_keys = secret_fields(schema) if schema else set()
+        plain = {k: v for k, v in override.items() if k not in secret_keys}
+        secrets = {k: v for k, v in override.items() if k in secret_keys}
+        data: dict[str, Any] = {"config_override": plain}
+        if secrets:
+            data["secret_override"] = codec.encrypt(secrets)
+        return data
 
     async def invoke(
         self,
@@ -210,11 +241,16 @@ class Runner:
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise ServiceUnavailable(f"could not cancel on Temporal: {exc.message}") from exc
+            # Not running any more (or never started): record what Temporal knows, like the sweeper.
+            from workflows.reconcile import CLOSED_STATUS
+
+            closed = await self.describe_status(execution.workflow_id)
+            status = CLOSED_STATUS.get(closed, ExecutionStatus.CANCELLED) if closed else ExecutionStatus.CANCELLED
             runs.finish(
                 session=session,
                 execution=execution,
-                status=ExecutionStatus.CANCELLED,
-                reason="cancelled before its workflow existed",
+                status=status,
+                reason=f"workflow already {closed.name.lower()}" if closed else "cancelled before its workflow existed",
             )
         audit.record(
             session=session, actor=actor, action="execution.cancel", target_type="execution", target_id=execution_id
@@ -232,10 +268,13 @@ class Runner:
                     details={"current_state": execution.status, "allowed_actions": ["cancel"]},
                 )
             job_id = execution.job_id
-            override = (execution.input or {}).get("config_override")
+            stored = execution.input or {}
+            override = dict(stored.get("config_override") or {})
+            if stored.get("secret_override"):
+                override.update(self._codec().decrypt(stored["secret_override"]))
         if job_id is None:
             raise Conflict("only executions of a job can be retried; call the route again")
-        new, _ = await self.start_job(job_id=job_id, actor=actor, trigger="manual", config_override=override)
+        new, _ = await self.start_job(job_id=job_id, actor=actor, trigger="manual", config_override=override or None)
         return new
 
     async def describe_status(self, workflow_id: str) -> WorkflowExecutionStatus | None:
@@ -246,16 +285,6 @@ class Runner:
                 return None
             raise
         return desc.status
-
-
-def runs_mask(job: Job, module: Module | None, override: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not override or module is None:
-        return override
-    from registry.manifest import mask_secrets
-
-    definition = runs.job_type_definition(module.manifest, job.job_type) or {}
-    schema = definition.get("config") or {}
-    return mask_secrets(schema, override) if schema else override
 
 
 def _summary(request: dict[str, Any]) -> dict[str, Any]:

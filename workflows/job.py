@@ -32,7 +32,11 @@ with workflow.unsafe.imports_passed_through():
     )
 
 _LOCAL_TIMEOUT = timedelta(seconds=30)
-_LOCAL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
+# Bounded: a mirror write that keeps failing fails the run (the sweeper then records it) instead of
+# leaving it pending until the workflow times out.
+_LOCAL_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10), maximum_attempts=10
+)
 
 
 def classify(exc: BaseException) -> str:

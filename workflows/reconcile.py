@@ -75,10 +75,12 @@ async def reconcile_schedules(
 ) -> Report:
     report = report or Report()
     manager = ScheduleManager(client, task_queue)
+    # Schedules first: a job created between the two reads then only looks "missing" (and its
+    # create is a harmless update), never "orphaned" (which would delete its fresh schedule).
+    existing = await _existing_schedules(client)
     async with sessions() as session:
         jobs = list(await session.scalars(select(Job)))
         modules = {m.name: m for m in await session.scalars(select(Module))}
-    existing = await _existing_schedules(client)
     wanted: set[str] = set()
     for job in jobs:
         module = modules.get(job.module_name)
@@ -126,7 +128,7 @@ async def reconcile_schedules(
     return report
 
 
-_CLOSED = {
+CLOSED_STATUS = {
     WorkflowExecutionStatus.COMPLETED: ExecutionStatus.COMPLETED,
     WorkflowExecutionStatus.FAILED: ExecutionStatus.FAILED,
     WorkflowExecutionStatus.CANCELED: ExecutionStatus.CANCELLED,
@@ -170,7 +172,7 @@ async def sweep_executions(
             temporal_status = None
         if temporal_status == WorkflowExecutionStatus.RUNNING:
             continue
-        status = _CLOSED.get(temporal_status) if temporal_status else ExecutionStatus.FAILED
+        status = CLOSED_STATUS.get(temporal_status) if temporal_status else ExecutionStatus.FAILED
         reason = (
             f"workflow {temporal_status.name.lower()} outside the platform"
             if temporal_status

@@ -48,6 +48,21 @@ class NoScheduler:
 
 
 _UNSET: Any = object()
+_NOTIFY_KEYS = {"on_failure": "onFailure", "on_success": "onSuccess", "on_timeout": "onTimeout"}
+
+
+def normalise_notifications(value: dict[str, Any] | None) -> dict[str, list[str]]:
+    """Accept ``on_failure`` (API style) and ``onFailure`` (manifest style); store the manifest style."""
+    out: dict[str, list[str]] = {}
+    for key, channels in (value or {}).items():
+        name = _NOTIFY_KEYS.get(key, key)
+        if name not in _NOTIFY_KEYS.values():
+            raise InvalidInput(
+                f"unknown notification outcome {key!r}; use on_failure, on_success or on_timeout",
+                details=[{"loc": ["body", "notifications", key], "msg": "unknown outcome"}],
+            )
+        out[name] = [str(c) for c in channels or []]
+    return out
 
 
 async def get_job(*, session: AsyncSession, job_id: str) -> Job:
@@ -181,7 +196,7 @@ async def create_job(
         config=plain,
         secrets=crypto.encrypt(secrets) if secrets else None,
         event_triggers=event_triggers or [],
-        notifications=notifications or definition.get("notifications") or {},
+        notifications=normalise_notifications(notifications or definition.get("notifications")),
         created_by=actor.user_id,
     )
     session.add(job)
@@ -234,6 +249,8 @@ async def update_job(
         plain, secrets = split_config(definition.get("config") or {}, changes.pop("config") or {}, stored)
         job.config = plain
         job.secrets = crypto.encrypt(secrets) if secrets else None
+    if changes.get("notifications") is not None:
+        changes["notifications"] = normalise_notifications(changes["notifications"])
     for key in (
         "name",
         "description",
@@ -359,6 +376,12 @@ class SecretCodec:
     def decrypt(self, token: str | None) -> dict[str, Any]:
         if not token:
             return {}
-        from registry.crypto import decrypt_json
+        from registry.crypto import DecryptionFailed, decrypt_json
 
-        return decrypt_json(self._key, token)
+        try:
+            return decrypt_json(self._key, token)
+        except DecryptionFailed as exc:
+            raise Conflict(
+                "stored secrets cannot be decrypted with the current AUTOPLAT_SECRET_KEY; set them again",
+                details={"current_state": "secrets_unreadable"},
+            ) from exc

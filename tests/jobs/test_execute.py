@@ -26,6 +26,9 @@ def flaky(ctx):
         raise RuntimeError("transient")
     return {"ok": ctx.attempt}
 
+def secretive(ctx):
+    return {"token_ok": ctx.config.get("token") == "s3cret", "secret_ok": ctx.secrets.get("token") == "s3cret"}
+
 def first(ctx):
     return 2
 
@@ -46,6 +49,15 @@ JOBS = [
         "description": "fails twice",
         "handler": "flaky",
         "retries": {"maxAttempts": 3, "initialIntervalSeconds": 1, "backoffCoefficient": 1},
+    },
+    {
+        "name": "secretive",
+        "description": "reads a secret",
+        "handler": "secretive",
+        "config": {
+            "type": "object",
+            "properties": {"token": {"type": "string", "secret": True}, "who": {"type": "string", "default": "x"}},
+        },
     },
     {
         "name": "pipeline",
@@ -148,3 +160,37 @@ async def test_steps_pass_results(client, worker, module, operator_headers):
     assert body["result"] == 20
     assert [s["name"] for s in body["steps"]] == ["first", "second"]
     assert all(s["status"] == "COMPLETED" for s in body["steps"])
+
+
+async def test_secret_override_reaches_the_handler_but_not_history_or_responses(
+    client, worker, module, operator_headers, temporal_env
+):
+    job = await create_job(client, operator_headers, "secretive")
+    r = await client.post(
+        f"/api/v1/jobs/{job['id']}/execute?wait=true", json={"config": {"token": "s3cret"}}, headers=operator_headers
+    )
+    body = r.json()
+    assert body["status"] == "COMPLETED", body
+    assert body["result"] == {"token_ok": True, "secret_ok": True}
+    assert body["config"]["token"] == "********" and "s3cret" not in r.text
+    history = await temporal_env.client.get_workflow_handle(body["workflow_id"]).fetch_history()
+    assert "s3cret" not in history.to_json()
+    retried = (await client.post(f"/api/v1/executions/{body['id']}/retry", headers=operator_headers)).json()
+    final = (await client.post(f"/api/v1/jobs/{job['id']}/execute?wait=true", headers=operator_headers)).json()
+    assert final["result"] == {"token_ok": False, "secret_ok": False}  # the override was for one run only
+
+    async def retried_done() -> dict | None:
+        row = (await client.get(f"/api/v1/executions/{retried['id']}", headers=operator_headers)).json()
+        return row if row["status"] == "COMPLETED" else None
+
+    from tests.conftest import eventually
+
+    row = await eventually(retried_done, what="retried run")
+    assert row["result"] == {"token_ok": True, "secret_ok": True}
+
+
+async def test_invalid_override_is_a_422(client, module, operator_headers, temporal_settings):
+    job = await create_job(client, operator_headers, "hello")
+    r = await client.post(f"/api/v1/jobs/{job['id']}/execute", json={"config": {"who": 42}}, headers=operator_headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"][0]["loc"][:3] == ["body", "config", "who"]
