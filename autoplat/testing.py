@@ -33,8 +33,17 @@ from autoplat._invoke import invoke
 from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer
 from autoplat.errors import JobError
 
-__all__ = ["JobError", "LocalRuntime", "StepResult", "JobResult", "run_step", "arun_step", "run_job", "arun_job",
-           "TemporalHarness"]
+__all__ = [
+    "JobError",
+    "LocalRuntime",
+    "StepResult",
+    "JobResult",
+    "run_step",
+    "arun_step",
+    "run_job",
+    "arun_job",
+    "TemporalHarness",
+]
 
 
 class LocalRuntime:
@@ -111,8 +120,14 @@ async def arun_step(
     runtime = LocalRuntime(asyncio.get_running_loop())
     buffer = LogBuffer()
     ctx = JobContext(
-        info=ExecutionInfo(execution_id=str(uuid.uuid4()), module=module, job_type=job_type, step=step,
-                           attempt=attempt, trigger=trigger),
+        info=ExecutionInfo(
+            execution_id=str(uuid.uuid4()),
+            module=module,
+            job_type=job_type,
+            step=step,
+            attempt=attempt,
+            trigger=trigger,
+        ),
         config={**(config or {}), **(secrets or {})},
         secrets=secrets,
         module_config=module_config,
@@ -180,9 +195,16 @@ async def arun_job(
     outcome = JobResult(status="COMPLETED", result=None)
     for step in steps:
         result = await arun_step(
-            _handler(module_dir, manifest, step["handler"]), config=resolved, module_config=mod_config,
-            previous=previous, event=event, services=services, module=manifest.get("name", "module"),
-            job_type=job_type, step=step["name"], raise_errors=False,
+            _handler(module_dir, manifest, step["handler"]),
+            config=resolved,
+            module_config=mod_config,
+            previous=previous,
+            event=event,
+            services=services,
+            module=manifest.get("name", "module"),
+            job_type=job_type,
+            step=step["name"],
+            raise_errors=False,
         )
         outcome.steps.append(result)
         if result.error is not None:
@@ -226,8 +248,11 @@ class TemporalHarness:
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.settings = Settings(
-            dev_mode=True, state_dir=self.state_dir, task_queue=f"harness-{uuid.uuid4().hex[:8]}",
-            heartbeat_timeout_seconds=self.heartbeat_timeout_seconds, maintenance_schedule=False,
+            dev_mode=True,
+            state_dir=self.state_dir,
+            task_queue=f"harness-{uuid.uuid4().hex[:8]}",
+            heartbeat_timeout_seconds=self.heartbeat_timeout_seconds,
+            maintenance_schedule=False,
         )
         await upgrade(self.settings.effective_database_url)
         binary = Path(sysconfig.get_path("scripts")) / "temporal"
@@ -251,8 +276,14 @@ class TemporalHarness:
             await self._env.shutdown()
 
     async def run(
-        self, module_dir: str | Path, job_type: str, *, config: Mapping[str, Any] | None = None,
-        retries: int = 0, timeout_seconds: int = 60, wait_seconds: float = 120,
+        self,
+        module_dir: str | Path,
+        job_type: str,
+        *,
+        config: Mapping[str, Any] | None = None,
+        retries: int = 0,
+        timeout_seconds: int = 60,
+        wait_seconds: float = 120,
     ) -> dict[str, Any]:
         """Register the module (as ENABLED), create a job and run it; returns the execution row."""
         from sqlalchemy import select
@@ -270,17 +301,39 @@ class TemporalHarness:
         async with unit_of_work(self._deps.sessions) as session:
             module = await session.scalar(select(Module).where(Module.name == manifest["name"]))
             if module is None:
-                module = Module(name=manifest["name"], display_name=manifest.get("displayName", manifest["name"]),
-                                version=manifest["version"], manifest=manifest, status=ModuleStatus.ENABLED.value,
-                                code_path=str(path), bundle_sha256=sha)
+                module = Module(
+                    name=manifest["name"],
+                    display_name=manifest.get("displayName", manifest["name"]),
+                    version=manifest["version"],
+                    manifest=manifest,
+                    status=ModuleStatus.ENABLED.value,
+                    code_path=str(path),
+                    bundle_sha256=sha,
+                )
                 session.add(module)
                 await session.flush()
-                session.add(ModuleVersion(module_id=module.id, version=manifest["version"], manifest=manifest,
-                                          code_path=str(path), bundle_sha256=sha, bundle=data))
-            job = Job(module_id=module.id, module_name=module.name, job_type=job_type,
-                      name=f"{job_type}-{uuid.uuid4().hex[:6]}", schedule=None, enabled=True,
-                      timeout_seconds=timeout_seconds, retries=retries, config=dict(config or {}),
-                      retry_backoff={"initial_interval_seconds": 0.5, "backoff_coefficient": 1.0})
+                session.add(
+                    ModuleVersion(
+                        module_id=module.id,
+                        version=manifest["version"],
+                        manifest=manifest,
+                        code_path=str(path),
+                        bundle_sha256=sha,
+                        bundle=data,
+                    )
+                )
+            job = Job(
+                module_id=module.id,
+                module_name=module.name,
+                job_type=job_type,
+                name=f"{job_type}-{uuid.uuid4().hex[:6]}",
+                schedule=None,
+                enabled=True,
+                timeout_seconds=timeout_seconds,
+                retries=retries,
+                config=dict(config or {}),
+                retry_backoff={"initial_interval_seconds": 0.5, "backoff_coefficient": 1.0},
+            )
             session.add(job)
             await session.flush()
             job_id = job.id
@@ -295,4 +348,3 @@ class TemporalHarness:
             fresh = await session.get(Execution, row.id)
             assert fresh is not None
             return {c.name: getattr(fresh, c.name) for c in Execution.__table__.columns}
-

@@ -6,7 +6,7 @@ import autoplat
 from autoplat.testing import TemporalHarness, arun_step, run_job, run_step
 from tests.jobs.helpers import write_module
 
-CODE = '''
+CODE = """
 from autoplat import JobError
 
 def double(ctx):
@@ -18,19 +18,30 @@ def add_one(ctx, previous):
 
 def fails(ctx):
     raise JobError("nope")
-'''
+"""
 JOBS = [
-    {"name": "calc", "description": "two steps",
-     "config": {"type": "object", "properties": {"n": {"type": "integer", "default": 4}}},
-     "steps": [{"name": "double", "handler": "double"}, {"name": "add-one", "handler": "add_one"}]},
+    {
+        "name": "calc",
+        "description": "two steps",
+        "config": {"type": "object", "properties": {"n": {"type": "integer", "default": 4}}},
+        "steps": [{"name": "double", "handler": "double"}, {"name": "add-one", "handler": "add_one"}],
+    },
     {"name": "fails", "description": "fails", "handler": "fails"},
 ]
 
 
 def test_public_surface_is_stable():
     assert sorted(autoplat.__all__) == [
-        "Cancelled", "ExecutionInfo", "HttpRequest", "HttpResponse", "JobContext", "JobError", "JobLogger",
-        "Manifest", "RetryableError", "load_manifest",
+        "Cancelled",
+        "ExecutionInfo",
+        "HttpRequest",
+        "HttpResponse",
+        "JobContext",
+        "JobError",
+        "JobLogger",
+        "Manifest",
+        "RetryableError",
+        "load_manifest",
     ]
 
 

@@ -49,8 +49,9 @@ def hourly_sync(ctx: JobContext) -> dict[str, Any]:
     while True:
         ctx.check_cancelled()
         separator = "&" if "?" in url else "?"
-        batch = _get_json(f"{url}{separator}offset={page * size}&limit={size}", token=ctx.secrets.get("api_token"),
-                          timeout=30)
+        batch = _get_json(
+            f"{url}{separator}offset={page * size}&limit={size}", token=ctx.secrets.get("api_token"), timeout=30
+        )
         items = batch.get("items", batch) if isinstance(batch, dict) else batch
         if not isinstance(items, list):
             raise JobError("the source must answer a JSON list (or an object with 'items')")
