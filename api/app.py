@@ -56,9 +56,14 @@ def create_app(settings: Settings, *, state: AppState | None = None) -> FastAPI:
         owned = state is None
         app_state = state or open_state(settings)
         app.state.autoplat = app_state
+        dispatcher = _event_dispatcher(app_state)
+        # POST /events calls notify() on it right after its commit.
+        app.state.event_dispatcher = dispatcher
+        dispatcher.start()
         try:
             yield
         finally:
+            await dispatcher.stop()
             if owned:
                 await close_state(app_state)
 
@@ -80,6 +85,20 @@ def create_app(settings: Settings, *, state: AppState | None = None) -> FastAPI:
     for router in _routers():
         app.include_router(router, prefix=API_PREFIX)
     return app
+
+
+def _event_dispatcher(state: AppState) -> Any:
+    """Dispatches stored events to their jobs in the background (registry/services/dispatch.py)."""
+    from registry.services.dispatch import Dispatcher, publish_live, temporal_starter
+
+    async def publish(data: dict[str, Any]) -> None:
+        await publish_live(state.redis, state.settings.redis_prefix, data)
+
+    return Dispatcher(
+        sessions=state.sessions,
+        start=temporal_starter(state.temporal, state.settings.task_queue),
+        publish=publish,
+    )
 
 
 def open_state(settings: Settings) -> AppState:

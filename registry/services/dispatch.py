@@ -1,0 +1,379 @@
+"""The event dispatcher: starts the jobs listening to each stored event, exactly once per (event, job).
+
+Events are dispatched from their outbox row (``events``), never from memory, so an accepted event
+survives Redis, the worker or Temporal being down: it stays ``PENDING`` and is retried with
+backoff until every target job's workflow has started.
+
+Exactly once per (event, job) rests on two keys derived from both ids:
+
+* ``event_deliveries`` has a unique (event_id, job_id) row; its ``execution_id`` is set once the
+  workflow has started, and a started delivery is never started again (even after Temporal has
+  forgotten the closed workflow);
+* the workflow id ``evt-<event id>-<job id>`` with REJECT_DUPLICATE / USE_EXISTING makes a start
+  repeated after a crash (workflow started, commit lost) a no-op on Temporal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from activities.types import JobInput
+from registry.db import unit_of_work
+from registry.manifest import event_pattern_matches
+from registry.models import Event, EventDelivery, Execution, Job, Module, ModuleStatus
+from registry.services import events, runs
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from temporalio.client import Client
+
+log = logging.getLogger(__name__)
+
+#: Retry backoff of an event whose dispatch failed: 1 s, 2 s, 4 s ... capped at 5 minutes, +-20 % jitter.
+BACKOFF_INITIAL_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 300.0
+
+
+@dataclass
+class StartRequest:
+    """One workflow start the dispatcher asks for."""
+
+    workflow_type: str
+    workflow_id: str
+    input: JobInput
+    job: Job
+    module: Module
+    execution_id: str
+
+
+#: Starts one workflow; "already started" must count as success. Raising marks the event for retry.
+StartFn = Callable[[StartRequest], Awaitable[None]]
+#: Relays an event (``events.as_dict``) to live subscribers; must not raise (see ``publish_live``).
+PublishFn = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass
+class Target:
+    job: Job
+    module: Module
+    config_override: dict[str, Any] | None = None
+
+
+@dataclass
+class DispatchReport:
+    """What one ``dispatch_pending`` call did."""
+
+    events: int = 0
+    dispatched: int = 0
+    failed: int = 0
+    started: int = 0
+    already_started: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def workflow_id_for(event_id: str, job_id: str) -> str:
+    return f"evt-{event_id}-{job_id}"
+
+
+def backoff(attempts: int) -> timedelta:
+    """Delay before retry number ``attempts`` (1-based): exponential, jittered, capped."""
+    base = min(BACKOFF_MAX_SECONDS, BACKOFF_INITIAL_SECONDS * 2 ** max(attempts - 1, 0))
+    return timedelta(seconds=min(BACKOFF_MAX_SECONDS, base * random.uniform(0.8, 1.2)))
+
+
+_MISSING = object()
+
+
+def payload_value(payload: Any, path: str) -> Any:
+    """The value at a dotted path of the payload, or a sentinel when absent."""
+    value = payload
+    for key in path.split("."):
+        if isinstance(value, dict) and key in value:
+            value = value[key]
+        elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        else:
+            return _MISSING
+    return value
+
+
+def filter_matches(filter_: dict[str, Any] | None, payload: Any) -> bool:
+    """Every filter path must be present in the payload and equal to the expected value."""
+    return all(payload_value(payload, path) == expected for path, expected in (filter_ or {}).items())
+
+
+def apply_mapping(mapping: dict[str, str] | None, payload: Any) -> dict[str, Any] | None:
+    """Config key -> payload path; absent paths are left out (the job's config applies)."""
+    out = {}
+    for key, path in (mapping or {}).items():
+        value = payload_value(payload, path)
+        if value is not _MISSING:
+            out[key] = value
+    return out or None
+
+
+async def targets_for(*, session: AsyncSession, event: Event) -> list[Target]:
+    """Enabled jobs of enabled modules that listen to ``event`` (manifest listeners and job triggers)."""
+    modules = {
+        m.name: m for m in await session.scalars(select(Module).where(Module.status == ModuleStatus.ENABLED.value))
+    }
+    if not modules:
+        return []
+    jobs = list(
+        await session.scalars(
+            select(Job).where(Job.module_name.in_(modules), Job.enabled.is_(True)).order_by(Job.created_at, Job.id)
+        )
+    )
+    # Loop guard: a job.* event emitted by a run of a job never triggers that same job.
+    excluded: str | None = None
+    if event.execution_id and event.name.startswith("job."):
+        excluded = await session.scalar(select(Execution.job_id).where(Execution.id == event.execution_id))
+    targets: dict[str, Target] = {}
+    for job in jobs:
+        if job.id == excluded:
+            continue
+        module = modules[job.module_name]
+        for listener in ((module.manifest or {}).get("events") or {}).get("listeners") or []:
+            if (
+                listener.get("job") == job.job_type
+                and isinstance(listener.get("pattern"), str)
+                and event_pattern_matches(listener["pattern"], event.name)
+                and filter_matches(listener.get("filter"), event.payload)
+            ):
+                mapped = apply_mapping(listener.get("mapping"), event.payload)
+                target = targets.setdefault(job.id, Target(job=job, module=module))
+                if mapped:
+                    target.config_override = {**(target.config_override or {}), **mapped}
+        if job.id not in targets and any(
+            isinstance(p, str) and event_pattern_matches(p, event.name) for p in job.event_triggers or []
+        ):
+            targets[job.id] = Target(job=job, module=module)
+    return list(targets.values())
+
+
+def event_input(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "name": event.name,
+        "payload": event.payload,
+        "source": event.source,
+        "occurred_at": event.occurred_at.isoformat(),
+    }
+
+
+async def _claim(session: AsyncSession, now: datetime) -> Event | None:
+    query = (
+        select(Event)
+        .where(Event.dispatch_status == "PENDING", Event.next_attempt_at <= now)
+        .order_by(Event.seq)
+        .limit(1)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        # Two API processes never work on one event at once; each takes the next free one.
+        query = query.with_for_update(skip_locked=True)
+    return await session.scalar(query)
+
+
+async def _delivery(session: AsyncSession, event: Event, job: Job) -> EventDelivery:
+    """The (event, job) delivery row, created once whatever the concurrency."""
+    query = select(EventDelivery).where(EventDelivery.event_id == event.id, EventDelivery.job_id == job.id)
+    existing = await session.scalar(query)
+    if existing is not None:
+        return existing
+    delivery = EventDelivery(event_id=event.id, job_id=job.id, workflow_id=workflow_id_for(event.id, job.id))
+    try:
+        async with session.begin_nested():
+            session.add(delivery)
+            await session.flush()
+    except IntegrityError:
+        existing = await session.scalar(query)
+        if existing is None:
+            raise
+        return existing
+    return delivery
+
+
+async def _dispatch_one(session: AsyncSession, event: Event, start: StartFn, report: DispatchReport) -> None:
+    targets = await targets_for(session=session, event=event)
+    error: str | None = None
+    for target in targets:
+        delivery = await _delivery(session, event, target.job)
+        if delivery.execution_id is not None:
+            report.already_started += 1
+            continue
+        execution_id = runs.execution_id_for(delivery.workflow_id)
+        request = StartRequest(
+            workflow_type=f"{target.job.module_name}.{target.job.job_type}",
+            workflow_id=delivery.workflow_id,
+            input=JobInput(
+                job_id=target.job.id,
+                trigger="event",
+                execution_id=execution_id,
+                event=event_input(event),
+                config_override=target.config_override,
+            ),
+            job=target.job,
+            module=target.module,
+            execution_id=execution_id,
+        )
+        try:
+            await start(request)
+        except Exception as exc:  # noqa: BLE001 - any start failure means "retry this event later"
+            error = f"{delivery.workflow_id}: {type(exc).__name__}: {exc}"[:2000]
+            log.warning("could not start %s for event %s: %s", delivery.workflow_id, event.id, exc)
+            continue
+        delivery.execution_id = execution_id
+        report.started += 1
+    now = datetime.now(UTC)
+    if error is None:
+        event.dispatch_status = "DISPATCHED"
+        event.dispatched_at = now
+        event.dispatch_error = None if targets else "no subscribers"
+        report.dispatched += 1
+    else:
+        event.dispatch_attempts = (event.dispatch_attempts or 0) + 1
+        event.next_attempt_at = now + backoff(event.dispatch_attempts)
+        event.dispatch_error = error
+        report.failed += 1
+        report.errors.append(error)
+
+
+async def dispatch_pending(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    start: StartFn,
+    limit: int = 100,
+    publish: PublishFn | None = None,
+) -> DispatchReport:
+    """Dispatch up to ``limit`` due events, oldest first; each in its own transaction.
+
+    Safe to run concurrently (in one or several processes) and to repeat: see the module docstring.
+    ``publish`` relays to live subscribers the events recorded by runs (``ctx.emit``, ``job.*``),
+    which the API never saw, on their first dispatch pass, after the commit.
+    """
+    report = DispatchReport()
+    while report.events < limit:
+        live: dict[str, Any] | None = None
+        async with unit_of_work(sessions) as session:
+            event = await _claim(session, datetime.now(UTC))
+            if event is None:
+                break
+            report.events += 1
+            if publish is not None and event.execution_id is not None and not event.dispatch_attempts:
+                live = events.as_dict(event)
+            await _dispatch_one(session, event, start, report)
+        if live is not None and publish is not None:
+            await publish(live)
+    return report
+
+
+def temporal_starter(client_factory: Callable[[], Awaitable[Client]], task_queue: str) -> StartFn:
+    """A StartFn on Temporal: deterministic id, duplicates rejected, "already started" is success."""
+    from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from workflows.schedules import search_attributes, workflow_timeout
+
+    async def start(request: StartRequest) -> None:
+        client = await client_factory()
+        definition = runs.job_type_definition(request.module.manifest, request.job.job_type) or {"handler": "x:y"}
+        steps = len(runs.steps_of(definition, request.module.name, request.job.job_type))
+        try:
+            await client.start_workflow(
+                request.workflow_type,
+                request.input,
+                id=request.workflow_id,
+                task_queue=task_queue,
+                execution_timeout=workflow_timeout(request.job, steps),
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                search_attributes=search_attributes(
+                    request.job.module_name, request.job.id, "event", request.execution_id
+                ),
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # started by an earlier attempt whose commit was lost
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.ALREADY_EXISTS:
+                raise
+
+    return start
+
+
+class Dispatcher:
+    """Runs ``dispatch_pending`` in the background: on ``notify()`` and at least every ``interval``."""
+
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        start: StartFn,
+        interval: float = 1.0,
+        limit: int = 100,
+        publish: PublishFn | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.start_fn = start
+        self.publish = publish
+        self.interval = interval
+        self.limit = limit
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def notify(self) -> None:
+        """Wake the loop now (called right after an event is committed)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="autoplat-event-dispatcher")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                report = await dispatch_pending(
+                    sessions=self.sessions, start=self.start_fn, limit=self.limit, publish=self.publish
+                )
+                if report.events >= self.limit:
+                    continue  # more are due: go on at once
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the loop must survive a DB outage; events stay pending
+                log.exception("event dispatch failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+            except TimeoutError:
+                pass
+
+
+def channel(prefix: str) -> str:
+    return f"{prefix}:events"
+
+
+async def publish_live(redis: Redis, prefix: str, event: dict[str, Any]) -> bool:
+    """Publish a stored event to live subscribers. Never raises: Redis down only degrades the stream."""
+    try:
+        await redis.publish(channel(prefix), json.dumps(event, default=str))
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not publish event %s live: %s", event.get("id"), exc)
+        return False
+    return True
