@@ -30,9 +30,12 @@ class MaintenanceActivities:
         report = await reconcile_schedules(client=client, sessions=self.deps.sessions, task_queue=settings.task_queue)
         await sweep_executions(client=client, sessions=self.deps.sessions, report=report)
         result: dict[str, Any] = report.as_dict()
-        retention = getattr(self.deps, "retention", None)
-        if retention is not None:
-            result["events_deleted"] = await retention()
+        if settings.event_retention_days > 0:
+            from registry.db import unit_of_work
+            from registry.services.events import delete_older_than
+
+            async with unit_of_work(self.deps.sessions) as session:
+                result["events_deleted"] = await delete_older_than(session=session, days=settings.event_retention_days)
         for line in report.lines():
             log.info("maintenance: %s", line)
         return result

@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     #: Run the periodic maintenance (reconciler, sweeper, retention) schedule from workers.
     maintenance_schedule: bool = True
 
+    #: Largest accepted event payload (compact JSON bytes); larger ones answer 413.
+    event_payload_max_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    #: Events older than this are deleted by the maintenance schedule (0 keeps them forever).
+    event_retention_days: int = Field(default=30, ge=0)
+
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     page_max_limit: int = 200
 

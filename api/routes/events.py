@@ -53,6 +53,7 @@ async def create_event(
             source=body.source,
             event_id=body.id,
             occurred_at=body.occurred_at,
+            max_payload_bytes=state.settings.event_payload_max_bytes,
         )
         data = events.as_dict(event)
     if created:
