@@ -329,8 +329,9 @@ class JobActivities:
         mistaken for a lost worker, and cancellation is delivered while the handler runs."""
         interval = max(self.settings.heartbeat_timeout_seconds / 3, 0.5)
         while True:
-            activity.heartbeat()
+            # Sleep first: a short step never pays a heartbeat round trip to the server.
             await asyncio.sleep(interval)
+            activity.heartbeat()
 
     def _budgeted(self, exc: ApplicationError, failures: int, inp: StepInput) -> ApplicationError:
         """Handler failures count against the job's retries; the rest of the Temporal budget is
