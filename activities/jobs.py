@@ -118,10 +118,8 @@ class JobActivities:
                 return RunPlan(execution_id=execution.id, skip_reason=result.skip_reason)
             assert result.module is not None
             definition = result.definition
-            secrets = await self._secrets(session, result.job, result.module, definition)
-            override = dict(inp.job.config_override or {})
-            if (execution.input or {}).get("secret_override"):
-                override.update(self._decrypt((execution.input or {})["secret_override"]))
+            secrets = self._job_secrets(result.job)
+            override = {**(inp.job.config_override or {}), **self._run_secrets(execution)}
             _, masked = runs.resolve_config(definition, result.job, override or None, secrets)
             execution.config = masked
             plan = self._plan(execution, result.module, result.version, result.job, definition)
@@ -221,12 +219,9 @@ class JobActivities:
                 if module is None or version is None:
                     raise JobError(f"module {inp.module} {inp.module_version} is no longer registered")
                 definition = runs.job_type_definition(version.manifest, inp.job_type) or {}
-                secrets = await self._secrets(session, job, module, definition)
-                override = dict(inp.config_override or {})
-                if execution is not None and (execution.input or {}).get("secret_override"):
-                    run_secrets = self._decrypt((execution.input or {})["secret_override"])
-                    override.update(run_secrets)
-                    secrets = {**secrets, **run_secrets}
+                run_secrets = self._run_secrets(execution)
+                secrets = {**self._job_secrets(job), **run_secrets}
+                override = {**(inp.config_override or {}), **run_secrets}
                 config, _ = runs.resolve_config(definition, job, override or None, secrets)
                 from registry.manifest import secret_fields
                 from registry.services.modules import config_schema, resolved_config
@@ -369,10 +364,13 @@ class JobActivities:
 
         return decrypt_json(self.settings.encryption_key(), token)
 
-    async def _secrets(
-        self, session: AsyncSession, job: Job | None, module: Module, definition: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _job_secrets(self, job: Job | None) -> dict[str, Any]:
         return self._decrypt(job.secrets) if job is not None else {}
+
+    def _run_secrets(self, execution: Execution | None) -> dict[str, Any]:
+        """Secret values of a per-run override, kept encrypted on the row (never in Temporal history)."""
+        token = ((execution.input or {}) if execution is not None else {}).get("secret_override")
+        return self._decrypt(token)
 
     async def _step_started(self, inp: StepInput, attempt: int) -> int:
         async with unit_of_work(self.sessions) as session:
