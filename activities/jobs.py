@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 #: Extra services (http, browser, notify, storage, state) are built per step by this factory.
 ServiceFactory = Callable[[StepInput, JobContext], Awaitable[dict[str, Any]]]
+#: Called once when a step ends (completed, failed, timed out or cancelled) to release what the
+#: factory acquired for it (browser contexts, connections).
+ServiceRelease = Callable[[StepInput, JobContext], Awaitable[None]]
 
 
 class _StepRuntime:
@@ -85,11 +88,13 @@ class JobActivities:
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
         services: ServiceFactory | None = None,
+        release: ServiceRelease | None = None,
         log_sink: Callable[[str], Callable[[dict[str, Any]], None] | None] | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.services = services
+        self.release = release
         self.log_sink = log_sink
         self.cancelled: dict[str, bool] = {}
 
@@ -298,6 +303,11 @@ class JobActivities:
             failures = await self._count_failure(inp, False)
             raise self._budgeted(ApplicationError(error_text, type=type(exc).__name__), failures, inp) from None
         finally:
+            if ctx is not None and self.release is not None:
+                try:
+                    await asyncio.shield(self.release(inp, ctx))
+                except Exception:  # noqa: BLE001 - releasing must never mask the step's outcome
+                    log.exception("releasing services of step %s failed", inp.step)
             await asyncio.shield(self._step_finished(inp, info.attempt, outcome, error_text, buffer))
 
     async def _run_with_heartbeats(self, fn: Callable[..., Any], ctx: JobContext, inp: StepInput) -> Any:

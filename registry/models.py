@@ -318,3 +318,57 @@ class EventDelivery(Base):
     workflow_id: Mapped[str] = mapped_column(String(255))
     execution_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ModuleDocument(Base):
+    """A document of a module's private key-value store (``ctx.storage``).
+
+    Rows are namespaced by module: the storage service only ever filters by the calling module's
+    id, and deleting the module deletes its documents.
+    """
+
+    __tablename__ = "module_documents"
+    __table_args__ = (
+        UniqueConstraint("module_id", "key", name="uq_module_documents_module_key"),
+        Index("ix_module_documents_expires", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    module_id: Mapped[str] = mapped_column(ForeignKey("modules.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(512))
+    value: Mapped[Any] = mapped_column(JSONType)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class JobState(Base):
+    """Per-job state a handler reads and updates between runs (``ctx.state``), e.g. a sync cursor."""
+
+    __tablename__ = "job_states"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    updated_by: Mapped[str | None] = mapped_column(String(36))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Artifact(Base):
+    """A file a run produced (a screenshot, a PDF, a download), listed and served by the API."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("execution_id", "name", name="uq_artifacts_execution_name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    execution_id: Mapped[str] = mapped_column(ForeignKey("executions.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    #: Where the bytes live: ``db`` (``data`` below) or a path relative to AUTOPLAT_ARTIFACTS_DIR.
+    storage: Mapped[str] = mapped_column(String(16), default="db")
+    path: Mapped[str | None] = mapped_column(String(1024))
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    step: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
