@@ -206,21 +206,26 @@ class JobActivities:
             beater.cancel()
 
     async def _run_step(self, inp: StepInput, info: activity.Info, buffer: LogBuffer) -> Any:
-        failures = await self._step_started(inp, info.attempt)
-        if failures >= inp.max_attempts:
-            # Only infrastructure retries remain (the handler's own budget is spent).
-            raise ApplicationError(
-                f"step {inp.step} already failed {failures} time(s)", type="AttemptsExhausted", non_retryable=True
-            )
         ctx: JobContext | None = None
         outcome = "FAILED"
         error_text: str | None = None
         try:
+            # One transaction marks the step RUNNING and reads everything the step needs.
             async with unit_of_work(self.sessions) as session:
-                execution = await session.get(Execution, inp.execution_id)
+                execution = await session.get(Execution, inp.execution_id, with_for_update=True)
+                failures = self._mark_running(execution, inp, info.attempt)
+                if failures >= inp.max_attempts:
+                    # Only infrastructure retries remain (the handler's own budget is spent).
+                    raise ApplicationError(
+                        f"step {inp.step} already failed {failures} time(s)",
+                        type="AttemptsExhausted",
+                        non_retryable=True,
+                    )
                 job = await session.get(Job, inp.job_id) if inp.job_id else None
                 module = await session.scalar(select(Module).where(Module.name == inp.module))
-                version = await self._version(session, module, inp.module_version)
+                version = (
+                    await runs.module_version(session, module.id, inp.module_version) if module is not None else None
+                )
                 if module is None or version is None:
                     raise JobError(f"module {inp.module} {inp.module_version} is no longer registered")
                 definition = runs.job_type_definition(version.manifest, inp.job_type) or {}
@@ -284,6 +289,8 @@ class JobActivities:
             raise
         except ApplicationError as exc:
             error_text = exc.message
+            if exc.type == "AttemptsExhausted":
+                raise
             if exc.type == "StepTimeout":
                 outcome = "TIMED_OUT"
             buffer.add(_entry("ERROR", f"{exc.type}: {exc.message}", inp, info.attempt))
@@ -346,13 +353,6 @@ class JobActivities:
         return ApplicationError(exc.message, *exc.details, type=exc.type or "AttemptsExhausted", non_retryable=True)
 
     # --- helpers --------------------------------------------------------------------------------
-    async def _version(self, session: AsyncSession, module: Module | None, version: str) -> ModuleVersion | None:
-        if module is None:
-            return None
-        return await session.scalar(
-            select(ModuleVersion).where(ModuleVersion.module_id == module.id, ModuleVersion.version == version)
-        )
-
     async def _code_root(self, session: AsyncSession, version: ModuleVersion, inp: StepInput) -> Path:
         from registry import codestore
 
@@ -382,19 +382,19 @@ class JobActivities:
         token = ((execution.input or {}) if execution is not None else {}).get("secret_override")
         return self._decrypt(token)
 
-    async def _step_started(self, inp: StepInput, attempt: int) -> int:
-        async with unit_of_work(self.sessions) as session:
-            execution = await session.get(Execution, inp.execution_id, with_for_update=True)
-            if execution is None:
-                return 0
-            steps = [dict(s) for s in (execution.steps or [])]
-            while len(steps) <= inp.step_index:
-                steps.append({"name": inp.step, "status": "PENDING", "attempts": 0, "failures": 0})
-            step = steps[inp.step_index]
-            step.update(status="RUNNING", attempts=attempt, started_at=datetime.now(UTC).isoformat())
-            execution.steps = steps
-            execution.attempt = max(execution.attempt or 0, attempt)
-            return int(step.get("failures", 0))
+    @staticmethod
+    def _mark_running(execution: Execution | None, inp: StepInput, attempt: int) -> int:
+        """Mark the step RUNNING on the (locked) row; returns its handler failures so far."""
+        if execution is None:
+            return 0
+        steps = [dict(s) for s in (execution.steps or [])]
+        while len(steps) <= inp.step_index:
+            steps.append({"name": inp.step, "status": "PENDING", "attempts": 0, "failures": 0})
+        step = steps[inp.step_index]
+        step.update(status="RUNNING", attempts=attempt, started_at=datetime.now(UTC).isoformat())
+        execution.steps = steps
+        execution.attempt = max(execution.attempt or 0, attempt)
+        return int(step.get("failures", 0))
 
     async def _count_failure(self, inp: StepInput, final: bool) -> int:
         async with unit_of_work(self.sessions) as session:

@@ -347,6 +347,9 @@ class CodeProfiler:
         import pstats
 
         stats = pstats.Stats(self._profile)
+        dump = os.environ.get("AUTOPLAT_BENCH_PSTATS")
+        if dump:
+            stats.dump_stats(dump)
         by_package: Counter[str] = Counter()
         by_function: Counter[str] = Counter()
         for (filename, line, func), (_cc, _nc, tottime, _cum, _callers) in stats.stats.items():  # type: ignore[attr-defined]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from functools import cached_property
 from pathlib import Path
@@ -169,6 +170,7 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+@functools.lru_cache(maxsize=16)
 def _dev_secret(state_dir: Path, name: str) -> str:
     """A random secret persisted under the state folder (dev mode only)."""
     import secrets

@@ -84,20 +84,23 @@ class Runner:
                 input=self._override_input(job, module, config_override),
             )
             execution.workflow_id = f"exec-{execution.id}"
-            try:
-                # A savepoint: two concurrent requests with one Idempotency-Key race on the unique
-                # (job, key) constraint; the loser answers the winner's execution.
-                async with session.begin_nested():
-                    session.add(execution)
-            except IntegrityError:
-                if not idempotency_key:
-                    raise
-                existing = await session.scalar(
-                    select(Execution).where(Execution.job_id == job_id, Execution.idempotency_key == idempotency_key)
-                )
-                if existing is None:
-                    raise
-                return existing, False
+            if not idempotency_key:
+                session.add(execution)
+            else:
+                try:
+                    # A savepoint: two concurrent requests with one Idempotency-Key race on the unique
+                    # (job, key) constraint; the loser answers the winner's execution.
+                    async with session.begin_nested():
+                        session.add(execution)
+                except IntegrityError:
+                    existing = await session.scalar(
+                        select(Execution).where(
+                            Execution.job_id == job_id, Execution.idempotency_key == idempotency_key
+                        )
+                    )
+                    if existing is None:
+                        raise
+                    return existing, False
             audit.record(
                 session=session,
                 actor=actor,

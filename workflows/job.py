@@ -72,7 +72,7 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return error
 
 
-@workflow.defn(dynamic=True)
+@workflow.defn(dynamic=True, sandboxed=False)
 class JobWorkflow:
     @workflow.run
     async def run(self, args: Sequence[RawValue]) -> Any:

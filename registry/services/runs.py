@@ -91,6 +91,30 @@ class StartResult:
     job: Job | None = None
 
 
+#: Registered versions never change (an upgrade is a new row, a re-registered module a new id),
+#: so each process keeps the rows it has read: a run does not query its version twice.
+_VERSIONS: dict[tuple[str, str], ModuleVersion] = {}
+_VERSIONS_MAX = 2000
+
+
+async def module_version(session: AsyncSession, module_id: str, version: str) -> ModuleVersion | None:
+    """The (detached, read-only) version row of a module, cached per process. The code bundle is
+    deferred and never loaded here."""
+    key = (module_id, version)
+    found = _VERSIONS.get(key)
+    if found is not None:
+        return found
+    found = await session.scalar(
+        select(ModuleVersion).where(ModuleVersion.module_id == module_id, ModuleVersion.version == version)
+    )
+    if found is not None:
+        session.expunge(found)
+        if len(_VERSIONS) >= _VERSIONS_MAX:
+            _VERSIONS.clear()
+        _VERSIONS[key] = found
+    return found
+
+
 async def start_run(
     *,
     session: AsyncSession,
@@ -147,9 +171,7 @@ async def start_run(
         reason = f"module {module_name} is {module.status}"
     result = StartResult(execution=execution, module=module, job=job)
     if reason is None and module is not None:
-        version = await session.scalar(
-            select(ModuleVersion).where(ModuleVersion.module_id == module.id, ModuleVersion.version == module.version)
-        )
+        version = await module_version(session, module.id, module.version)
         definition = job_type_definition(module.manifest, job_type)
         if definition is None:
             reason = f"job type {job_type} does not exist in {module_name} {module.version}"

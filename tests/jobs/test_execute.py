@@ -194,3 +194,28 @@ async def test_invalid_override_is_a_422(client, module, operator_headers, tempo
     r = await client.post(f"/api/v1/jobs/{job['id']}/execute", json={"config": {"who": 42}}, headers=operator_headers)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["details"][0]["loc"][:3] == ["body", "config", "who"]
+
+
+async def test_histories_replay_deterministically(client, worker, module, operator_headers, temporal_env):
+    """The job workflow runs outside Temporal's sandbox (platform code only, for speed): replaying
+    real histories (steps, retries, failure) against it must not raise a non-determinism error."""
+    from temporalio.worker import Replayer
+
+    from workflows.client import DATA_CONVERTER
+    from workflows.job import JobWorkflow
+
+    workflow_ids = []
+    for job_type, extra in (
+        ("pipeline", {}),
+        ("flaky", {"retries": 2, "retry_backoff": {"initial_interval_seconds": 0.1, "backoff_coefficient": 1}}),
+        ("boom", {}),
+    ):
+        job = await create_job(client, operator_headers, job_type, **extra)
+        body = (await client.post(f"/api/v1/jobs/{job['id']}/execute?wait=true", headers=operator_headers)).json()
+        assert body["status"] in {"COMPLETED", "FAILED"}, body
+        workflow_ids.append(body["workflow_id"])
+    replayer = Replayer(workflows=[JobWorkflow], data_converter=DATA_CONVERTER)
+    for workflow_id in workflow_ids:
+        history = await temporal_env.client.get_workflow_handle(workflow_id).fetch_history()
+        result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        assert result.replay_failure is None, (workflow_id, result.replay_failure)
