@@ -19,6 +19,12 @@ router = APIRouter(prefix="/health", tags=["health"])
 
 CHECK_TIMEOUT = 3.0
 
+#: Dependencies the API can serve without: what stops working while they are down.
+DEGRADABLE = {
+    "redis": "redis is down: live streams (events, execution logs) are unavailable and login rate limits are "
+    "not enforced; events are still stored and still trigger jobs",
+}
+
 
 @router.get("/live", summary="The process is up")
 async def live() -> dict[str, str]:
@@ -52,18 +58,27 @@ async def ready(state: StateDep) -> Any:
             return name, f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__
 
     results = dict(await asyncio.gather(*(run(n) for n in checks)))
-    body = {"status": "ok", "checks": {n: ("ok" if err is None else "down") for n, err in results.items()}}
-    down = [n for n, err in results.items() if err is not None]
+    body: dict[str, Any] = {
+        "status": "ok",
+        "checks": {n: ("ok" if err is None else "down") for n, err in results.items()},
+    }
+    for name, err in results.items():
+        if err is not None:
+            # The reasons go to the log only: they name hosts and users, and this route is public.
+            log.warning("readiness: %s down: %s", name, err)
+    down = [n for n, err in results.items() if err is not None and n not in DEGRADABLE]
     if down:
-        # The reasons go to the log only: they name hosts and users, and this route is public.
-        for name in down:
-            log.warning("readiness: %s down: %s", name, results[name])
         return JSONResponse(
             error_body(
                 "unavailable",
-                f"not ready: {', '.join(down)} down",
+                f"not ready: {', '.join(n for n, err in results.items() if err is not None)} down",
                 {"checks": body["checks"]},
             ),
             status_code=503,
         )
+    degraded = [DEGRADABLE[n] for n, err in results.items() if err is not None]
+    if degraded:
+        # Still ready: events are stored and jobs triggered without Redis; only live features wait.
+        body["status"] = "degraded"
+        body["degraded"] = degraded
     return body
