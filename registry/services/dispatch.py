@@ -86,6 +86,10 @@ def workflow_id_for(event_id: str, job_id: str) -> str:
     return f"evt-{event_id}-{job_id}"
 
 
+#: Events dispatched at once by one process (PostgreSQL; each in its own transaction).
+DISPATCH_CONCURRENCY = 8
+
+
 def backoff(attempts: int) -> timedelta:
     """Delay before retry number ``attempts`` (1-based): exponential, jittered, capped."""
     base = min(BACKOFF_MAX_SECONDS, BACKOFF_INITIAL_SECONDS * 2 ** max(attempts - 1, 0))
@@ -207,6 +211,7 @@ async def _delivery(session: AsyncSession, event: Event, job: Job) -> EventDeliv
 async def _dispatch_one(session: AsyncSession, event: Event, start: StartFn, report: DispatchReport) -> None:
     targets = await targets_for(session=session, event=event)
     error: str | None = None
+    pending: list[tuple[EventDelivery, StartRequest]] = []
     for target in targets:
         delivery = await _delivery(session, event, target.job)
         if delivery.execution_id is not None:
@@ -227,13 +232,18 @@ async def _dispatch_one(session: AsyncSession, event: Event, start: StartFn, rep
             module=target.module,
             execution_id=execution_id,
         )
-        try:
-            await start(request)
-        except Exception as exc:  # noqa: BLE001 - any start failure means "retry this event later"
-            error = f"{delivery.workflow_id}: {type(exc).__name__}: {exc}"[:2000]
-            log.warning("could not start %s for event %s: %s", delivery.workflow_id, event.id, exc)
+        pending.append((delivery, request))
+    # The starts of one event's jobs go out together (they only talk to Temporal, not the session).
+    outcomes = await asyncio.gather(*(start(request) for _, request in pending), return_exceptions=True)
+    for (delivery, request), outcome in zip(pending, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, Exception):
+                raise outcome  # cancellation and the like are not start failures
+            # Any start failure means "retry this event later".
+            error = f"{delivery.workflow_id}: {type(outcome).__name__}: {outcome}"[:2000]
+            log.warning("could not start %s for event %s: %s", delivery.workflow_id, event.id, outcome)
             continue
-        delivery.execution_id = execution_id
+        delivery.execution_id = request.execution_id
         report.started += 1
     now = datetime.now(UTC)
     if error is None:
@@ -255,6 +265,7 @@ async def dispatch_pending(
     start: StartFn,
     limit: int = 100,
     publish: PublishFn | None = None,
+    concurrency: int = 1,
 ) -> DispatchReport:
     """Dispatch up to ``limit`` due events, oldest first; each in its own transaction.
 
@@ -263,18 +274,24 @@ async def dispatch_pending(
     which the API never saw, on their first dispatch pass, after the commit.
     """
     report = DispatchReport()
-    while report.events < limit:
-        live: dict[str, Any] | None = None
-        async with unit_of_work(sessions) as session:
-            event = await _claim(session, datetime.now(UTC))
-            if event is None:
-                break
-            report.events += 1
-            if publish is not None and event.execution_id is not None and not event.dispatch_attempts:
-                live = events.as_dict(event)
-            await _dispatch_one(session, event, start, report)
-        if live is not None and publish is not None:
-            await publish(live)
+
+    async def worker() -> None:
+        while report.events < limit:
+            live: dict[str, Any] | None = None
+            async with unit_of_work(sessions) as session:
+                event = await _claim(session, datetime.now(UTC))
+                if event is None:
+                    return
+                report.events += 1
+                if publish is not None and event.execution_id is not None and not event.dispatch_attempts:
+                    live = events.as_dict(event)
+                await _dispatch_one(session, event, start, report)
+            if live is not None and publish is not None:
+                await publish(live)
+
+    # Claims skip locked rows on PostgreSQL, so several loops (and processes) share the outbox;
+    # SQLite has one writer and runs one.
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
     return report
 
 
@@ -329,6 +346,8 @@ class Dispatcher:
         self.publish = publish
         self.interval = interval
         self.limit = limit
+        bind = sessions.kw.get("bind")
+        self.concurrency = DISPATCH_CONCURRENCY if bind is not None and bind.dialect.name == "postgresql" else 1
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -351,7 +370,11 @@ class Dispatcher:
             self._wake.clear()
             try:
                 report = await dispatch_pending(
-                    sessions=self.sessions, start=self.start_fn, limit=self.limit, publish=self.publish
+                    sessions=self.sessions,
+                    start=self.start_fn,
+                    limit=self.limit,
+                    publish=self.publish,
+                    concurrency=self.concurrency,
                 )
                 if report.events >= self.limit:
                     continue  # more are due: go on at once

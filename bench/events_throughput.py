@@ -1,0 +1,326 @@
+"""Events benchmark: events accepted per second with three listening jobs, and event → run start latency.
+
+    .venv/bin/python -m bench.events_throughput [--events 300] [--concurrency 20] [--low-load-events 30] [--json]
+
+Runs the platform as in production, three processes on this box: the API (``autoplat api``, with
+its outbox dispatcher) and a worker (``autoplat worker``) as subprocesses, against a Temporal dev
+server and a fresh PostgreSQL database of the benchmark's own; this process only drives HTTP.
+
+* **accepted/s**: ``POST /api/v1/events`` with ``--concurrency`` requests in flight, each event
+  matched by three enabled jobs (job-level event triggers); an event counts when its 201 arrives.
+* **delivered/s**: events whose three runs have all completed (mirror rows COMPLETED), divided by
+  the time from the first POST to the last completion.
+* **event → start latency**: from just before the POST to the handler's own ``time.time()`` (it
+  returns it as its result), for each of the three runs of an event; p50 / p95 under load and at
+  low load (one event at a time, waiting for its three runs).
+
+Every (event, job) pair must have exactly one execution at the end: the benchmark checks it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.jobs_throughput import (
+    JOB_TYPE,
+    MODULE,
+    DevServer,
+    code_version,
+    create_database,
+    drop_database,
+    free_ports,
+    machine,
+    percentile,
+    put_module,
+)
+
+LISTENERS = 3
+JWT_SECRET = "bench-" + uuid.uuid4().hex + uuid.uuid4().hex
+
+
+@dataclass
+class Options:
+    events: int
+    concurrency: int
+    low_load_events: int
+    as_json: bool
+
+
+async def add_listening_jobs(sessions: Any) -> list[str]:
+    from sqlalchemy import select
+
+    from registry.db import unit_of_work
+    from registry.models import Job, Module
+
+    ids = []
+    async with unit_of_work(sessions) as session:
+        module = await session.scalar(select(Module).where(Module.name == MODULE))
+        assert module is not None
+        for n in range(LISTENERS):
+            job = Job(
+                module_id=module.id,
+                module_name=MODULE,
+                job_type=JOB_TYPE,
+                name=f"listener-{n}",
+                schedule=None,
+                enabled=True,
+                timeout_seconds=60,
+                retries=0,
+                config={},
+                event_triggers=["bench.*"],
+            )
+            session.add(job)
+            await session.flush()
+            ids.append(job.id)
+    return ids
+
+
+async def operator_token(sessions: Any, settings: Any) -> str:
+    from registry.db import unit_of_work
+    from registry.models import Role
+    from registry.services import users
+    from registry.services.auth import _issue
+    from registry.services.common import Actor
+
+    async with unit_of_work(sessions) as session:
+        user = await users.create_user(
+            session=session, email="bench@example.com", password=uuid.uuid4().hex, role=Role.operator
+        )
+        pair = await _issue(
+            session=session, settings=settings, user=user, family_id=str(uuid.uuid4()), actor=Actor.system("bench")
+        )
+    return pair.access_token
+
+
+def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+async def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as http:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"API exited: {log.read_text()[-2000:]}")
+            try:
+                if (await http.get(f"{base}/health/ready")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"API not ready after {timeout}s: {log.read_text()[-2000:]}")
+            await asyncio.sleep(0.2)
+
+
+async def starts_of(sessions: Any, event_ids: list[str]) -> dict[str, list[float]]:
+    """Handler start times (their results) of the COMPLETED runs of each event."""
+    from sqlalchemy import select
+
+    from registry.models import Execution
+
+    found: dict[str, list[float]] = {e: [] for e in event_ids}
+    async with sessions() as session:
+        rows = await session.execute(
+            select(Execution.event_id, Execution.result, Execution.status).where(Execution.event_id.in_(event_ids))
+        )
+        for event_id, result, status in rows:
+            if status == "COMPLETED":
+                found[event_id].append(float(result))
+    return found
+
+
+async def all_started(sessions: Any, event_ids: list[str], timeout: float) -> dict[str, list[float]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await starts_of(sessions, event_ids)
+        if all(len(v) >= LISTENERS for v in found.values()):
+            return found
+        if time.monotonic() > deadline:
+            missing = sum(LISTENERS - len(v) for v in found.values())
+            raise RuntimeError(f"{missing} runs did not complete within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+def stats(latencies_ms: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(percentile(latencies_ms, 50), 1), "p95_ms": round(percentile(latencies_ms, 95), 1)}
+
+
+async def run(opts: Options) -> dict[str, Any]:
+    from registry.db import create_engine, create_session_factory
+    from registry.migrate import upgrade
+    from registry.settings import Settings
+    from workflows.client import ensure_search_attributes
+
+    workdir = Path(tempfile.mkdtemp(prefix="autoplat-bench-events-"))
+    server = DevServer(workdir)
+    server.start()
+    db_name, db_url = create_database()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        client = await server.connect()
+        await ensure_search_attributes(client, "default")
+        (api_port,) = free_ports(1)
+        settings = Settings(
+            dev_mode=False,
+            database_url=db_url,
+            jwt_secret=JWT_SECRET,
+            state_dir=workdir / "state",
+            task_queue=f"bench-events-{uuid.uuid4().hex[:8]}",
+            temporal_address=server.address,
+            redis_prefix=f"bench-{uuid.uuid4().hex[:8]}",
+            maintenance_schedule=False,
+        )
+        await upgrade(settings.effective_database_url)
+        engine = create_engine(settings.effective_database_url)
+        sessions = create_session_factory(engine)
+        await put_module(sessions, settings.state_dir, workdir / "modules")
+        job_ids = await add_listening_jobs(sessions)
+        token = await operator_token(sessions, settings)
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "AUTOPLAT_DEV_MODE": "false",
+            "AUTOPLAT_DATABASE_URL": db_url,
+            "AUTOPLAT_JWT_SECRET": JWT_SECRET,
+            "AUTOPLAT_STATE_DIR": str(settings.state_dir),
+            "AUTOPLAT_TEMPORAL_ADDRESS": server.address,
+            "AUTOPLAT_TASK_QUEUE": settings.task_queue,
+            "AUTOPLAT_REDIS_PREFIX": settings.redis_prefix,
+            "AUTOPLAT_MAINTENANCE_SCHEDULE": "false",
+        }
+        cli = [sys.executable, "-m", "autoplat.cli"]
+        api_log, worker_log = workdir / "api.log", workdir / "worker.log"
+        procs.append(spawn([*cli, "api", "--port", str(api_port)], env, api_log))
+        procs.append(spawn([*cli, "worker"], env, worker_log))
+        base = f"http://127.0.0.1:{api_port}"
+        await wait_ready(base, procs[0], api_log)
+        headers = {"Authorization": f"Bearer {token}"}
+
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http:
+
+            async def post(n: int) -> tuple[str, float]:
+                sent = time.time()
+                r = await http.post("/api/v1/events", json={"name": "bench.tick", "payload": {"n": n}})
+                if r.status_code != 201:
+                    raise RuntimeError(f"POST /events answered {r.status_code}: {r.text}")
+                return r.json()["id"], sent
+
+            # Warm-up: connections, code loading on the worker, prepared statements.
+            warm = [await post(-1 - n) for n in range(5)]
+            await all_started(sessions, [e for e, _ in warm], timeout=60)
+
+            # Under load.
+            sem = asyncio.Semaphore(opts.concurrency)
+
+            async def bounded(n: int) -> tuple[str, float]:
+                async with sem:
+                    return await post(n)
+
+            t0 = time.time()
+            posted = await asyncio.gather(*(bounded(n) for n in range(opts.events)))
+            accepted_wall = time.time() - t0
+            starts = await all_started(sessions, [e for e, _ in posted], timeout=300)
+            delivered_wall = max(max(v) for v in starts.values()) - t0
+            sent_at = dict(posted)
+            loaded = [(s - sent_at[e]) * 1000 for e, v in starts.items() for s in v]
+
+            # Low load: one event at a time.
+            low: list[float] = []
+            for n in range(opts.low_load_events):
+                event_id, sent = await post(10_000 + n)
+                found = await all_started(sessions, [event_id], timeout=60)
+                low.extend((s - sent) * 1000 for s in found[event_id])
+
+        # Exactly once per (event, job), whatever happened.
+        from sqlalchemy import func, select
+
+        from registry.models import Execution
+
+        async with sessions() as session:
+            dup = await session.scalar(
+                select(func.count()).select_from(
+                    select(Execution.event_id, Execution.job_id)
+                    .group_by(Execution.event_id, Execution.job_id)
+                    .having(func.count() > 1)
+                    .subquery()
+                )
+            )
+            total = await session.scalar(select(func.count()).select_from(Execution))
+        expected = (len(warm) + opts.events + opts.low_load_events) * LISTENERS
+        await engine.dispose()
+        return {
+            "command": "python -m bench.events_throughput " + " ".join(sys.argv[1:]),
+            "machine": machine() | {"code": code_version()},
+            "listeners": LISTENERS,
+            "jobs": job_ids,
+            "under_load": {
+                "events": opts.events,
+                "concurrency": opts.concurrency,
+                "accepted_per_s": round(opts.events / accepted_wall, 1),
+                "delivered_events_per_s": round(opts.events / delivered_wall, 1),
+                "runs_per_s": round(opts.events * LISTENERS / delivered_wall, 1),
+                "event_to_start": stats(loaded),
+            },
+            "low_load": {"events": opts.low_load_events, "event_to_start": stats(low)},
+            "exactly_once": {"executions": int(total or 0), "expected": expected, "duplicate_pairs": int(dup or 0)},
+        }
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        server.stop()
+        drop_database(db_name)
+
+
+def render(report: dict[str, Any]) -> str:
+    load, low, once = report["under_load"], report["low_load"], report["exactly_once"]
+    return "\n".join(
+        [
+            f"events benchmark — {report['listeners']} listening jobs per event, code {report['machine']['code']}",
+            f"under load ({load['events']} events, {load['concurrency']} in flight):",
+            f"  accepted        {load['accepted_per_s']} events/s (201 from POST /api/v1/events)",
+            f"  delivered       {load['delivered_events_per_s']} events/s = {load['runs_per_s']} runs/s completed",
+            f"  event -> start  p50 {load['event_to_start']['p50_ms']} ms, p95 {load['event_to_start']['p95_ms']} ms",
+            f"low load ({low['events']} events, one at a time):",
+            f"  event -> start  p50 {low['event_to_start']['p50_ms']} ms, p95 {low['event_to_start']['p95_ms']} ms",
+            f"exactly once: {once['executions']} executions for {once['expected']} (event, job) pairs, "
+            f"{once['duplicate_pairs']} duplicated",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.events_throughput", description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=300, help="events posted under load (default 300)")
+    parser.add_argument("--concurrency", type=int, default=20, help="POSTs in flight (default 20)")
+    parser.add_argument("--low-load-events", type=int, default=30, help="sequential events (default 30)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    opts = Options(args.events, args.concurrency, args.low_load_events, args.json)
+    report = asyncio.run(run(opts))
+    print(json.dumps(report, indent=2) if opts.as_json else render(report))  # noqa: T201
+    once = report["exactly_once"]
+    return 0 if once["duplicate_pairs"] == 0 and once["executions"] == once["expected"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
