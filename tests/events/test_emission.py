@@ -1,0 +1,133 @@
+"""Emission end to end: handlers' ``ctx.emit`` / ``ctx.emit_sync`` on a real worker start listening
+jobs, correlated to the emitting execution; runs emit job.* lifecycle events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from registry.models import Event
+from tests.conftest import eventually
+from tests.jobs.helpers import put_module, write_module
+
+CODE = """
+import time
+from autoplat import JobError
+
+async def produce(ctx):
+    event_id = await ctx.emit("demo.produced", {"n": ctx.config.get("n", 1)})
+    return {"event_id": event_id}
+
+def produce_sync(ctx):
+    return {"event_id": ctx.emit_sync("demo.produced", {"n": 2})}
+
+def consume(ctx):
+    return {"got": ctx.event["payload"], "source": ctx.event["source"]}
+
+def fails(ctx):
+    raise JobError("no")
+
+def slow(ctx):
+    while not ctx.is_cancelled():
+        time.sleep(0.05)
+"""
+
+JOBS = [
+    {"name": "produce", "description": "emits", "handler": "produce"},
+    {"name": "produce-sync", "description": "emits from a sync handler", "handler": "produce_sync"},
+    {"name": "consume", "description": "listens", "handler": "consume"},
+    {"name": "fails", "description": "fails", "handler": "fails"},
+    {"name": "slow", "description": "runs until stopped", "handler": "slow", "timeoutSeconds": 1},
+]
+LISTENERS = {"events": {"listeners": [{"pattern": "demo.*", "job": "consume"}]}}
+
+
+async def create_job(client: Any, headers: dict[str, str], job_type: str, **extra: Any) -> str:
+    name = f"{job_type}-{extra.get('timeout_seconds', '')}"
+    r = await client.post(
+        "/api/v1/jobs",
+        json={"module": "emitter", "job_type": job_type, "name": name, "schedule": None, **extra},
+        headers=headers,
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+async def run(client: Any, headers: dict[str, str], job_id: str) -> dict[str, Any]:
+    r = await client.post(f"/api/v1/jobs/{job_id}/execute?wait=true", headers=headers)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+# ``worker`` first: the API's background dispatcher must see the test's task queue.
+async def test_emitted_events_start_listeners_and_are_correlated(
+    worker, client, sessions, settings, tmp_path, operator_headers
+):
+    await put_module(
+        sessions, settings.state_dir, write_module(tmp_path, name="emitter", code=CODE, jobs=JOBS, extra=LISTENERS)
+    )
+    consume = await create_job(client, operator_headers, "consume")
+    for job_type in ("produce", "produce-sync"):
+        producer = await run(client, operator_headers, await create_job(client, operator_headers, job_type))
+        assert producer["status"] == "COMPLETED", producer
+        event_id = producer["result"]["event_id"]
+        event = (await client.get(f"/api/v1/events/{event_id}", headers=operator_headers)).json()
+        assert (event["name"], event["source"], event["execution_id"]) == ("demo.produced", "emitter", producer["id"])
+
+        async def consumed(event_id: str = event_id) -> list[dict[str, Any]]:
+            page = await client.get(
+                "/api/v1/executions",
+                params={"job_id": consume, "trigger": "event", "status": "COMPLETED"},
+                headers=operator_headers,
+            )
+            return [e for e in page.json()["items"] if e["event_id"] == event_id]
+
+        (execution,) = await eventually(consumed, timeout=30, what=f"consume triggered by {job_type}")
+        assert execution["result"]["source"] == "emitter"
+        assert execution["result"]["got"]["n"] in (1, 2)
+
+
+async def test_runs_emit_lifecycle_events(worker, client, sessions, settings, tmp_path, operator_headers):
+    await put_module(sessions, settings.state_dir, write_module(tmp_path, name="emitter", code=CODE, jobs=JOBS))
+    ok = await run(client, operator_headers, await create_job(client, operator_headers, "produce"))
+    failed = await run(client, operator_headers, await create_job(client, operator_headers, "fails"))
+    timed_out = await run(
+        client, operator_headers, await create_job(client, operator_headers, "slow", timeout_seconds=1)
+    )
+    assert (ok["status"], failed["status"], timed_out["status"]) == ("COMPLETED", "FAILED", "TIMED_OUT")
+    slow = await create_job(client, operator_headers, "slow", timeout_seconds=60)
+    started = (await client.post(f"/api/v1/jobs/{slow}/execute", headers=operator_headers)).json()
+
+    async def running() -> bool:
+        row = (await client.get(f"/api/v1/executions/{started['id']}", headers=operator_headers)).json()
+        return row["status"] == "RUNNING"
+
+    await eventually(running, timeout=30, what="slow run started")
+    r = await client.post(f"/api/v1/executions/{started['id']}/cancel", headers=operator_headers)
+    assert r.status_code in (200, 202), r.text
+
+    async def names_by_execution() -> dict[str, list[str]]:
+        async with sessions() as session:
+            rows = (await session.execute(select(Event.execution_id, Event.name).order_by(Event.seq))).all()
+        found: dict[str, list[str]] = {}
+        for execution_id, name in rows:
+            if name.startswith("job."):
+                found.setdefault(execution_id, []).append(name)
+        return found
+
+    async def all_ended() -> dict[str, list[str]] | None:
+        found = await names_by_execution()
+        return found if len(found.get(started["id"], [])) == 2 else None
+
+    found = await eventually(all_ended, timeout=30, what="job.cancelled recorded")
+    assert found[ok["id"]] == ["job.started", "job.completed"]
+    assert found[failed["id"]] == ["job.started", "job.failed"]
+    assert found[timed_out["id"]] == ["job.started", "job.timed_out"]
+    assert found[started["id"]] == ["job.started", "job.cancelled"]
+    async with sessions() as session:
+        event = await session.scalar(
+            select(Event).where(Event.execution_id == failed["id"], Event.name == "job.failed")
+        )
+    assert event is not None and event.source == "platform" and event.module_name == "emitter"
+    assert event.payload["status"] == "FAILED"
