@@ -86,6 +86,27 @@ def workflow_id_for(event_id: str, job_id: str) -> str:
     return f"evt-{event_id}-{job_id}"
 
 
+#: Most runs one event may cause through events emitted by the runs it triggered, and so on.
+MAX_EVENT_CHAIN = 10
+
+
+class ChainTooLong(Exception):
+    """The event was emitted at the end of a chain of event-triggered runs too long to be legitimate."""
+
+
+async def chain_length(session: AsyncSession, event: Event) -> int:
+    """How many event-triggered runs led to ``event`` (0 for an event not emitted by a run)."""
+    length = 0
+    execution_id = event.execution_id
+    while execution_id is not None and length < MAX_EVENT_CHAIN:
+        length += 1
+        parent_event = await session.scalar(select(Execution.event_id).where(Execution.id == execution_id))
+        if parent_event is None:
+            break
+        execution_id = await session.scalar(select(Event.execution_id).where(Event.id == parent_event))
+    return length
+
+
 #: Events dispatched at once by one process (PostgreSQL; each in its own transaction).
 DISPATCH_CONCURRENCY = 8
 
@@ -143,6 +164,10 @@ async def targets_for(*, session: AsyncSession, event: Event) -> list[Target]:
     excluded: str | None = None
     if event.execution_id and event.name.startswith("job."):
         excluded = await session.scalar(select(Execution.job_id).where(Execution.id == event.execution_id))
+    # Chain guard: runs triggered by events emitting events (two jobs reacting to each other's
+    # job.* events, a listener re-emitting what it listens to) stop after MAX_EVENT_CHAIN links.
+    if event.execution_id and await chain_length(session, event) >= MAX_EVENT_CHAIN:
+        raise ChainTooLong(f"event chain longer than {MAX_EVENT_CHAIN} runs: not dispatched (loop guard)")
     targets: dict[str, Target] = {}
     for job in jobs:
         if job.id == excluded:
@@ -209,7 +234,15 @@ async def _delivery(session: AsyncSession, event: Event, job: Job) -> EventDeliv
 
 
 async def _dispatch_one(session: AsyncSession, event: Event, start: StartFn, report: DispatchReport) -> None:
-    targets = await targets_for(session=session, event=event)
+    try:
+        targets = await targets_for(session=session, event=event)
+    except ChainTooLong as exc:
+        log.warning("event %s (%s): %s", event.id, event.name, exc)
+        event.dispatch_status = "DISPATCHED"
+        event.dispatched_at = datetime.now(UTC)
+        event.dispatch_error = str(exc)
+        report.dispatched += 1
+        return
     error: str | None = None
     pending: list[tuple[EventDelivery, StartRequest]] = []
     for target in targets:

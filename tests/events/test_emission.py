@@ -131,3 +131,25 @@ async def test_runs_emit_lifecycle_events(worker, client, sessions, settings, tm
         )
     assert event is not None and event.source == "platform" and event.module_name == "emitter"
     assert event.payload["status"] == "FAILED"
+
+
+async def test_event_chains_stop_at_the_chain_guard(worker, client, sessions, settings, tmp_path, operator_headers):
+    """Two jobs that each react to the other's job.completed would ping-pong forever."""
+    from registry.services.dispatch import MAX_EVENT_CHAIN
+    from tests.events.helpers import add_job, listening_module
+
+    module = await listening_module(sessions, settings.state_dir, tmp_path)
+    ping = await add_job(sessions, module, "refresh", name="ping", event_triggers=["job.completed"])
+    await add_job(sessions, module, "refresh", name="pong", event_triggers=["job.completed"])
+    r = await client.post(f"/api/v1/jobs/{ping.id}/execute?wait=true", headers=operator_headers)
+    assert r.json()["status"] == "COMPLETED", r.text
+
+    async def guarded() -> Event | None:
+        async with sessions() as session:
+            return await session.scalar(select(Event).where(Event.dispatch_error.like("%loop guard%")))
+
+    stopped = await eventually(guarded, timeout=60, what="the chain guard to stop the ping-pong")
+    assert stopped.name == "job.completed"
+    page = await client.get("/api/v1/executions", params={"module": "listen", "limit": 100}, headers=operator_headers)
+    # The manual run plus MAX_EVENT_CHAIN - 1 runs triggered along the chain, and nothing after.
+    assert page.json()["total"] == MAX_EVENT_CHAIN
