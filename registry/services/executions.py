@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from typing import Any
 
@@ -75,14 +76,16 @@ async def stats(*, session: AsyncSession, **filters: Any) -> dict[str, Any]:
     """Counts by status, success rate, mean and p95 duration, overall and per job."""
     counts_stmt = _filtered(select(Execution.status, func.count()), **filters).group_by(Execution.status)
     counts = {status: int(n) for status, n in (await session.execute(counts_stmt)).all()}
-    durations = [
-        d
-        for (d,) in (
-            await session.execute(
-                _filtered(select(Execution.duration_ms), **filters).where(Execution.duration_ms.is_not(None))
-            )
-        ).all()
-    ]
+    # Aggregates stay in the database: only two numbers come back, whatever the history's size.
+    timed = _filtered(select(Execution.duration_ms), **filters).where(Execution.duration_ms.is_not(None))
+    sub = timed.subquery()
+    n, mean = (await session.execute(select(func.count(), func.avg(sub.c.duration_ms)))).one()
+    p95: float | None = None
+    if n:
+        # Nearest rank: the smallest duration with at least 95 % of the runs at or below it.
+        rank = max(0, math.ceil(0.95 * int(n)) - 1)
+        value = await session.scalar(timed.order_by(Execution.duration_ms).offset(rank).limit(1))
+        p95 = float(value) if value is not None else None
     per_job_rows = (
         await session.execute(
             _filtered(
@@ -112,8 +115,8 @@ async def stats(*, session: AsyncSession, **filters: Any) -> dict[str, Any]:
         "total": sum(counts.values()),
         "by_status": {s.value: counts.get(s.value, 0) for s in ExecutionStatus},
         "success_rate": _rate(counts),
-        "mean_duration_ms": (sum(durations) / len(durations)) if durations else None,
-        "p95_duration_ms": _percentile(sorted(durations), 95),
+        "mean_duration_ms": float(mean) if mean is not None else None,
+        "p95_duration_ms": p95,
         "per_job": sorted(per_job.values(), key=lambda e: -e["total"]),
     }
 
@@ -123,13 +126,6 @@ def _rate(counts: dict[str, int]) -> float | None:
     if not finished:
         return None
     return round(counts.get("COMPLETED", 0) / finished, 4)
-
-
-def _percentile(values: list[int], pct: float) -> float | None:
-    if not values:
-        return None
-    index = max(0, min(len(values) - 1, round(pct / 100 * len(values) + 0.5) - 1))
-    return float(values[index])
 
 
 def parse_logs(text: str) -> list[dict[str, Any]]:
