@@ -477,6 +477,23 @@ async def _lock(session: AsyncSession, name: str) -> Module:
     return module
 
 
+def _unchanged(module: Module, seen: tuple[int, str, str | None], action: str) -> None:
+    """Refuse to apply a check made on a state that changed before the lock was taken."""
+    if (module.revision, module.version, module.bundle_sha256) != seen:
+        raise Conflict(
+            f"module {module.name} changed while its code was being checked; {action} it again",
+            details={"current_state": module.status, "version": module.version},
+        )
+
+
+def _newer(module: Module, version: str) -> None:
+    if not parse_version(version) > parse_version(module.version):
+        raise Conflict(
+            f"cannot upgrade module {module.name} to {version}: the version must be greater than {module.version}",
+            details={"current_version": module.version, "version": version},
+        )
+
+
 def _record(
     session: AsyncSession,
     actor: Actor,
@@ -665,10 +682,17 @@ async def install_module(*, session: AsyncSession, actor: Actor, state_dir: Path
     A failed import check is not raised: the module is set FAILED in the session and the outcome
     says so, so the caller commits the FAILED state and then reports the failure.
     """
-    module = await _lock(session, name)
+    # The import check (up to a minute) runs before the row is locked: on SQLite the lock is the
+    # whole database. The lock then proves nothing changed meanwhile.
+    module = await get_module(session=session, name=name)
     _check(module, Action.install)
+    seen = (module.revision, module.version, module.bundle_sha256)
     folder = await _ensure_code(session, state_dir, module)
     failures = await check_handlers(folder, module.manifest)
+    module = await _lock(session, name)
+    _unchanged(module, seen, "install")
+    _check(module, Action.install)
+    module.code_path = str(folder)
     module.revision += 1
     if failures:
         reason = _failure_reason(failures)
@@ -784,14 +808,12 @@ async def upgrade_module(
                 f"the manifest is for module {staged.name!r}, not {name!r}",
                 details={"manifest_name": staged.name, "module": name},
             )
-        module = await _lock(session, name)
-        target_status = _check(module, Action.upgrade)
-        previous = module.version
-        if not parse_version(staged.version) > parse_version(previous):
-            raise Conflict(
-                f"cannot upgrade module {name} to {staged.version}: the version must be greater than {previous}",
-                details={"current_version": previous, "version": staged.version},
-            )
+        # Checked on an unlocked read first (the import check takes up to a minute and, on SQLite,
+        # the row lock is the whole database), then again under the lock.
+        module = await get_module(session=session, name=name)
+        _check(module, Action.upgrade)
+        _newer(module, staged.version)
+        seen = (module.revision, module.version, module.bundle_sha256)
         if module.status in INSTALLED_STATES:
             failures = await check_handlers(staged.folder, staged.manifest)
             if failures:
@@ -800,6 +822,10 @@ async def upgrade_module(
                     f"cannot upgrade module {name} to {staged.version}: {reason}",
                     details={"version": staged.version, "failures": failures},
                 )
+        module = await _lock(session, name)
+        _unchanged(module, seen, "upgrade")
+        target_status = _check(module, Action.upgrade)
+        previous = module.version
         if module.status == S.ENABLED:
             await _require_dependencies(session, name, staged.manifest, "upgrade")
             await _refuse_enabled_dependents(session, module, "upgrade", new_version=staged.version)
