@@ -120,14 +120,14 @@ class AddressPolicy:
             return "a cloud metadata address"
         if ip.is_link_local:
             return "a link-local address"
+        if ip.is_loopback:  # before "reserved": ::1 lies in the reserved ::/8
+            if self.allow_private in ("loopback", "private"):
+                return None
+            return "a loopback address (AUTOPLAT_HTTP_ALLOW_PRIVATE=loopback allows it)"
         if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
             return "an unspecified, multicast or reserved address"
         if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
             return "the broadcast address"
-        if ip.is_loopback:
-            if self.allow_private in ("loopback", "private"):
-                return None
-            return "a loopback address (AUTOPLAT_HTTP_ALLOW_PRIVATE=loopback allows it)"
         if not ip.is_global:
             if self.allow_private == "private":
                 return None
