@@ -37,7 +37,7 @@ from typing import Any
 
 from autoplat._invoke import invoke
 from autoplat._sync import loop_runner
-from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer
+from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer, _Unavailable
 from autoplat.errors import JobError
 from autoplat.http import AllowPrivate, HttpClient
 from autoplat.storage import MemoryState, MemoryStorage
@@ -236,9 +236,14 @@ async def arun_job(
     resolved = {**_defaults(job.get("config")), **(config or {})}
     mod_config = {**_defaults(manifest.get("config")), **(module_config or {})}
     previous: Any = None
-    hosts = [str(h) for h in ((manifest.get("permissions") or {}).get("hosts") or [])]
+    permissions = manifest.get("permissions") or {}
+    declared = set(permissions.get("services") or [])
+    hosts = [str(h) for h in (permissions.get("hosts") or [])]
     storage = storage if storage is not None else MemoryStorage()
     state = state if state is not None else MemoryState()
+    # As on the platform: a service the manifest does not declare is not available.
+    undeclared = {name: _Unavailable(name) for name in ("http", "storage") if name not in declared}
+    services = {**undeclared, **(services or {})}
     outcome = JobResult(status="COMPLETED", result=None)
     for step in steps:
         result = await arun_step(

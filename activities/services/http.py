@@ -79,7 +79,11 @@ class HttpService:
         )
 
     async def module_hosts(self, module: str, version: str | None) -> list[str]:
-        """``permissions.hosts`` of a module version (of the current version when ``version`` is None)."""
+        """``permissions.hosts`` of a module version (of the current version when ``version`` is None).
+
+        Raises:
+            HostNotAllowed: The module is unknown or does not declare the ``http`` service.
+        """
         from registry.models import Module, ModuleVersion
 
         key = (module, version)
@@ -96,7 +100,10 @@ class HttpService:
                 )
         if manifest is None:
             raise HostNotAllowed(f"module {module} is not registered: no hosts are allowed")
-        hosts = [str(h) for h in ((manifest.get("permissions") or {}).get("hosts") or [])]
+        permissions = manifest.get("permissions") or {}
+        if "http" not in (permissions.get("services") or []):
+            raise HostNotAllowed(f"module {module} does not declare the http service in its permissions.services")
+        hosts = [str(h) for h in (permissions.get("hosts") or [])]
         if version is not None:
             # A registered version's manifest never changes: cache it for the worker's lifetime.
             self._hosts[key] = hosts
@@ -114,10 +121,10 @@ class HttpService:
     @activity.defn(name=HTTP)
     async def http(self, call: HttpCall) -> HttpCallResult:
         """One HTTP request with the platform's retries and guard (for the platform's workflows)."""
-        hosts = await self.module_hosts(call.module, None) if call.module else None
-        client = self.client(hosts=hosts)
         started = time.monotonic()
         try:
+            hosts = await self.module_hosts(call.module, None) if call.module else None
+            client = self.client(hosts=hosts)
             response = await client.request(
                 call.method,
                 call.url,

@@ -44,9 +44,14 @@ class DbStorage(StorageBase):
 
     async def _owner(self, session: AsyncSession) -> str:
         if self._module_id is None:
-            self._module_id = await store.module_id(session=session, name=self._module)
-            if self._module_id is None:
+            owner = await store.storage_owner(session=session, name=self._module)
+            if owner is None:
                 raise StorageError(f"module {self._module} is not registered")
+            if not owner[1]:
+                raise StorageError(
+                    f"module {self._module} does not declare the storage service in permissions.services"
+                )
+            self._module_id = owner[0]
         return self._module_id
 
     async def _upsert(self, pairs: list[tuple[str, Any]], expires_at: datetime | None) -> None:

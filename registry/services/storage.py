@@ -43,6 +43,15 @@ async def module_id(*, session: AsyncSession, name: str) -> str | None:
     return await session.scalar(select(Module.id).where(Module.name == name))
 
 
+async def storage_owner(*, session: AsyncSession, name: str) -> tuple[str, bool] | None:
+    """The module's id and whether its manifest declares the ``storage`` service (``None``: unknown)."""
+    row = (await session.execute(select(Module.id, Module.manifest).where(Module.name == name))).first()
+    if row is None:
+        return None
+    services = ((row.manifest or {}).get("permissions") or {}).get("services") or []
+    return str(row.id), "storage" in services
+
+
 def _insert(session: AsyncSession, table: Any) -> Any:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":

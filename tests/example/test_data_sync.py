@@ -118,3 +118,16 @@ async def test_hourly_sync_on_temporal_uses_the_registry_storage(source, tmp_pat
         service = StorageService(harness._deps)
         assert len(await service.module_storage("data-sync").query("record:", limit=100)) == 25
         assert (await service.job_state(execution["job_id"]).get()).value == {"cursor": 25}
+
+
+async def test_undeclared_services_are_unavailable_in_the_harness(tmp_path):
+    manifest = json.loads((MODULE / "manifest.json").read_text())
+    manifest["permissions"]["services"] = ["events"]
+    folder = tmp_path / "data_sync"
+    import shutil
+
+    shutil.copytree(MODULE, folder)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    result = await arun_job(folder, "hourly-sync", allow_private="loopback")
+    assert result.status == "FAILED" and "ctx.state" not in str(result.steps[-1].error)
+    assert "ctx.http is not available" in str(result.steps[-1].error)

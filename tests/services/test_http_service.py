@@ -335,10 +335,12 @@ async def test_sync_handler_uses_the_sync_twins_through_the_harness(source):
 
 async def test_http_activity(source, settings, sessions, tmp_path):
     base, _ = source
-    folder = write_module(
-        tmp_path, name="web-a", code="def run(ctx):\n    pass\n", jobs=[], extra={"permissions": {"hosts": ["localhost"]}}
-    )
-    await put_module(sessions, settings.state_dir, folder)
+    for name, services in (("web-a", ["http"]), ("web-b", ["storage"])):
+        permissions = {"hosts": ["localhost"], "services": services}
+        folder = write_module(
+            tmp_path, name=name, code="def run(ctx): ...\n", jobs=[], extra={"permissions": permissions}
+        )
+        await put_module(sessions, settings.state_dir, folder)
     service = HttpService(SimpleNamespace(settings=settings, sessions=sessions))
     env = ActivityEnvironment()
     try:
@@ -348,6 +350,10 @@ async def test_http_activity(source, settings, sessions, tmp_path):
         with pytest.raises(ApplicationError) as info:
             await env.run(service.http, HttpCall(method="GET", url=f"{base}/json", module="web-a"))
         assert info.value.type == "HostNotAllowed" and info.value.non_retryable
+        assert "host 127.0.0.1 is not allowed" in info.value.message
+        # A module that does not declare the http service reaches nothing.
+        with pytest.raises(ApplicationError, match="does not declare the http service"):
+            await env.run(service.http, HttpCall(method="GET", url=f"{base}/json", module="web-b"))
         with pytest.raises(ApplicationError) as info:
             await env.run(
                 service.http,

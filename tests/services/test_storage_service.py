@@ -23,9 +23,10 @@ from registry.services.storage import purge_expired
 from tests.conftest import eventually
 
 
-async def _module_and_job(sessions: Any, name: str) -> str:
+async def _module_and_job(sessions: Any, name: str, services: tuple[str, ...] = ("storage",)) -> str:
+    manifest = {"name": name, "permissions": {"services": list(services)}}
     async with unit_of_work(sessions) as session:
-        module = Module(name=name, display_name=name, version="1.0.0", manifest={"name": name}, status="ENABLED")
+        module = Module(name=name, display_name=name, version="1.0.0", manifest=manifest, status="ENABLED")
         session.add(module)
         await session.flush()
         job = Job(module_id=module.id, module_name=name, job_type="sync", name=f"{name}-job", schedule=None)
@@ -190,9 +191,13 @@ async def test_modules_cannot_reach_each_others_documents(db_backend):
     assert [d.key for d in await a.query()] == ["rec:1", "rec:2", "secret"]
 
 
-async def test_unregistered_module_is_refused(db_backend):
+async def test_unregistered_or_undeclared_module_is_refused(db_backend):
     with pytest.raises(StorageError, match="not registered"):
         await db_backend.storage("nope").put("k", 1)
+    assert db_backend.service is not None
+    await _module_and_job(db_backend.service.deps.sessions, "no-storage", services=("http",))
+    with pytest.raises(StorageError, match="does not declare the storage service"):
+        await db_backend.storage("no-storage").get("k")
 
 
 async def test_job_state_versions(backend):

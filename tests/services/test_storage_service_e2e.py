@@ -70,7 +70,10 @@ async def modules(sessions: Any, settings: Any, tmp_path: Path) -> None:
         sessions, settings.state_dir, write_module(tmp_path, name="writer", code=WRITER, jobs=jobs, extra=hosts)
     )
     reader_jobs = [{"name": "peek", "description": "peek", "handler": "peek"}]
-    await put_module(sessions, settings.state_dir, write_module(tmp_path, name="reader", code=READER, jobs=reader_jobs))
+    reader = write_module(
+        tmp_path, name="reader", code=READER, jobs=reader_jobs, extra={"permissions": {"services": ["storage"]}}
+    )
+    await put_module(sessions, settings.state_dir, reader)
 
 
 async def _run(client: Any, headers: dict[str, str], module: str, job_type: str, **config: Any) -> dict[str, Any]:
