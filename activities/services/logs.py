@@ -43,6 +43,8 @@ class LogStream:
             return
         from redis.asyncio import Redis
 
+        if self._loop is not loop:
+            self._redis = None  # a client is bound to the loop that created it
         self._loop, self._loop_thread = loop, threading.get_ident()
         self._queue = asyncio.Queue(QUEUE_SIZE)
         if self._redis is None:

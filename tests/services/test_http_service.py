@@ -362,3 +362,21 @@ async def test_http_activity(source, settings, sessions, tmp_path):
         assert info.value.type == "HttpStatusError" and info.value.non_retryable
     finally:
         await service.close()
+
+
+@pytest.mark.parametrize(("raw", "parsed"), [("off", "off"), ("", "off"), ("false", "off"), ("Loopback", "loopback")])
+def test_allow_private_setting(monkeypatch, raw, parsed):
+    from registry.settings import Settings
+
+    monkeypatch.setenv("AUTOPLAT_HTTP_ALLOW_PRIVATE", raw)
+    assert Settings().http_allow_private == parsed
+
+
+def test_allow_private_setting_refuses_unknown_values(monkeypatch):
+    from pydantic import ValidationError
+
+    from registry.settings import Settings
+
+    monkeypatch.setenv("AUTOPLAT_HTTP_ALLOW_PRIVATE", "all")
+    with pytest.raises(ValidationError):
+        Settings()

@@ -198,3 +198,52 @@ def test_log_buffer_is_bounded_with_a_marker_and_feeds_the_sink():
     assert buffer.truncated and buffer.size <= 1024 + 200
     assert buffer.entries[-1]["message"] == TRUNCATION_MARKER
     assert seen == buffer.entries  # the live stream sees exactly what is kept
+
+
+async def test_publisher_never_fails_the_step_when_redis_is_down(settings):
+    from types import SimpleNamespace
+
+    from activities.services.logs import LogStream
+
+    settings.redis_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    stream = LogStream(SimpleNamespace(settings=settings))
+    sink = stream.log_sink("exec-1")
+    buffer = LogBuffer(sink=sink)
+    for i in range(3):
+        buffer.add({"ts": "t", "level": "INFO", "message": f"line {i}"})
+
+    async def dropped() -> bool:
+        return stream.dropped == 3
+
+    await eventually(dropped, what="live copies dropped")
+    assert [e["message"] for e in buffer.entries] == ["line 0", "line 1", "line 2"]  # the stored log is intact
+    await stream.close()
+
+
+async def test_publisher_sends_entries_in_order(settings):
+    from types import SimpleNamespace
+
+    from redis.asyncio import Redis
+
+    from activities.services.logs import LogStream
+    from registry.services.logstream import log_channel
+
+    redis = Redis.from_url(settings.redis_url)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(log_channel(settings.redis_prefix, "exec-2"))
+    stream = LogStream(SimpleNamespace(settings=settings))
+    sink = stream.log_sink("exec-2")
+    for i in range(50):
+        sink({"message": f"line {i}"})
+    got: list[str] = []
+
+    async def all_received() -> bool:
+        while (raw := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)) is not None:
+            got.append(json.loads(raw["data"])["message"])
+        return len(got) >= 50
+
+    await eventually(all_received, what="50 live entries")
+    assert got == [f"line {i}" for i in range(50)]
+    await stream.close()
+    await pubsub.aclose()
+    await redis.aclose()
