@@ -404,6 +404,9 @@ class HttpClient:
             started = time.monotonic()
             try:
                 response = await self.client.send(request, stream=True, follow_redirects=follow_redirects)
+            except HostNotAllowed:
+                self._log(method, request.url, "refused", started, attempt)
+                raise
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 self._log(method, request.url, type(exc).__name__, started, attempt)
                 if attempt > budget:
@@ -418,6 +421,9 @@ class HttpClient:
                 continue
             try:
                 body = await _read_capped(response, cap)
+            except ResponseTooLarge:
+                self._log(method, response.request.url, "too large", started, attempt)
+                raise
             except httpx.TransportError as exc:
                 self._log(method, request.url, type(exc).__name__, started, attempt)
                 if attempt > budget or not idempotent:

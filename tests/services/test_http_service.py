@@ -265,10 +265,12 @@ async def test_allowlist_blocks_before_any_request_and_on_redirects(source):
     base, recorder = source
     port = base.rsplit(":", 1)[1]
     http, _ = client(hosts=["localhost"])
+    http._logger = logger = ListLogger()
     with pytest.raises(HostNotAllowed, match="not allowed") as info:
-        await http.get(f"{base}/json")
+        await http.get(f"{base}/json?token=s3cret")
     assert info.value.details == {"host": "127.0.0.1", "allowed": ["localhost"]}
     assert recorder.hits == {}
+    assert logger.lines[0][1].startswith(f"HTTP GET {base}/json?token=*** -> refused")
     # An allowed host redirecting to one that is not: the hop is refused.
     with pytest.raises(HostNotAllowed):
         await http.get(f"http://localhost:{port}/redirect?to={base}/json")
@@ -307,8 +309,10 @@ async def test_download_cap(source, tmp_path, chunked):
     flag = "&chunked=1" if chunked else ""
     assert await http.download(f"{base}/big?n=1000{flag}", max_bytes=1000) == b"x" * 1000
     target = tmp_path / "file.bin"
+    http._logger = logger = ListLogger()
     with pytest.raises(ResponseTooLarge):
         await http.download(f"{base}/big?n=5000{flag}", target, max_bytes=1000)
+    assert logger.lines[-1][0] == "WARNING" and "-> too large" in logger.lines[-1][1]
     assert not target.exists()
     assert await http.download(f"{base}/big?n=300{flag}", target) == target and target.read_bytes() == b"x" * 300
     await http.aclose()
