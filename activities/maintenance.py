@@ -1,5 +1,4 @@
-"""The maintenance activity: reconciler + sweeper (+ event retention when the events capability
-is present)."""
+"""The maintenance activity: reconciler + sweeper, event retention, expired module documents."""
 
 from __future__ import annotations
 
@@ -36,6 +35,11 @@ class MaintenanceActivities:
 
             async with unit_of_work(self.deps.sessions) as session:
                 result["events_deleted"] = await delete_older_than(session=session, days=settings.event_retention_days)
+        from registry.db import unit_of_work
+        from registry.services.storage import purge_expired
+
+        async with unit_of_work(self.deps.sessions) as session:
+            result["documents_expired"] = await purge_expired(session=session)
         for line in report.lines():
             log.info("maintenance: %s", line)
         return result

@@ -196,7 +196,13 @@ class JobContext:
         event: The triggering event (``{"id", "name", "payload", ...}``) or ``None``.
         request: The inbound :class:`HttpRequest` for module routes, else ``None``.
         response: Set ``ctx.response.status`` / ``.headers`` in a sync route handler.
-        http, browser, notify, storage, state: Services (see the SDK guide).
+        http: Outbound HTTP (:class:`autoplat.http.HttpClient`): the manifest's allowed hosts only,
+            SSRF guard, retries on 429 / 5xx, each request in the execution log.
+        storage: The module's private documents (:class:`autoplat.storage.StorageBase`).
+        state: This job's state between runs, versioned (:class:`autoplat.storage.JobStateBase`).
+        browser, notify: Browser automation and notifications.
+
+    Every service method has a ``*_sync`` twin for sync handlers (docs/services.md).
     """
 
     def __init__(

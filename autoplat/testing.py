@@ -15,6 +15,11 @@ registry — the platform's own workflow, activities and mirror, end to end::
         async with TemporalHarness(tmp_path) as harness:
             execution = await harness.run("example_modules/data_sync", "health-check")
             assert execution["status"] == "COMPLETED"
+
+Services in-process: ``ctx.http`` is the real client (allowlist from the manifest's
+``permissions.hosts``, address guard; pass ``allow_private="loopback"`` to reach a local test
+server), ``ctx.storage`` / ``ctx.state`` are :class:`MemoryStorage` / :class:`MemoryState` — pass
+your own to seed them or to inspect them afterwards.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import sys
 import uuid
 from collections.abc import Callable, Mapping
@@ -30,14 +36,19 @@ from pathlib import Path
 from typing import Any
 
 from autoplat._invoke import invoke
-from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer
+from autoplat._sync import loop_runner
+from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer, _Unavailable
 from autoplat.errors import JobError
+from autoplat.http import AllowPrivate, HttpClient
+from autoplat.storage import MemoryState, MemoryStorage
 
 __all__ = [
     "JobError",
     "LocalRuntime",
     "StepResult",
     "JobResult",
+    "MemoryState",
+    "MemoryStorage",
     "run_step",
     "arun_step",
     "run_job",
@@ -115,9 +126,22 @@ async def arun_step(
     attempt: int = 1,
     trigger: str = "manual",
     raise_errors: bool = True,
+    hosts: list[str] | None = None,
+    allow_private: AllowPrivate | None = None,
+    storage: MemoryStorage | None = None,
+    state: MemoryState | None = None,
 ) -> StepResult:
-    """Run one handler with a real :class:`JobContext`; returns its result, logs and events."""
-    runtime = LocalRuntime(asyncio.get_running_loop())
+    """Run one handler with a real :class:`JobContext`; returns its result, logs and events.
+
+    Args:
+        hosts: Hosts ``ctx.http`` may reach (the manifest's ``permissions.hosts``).
+        allow_private: ``"loopback"`` / ``"private"`` to reach local servers (default: the
+            ``AUTOPLAT_HTTP_ALLOW_PRIVATE`` environment variable, else ``"off"``).
+        storage, state: In-memory ``ctx.storage`` / ``ctx.state`` (fresh ones when omitted).
+        services: Replace any service (``{"http": fake}``).
+    """
+    loop = asyncio.get_running_loop()
+    runtime = LocalRuntime(loop)
     buffer = LogBuffer()
     ctx = JobContext(
         info=ExecutionInfo(
@@ -138,12 +162,27 @@ async def arun_step(
         request=request,
         services=services,
     )
+    runner = loop_runner(loop)
+    own_http: HttpClient | None = None
+    if "http" not in (services or {}):
+        mode = allow_private or os.environ.get("AUTOPLAT_HTTP_ALLOW_PRIVATE", "off").strip().lower() or "off"
+        if mode not in ("off", "loopback", "private"):
+            raise ValueError(f"allow_private must be off, loopback or private, not {mode!r}")
+        own_http = HttpClient(hosts=list(hosts or []), allow_private=mode, logger=ctx.logger, runner=runner)  # type: ignore[arg-type]
+        ctx.http = own_http
+    if "storage" not in (services or {}):
+        ctx.storage = (storage if storage is not None else MemoryStorage()).bind(runner)
+    if "state" not in (services or {}):
+        ctx.state = (state if state is not None else MemoryState()).bind(runner)
     try:
         result = await invoke(handler, ctx)
     except Exception as exc:
         if raise_errors:
             raise
         return StepResult(result=None, logs=buffer.entries, events=runtime.events, error=exc)
+    finally:
+        if own_http is not None:
+            await own_http.aclose()
     return StepResult(result=result, logs=buffer.entries, events=runtime.events)
 
 
@@ -177,11 +216,16 @@ async def arun_job(
     module_config: Mapping[str, Any] | None = None,
     services: Mapping[str, Any] | None = None,
     event: Mapping[str, Any] | None = None,
+    allow_private: AllowPrivate | None = None,
+    storage: MemoryStorage | None = None,
+    state: MemoryState | None = None,
 ) -> JobResult:
     """Run every step of a job type in order, in-process, with config defaults from the manifest.
 
     A :class:`JobError` ends the job FAILED at once (as on the platform); other exceptions too
     (the harness does not retry: test retries on the platform with :class:`TemporalHarness`).
+    ``ctx.http`` may reach the manifest's ``permissions.hosts``; the steps share one ``storage``
+    and ``state`` (pass yours to keep them across runs, as the platform does).
     """
     module_dir = Path(module_dir)
     manifest = _load_manifest(module_dir)
@@ -192,6 +236,14 @@ async def arun_job(
     resolved = {**_defaults(job.get("config")), **(config or {})}
     mod_config = {**_defaults(manifest.get("config")), **(module_config or {})}
     previous: Any = None
+    permissions = manifest.get("permissions") or {}
+    declared = set(permissions.get("services") or [])
+    hosts = [str(h) for h in (permissions.get("hosts") or [])]
+    storage = storage if storage is not None else MemoryStorage()
+    state = state if state is not None else MemoryState()
+    # As on the platform: a service the manifest does not declare is not available.
+    undeclared = {name: _Unavailable(name) for name in ("http", "storage") if name not in declared}
+    services = {**undeclared, **(services or {})}
     outcome = JobResult(status="COMPLETED", result=None)
     for step in steps:
         result = await arun_step(
@@ -205,6 +257,10 @@ async def arun_job(
             job_type=job_type,
             step=step["name"],
             raise_errors=False,
+            hosts=hosts,
+            allow_private=allow_private,
+            storage=storage,
+            state=state,
         )
         outcome.steps.append(result)
         if result.error is not None:
@@ -228,9 +284,11 @@ class TemporalHarness:
     timeouts, steps and the execution mirror behave as in production.
     """
 
-    def __init__(self, state_dir: str | Path, *, heartbeat_timeout_seconds: int = 5) -> None:
+    def __init__(self, state_dir: str | Path, *, heartbeat_timeout_seconds: int = 5, **settings: Any) -> None:
+        """``settings``: extra platform settings (``http_allow_private="loopback"``, ...)."""
         self.state_dir = Path(state_dir)
         self.heartbeat_timeout_seconds = heartbeat_timeout_seconds
+        self.extra_settings = settings
         self._env: Any = None
         self._worker: Any = None
         self._task: asyncio.Task[Any] | None = None
@@ -253,6 +311,7 @@ class TemporalHarness:
             task_queue=f"harness-{uuid.uuid4().hex[:8]}",
             heartbeat_timeout_seconds=self.heartbeat_timeout_seconds,
             maintenance_schedule=False,
+            **self.extra_settings,
         )
         await upgrade(self.settings.effective_database_url)
         binary = Path(sysconfig.get_path("scripts")) / "temporal"

@@ -98,6 +98,29 @@ class Settings(BaseSettings):
     #: Events older than this are deleted by the maintenance schedule (0 keeps them forever).
     event_retention_days: int = Field(default=30, ge=0)
 
+    # --- services: HTTP, module storage, live logs (docs/services.md) ---
+    #: Private destinations ctx.http may reach: ``off``, ``loopback`` (127.0.0.0/8, ::1) or ``private``
+    #: (also RFC 1918 / unique-local / CGNAT). Link-local and cloud metadata stay refused.
+    http_allow_private: Literal["off", "loopback", "private"] = "off"
+    http_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    #: Retries of a request on connection errors, 429 and 5xx (exponential backoff with jitter).
+    http_retries: int = Field(default=3, ge=0, le=20)
+    #: Longest wait between two attempts (a longer Retry-After ends the retries).
+    http_max_backoff_seconds: float = Field(default=30.0, gt=0, le=3600)
+    http_max_response_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    http_max_download_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    #: Largest JSON value of one module storage document / of one job's state (bytes).
+    storage_max_value_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    @field_validator("http_allow_private", mode="before")
+    @classmethod
+    def _allow_private(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value in ("", "0", "false", "no", "none"):
+                return "off"
+        return value
+
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     page_max_limit: int = 200
 

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
+from sse_starlette import EventSourceResponse
 
 from api.deps import PageDep, Requires, SessionDep, SettingsDep, StateDep
 from api.schemas.common import ERROR_RESPONSES, Page
 from api.schemas.executions import ExecutionDetail, ExecutionRead, LogsRead
-from registry.models import Execution
+from registry.errors import ServiceUnavailable
+from registry.models import Execution, ExecutionStatus
 from registry.services import executions
 from registry.services.common import Actor
+from registry.services.logstream import LogMerge, log_channel
 from registry.settings import Settings
 
 router = APIRouter(prefix="/executions", tags=["executions"], responses=ERROR_RESPONSES)
@@ -147,6 +153,90 @@ async def get_logs(
         ]
     truncated = any(e.get("message", "").startswith("[log truncated") for e in entries)
     return LogsRead(execution_id=row.id, status=row.status, entries=entries, truncated=truncated)
+
+
+#: How often the log stream re-reads the execution to notice it closed.
+LOG_STREAM_STATUS_SECONDS = 1.0
+LOG_STREAM_KEEPALIVE_SECONDS = 15
+
+
+@router.get(
+    "/{execution_id}/logs/stream",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, 503: {}},
+)
+async def stream_logs(
+    execution_id: str, request: Request, state: StateDep, _: Actor = Requires("executions:read")
+) -> EventSourceResponse:
+    """The execution's log as server-sent events: ``log`` events (one entry each, JSON) — first what
+    is stored, then live lines while steps run — and a final ``end`` event (``{"status"}``) once
+    the execution is closed."""
+    async with state.sessions() as session:
+        await executions.get_execution(session=session, execution_id=execution_id)
+    pubsub = state.redis.pubsub()
+    try:
+        # Subscribe before reading what is stored: pub/sub drops what nobody listens to.
+        await pubsub.subscribe(log_channel(state.settings.redis_prefix, execution_id))
+    except Exception as exc:
+        await pubsub.aclose()
+        raise ServiceUnavailable(f"the live log stream is unavailable: {type(exc).__name__}") from exc
+
+    async def snapshot() -> tuple[str, list[dict[str, Any]]]:
+        async with state.sessions() as session:
+            row = await session.get(Execution, execution_id, populate_existing=True)
+            if row is None:
+                return ExecutionStatus.CANCELLED.value, []
+            return row.status, executions.parse_logs(row.logs or "")
+
+    def closed(status_: str) -> bool:
+        return ExecutionStatus(status_).is_final
+
+    async def generate() -> AsyncIterator[dict[str, str]]:
+        merge = LogMerge()
+        sent = 0
+
+        def event(entry: dict[str, Any]) -> dict[str, str]:
+            nonlocal sent
+            sent += 1
+            return {"id": str(sent), "event": "log", "data": json.dumps(entry, default=str)}
+
+        try:
+            status_, stored = await snapshot()
+            for entry in merge.stored(stored):
+                yield event(entry)
+            checked = time.monotonic()
+            while not closed(status_):
+                raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LOG_STREAM_STATUS_SECONDS)
+                if raw is not None:
+                    try:
+                        entry = json.loads(raw["data"])
+                    except (TypeError, ValueError):
+                        continue
+                    for item in merge.live(entry):
+                        yield event(item)
+                if time.monotonic() - checked >= LOG_STREAM_STATUS_SECONDS:
+                    if await request.is_disconnected():
+                        return
+                    status_, stored = await snapshot()
+                    checked = time.monotonic()
+                    for entry in merge.stored(stored):
+                        yield event(entry)
+            # Closed: deliver what is still in flight, then whatever only the stored log has.
+            while (raw := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)) is not None:
+                try:
+                    entry = json.loads(raw["data"])
+                except (TypeError, ValueError):
+                    continue
+                for item in merge.live(entry):
+                    yield event(item)
+            _, stored = await snapshot()
+            for entry in merge.stored(stored):
+                yield event(entry)
+            yield {"event": "end", "data": json.dumps({"status": status_})}
+        finally:
+            await pubsub.aclose()
+
+    return EventSourceResponse(generate(), ping=LOG_STREAM_KEEPALIVE_SECONDS)
 
 
 @router.post("/{execution_id}/cancel", response_model=ExecutionRead, status_code=status.HTTP_202_ACCEPTED)

@@ -12,10 +12,10 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from autoplat.testing import TemporalHarness, arun_job
+from autoplat.testing import MemoryState, MemoryStorage, TemporalHarness, arun_job
 
 MODULE = Path(__file__).resolve().parents[2] / "example_modules" / "data_sync"
-RECORDS = [{"id": i} for i in range(25)]
+RECORDS: list[dict[str, Any]] = []
 
 
 class Source(BaseHTTPRequestHandler):
@@ -49,16 +49,37 @@ def source() -> Iterator[str]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     Source.status = "ok"
+    RECORDS[:] = [{"id": i} for i in range(25)]
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 
 
 async def test_hourly_sync_pulls_every_page_and_emits_data_synced(source):
-    result = await arun_job(MODULE, "hourly-sync", config={"source_url": f"{source}/records", "batch_size": 10})
+    storage, state = MemoryStorage(), MemoryState()
+    config = {"source_url": f"{source}/records", "batch_size": 10}
+    result = await arun_job(
+        MODULE, "hourly-sync", config=config, allow_private="loopback", storage=storage, state=state
+    )
     assert result.status == "COMPLETED", result.steps[-1].error
     assert result.result["records"] == 25 and result.result["pages"] == 3
     assert [e["name"] for e in result.events] == ["data.synced"]
     assert result.events[0]["payload"]["records"] == 25
+    # Every request is in the log; records are stored; the cursor is kept for the next run.
+    assert sum(e["message"].startswith("HTTP GET") for e in result.logs) == 3
+    assert len(await storage.query("record:", limit=1000)) == 25 and await storage.get("record:7") == {"id": 7}
+    assert (await state.get()).value == {"cursor": 25}
+
+    # The next run only fetches what was added since.
+    RECORDS.extend({"id": i} for i in range(25, 32))
+    again = await arun_job(MODULE, "hourly-sync", config=config, allow_private="loopback", storage=storage, state=state)
+    assert again.result["records"] == 7 and again.result["cursor"] == 32
+    assert len(await storage.query("record:", limit=1000)) == 32
+
+
+async def test_hourly_sync_refuses_loopback_unless_allowed(source):
+    config = {"source_url": f"{source}/records", "batch_size": 10}
+    result = await arun_job(MODULE, "hourly-sync", config=config, allow_private="off")
+    assert result.status == "FAILED" and "loopback" in str(result.steps[-1].error)
 
 
 async def test_health_check_alerts_only_when_unhealthy(source):
@@ -82,3 +103,31 @@ async def test_health_check_on_temporal(source, tmp_path):
         execution = await harness.run(MODULE, "health-check", config={"status_url": f"{source}/status"})
     assert execution["status"] == "COMPLETED", execution["error"]
     assert execution["result"]["healthy"] is True
+
+
+async def test_hourly_sync_on_temporal_uses_the_registry_storage(source, tmp_path):
+    async with TemporalHarness(tmp_path, http_allow_private="loopback") as harness:
+        config = {"source_url": f"{source}/records", "batch_size": 10}
+        execution = await harness.run(MODULE, "hourly-sync", config=config)
+        assert execution["status"] == "COMPLETED", execution["error"]
+        assert execution["result"]["records"] == 25 and execution["result"]["cursor"] == 25
+        assert '"HTTP GET ' in execution["logs"]
+
+        from activities.services.storage import StorageService
+
+        service = StorageService(harness._deps)
+        assert len(await service.module_storage("data-sync").query("record:", limit=100)) == 25
+        assert (await service.job_state(execution["job_id"]).get()).value == {"cursor": 25}
+
+
+async def test_undeclared_services_are_unavailable_in_the_harness(tmp_path):
+    manifest = json.loads((MODULE / "manifest.json").read_text())
+    manifest["permissions"]["services"] = ["events"]
+    folder = tmp_path / "data_sync"
+    import shutil
+
+    shutil.copytree(MODULE, folder)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    result = await arun_job(folder, "hourly-sync", allow_private="loopback")
+    assert result.status == "FAILED" and "ctx.state" not in str(result.steps[-1].error)
+    assert "ctx.http is not available" in str(result.steps[-1].error)

@@ -1,14 +1,15 @@
 """Handlers of the data-sync job types, written only against the autoplat SDK (and the stdlib).
 
-- ``hourly_sync`` pulls records from an HTTP JSON source (paged by ``batch_size``) and emits
+- ``hourly_sync`` pulls the new records from an HTTP JSON source (paged by ``batch_size``) with
+  ``ctx.http``, stores them in ``ctx.storage``, keeps its cursor in ``ctx.state`` and emits
   ``data.synced`` with what it got.
 - ``daily_report`` summarises a sync (the ``data.synced`` event that triggered it, or the last
   result it is given) for the configured recipients.
 - ``health_check`` probes the source's status endpoint and emits ``health.alert`` when unhealthy.
 - ``notify`` turns a ``health.alert`` into an alert for on-call.
 
-The HTTP calls use the standard library here; on workers with the services capability, the same
-code can use ``ctx.http`` (retries, SSRF guard, request logging).
+``hourly_sync`` uses the platform's services; the other handlers still call HTTP with the standard
+library.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import urllib.request
 from typing import Any
 
 from autoplat import JobContext, JobError, RetryableError
+from autoplat.http import HttpStatusError
 
 
 def _get_json(url: str, *, token: str | None, timeout: float) -> Any:
@@ -40,31 +42,61 @@ def _get_json(url: str, *, token: str | None, timeout: float) -> Any:
 
 
 def hourly_sync(ctx: JobContext) -> dict[str, Any]:
-    """Fetch every page of records from ``source_url`` and report what was synced."""
+    """Fetch the records added to ``source_url`` since the last run and store them.
+
+    ``ctx.state`` keeps the cursor (the offset of the next record), advanced after every page so
+    a failed run resumes where it stopped; ``ctx.storage`` keeps the records, one document each.
+    ``ctx.http`` retries 5xx / 429 with backoff and only reaches the manifest's allowed hosts.
+    """
     started = time.monotonic()
     url = ctx.config["source_url"]
     size = int(ctx.config["batch_size"])
-    records: list[Any] = []
+    token = ctx.secrets.get("api_token")
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    cursor = int(ctx.state.value_sync().get("cursor", 0))
+    synced = 0
     page = 0
     while True:
         ctx.check_cancelled()
-        separator = "&" if "?" in url else "?"
-        batch = _get_json(
-            f"{url}{separator}offset={page * size}&limit={size}", token=ctx.secrets.get("api_token"), timeout=30
-        )
+        try:
+            batch = ctx.http.get_json_sync(url, params={"offset": cursor, "limit": size}, headers=headers)
+        except HttpStatusError as exc:
+            if exc.status >= 500 or exc.status == 429:
+                raise RetryableError(f"{url} answered {exc.status}") from exc
+            raise JobError(f"{url} answered {exc.status}") from exc
         items = batch.get("items", batch) if isinstance(batch, dict) else batch
         if not isinstance(items, list):
             raise JobError("the source must answer a JSON list (or an object with 'items')")
-        records.extend(items)
-        ctx.heartbeat(len(records))
-        ctx.logger.info("page %d: %d record(s)", page, len(items))
+        if items:
+            ctx.storage.put_many_sync({f"record:{_record_id(item, cursor + i)}": item for i, item in enumerate(items)})
+            cursor += len(items)
+            ctx.state.update_sync(_advance(cursor))
+        synced += len(items)
+        ctx.heartbeat(synced)
+        ctx.logger.info("page %d: %d record(s)", page, len(items), extra={"cursor": cursor})
         if len(items) < size:
             break
         page += 1
-    summary = {"records": len(records), "pages": page + 1, "duration_ms": int((time.monotonic() - started) * 1000)}
+    summary = {
+        "records": synced,
+        "pages": page + 1,
+        "cursor": cursor,
+        "duration_ms": int((time.monotonic() - started) * 1000),
+    }
     ctx.emit_sync("data.synced", summary)
-    ctx.logger.info("synced %d record(s)", len(records), extra=summary)
+    ctx.logger.info("synced %d record(s)", synced, extra=summary)
     return summary
+
+
+def _record_id(item: Any, fallback: int) -> Any:
+    return item.get("id", fallback) if isinstance(item, dict) else fallback
+
+
+def _advance(cursor: int) -> Any:
+    def advance(state: dict[str, Any]) -> dict[str, Any]:
+        return {**state, "cursor": max(cursor, int(state.get("cursor", 0)))}
+
+    return advance
 
 
 def daily_report(ctx: JobContext) -> dict[str, Any]:
