@@ -155,6 +155,33 @@ async def all_started(sessions: Any, event_ids: list[str], timeout: float) -> di
         await asyncio.sleep(0.02)
 
 
+async def segments(sessions: Any, sent: dict[str, float]) -> dict[str, float]:
+    """Medians of where an event's time goes, from the rows' own timestamps (same host clock)."""
+    from sqlalchemy import select
+
+    from registry.models import Event, Execution
+
+    parts: dict[str, list[float]] = {
+        "POST sent -> event row received": [],
+        "-> dispatched (all three starts acknowledged)": [],
+        "-> run's mirror row started": [],
+        "-> handler started": [],
+    }
+    async with sessions() as session:
+        events = {e.id: e for e in await session.scalars(select(Event).where(Event.id.in_(list(sent))))}
+        runs = list(await session.scalars(select(Execution).where(Execution.event_id.in_(list(sent)))))
+    for run in runs:
+        event = events[run.event_id]
+        if event.dispatched_at is None or run.started_at is None:
+            continue
+        received, dispatched = event.received_at.timestamp(), event.dispatched_at.timestamp()
+        parts["POST sent -> event row received"].append((received - sent[event.id]) * 1000)
+        parts["-> dispatched (all three starts acknowledged)"].append((dispatched - received) * 1000)
+        parts["-> run's mirror row started"].append((run.started_at.timestamp() - dispatched) * 1000)
+        parts["-> handler started"].append((float(run.result) - run.started_at.timestamp()) * 1000)
+    return {k: round(percentile(v, 50), 1) for k, v in parts.items() if v}
+
+
 def stats(latencies_ms: list[float]) -> dict[str, float]:
     return {"p50_ms": round(percentile(latencies_ms, 50), 1), "p95_ms": round(percentile(latencies_ms, 95), 1)}
 
@@ -240,10 +267,13 @@ async def run(opts: Options) -> dict[str, Any]:
 
             # Low load: one event at a time.
             low: list[float] = []
+            low_sent: dict[str, float] = {}
             for n in range(opts.low_load_events):
                 event_id, sent = await post(10_000 + n)
+                low_sent[event_id] = sent
                 found = await all_started(sessions, [event_id], timeout=60)
                 low.extend((s - sent) * 1000 for s in found[event_id])
+            low_segments = await segments(sessions, low_sent)
 
         # Exactly once per (event, job), whatever happened.
         from sqlalchemy import func, select
@@ -275,7 +305,7 @@ async def run(opts: Options) -> dict[str, Any]:
                 "runs_per_s": round(opts.events * LISTENERS / delivered_wall, 1),
                 "event_to_start": stats(loaded),
             },
-            "low_load": {"events": opts.low_load_events, "event_to_start": stats(low)},
+            "low_load": {"events": opts.low_load_events, "event_to_start": stats(low), "segments_ms": low_segments},
             "exactly_once": {"executions": int(total or 0), "expected": expected, "duplicate_pairs": int(dup or 0)},
         }
     finally:
@@ -302,6 +332,7 @@ def render(report: dict[str, Any]) -> str:
             f"  event -> start  p50 {load['event_to_start']['p50_ms']} ms, p95 {load['event_to_start']['p95_ms']} ms",
             f"low load ({low['events']} events, one at a time):",
             f"  event -> start  p50 {low['event_to_start']['p50_ms']} ms, p95 {low['event_to_start']['p95_ms']} ms",
+            *(f"    {k}: {v} ms (median)" for k, v in low.get("segments_ms", {}).items()),
             f"exactly once: {once['executions']} executions for {once['expected']} (event, job) pairs, "
             f"{once['duplicate_pairs']} duplicated",
         ]

@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from activities.types import JobInput
@@ -160,18 +159,8 @@ async def targets_for(*, session: AsyncSession, event: Event) -> list[Target]:
             select(Job).where(Job.module_name.in_(modules), Job.enabled.is_(True)).order_by(Job.created_at, Job.id)
         )
     )
-    # Loop guard: a job.* event emitted by a run of a job never triggers that same job.
-    excluded: str | None = None
-    if event.execution_id and event.name.startswith("job."):
-        excluded = await session.scalar(select(Execution.job_id).where(Execution.id == event.execution_id))
-    # Chain guard: runs triggered by events emitting events (two jobs reacting to each other's
-    # job.* events, a listener re-emitting what it listens to) stop after MAX_EVENT_CHAIN links.
-    if event.execution_id and await chain_length(session, event) >= MAX_EVENT_CHAIN:
-        raise ChainTooLong(f"event chain longer than {MAX_EVENT_CHAIN} runs: not dispatched (loop guard)")
     targets: dict[str, Target] = {}
     for job in jobs:
-        if job.id == excluded:
-            continue
         module = modules[job.module_name]
         for listener in ((module.manifest or {}).get("events") or {}).get("listeners") or []:
             if (
@@ -188,6 +177,18 @@ async def targets_for(*, session: AsyncSession, event: Event) -> list[Target]:
             isinstance(p, str) and event_pattern_matches(p, event.name) for p in job.event_triggers or []
         ):
             targets[job.id] = Target(job=job, module=module)
+    if not targets or not event.execution_id:
+        return list(targets.values())
+    # The guards below only concern events emitted by runs that someone listens to (most job.*
+    # events have no listener and cost no query here).
+    # Loop guard: a job.* event emitted by a run of a job never triggers that same job.
+    if event.name.startswith("job."):
+        excluded = await session.scalar(select(Execution.job_id).where(Execution.id == event.execution_id))
+        targets.pop(excluded or "", None)
+    # Chain guard: runs triggered by events emitting events (two jobs reacting to each other's
+    # job.* events, a listener re-emitting what it listens to) stop after MAX_EVENT_CHAIN links.
+    if targets and await chain_length(session, event) >= MAX_EVENT_CHAIN:
+        raise ChainTooLong(f"event chain longer than {MAX_EVENT_CHAIN} runs: not dispatched (loop guard)")
     return list(targets.values())
 
 
@@ -214,23 +215,33 @@ async def _claim(session: AsyncSession, now: datetime) -> Event | None:
     return await session.scalar(query)
 
 
-async def _delivery(session: AsyncSession, event: Event, job: Job) -> EventDelivery:
-    """The (event, job) delivery row, created once whatever the concurrency."""
-    query = select(EventDelivery).where(EventDelivery.event_id == event.id, EventDelivery.job_id == job.id)
-    existing = await session.scalar(query)
-    if existing is not None:
-        return existing
-    delivery = EventDelivery(event_id=event.id, job_id=job.id, workflow_id=workflow_id_for(event.id, job.id))
-    try:
-        async with session.begin_nested():
-            session.add(delivery)
-            await session.flush()
-    except IntegrityError:
-        existing = await session.scalar(query)
-        if existing is None:
-            raise
-        return existing
-    return delivery
+async def _deliveries(session: AsyncSession, event: Event, jobs: list[Job]) -> dict[str, EventDelivery]:
+    """The (event, job) delivery rows by job id, created once whatever the concurrency: one
+    ``INSERT … ON CONFLICT DO NOTHING`` for the missing ones, then read back."""
+    query = select(EventDelivery).where(
+        EventDelivery.event_id == event.id, EventDelivery.job_id.in_([job.id for job in jobs])
+    )
+    found = {d.job_id: d for d in await session.scalars(query)}
+    missing = [job for job in jobs if job.id not in found]
+    if missing:
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert: Any = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "event_id": event.id,
+                "job_id": job.id,
+                "workflow_id": workflow_id_for(event.id, job.id),
+                "created_at": now,
+            }
+            for job in missing
+        ]
+        await session.execute(
+            insert(EventDelivery).values(rows).on_conflict_do_nothing(index_elements=["event_id", "job_id"])
+        )
+        found = {d.job_id: d for d in await session.scalars(query.execution_options(populate_existing=True))}
+    return found
 
 
 async def _dispatch_one(session: AsyncSession, event: Event, start: StartFn, report: DispatchReport) -> None:
@@ -245,8 +256,9 @@ async def _dispatch_one(session: AsyncSession, event: Event, start: StartFn, rep
         return
     error: str | None = None
     pending: list[tuple[EventDelivery, StartRequest]] = []
+    deliveries = await _deliveries(session, event, [target.job for target in targets]) if targets else {}
     for target in targets:
-        delivery = await _delivery(session, event, target.job)
+        delivery = deliveries[target.job.id]
         if delivery.execution_id is not None:
             report.already_started += 1
             continue
