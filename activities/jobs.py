@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.common import RawValue
@@ -44,6 +46,16 @@ ServiceFactory = Callable[[StepInput, JobContext], Awaitable[dict[str, Any]]]
 #: Called once when a step ends (completed, failed, timed out or cancelled) to release what the
 #: factory acquired for it (browser contexts, connections).
 ServiceRelease = Callable[[StepInput, JobContext], Awaitable[None]]
+
+
+@dataclass
+class _Prepared:
+    version: ModuleVersion
+    config: dict[str, Any]
+    secrets: dict[str, Any]
+    module_config: dict[str, Any]
+    module_secrets: dict[str, Any]
+    trigger: str
 
 
 class _StepRuntime:
@@ -210,38 +222,22 @@ class JobActivities:
         outcome = "FAILED"
         error_text: str | None = None
         try:
-            # One transaction marks the step RUNNING and reads everything the step needs.
-            async with unit_of_work(self.sessions) as session:
-                execution = await session.get(Execution, inp.execution_id, with_for_update=True)
-                failures = self._mark_running(execution, inp, info.attempt)
-                if failures >= inp.max_attempts:
-                    # Only infrastructure retries remain (the handler's own budget is spent).
-                    raise ApplicationError(
-                        f"step {inp.step} already failed {failures} time(s)",
-                        type="AttemptsExhausted",
-                        non_retryable=True,
-                    )
-                job = await session.get(Job, inp.job_id) if inp.job_id else None
-                module = await session.scalar(select(Module).where(Module.name == inp.module))
-                version = (
-                    await runs.module_version(session, module.id, inp.module_version) if module is not None else None
-                )
-                if module is None or version is None:
-                    raise JobError(f"module {inp.module} {inp.module_version} is no longer registered")
-                definition = runs.job_type_definition(version.manifest, inp.job_type) or {}
-                run_secrets = self._run_secrets(execution)
-                secrets = {**self._job_secrets(job), **run_secrets}
-                override = {**(inp.config_override or {}), **run_secrets}
-                config, _ = runs.resolve_config(definition, job, override or None, secrets)
-                from registry.manifest import secret_fields
-                from registry.services.modules import config_schema, resolved_config
-
-                module_config = resolved_config(module=module, secret_key=self.settings.encryption_key())
-                module_secrets = {
-                    k: module_config[k] for k in secret_fields(config_schema(module)) if k in module_config
-                }
-                code_root = await self._code_root(session, version, inp)
-                trigger = execution.trigger if execution else inp.trigger
+            try:
+                prepared = await self._prepare(inp, info.attempt)
+                code_root = await self._code_root(prepared.version, inp)
+            except SQLAlchemyError as exc:
+                # The registry is unreachable: an infrastructure failure, retried by Temporal
+                # without counting against the handler's retries.
+                raise ApplicationError(
+                    f"registry unavailable: {type(exc).__name__}", type="PlatformUnavailable"
+                ) from None
+            config, secrets, module_config, module_secrets, trigger = (
+                prepared.config,
+                prepared.secrets,
+                prepared.module_config,
+                prepared.module_secrets,
+                prepared.trigger,
+            )
             key = f"{inp.module}@{inp.module_version}#{inp.bundle_sha256 or ''}"
             try:
                 fn = await asyncio.to_thread(load_handler, code_root, inp.handler, key=key)
@@ -289,7 +285,7 @@ class JobActivities:
             raise
         except ApplicationError as exc:
             error_text = exc.message
-            if exc.type == "AttemptsExhausted":
+            if exc.type in ("AttemptsExhausted", "PlatformUnavailable"):
                 raise
             if exc.type == "StepTimeout":
                 outcome = "TIMED_OUT"
@@ -316,6 +312,43 @@ class JobActivities:
                 except Exception:  # noqa: BLE001 - releasing must never mask the step's outcome
                     log.exception("releasing services of step %s failed", inp.step)
             await asyncio.shield(self._step_finished(inp, info.attempt, outcome, error_text, buffer))
+
+    async def _prepare(self, inp: StepInput, attempt: int) -> _Prepared:
+        """One transaction marks the step RUNNING and reads everything the step needs (the code is
+        unpacked after it commits: on SQLite the row lock is the whole database)."""
+        async with unit_of_work(self.sessions) as session:
+            execution = await session.get(Execution, inp.execution_id, with_for_update=True)
+            failures = self._mark_running(execution, inp, attempt)
+            if failures >= inp.max_attempts:
+                # Only infrastructure retries remain (the handler's own budget is spent).
+                raise ApplicationError(
+                    f"step {inp.step} already failed {failures} time(s)",
+                    type="AttemptsExhausted",
+                    non_retryable=True,
+                )
+            job = await session.get(Job, inp.job_id) if inp.job_id else None
+            module = await session.scalar(select(Module).where(Module.name == inp.module))
+            version = await runs.module_version(session, module.id, inp.module_version) if module is not None else None
+            if module is None or version is None:
+                raise JobError(f"module {inp.module} {inp.module_version} is no longer registered")
+            definition = runs.job_type_definition(version.manifest, inp.job_type) or {}
+            run_secrets = self._run_secrets(execution)
+            secrets = {**self._job_secrets(job), **run_secrets}
+            override = {**(inp.config_override or {}), **run_secrets}
+            config, _ = runs.resolve_config(definition, job, override or None, secrets)
+            from registry.manifest import secret_fields
+            from registry.services.modules import config_schema, resolved_config
+
+            module_config = resolved_config(module=module, secret_key=self.settings.encryption_key())
+            module_secrets = {k: module_config[k] for k in secret_fields(config_schema(module)) if k in module_config}
+            return _Prepared(
+                version=version,
+                config=config,
+                secrets=secrets,
+                module_config=module_config,
+                module_secrets=module_secrets,
+                trigger=execution.trigger if execution else inp.trigger,
+            )
 
     async def _run_with_heartbeats(self, fn: Callable[..., Any], ctx: JobContext, inp: StepInput) -> Any:
         task = asyncio.ensure_future(invoke(fn, ctx))
@@ -353,14 +386,15 @@ class JobActivities:
         return ApplicationError(exc.message, *exc.details, type=exc.type or "AttemptsExhausted", non_retryable=True)
 
     # --- helpers --------------------------------------------------------------------------------
-    async def _code_root(self, session: AsyncSession, version: ModuleVersion, inp: StepInput) -> Path:
+    async def _code_root(self, version: ModuleVersion, inp: StepInput) -> Path:
         from registry import codestore
 
         sha = version.bundle_sha256 or ""
         target = codestore.code_folder(self.settings.state_dir, inp.module, inp.module_version, sha)
         if not target.exists():
             # First run of this version on this host: unpack the bundle stored in the registry.
-            data = await session.scalar(select(ModuleVersion.bundle).where(ModuleVersion.id == version.id))
+            async with self.sessions() as session:
+                data = await session.scalar(select(ModuleVersion.bundle).where(ModuleVersion.id == version.id))
             target = await asyncio.to_thread(
                 codestore.materialize, self.settings.state_dir, inp.module, inp.module_version, sha, data
             )
@@ -411,25 +445,29 @@ class JobActivities:
     async def _step_finished(
         self, inp: StepInput, attempt: int, outcome: str, error: str | None, buffer: LogBuffer
     ) -> None:
-        """Keep the step's logs and status whatever happened (success, failure, timeout, cancel)."""
-        try:
-            async with unit_of_work(self.sessions) as session:
-                execution = await session.get(Execution, inp.execution_id, with_for_update=True)
-                if execution is None:
-                    return
-                text = buffer.text()
-                if text:
-                    execution.logs = f"{execution.logs}\n{text}" if execution.logs else text
-                steps = [dict(s) for s in (execution.steps or [])]
-                if inp.step_index < len(steps):
-                    steps[inp.step_index].update(
-                        status=outcome, finished_at=datetime.now(UTC).isoformat(), attempts=attempt
-                    )
-                    if error:
-                        steps[inp.step_index]["error"] = error[:2000]
-                    execution.steps = steps
-        except Exception:  # noqa: BLE001 - never hide the step's own outcome behind a mirror error
-            log.exception("could not persist logs of execution %s", inp.execution_id)
+        """Keep the step's logs and status whatever happened (success, failure, timeout, cancel).
+        Tried twice: a connection that died meanwhile is replaced on the second try."""
+        text = buffer.text()
+        for attempt_no in (1, 2):
+            try:
+                async with unit_of_work(self.sessions) as session:
+                    execution = await session.get(Execution, inp.execution_id, with_for_update=True)
+                    if execution is None:
+                        return
+                    if text:
+                        execution.logs = f"{execution.logs}\n{text}" if execution.logs else text
+                    steps = [dict(s) for s in (execution.steps or [])]
+                    if inp.step_index < len(steps):
+                        steps[inp.step_index].update(
+                            status=outcome, finished_at=datetime.now(UTC).isoformat(), attempts=attempt
+                        )
+                        if error:
+                            steps[inp.step_index]["error"] = error[:2000]
+                        execution.steps = steps
+                return
+            except Exception:  # noqa: BLE001 - never hide the step's own outcome behind a mirror error
+                if attempt_no == 2:
+                    log.exception("could not persist logs of execution %s", inp.execution_id)
 
     async def emit(self, inp: StepInput, name: str, payload: dict[str, Any]) -> str:
         from registry.services.events import validate_name

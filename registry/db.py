@@ -10,17 +10,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 
-def create_engine(url: str, *, echo: bool = False, pre_ping: bool = True) -> AsyncEngine:
-    """The async engine. ``pre_ping`` tests each pooled connection before use (one round trip per
-    checkout): the API keeps it, so a database restart costs no failed request; the worker turns it
-    off because every one of its database writes is a retried activity, and a dead connection only
-    costs that attempt (SQLAlchemy then recycles the whole pool)."""
+def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     kwargs: dict = {"echo": echo}
     if url.startswith("sqlite"):
         # One file, many tasks: wait for locks instead of failing at once.
         kwargs["connect_args"] = {"timeout": 30}
     else:
-        kwargs.update(pool_pre_ping=pre_ping, pool_size=10, max_overflow=20)
+        kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
     engine = create_async_engine(url, **kwargs)
     if url.startswith("sqlite"):
         _configure_sqlite(engine.sync_engine)

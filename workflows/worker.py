@@ -33,7 +33,7 @@ class WorkerDeps:
 
     @classmethod
     def open(cls, settings: Settings) -> WorkerDeps:
-        engine = create_engine(settings.effective_database_url, pre_ping=False)
+        engine = create_engine(settings.effective_database_url)
         return cls(settings=settings, engine=engine, sessions=create_session_factory(engine))
 
     async def close(self) -> None:

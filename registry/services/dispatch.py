@@ -85,25 +85,44 @@ def workflow_id_for(event_id: str, job_id: str) -> str:
     return f"evt-{event_id}-{job_id}"
 
 
-#: Most runs one event may cause through events emitted by the runs it triggered, and so on.
+#: Most links in a chain of runs triggered by events that earlier runs emitted.
 MAX_EVENT_CHAIN = 10
+#: Most runs one root (a posted event or a run) may cause in all through such chains.
+MAX_CHAIN_RUNS = 100
 
 
 class ChainTooLong(Exception):
     """The event was emitted at the end of a chain of event-triggered runs too long to be legitimate."""
 
 
-async def chain_length(session: AsyncSession, event: Event) -> int:
-    """How many event-triggered runs led to ``event`` (0 for an event not emitted by a run)."""
-    length = 0
+async def chain_of(session: AsyncSession, event: Event) -> tuple[int, int]:
+    """(links, runs) of the chain that led to ``event``, an event emitted by a run: how many
+    event-triggered runs lie between it and the chain's root, and how many runs the root has caused
+    so far in all (its whole tree, which fan-out makes grow faster than the depth)."""
+    links = 0
     execution_id = event.execution_id
-    while execution_id is not None and length < MAX_EVENT_CHAIN:
-        length += 1
+    root_execution, root_event = execution_id, None
+    while execution_id is not None and links < MAX_EVENT_CHAIN:
+        links += 1
+        root_execution = execution_id
         parent_event = await session.scalar(select(Execution.event_id).where(Execution.id == execution_id))
         if parent_event is None:
             break
+        root_execution, root_event = None, parent_event
         execution_id = await session.scalar(select(Event.execution_id).where(Event.id == parent_event))
-    return length
+    runs, executions = 0, [root_execution] if root_execution else []
+    event_ids: list[str] = [root_event] if root_event else []
+    runs += len(executions)
+    for _ in range(MAX_EVENT_CHAIN + 1):
+        if executions:
+            event_ids = list(await session.scalars(select(Event.id).where(Event.execution_id.in_(executions))))
+        if not event_ids:
+            break
+        executions = list(await session.scalars(select(Execution.id).where(Execution.event_id.in_(event_ids))))
+        runs += len(executions)
+        if not executions or runs >= MAX_CHAIN_RUNS:
+            break
+    return links, runs
 
 
 #: Events dispatched at once by one process (PostgreSQL; each in its own transaction).
@@ -187,8 +206,14 @@ async def targets_for(*, session: AsyncSession, event: Event) -> list[Target]:
         targets.pop(excluded or "", None)
     # Chain guard: runs triggered by events emitting events (two jobs reacting to each other's
     # job.* events, a listener re-emitting what it listens to) stop after MAX_EVENT_CHAIN links.
-    if targets and await chain_length(session, event) >= MAX_EVENT_CHAIN:
-        raise ChainTooLong(f"event chain longer than {MAX_EVENT_CHAIN} runs: not dispatched (loop guard)")
+    if targets:
+        links, runs_so_far = await chain_of(session, event)
+        if links >= MAX_EVENT_CHAIN:
+            raise ChainTooLong(f"event chain longer than {MAX_EVENT_CHAIN} runs: not dispatched (loop guard)")
+        if runs_so_far + len(targets) > MAX_CHAIN_RUNS:
+            raise ChainTooLong(
+                f"event chain would exceed {MAX_CHAIN_RUNS} runs caused by one root: not dispatched (loop guard)"
+            )
     return list(targets.values())
 
 
@@ -336,7 +361,15 @@ async def dispatch_pending(
 
     # Claims skip locked rows on PostgreSQL, so several loops (and processes) share the outbox;
     # SQLite has one writer and runs one.
-    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+    # A task group: when one loop fails, the others are cancelled with it (no orphans).
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(max(1, concurrency)):
+                group.create_task(worker())
+    except ExceptionGroup as failed:
+        if len(failed.exceptions) == 1:
+            raise failed.exceptions[0] from None
+        raise
     return report
 
 

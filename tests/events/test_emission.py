@@ -153,3 +153,34 @@ async def test_event_chains_stop_at_the_chain_guard(worker, client, sessions, se
     page = await client.get("/api/v1/executions", params={"module": "listen", "limit": 100}, headers=operator_headers)
     # The manual run plus MAX_EVENT_CHAIN - 1 runs triggered along the chain, and nothing after.
     assert page.json()["total"] == MAX_EVENT_CHAIN
+
+
+async def test_fan_out_chains_stop_at_the_run_budget(
+    worker, client, sessions, settings, tmp_path, operator_headers, monkeypatch
+):
+    """Three jobs each reacting to every job.completed double the runs at each link: the run
+    budget per root stops the tree long before the depth limit would."""
+    from registry.models import Execution, ExecutionStatus
+    from registry.services import dispatch
+    from tests.events.helpers import add_job, listening_module
+
+    monkeypatch.setattr(dispatch, "MAX_CHAIN_RUNS", 12)
+    module = await listening_module(sessions, settings.state_dir, tmp_path)
+    jobs = [
+        await add_job(sessions, module, "refresh", name=f"fan-{n}", event_triggers=["job.completed"]) for n in range(3)
+    ]
+    r = await client.post(f"/api/v1/jobs/{jobs[0].id}/execute?wait=true", headers=operator_headers)
+    assert r.json()["status"] == "COMPLETED", r.text
+
+    async def settled() -> int | None:
+        async with sessions() as session:
+            guard = await session.scalar(select(Event).where(Event.dispatch_error.like("%would exceed 12 runs%")))
+            pending = await session.scalar(select(Event).where(Event.dispatch_status == "PENDING"))
+            rows = list(await session.scalars(select(Execution)))
+        if guard is None or pending is not None or not all(ExecutionStatus(e.status).is_final for e in rows):
+            return None
+        return len(rows)
+
+    total = await eventually(settled, timeout=90, what="the fan-out stopped by the run budget")
+    # Concurrent dispatch loops may each admit one event's targets on the same count.
+    assert 12 <= total <= 12 + dispatch.DISPATCH_CONCURRENCY * 2, total
