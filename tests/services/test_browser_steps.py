@@ -1,0 +1,159 @@
+"""Browser steps on a real worker: concurrent steps isolated, contexts closed, artifacts served."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from tests.jobs.helpers import put_module, write_module
+
+CODE = """
+async def visit(ctx):
+    base = ctx.config["base"]
+    await ctx.browser.navigate(f"{base}/set?who={ctx.config['who']}")
+    await ctx.browser.navigate(f"{base}/barrier")  # both steps are inside the browser at once
+    await ctx.browser.navigate(f"{base}/echo")
+    return {"cookies": await ctx.browser.text("body")}
+
+def capture(ctx):
+    ctx.browser.navigate(ctx.config["base"] + "/page")
+    shot = ctx.browser.screenshot("page.png")
+    pdf = ctx.browser.pdf("page.pdf")
+    return {"shot": shot, "pdf": pdf, "title": ctx.browser.text("h1")}
+
+async def crash_after_open(ctx):
+    await ctx.browser.navigate(ctx.config["base"] + "/page")
+    raise RuntimeError("handler bug after opening the browser")
+"""
+CONFIG = {
+    "type": "object",
+    "properties": {"base": {"type": "string"}, "who": {"type": "string", "default": "x"}},
+}
+JOBS = [
+    {"name": "visit", "description": "cookies", "handler": "visit", "config": CONFIG},
+    {"name": "capture", "description": "artifacts", "handler": "capture", "config": CONFIG},
+    {"name": "crash", "description": "fails", "handler": "crash_after_open", "config": CONFIG},
+]
+
+
+class Site(BaseHTTPRequestHandler):
+    barrier = threading.Barrier(2, timeout=30)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        headers: list[tuple[str, str]] = []
+        if self.path.startswith("/set"):
+            who = self.path.split("who=", 1)[1]
+            headers.append(("Set-Cookie", f"who={who}; Path=/"))
+            body = f"<p>set {who}</p>"
+        elif self.path == "/barrier":
+            Site.barrier.wait()
+            body = "<p>together</p>"
+        elif self.path == "/echo":
+            body = f"<pre>{self.headers.get('Cookie', '')}</pre>"
+        else:
+            body = "<h1>All systems go</h1><p>ok</p>"
+        data = body.encode()
+        self.send_response(200)
+        for k, v in [("Content-Type", "text/html"), ("Content-Length", str(len(data))), *headers]:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def site() -> Iterator[str]:
+    Site.barrier = threading.Barrier(2, timeout=30)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Site)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+async def module(sessions: Any, settings: Any, tmp_path: Any) -> Any:
+    extra = {"permissions": {"services": ["browser"]}}
+    folder = write_module(tmp_path, name="browsing", code=CODE, jobs=JOBS, extra=extra)
+    return await put_module(sessions, settings.state_dir, folder)
+
+
+async def _job(client: Any, headers: dict[str, str], job_type: str, name: str, config: dict[str, Any]) -> str:
+    r = await client.post(
+        "/api/v1/jobs",
+        json={"module": "browsing", "job_type": job_type, "name": name, "schedule": None, "config": config},
+        headers=headers,
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+async def _execute(client: Any, headers: dict[str, str], job_id: str) -> dict[str, Any]:
+    r = await client.post(f"/api/v1/jobs/{job_id}/execute?wait=true", headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _browser_provider(worker: Any) -> Any:
+    from activities.services.browser import BrowserActivities
+
+    for fn in worker.config()["activities"]:
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, BrowserActivities):
+            return owner
+    raise AssertionError("no browser provider registered on the worker")
+
+
+async def test_two_concurrent_browser_steps_are_isolated(worker, client, module, operator_headers, site):
+    a = await _job(client, operator_headers, "visit", "a", {"base": site, "who": "alice"})
+    b = await _job(client, operator_headers, "visit", "b", {"base": site, "who": "bob"})
+    first, second = await asyncio.gather(_execute(client, operator_headers, a), _execute(client, operator_headers, b))
+    assert first["status"] == "COMPLETED", first["error"]
+    assert second["status"] == "COMPLETED", second["error"]
+    # Each step saw only its own cookie, although both were in the browser at the same time.
+    assert first["result"] == {"cookies": "who=alice"}
+    assert second["result"] == {"cookies": "who=bob"}
+    provider = _browser_provider(worker)
+    assert provider.pool.launches == 1  # one browser reused by both steps
+    assert (await provider.pool.browser()).contexts == []  # both contexts closed with their steps
+
+
+async def test_context_closed_when_the_step_fails(worker, client, module, operator_headers, site):
+    job = await _job(client, operator_headers, "crash", "crash", {"base": site})
+    body = await _execute(client, operator_headers, job)
+    assert body["status"] == "FAILED" and "handler bug" in body["error"]["message"]
+    provider = _browser_provider(worker)
+    assert provider.pool.launches == 1
+    assert (await provider.pool.browser()).contexts == []
+    assert not provider.pool.slots.locked()
+
+
+async def test_screenshot_and_pdf_are_downloadable_artifacts(
+    worker, client, module, operator_headers, viewer_headers, site
+):
+    job = await _job(client, operator_headers, "capture", "capture", {"base": site})
+    body = await _execute(client, operator_headers, job)
+    assert body["status"] == "COMPLETED", body["error"]
+    assert body["result"]["title"] == "All systems go"
+    listing = await client.get(f"/api/v1/executions/{body['id']}/artifacts", headers=viewer_headers)
+    assert listing.status_code == 200, listing.text
+    items = {i["name"]: i for i in listing.json()["items"]}
+    assert set(items) == {"page.png", "page.pdf"}
+    assert items["page.png"]["content_type"] == "image/png" and items["page.png"]["step"] == "capture"
+    for name, magic in (("page.png", b"\x89PNG"), ("page.pdf", b"%PDF")):
+        item = items[name]
+        assert item["url"] == f"/api/v1/executions/{body['id']}/artifacts/{name}"
+        r = await client.get(item["url"], headers=viewer_headers)
+        assert r.status_code == 200
+        assert r.content.startswith(magic)
+        assert len(r.content) == item["size"] and hashlib.sha256(r.content).hexdigest() == item["sha256"]
+        assert r.headers["content-type"] == item["content_type"]
+        assert body["result"]["shot" if name.endswith("png") else "pdf"]["sha256"] == item["sha256"]
