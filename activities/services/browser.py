@@ -16,11 +16,13 @@ import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.services.notify import NotifyError, check_url
 from activities.types import StepInput
 from autoplat.context import JobContext
 from autoplat.errors import JobError
@@ -44,6 +46,19 @@ LAUNCH_ARGS = [
     "--disable-sync",
 ]
 _CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
+
+
+def host_allowed(host: str, patterns: list[str]) -> bool:
+    """Manifest ``permissions.hosts`` matching: exact names, ``*.example.com`` for subdomains."""
+    host = host.lower().rstrip(".")
+    for pattern in patterns:
+        pattern = pattern.lower()
+        if pattern.startswith("*."):
+            if host.endswith(pattern[1:]) and host != pattern[2:]:
+                return True
+        elif host == pattern:
+            return True
+    return False
 
 
 class BrowserUnavailable(RuntimeError):
@@ -131,6 +146,9 @@ class BrowserPool:
 
 
 ArtifactSaver = Callable[[str, str, bytes], Awaitable[dict[str, Any]]]
+#: Returns the hosts the module may reach (its manifest's ``permissions.hosts``), or ``None``
+#: for no host restriction (the SDK test harness).
+HostsLoader = Callable[[], Awaitable[list[str] | None]]
 
 
 class BrowserSession:
@@ -148,9 +166,14 @@ class BrowserSession:
         save: ArtifactSaver | None = None,
         logger: Any = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        hosts: HostsLoader | None = None,
     ) -> None:
         self._pool = pool
         self._save = save
+        self._hosts_loader = hosts
+        self._hosts: list[str] | None = None
+        #: URLs of requests the host allowlist refused (redirects, sub-resources).
+        self.blocked: list[str] = []
         self._logger = logger
         self._loop = loop or asyncio.get_running_loop()
         self._context: Any = None
@@ -178,10 +201,14 @@ class BrowserSession:
                 raise RuntimeError("this step's browser context is closed")
             if self._page is not None:
                 return self._page
+            if self._hosts_loader is not None and self._hosts is None:
+                self._hosts = await self._hosts_loader()
             await self._pool.slots.acquire()
             self._holding = True
             try:
                 self._context = await self._pool.new_context()
+                if self._hosts is not None:
+                    await self._context.route("**/*", self._guard)
                 timeout_ms = self._pool.settings.browser_timeout_seconds * 1000
                 self._context.set_default_timeout(timeout_ms)
                 self._context.set_default_navigation_timeout(timeout_ms)
@@ -195,6 +222,31 @@ class BrowserSession:
                 await self._release()
                 raise
             return self._page
+
+    async def _guard(self, route: Any) -> None:
+        """Every request of the context (redirects, frames, images, XHR) stays on allowed hosts."""
+        url = route.request.url
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https", "ws", "wss") or host_allowed(parts.hostname or "", self._hosts or []):
+            await route.continue_()
+            return
+        self.blocked.append(url)
+        if self._logger is not None:
+            self._logger.warning("browser: blocked request to %s (not in permissions.hosts)", parts.hostname)
+        await route.abort("blockedbyclient")
+
+    async def _check_target(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise JobError(f"the browser only opens http(s) URLs, not {parts.scheme or 'no scheme'}")
+        if self._hosts_loader is not None and self._hosts is None:
+            self._hosts = await self._hosts_loader()
+        if self._hosts is not None and not host_allowed(parts.hostname or "", self._hosts):
+            raise JobError(f"host {parts.hostname} is not in the module's permissions.hosts")
+        try:
+            await check_url(url, str(getattr(self._pool.settings, "http_allow_private", "off")))
+        except NotifyError as exc:
+            raise JobError(exc.message.replace("send to", "open")) from exc
 
     def _run(self, factory: Callable[[], Awaitable[T]]) -> Any:
         try:
@@ -210,6 +262,7 @@ class BrowserSession:
         """Open ``url``; returns the response status (``None`` for non-HTTP URLs)."""
 
         async def go() -> int | None:
+            await self._check_target(url)
             page = await self._ensure()
             response = await page.goto(url, wait_until=wait_until)
             if self._logger is not None:
@@ -340,6 +393,8 @@ class BrowserActivities:
         self.settings = settings
         self.sessions = sessions
         self.pool = BrowserPool(settings)
+        #: permissions.hosts per (module, version): a version's manifest never changes.
+        self._hosts: dict[tuple[str, str], list[str]] = {}
         #: Open sessions by the id of their step's JobContext (the same object reaches ``release``).
         self._sessions_by_step: dict[int, BrowserSession] = {}
 
@@ -373,8 +428,35 @@ class BrowserActivities:
 
         return save
 
+    def hosts_of(self, module: str, version: str) -> HostsLoader:
+        async def load() -> list[str] | None:
+            key = (module, version)
+            if key not in self._hosts:
+                if self.sessions is None:
+                    return None
+                from sqlalchemy import select
+
+                from registry.models import Module, ModuleVersion
+
+                async with self.sessions() as session:
+                    manifest = await session.scalar(
+                        select(ModuleVersion.manifest)
+                        .join(Module, Module.id == ModuleVersion.module_id)
+                        .where(Module.name == module, ModuleVersion.version == version)
+                    )
+                permissions = (manifest or {}).get("permissions") or {}
+                self._hosts[key] = [str(h) for h in permissions.get("hosts") or []]
+            return self._hosts[key]
+
+        return load
+
     async def contribute(self, inp: StepInput, ctx: JobContext) -> dict[str, Any]:
-        session = BrowserSession(self.pool, save=self.saver(inp.execution_id, inp.step), logger=ctx.logger)
+        session = BrowserSession(
+            self.pool,
+            save=self.saver(inp.execution_id, inp.step),
+            logger=ctx.logger,
+            hosts=self.hosts_of(inp.module, inp.module_version),
+        )
         self._sessions_by_step[id(ctx)] = session
         return {"browser": session}
 

@@ -135,7 +135,7 @@ async def test_health_check_screenshots_the_status_page(source):
         saved[name] = data
         return {"name": name, "content_type": content_type, "size": len(data)}
 
-    pool = BrowserPool(Settings(dev_mode=True))
+    pool = BrowserPool(Settings(dev_mode=True, http_allow_private="loopback"))
     session = BrowserSession(pool, save=save)
     try:
         result = await arun_job(
@@ -157,7 +157,13 @@ async def test_notify_and_screenshot_on_the_platform(source, tmp_path, monkeypat
     from tests.services.helpers import smtp_server
 
     with smtp_server() as smtp:
-        for key, value in {"SMTP_HOST": smtp.host, "SMTP_PORT": str(smtp.port), "SMTP_TLS": "none"}.items():
+        env = {
+            "SMTP_HOST": smtp.host,
+            "SMTP_PORT": str(smtp.port),
+            "SMTP_TLS": "none",
+            "HTTP_ALLOW_PRIVATE": "loopback",
+        }
+        for key, value in env.items():
             monkeypatch.setenv(f"AUTOPLAT_{key}", value)
         async with TemporalHarness(tmp_path) as harness:
             alert = await harness.run(MODULE, "notify")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from activities.services.browser import BrowserPool, BrowserSession, BrowserUnavailable, find_browser
+from activities.services.browser import BrowserPool, BrowserSession, BrowserUnavailable, find_browser, host_allowed
 from autoplat.errors import JobError
 from registry.settings import Settings
 from tests.conftest import eventually
@@ -35,7 +35,7 @@ def site() -> Iterator[Receiver]:
 
 
 def browser_settings(**kw: Any) -> Settings:
-    return Settings(dev_mode=True, **kw)
+    return Settings(dev_mode=True, **{"http_allow_private": "loopback", **kw})
 
 
 @pytest.fixture
@@ -168,3 +168,49 @@ async def test_missing_browser_fails_the_step_without_retry(site):
     finally:
         await session.close()
         await pool.close()
+
+
+async def _hosts(*names: str) -> Any:
+    async def load() -> list[str]:
+        return list(names)
+
+    return load
+
+
+async def test_navigation_outside_permissions_hosts_is_refused(pool, site):
+    port = site.url.rsplit(":", 1)[1]
+    session = BrowserSession(pool, hosts=await _hosts("127.0.0.1"))
+    try:
+        with pytest.raises(JobError, match="host localhost is not in the module's permissions.hosts"):
+            await session.navigate(f"http://localhost:{port}/index.html")
+        assert not session.opened and site.requests == []
+        # Sub-resources and redirects to other hosts are blocked inside the page too.
+        site.pages["/with-image.html"] = ("text/html", f'<img src="http://localhost:{port}/pixel.png"><p>x</p>')
+        assert await session.navigate(f"{site.url}/with-image.html") == 200
+        await session.wait_for("p")
+        assert session.blocked == [f"http://localhost:{port}/pixel.png"]
+        assert [r.path for r in site.requests] == ["/with-image.html"]
+    finally:
+        await session.close()
+
+
+async def test_loopback_needs_the_private_address_setting(site):
+    pool = BrowserPool(browser_settings(http_allow_private="off"))
+    session = BrowserSession(pool)
+    try:
+        with pytest.raises(JobError, match="AUTOPLAT_HTTP_ALLOW_PRIVATE"):
+            await session.navigate(f"{site.url}/index.html")
+        with pytest.raises(JobError, match="only opens http"):
+            await session.navigate("file:///etc/passwd")
+        assert site.requests == [] and pool.launches == 0
+    finally:
+        await session.close()
+        await pool.close()
+
+
+def test_host_patterns():
+    assert host_allowed("api.example.com", ["api.example.com"])
+    assert host_allowed("a.b.example.com", ["*.example.com"])
+    assert not host_allowed("example.com", ["*.example.com"])
+    assert not host_allowed("evilexample.com", ["*.example.com"])
+    assert not host_allowed("api.example.com.evil.io", ["api.example.com"])

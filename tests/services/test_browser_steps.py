@@ -27,6 +27,9 @@ def capture(ctx):
     pdf = ctx.browser.pdf("page.pdf")
     return {"shot": shot, "pdf": pdf, "title": ctx.browser.text("h1")}
 
+async def elsewhere(ctx):
+    await ctx.browser.navigate(ctx.config["base"].replace("127.0.0.1", "localhost") + "/page")
+
 async def crash_after_open(ctx):
     await ctx.browser.navigate(ctx.config["base"] + "/page")
     raise RuntimeError("handler bug after opening the browser")
@@ -39,6 +42,7 @@ JOBS = [
     {"name": "visit", "description": "cookies", "handler": "visit", "config": CONFIG},
     {"name": "capture", "description": "artifacts", "handler": "capture", "config": CONFIG},
     {"name": "crash", "description": "fails", "handler": "crash_after_open", "config": CONFIG},
+    {"name": "elsewhere", "description": "host not allowed", "handler": "elsewhere", "config": CONFIG},
 ]
 
 
@@ -81,7 +85,7 @@ def site() -> Iterator[str]:
 
 @pytest.fixture
 async def module(sessions: Any, settings: Any, tmp_path: Any) -> Any:
-    extra = {"permissions": {"services": ["browser"]}}
+    extra = {"permissions": {"hosts": ["127.0.0.1"], "services": ["browser"]}}
     folder = write_module(tmp_path, name="browsing", code=CODE, jobs=JOBS, extra=extra)
     return await put_module(sessions, settings.state_dir, folder)
 
@@ -157,3 +161,21 @@ async def test_screenshot_and_pdf_are_downloadable_artifacts(
         assert len(r.content) == item["size"] and hashlib.sha256(r.content).hexdigest() == item["sha256"]
         assert r.headers["content-type"] == item["content_type"]
         assert body["result"]["shot" if name.endswith("png") else "pdf"]["sha256"] == item["sha256"]
+
+
+async def test_hosts_outside_the_manifest_fail_without_retry(worker, client, module, operator_headers, site):
+    r = await client.post(
+        "/api/v1/jobs",
+        json={
+            "module": "browsing",
+            "job_type": "elsewhere",
+            "name": "elsewhere",
+            "schedule": None,
+            "retries": 3,
+            "config": {"base": site},
+        },
+        headers=operator_headers,
+    )
+    body = await _execute(client, operator_headers, r.json()["id"])
+    assert body["status"] == "FAILED" and body["attempt"] == 1
+    assert "host localhost is not in the module's permissions.hosts" in body["error"]["message"]
