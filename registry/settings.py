@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     smtp_from: str = "autoplat@localhost"
     smtp_tls: Literal["none", "starttls", "implicit"] = "starttls"
     smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    #: CA bundle (PEM) that signs the SMTP server's certificate, if not in the system roots.
+    smtp_ca_file: Path | None = None
     #: Recipients of the built-in ``email`` channel when a job's notifications name it.
     notify_email_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Named channels, JSON: ``{"ops": {"type": "webhook", "url": ..., "secret": ...}, ...}``.

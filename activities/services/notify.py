@@ -117,6 +117,7 @@ class SmtpConfig:
     password: str | None = None
     sender: str = "autoplat@localhost"
     timeout: float = 30.0
+    ca_file: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, overrides: Mapping[str, Any] | None = None) -> SmtpConfig:
@@ -139,6 +140,7 @@ class SmtpConfig:
             password=password,
             sender=str(o.get("from") or settings.smtp_from),
             timeout=float(o.get("timeout") or settings.smtp_timeout_seconds),
+            ca_file=str(settings.smtp_ca_file) if settings.smtp_ca_file else None,
         )
 
 
@@ -205,6 +207,7 @@ async def send_email(
             password=smtp.password,
             use_tls=smtp.tls == "implicit",
             start_tls=smtp.tls == "starttls",
+            cert_bundle=smtp.ca_file,
             timeout=smtp.timeout,
         )
     except aiosmtplib.SMTPRecipientsRefused as exc:
