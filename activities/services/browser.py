@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.services.notify import NotifyError, check_url
+from activities.services.notify import ManifestPermissions, NotifyError, check_url
 from activities.types import StepInput
 from autoplat.context import JobContext
 from autoplat.errors import JobError
@@ -236,11 +236,11 @@ class BrowserSession:
         await route.abort("blockedbyclient")
 
     async def _check_target(self, url: str) -> None:
+        if self._hosts_loader is not None and self._hosts is None:
+            self._hosts = await self._hosts_loader()
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise JobError(f"the browser only opens http(s) URLs, not {parts.scheme or 'no scheme'}")
-        if self._hosts_loader is not None and self._hosts is None:
-            self._hosts = await self._hosts_loader()
         if self._hosts is not None and not host_allowed(parts.hostname or "", self._hosts):
             raise JobError(f"host {parts.hostname} is not in the module's permissions.hosts")
         try:
@@ -393,8 +393,7 @@ class BrowserActivities:
         self.settings = settings
         self.sessions = sessions
         self.pool = BrowserPool(settings)
-        #: permissions.hosts per (module, version): a version's manifest never changes.
-        self._hosts: dict[tuple[str, str], list[str]] = {}
+        self.permissions = ManifestPermissions(sessions)
         #: Open sessions by the id of their step's JobContext (the same object reaches ``release``).
         self._sessions_by_step: dict[int, BrowserSession] = {}
 
@@ -429,24 +428,11 @@ class BrowserActivities:
         return save
 
     def hosts_of(self, module: str, version: str) -> HostsLoader:
+        """The module's ``permissions.hosts``, after checking it declares the ``browser`` service."""
+
         async def load() -> list[str] | None:
-            key = (module, version)
-            if key not in self._hosts:
-                if self.sessions is None:
-                    return None
-                from sqlalchemy import select
-
-                from registry.models import Module, ModuleVersion
-
-                async with self.sessions() as session:
-                    manifest = await session.scalar(
-                        select(ModuleVersion.manifest)
-                        .join(Module, Module.id == ModuleVersion.module_id)
-                        .where(Module.name == module, ModuleVersion.version == version)
-                    )
-                permissions = (manifest or {}).get("permissions") or {}
-                self._hosts[key] = [str(h) for h in permissions.get("hosts") or []]
-            return self._hosts[key]
+            permissions = await self.permissions.require(module, version, "browser")
+            return None if permissions is None else [str(h) for h in permissions.get("hosts") or []]
 
         return load
 

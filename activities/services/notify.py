@@ -107,6 +107,45 @@ async def check_url(url: str, allow_private: str) -> None:
             )
 
 
+# --- manifest permissions ------------------------------------------------------------------------
+class ManifestPermissions:
+    """``permissions`` of each (module, version) manifest, cached: a version's manifest never changes."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession] | None) -> None:
+        self.sessions = sessions
+        self._cache: dict[tuple[str, str], dict[str, Any]] = {}
+
+    async def get(self, module: str, version: str) -> dict[str, Any] | None:
+        """The permissions object, or ``None`` when the registry cannot say (no DB, unknown version)."""
+        key = (module, version)
+        if key not in self._cache:
+            if self.sessions is None:
+                return None
+            from registry.models import Module, ModuleVersion
+
+            async with self.sessions() as session:
+                manifest = await session.scalar(
+                    select(ModuleVersion.manifest)
+                    .join(Module, Module.id == ModuleVersion.module_id)
+                    .where(Module.name == module, ModuleVersion.version == version)
+                )
+            if manifest is None:
+                return None
+            self._cache[key] = dict(manifest.get("permissions") or {})
+        return self._cache[key]
+
+    async def require(self, module: str, version: str, service: str) -> dict[str, Any] | None:
+        """The permissions, after checking that ``service`` is declared.
+
+        Raises:
+            JobError: the manifest does not list ``service`` in ``permissions.services``.
+        """
+        permissions = await self.get(module, version)
+        if permissions is not None and service not in (permissions.get("services") or []):
+            raise JobError(f"ctx.{service} needs {service!r} in the manifest's permissions.services")
+        return permissions
+
+
 # --- senders -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SmtpConfig:
@@ -396,17 +435,23 @@ class Notifier:
         module_channels: Mapping[str, Any] | None = None,
         logger: Any = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        permitted: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self._sender = sender
         self._channels = dict(module_channels or {})
         self._logger = logger
         self._loop = loop or asyncio.get_running_loop()
+        #: Checks the manifest declares ``notify`` (once, on first use).
+        self._permitted = permitted
 
     def __bool__(self) -> bool:
         return True
 
     def _run(self, factory: Callable[[], Awaitable[T]]) -> Any:
         async def guarded() -> T:
+            if self._permitted is not None:
+                await self._permitted()
+                self._permitted = None
             try:
                 result = await factory()
             except NotifyError as exc:
@@ -531,6 +576,7 @@ class NotifyActivities:
         self.sessions = sessions
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0), trust_env=False)
         self.sender = Sender(settings, self.client)
+        self.permissions = ManifestPermissions(sessions)
         self._delivered: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     def activities(self) -> list[Callable[..., Any]]:
@@ -538,11 +584,16 @@ class NotifyActivities:
 
     async def contribute(self, inp: StepInput, ctx: JobContext) -> dict[str, Any]:
         channels = ctx.module_config.get(MODULE_CHANNELS_KEY)
+
+        async def permitted() -> None:
+            await self.permissions.require(inp.module, inp.module_version, "notify")
+
         return {
             "notify": Notifier(
                 self.sender,
                 module_channels=channels if isinstance(channels, Mapping) else None,
                 logger=ctx.logger,
+                permitted=permitted,
             )
         }
 

@@ -179,3 +179,21 @@ async def test_hosts_outside_the_manifest_fail_without_retry(worker, client, mod
     body = await _execute(client, operator_headers, r.json()["id"])
     assert body["status"] == "FAILED" and body["attempt"] == 1
     assert "host localhost is not in the module's permissions.hosts" in body["error"]["message"]
+
+
+async def test_browser_needs_the_service_in_the_manifest(
+    worker, client, sessions, settings, tmp_path, operator_headers
+):
+    folder = write_module(
+        tmp_path, name="nobrowser", code=CODE, jobs=JOBS, extra={"permissions": {"hosts": ["127.0.0.1"]}}
+    )
+    await put_module(sessions, settings.state_dir, folder)
+    r = await client.post(
+        "/api/v1/jobs",
+        json={"module": "nobrowser", "job_type": "capture", "name": "c", "schedule": None, "config": {"base": "x"}},
+        headers=operator_headers,
+    )
+    body = await _execute(client, operator_headers, r.json()["id"])
+    assert body["status"] == "FAILED"
+    assert "ctx.browser needs 'browser' in the manifest's permissions.services" in body["error"]["message"]
+    assert _browser_provider(worker).pool.launches == 0

@@ -21,10 +21,14 @@ def always_fails(ctx):
 
 def works(ctx):
     return {"ok": True}
+
+def undeclared(ctx):
+    return ctx.notify.email("a@example.com", "s", text="t")
 """
 JOBS = [
     {"name": "always-fails", "description": "fails every attempt", "handler": "always_fails"},
     {"name": "works", "description": "succeeds", "handler": "works"},
+    {"name": "undeclared", "description": "uses notify without declaring it", "handler": "undeclared"},
 ]
 
 
@@ -133,3 +137,12 @@ async def test_unknown_channel_does_not_fail_the_run(
     await _closed(temporal_env, body["workflow_id"])
     # The unknown channel fails at once (not retried); the next channel is still notified.
     assert len(smtp.mails) == 1
+
+
+async def test_ctx_notify_needs_the_service_in_the_manifest(
+    notify_settings, worker, client, module, operator_headers, smtp
+):
+    body = await _run(client, operator_headers, "undeclared", retries=2)
+    assert body["status"] == "FAILED" and body["attempt"] == 1  # not retried
+    assert "ctx.notify needs 'notify' in the manifest's permissions.services" in body["error"]["message"]
+    assert smtp.mails == []
