@@ -95,10 +95,20 @@ class BrowserPool:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.slots = asyncio.Semaphore(settings.browser_max_contexts)
+        #: Contexts currently holding a slot.
+        self.in_use = 0
         self.launches = 0
         self._lock = asyncio.Lock()
         self._playwright: Any = None
         self._browser: Any = None
+
+    async def acquire(self) -> None:
+        await self.slots.acquire()
+        self.in_use += 1
+
+    def release(self) -> None:
+        self.in_use -= 1
+        self.slots.release()
 
     async def browser(self) -> Any:
         async with self._lock:
@@ -203,7 +213,7 @@ class BrowserSession:
                 return self._page
             if self._hosts_loader is not None and self._hosts is None:
                 self._hosts = await self._hosts_loader()
-            await self._pool.slots.acquire()
+            await self._pool.acquire()
             self._holding = True
             try:
                 self._context = await self._pool.new_context()
@@ -369,7 +379,7 @@ class BrowserSession:
         finally:
             if self._holding:
                 self._holding = False
-                self._pool.slots.release()
+                self._pool.release()
 
 
 async def _call(factory: Callable[[], Awaitable[T]]) -> T:

@@ -77,11 +77,11 @@ async def test_sessions_are_isolated_and_closed(pool, site):
         assert first_cookies == {"mine": "1", "seen": "again"}
         assert second_cookies == {"seen": "first"}
         browser = await pool.browser()
-        assert len(browser.contexts) == 2  # one browser, two contexts
+        assert len(browser.contexts) == 2 and pool.in_use == 2  # one browser, two contexts
     finally:
         await first.close()
         await second.close()
-    assert (await pool.browser()).contexts == []
+    assert (await pool.browser()).contexts == [] and pool.in_use == 0
     assert pool.launches == 1
 
 
@@ -164,7 +164,7 @@ async def test_missing_browser_fails_the_step_without_retry(site):
     try:
         with pytest.raises(JobError, match="apt-get install chromium"):
             await session.navigate(f"{site.url}/index.html")
-        assert not pool.slots.locked()  # the slot was given back
+        assert pool.in_use == 0  # the slot was given back
     finally:
         await session.close()
         await pool.close()

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import eventually
 from tests.jobs.helpers import put_module, write_module
 
 CODE = """
@@ -26,6 +27,11 @@ def capture(ctx):
     shot = ctx.browser.screenshot("page.png")
     pdf = ctx.browser.pdf("page.pdf")
     return {"shot": shot, "pdf": pdf, "title": ctx.browser.text("h1")}
+
+async def hang(ctx):
+    await ctx.browser.navigate(ctx.config["base"] + "/page")
+    ctx.logger.info("page open")
+    await ctx.browser.wait_for("#never", timeout=600)
 
 async def elsewhere(ctx):
     await ctx.browser.navigate(ctx.config["base"].replace("127.0.0.1", "localhost") + "/page")
@@ -43,6 +49,7 @@ JOBS = [
     {"name": "capture", "description": "artifacts", "handler": "capture", "config": CONFIG},
     {"name": "crash", "description": "fails", "handler": "crash_after_open", "config": CONFIG},
     {"name": "elsewhere", "description": "host not allowed", "handler": "elsewhere", "config": CONFIG},
+    {"name": "hang", "description": "waits in the browser", "handler": "hang", "config": CONFIG},
 ]
 
 
@@ -137,7 +144,7 @@ async def test_context_closed_when_the_step_fails(worker, client, module, operat
     provider = _browser_provider(worker)
     assert provider.pool.launches == 1
     assert (await provider.pool.browser()).contexts == []
-    assert not provider.pool.slots.locked()
+    assert provider.pool.in_use == 0
 
 
 async def test_screenshot_and_pdf_are_downloadable_artifacts(
@@ -197,3 +204,47 @@ async def test_browser_needs_the_service_in_the_manifest(
     assert body["status"] == "FAILED"
     assert "ctx.browser needs 'browser' in the manifest's permissions.services" in body["error"]["message"]
     assert _browser_provider(worker).pool.launches == 0
+
+
+async def _contexts(worker: Any) -> int:
+    provider = _browser_provider(worker)
+    return len((await provider.pool.browser()).contexts) if provider.pool.launches else 0
+
+
+async def test_context_closed_when_the_step_is_cancelled(worker, client, module, operator_headers, site):
+    job = await _job(client, operator_headers, "hang", "hang", {"base": site})
+    started = (await client.post(f"/api/v1/jobs/{job}/execute", headers=operator_headers)).json()
+
+    async def open_context() -> bool:
+        return await _contexts(worker) == 1
+
+    await eventually(open_context, timeout=30, what="browser context open")
+    r = await client.post(f"/api/v1/executions/{started['id']}/cancel", headers=operator_headers)
+    assert r.status_code == 202, r.text
+
+    async def cancelled() -> dict[str, Any] | None:
+        row = (await client.get(f"/api/v1/executions/{started['id']}", headers=operator_headers)).json()
+        return row if row["status"] == "CANCELLED" else None
+
+    row = await eventually(cancelled, timeout=30, what="CANCELLED")
+    assert any(e["message"] == "page open" for e in row["logs"])
+    assert await _contexts(worker) == 0
+    assert _browser_provider(worker).pool.in_use == 0
+
+
+async def test_context_closed_when_the_step_times_out(worker, client, module, operator_headers, site):
+    r = await client.post(
+        "/api/v1/jobs",
+        json={
+            "module": "browsing",
+            "job_type": "hang",
+            "name": "hang-timeout",
+            "schedule": None,
+            "timeout_seconds": 3,
+            "config": {"base": site},
+        },
+        headers=operator_headers,
+    )
+    body = await _execute(client, operator_headers, r.json()["id"])
+    assert body["status"] == "TIMED_OUT", body
+    assert await _contexts(worker) == 0
