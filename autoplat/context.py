@@ -197,6 +197,16 @@ class JobContext:
         request: The inbound :class:`HttpRequest` for module routes, else ``None``.
         response: Set ``ctx.response.status`` / ``.headers`` in a sync route handler.
         http, browser, notify, storage, state: Services (see the SDK guide).
+        browser: One isolated browser context for this step (Playwright on the system
+            Chromium): ``navigate``, ``fill``, ``click``, ``wait_for``, ``text``, ``table``,
+            ``screenshot`` / ``pdf`` saved as execution artifacts. Closed when the step ends.
+            See docs/browser.md.
+        notify: ``email(to, subject, text, html)``, ``webhook(url, payload, ...)``,
+            ``slack(url, text)`` and ``channel(name, subject, text)``. See docs/notifications.md.
+
+        Service methods are awaitable in ``async def`` handlers and blocking in plain ``def``
+        handlers. A service the manifest does not declare in ``permissions.services`` fails the
+        step on first use.
     """
 
     def __init__(
