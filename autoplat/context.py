@@ -204,9 +204,9 @@ class JobContext:
         notify: ``email(to, subject, text, html)``, ``webhook(url, payload, ...)``,
             ``slack(url, text)`` and ``channel(name, subject, text)``. See docs/notifications.md.
 
-        Service methods are awaitable in ``async def`` handlers and blocking in plain ``def``
-        handlers. A service the manifest does not declare in ``permissions.services`` fails the
-        step on first use.
+        Their methods are awaitable in ``async def`` handlers and blocking in plain ``def``
+        handlers; used without being declared in the manifest's ``permissions.services``, they
+        fail the step (no retry).
     """
 
     def __init__(
