@@ -119,3 +119,19 @@ def http_receiver(**pages: tuple[str, str]) -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+async def make_execution(sessions: Any) -> str:
+    """A finished execution row to attach artifacts to."""
+    import uuid
+
+    from registry.db import unit_of_work
+    from registry.models import Execution
+
+    async with unit_of_work(sessions) as session:
+        row = Execution(
+            module_name="m", job_type="j", workflow_id=f"wf-{uuid.uuid4().hex}", trigger="manual", status="COMPLETED"
+        )
+        session.add(row)
+        await session.flush()
+        return row.id

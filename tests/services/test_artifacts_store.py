@@ -10,18 +10,9 @@ import pytest
 
 from registry.db import unit_of_work
 from registry.errors import InvalidInput, NotFound, PayloadTooLarge
-from registry.models import Artifact, Execution
+from registry.models import Artifact
 from registry.services import artifacts
-
-
-async def make_execution(sessions: Any) -> str:
-    async with unit_of_work(sessions) as session:
-        row = Execution(
-            module_name="m", job_type="j", workflow_id=f"wf-{uuid.uuid4().hex}", trigger="manual", status="COMPLETED"
-        )
-        session.add(row)
-        await session.flush()
-        return row.id
+from tests.services.helpers import make_execution
 
 
 async def save(sessions: Any, execution_id: str, name: str, data: bytes, **kw: Any) -> Artifact:

@@ -214,3 +214,25 @@ def test_host_patterns():
     assert not host_allowed("example.com", ["*.example.com"])
     assert not host_allowed("evilexample.com", ["*.example.com"])
     assert not host_allowed("api.example.com.evil.io", ["api.example.com"])
+
+
+async def test_screenshot_activity_stores_an_artifact(sessions, site):
+    """The platform's own workflows can call the browser as an activity."""
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.services.browser import BrowserActivities, ScreenshotInput
+    from registry.services import artifacts
+    from tests.services.helpers import make_execution
+
+    execution_id = await make_execution(sessions)
+    acts = BrowserActivities(browser_settings(), sessions)
+    try:
+        info = await ActivityEnvironment().run(
+            acts.browser_screenshot, ScreenshotInput(execution_id=execution_id, url=f"{site.url}/index.html")
+        )
+    finally:
+        await acts.close()
+    assert info["name"] == "screenshot.png" and info["size"] > 100
+    async with sessions() as session:
+        found = await artifacts.get_artifact(session=session, execution_id=execution_id, name="screenshot.png")
+    assert found.data.startswith(b"\x89PNG") and found.artifact.step is None
