@@ -473,6 +473,20 @@ class Notifier:
             return asyncio.run_coroutine_threadsafe(guarded(), self._loop).result()
         return guarded()
 
+    def available(self, channel: str = "email") -> bool:
+        """True when ``channel`` is configured well enough to try a send (no network involved).
+
+        For email channels this means an SMTP host is set; lets a handler fall back (log only)
+        on installations without SMTP instead of failing.
+        """
+        try:
+            spec = resolve_channel(channel, self._sender.settings, self._channels)
+            if spec["type"] == "email":
+                SmtpConfig.from_settings(self._sender.settings, spec)
+        except NotifyError:
+            return False
+        return True
+
     def email(
         self,
         to: str | Sequence[str],

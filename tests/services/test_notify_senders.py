@@ -60,8 +60,16 @@ async def test_email_reaches_every_recipient_with_text_and_html(http_client):
 
 async def test_email_without_smtp_host_is_a_permanent_job_error(http_client):
     notifier = Notifier(Sender(make_settings(), http_client))
+    assert not notifier.available("email")
     with pytest.raises(JobError, match="AUTOPLAT_SMTP_HOST"):
         await notifier.email("a@example.com", "s", text="t")
+
+
+async def test_available_tells_configured_channels(http_client):
+    settings = make_settings(smtp_host="127.0.0.1", notify_channels={"h": {"type": "webhook", "url": "http://x/"}})
+    notifier = Notifier(Sender(settings, http_client))
+    assert notifier.available("email") and notifier.available("h")
+    assert not notifier.available("nope")
 
 
 async def test_email_to_an_unreachable_server_is_retryable(http_client):

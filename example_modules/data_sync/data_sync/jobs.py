@@ -118,7 +118,7 @@ def notify(ctx: JobContext) -> dict[str, Any]:
     detail = payload.get("detail")
     ctx.logger.warning("alert to %s: %s", to, subject, extra={"detail": detail})
     result: dict[str, Any] = {"to": to, "subject": subject, "detail": detail, "message_id": None}
-    if ctx.notify:
+    if ctx.notify and ctx.notify.available("email"):
         source = payload.get("status_url") or "the source"
         text = f"{source} is {status}.\n\nDetail: {json.dumps(detail, default=str)}\nExecution: {ctx.execution_id}"
         html = (
@@ -128,5 +128,5 @@ def notify(ctx: JobContext) -> dict[str, Any]:
         sent = ctx.notify.email(to, subject, text=text, html=html)
         result["message_id"] = sent["message_id"]
     else:
-        ctx.logger.warning("no notify service here: alert only logged")
+        ctx.logger.warning("email is not available here (no notify service or no SMTP server): alert only logged")
     return result
