@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -131,14 +132,16 @@ def _browser_processes() -> list[int]:
 
 
 async def test_a_crashed_browser_is_relaunched(pool, site):
+    before = set(_browser_processes())  # other tests' browsers may still be shutting down
     session = BrowserSession(pool)
     await session.navigate(f"{site.url}/index.html")
     await session.close()
     browser = await pool.browser()
-    victims = _browser_processes()
-    assert victims, "no Chromium process found under this test"
+    victims = set(_browser_processes()) - before
+    assert victims, "no Chromium process found for this pool"
     for pid in victims:
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
     async def disconnected() -> bool:
         return not browser.is_connected()
