@@ -40,6 +40,7 @@ from temporalio.exceptions import ApplicationError
 from activities.types import NOTIFY, NotifyInput, StepInput
 from autoplat.context import JobContext
 from autoplat.errors import JobError
+from registry.errors import DomainError
 from registry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -624,7 +625,11 @@ class NotifyActivities:
             row = await session.scalar(select(Module).where(Module.name == module))
             if row is None:
                 return {}
-            config = resolved_config(module=row, secret_key=self.settings.encryption_key())
+            try:
+                config = resolved_config(module=row, secret_key=self.settings.encryption_key())
+            except DomainError as exc:  # secrets under another key: fall back to platform channels
+                activity.logger.warning("module %s config unreadable for notifications: %s", module, exc.message)
+                return {}
         channels = config.get(MODULE_CHANNELS_KEY)
         return dict(channels) if isinstance(channels, Mapping) else {}
 
