@@ -22,12 +22,17 @@ def always_fails(ctx):
 def works(ctx):
     return {"ok": True}
 
+async def slow(ctx):
+    import asyncio
+    await asyncio.sleep(600)
+
 def undeclared(ctx):
     return ctx.notify.email("a@example.com", "s", text="t")
 """
 JOBS = [
     {"name": "always-fails", "description": "fails every attempt", "handler": "always_fails"},
     {"name": "works", "description": "succeeds", "handler": "works"},
+    {"name": "slow", "description": "times out", "handler": "slow"},
     {"name": "undeclared", "description": "uses notify without declaring it", "handler": "undeclared"},
 ]
 
@@ -146,3 +151,21 @@ async def test_ctx_notify_needs_the_service_in_the_manifest(
     assert body["status"] == "FAILED" and body["attempt"] == 1  # not retried
     assert "ctx.notify needs 'notify' in the manifest's permissions.services" in body["error"]["message"]
     assert smtp.mails == []
+
+
+async def test_timeout_notifies_on_timeout_channels_once(
+    notify_settings, worker, client, module, operator_headers, smtp, hook, temporal_env
+):
+    body = await _run(
+        client,
+        operator_headers,
+        "slow",
+        timeout_seconds=2,
+        retries=1,
+        retry_backoff={"initial_interval_seconds": 0.1, "backoff_coefficient": 1},
+        notifications={"on_timeout": ["email"], "on_failure": ["ops-hook"]},
+    )
+    assert body["status"] == "TIMED_OUT", body
+    await _closed(temporal_env, body["workflow_id"])
+    assert [m.message["Subject"] for m in smtp.mails] == ["[autoplat] notifier.slow TIMED_OUT"]
+    assert hook.requests == []
