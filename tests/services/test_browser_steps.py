@@ -251,4 +251,8 @@ async def test_context_closed_when_the_step_times_out(worker, client, module, op
     )
     body = await _execute(client, operator_headers, r.json()["id"])
     assert body["status"] == "TIMED_OUT", body
-    assert await _contexts(worker) == 0
+
+    async def released() -> bool:
+        return await _contexts(worker) == 0 and _browser_provider(worker).pool.in_use == 0
+
+    await eventually(released, timeout=30, what="browser context closed after the timeout")
