@@ -79,11 +79,12 @@ def _allowed(address: ipaddress.IPv4Address | ipaddress.IPv6Address, mode: str) 
     return True
 
 
-async def check_url(url: str, allow_private: str) -> None:
+async def check_url(url: str, allow_private: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     """Refuse webhook targets that are not http(s) or resolve to a refused address.
 
-    Every resolved address must be allowed (checked after DNS resolution). Unify with the HTTP
-    service's SSRF guard (activities/services/http.py) when both are merged.
+    Every resolved address must be allowed (checked after DNS resolution); returns them so the
+    caller connects to a checked address. Unify with the HTTP service's SSRF guard
+    (activities/services/http.py) when both are merged.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -106,6 +107,22 @@ async def check_url(url: str, allow_private: str) -> None:
                 "allowed (AUTOPLAT_HTTP_ALLOW_PRIVATE)",
                 permanent=True,
             )
+    return addresses
+
+
+def pin(url: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """``url`` rewritten to connect to ``address`` (the one checked), with the Host header and TLS
+    server name of the original host: a second DNS answer (rebinding) cannot redirect the request."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host == str(address):
+        return url, {}, {}
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    port = f":{parts.port}" if parts.port else ""
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@{literal}{port}" if userinfo else f"{literal}{port}"
+    extensions: dict[str, Any] = {"sni_hostname": host} if parts.scheme == "https" else {}
+    return parts._replace(netloc=netloc).geturl(), {"Host": f"{host}{port}"}, extensions
 
 
 # --- manifest permissions ------------------------------------------------------------------------
@@ -297,7 +314,7 @@ async def send_webhook(
     method = method.upper()
     if method not in ("POST", "PUT", "PATCH"):
         raise NotifyError(f"webhook method must be POST, PUT or PATCH, not {method}", permanent=True)
-    await check_url(url, allow_private)
+    addresses = await check_url(url, allow_private)
     body = json.dumps(payload, separators=(",", ":"), default=str).encode()
     delivery = delivery_id or uuid.uuid4().hex
     sent_headers = {**dict(headers or {}), "Content-Type": "application/json", DELIVERY_HEADER: delivery}
@@ -306,10 +323,26 @@ async def send_webhook(
         sent_headers[TIMESTAMP_HEADER] = timestamp
         sent_headers[SIGNATURE_HEADER] = sign(secret, timestamp, body)
     started = time.monotonic()
-    try:
-        response = await client.request(method, url, content=body, headers=sent_headers, follow_redirects=False)
-    except httpx.HTTPError as exc:
-        raise NotifyError(f"{kind} to {_safe_url(url)} failed: {type(exc).__name__}: {exc}") from exc
+    response: httpx.Response | None = None
+    for index, address in enumerate(addresses):
+        target, pinned_headers, extensions = pin(url, address)
+        try:
+            response = await client.request(
+                method,
+                target,
+                content=body,
+                headers={**sent_headers, **pinned_headers},
+                follow_redirects=False,
+                extensions=extensions,
+            )
+            break
+        except httpx.ConnectError as exc:
+            if index + 1 < len(addresses):
+                continue  # the next checked address of the host (e.g. IPv4 after IPv6)
+            raise NotifyError(f"{kind} to {_safe_url(url)} failed: {type(exc).__name__}: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise NotifyError(f"{kind} to {_safe_url(url)} failed: {type(exc).__name__}: {exc}") from exc
+    assert response is not None
     status = response.status_code
     if status >= 300:
         # 4xx other than 408/429 will not get better by retrying.

@@ -191,3 +191,26 @@ async def test_sync_handlers_call_the_notifier_without_await(http_client):
         result = await asyncio.to_thread(notifier.webhook, hook.url, {"from": "thread"})
         assert result["status"] == 200
         assert json.loads(hook.requests[0].body) == {"from": "thread"}
+
+
+async def test_webhook_by_name_connects_to_the_checked_address(http_client):
+    """A host name is resolved and checked once; the request goes to that address with the
+    original Host header (no second lookup a rebinding DNS server could answer differently)."""
+    with http_receiver() as hook:
+        port = hook.url.rsplit(":", 1)[1]
+        sent = await Notifier(Sender(make_settings(), http_client)).webhook(f"http://localhost:{port}/h", {"a": 1})
+        assert sent["status"] == 200 and sent["url"] == f"http://localhost:{port}/…"
+        assert hook.requests[0].headers["Host"] == f"localhost:{port}"
+
+
+def test_pin_keeps_host_credentials_and_tls_name():
+    import ipaddress
+
+    from activities.services.notify import pin
+
+    url, headers, ext = pin("https://u:p@hooks.example.com:8443/x?y=1", ipaddress.ip_address("93.184.215.14"))
+    assert url == "https://u:p@93.184.215.14:8443/x?y=1"
+    assert headers == {"Host": "hooks.example.com:8443"} and ext == {"sni_hostname": "hooks.example.com"}
+    url, headers, _ = pin("http://h.example.com/x", ipaddress.ip_address("2001:db8::1"))
+    assert url == "http://[2001:db8::1]/x" and headers == {"Host": "h.example.com"}
+    assert pin("http://127.0.0.1:9/x", ipaddress.ip_address("127.0.0.1")) == ("http://127.0.0.1:9/x", {}, {})
