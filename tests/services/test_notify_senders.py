@@ -214,3 +214,21 @@ def test_pin_keeps_host_credentials_and_tls_name():
     url, headers, _ = pin("http://h.example.com/x", ipaddress.ip_address("2001:db8::1"))
     assert url == "http://[2001:db8::1]/x" and headers == {"Host": "h.example.com"}
     assert pin("http://127.0.0.1:9/x", ipaddress.ip_address("127.0.0.1")) == ("http://127.0.0.1:9/x", {}, {})
+
+
+def test_settings_from_the_environment(monkeypatch):
+    monkeypatch.setenv("AUTOPLAT_NOTIFY_CHANNELS", '{"team": {"type": "slack", "url": "https://hooks.example.com/x"}}')
+    monkeypatch.setenv("AUTOPLAT_NOTIFY_EMAIL_TO", "a@example.com, b@example.com")
+    monkeypatch.setenv("AUTOPLAT_SMTP_TLS", "implicit")
+    monkeypatch.setenv("AUTOPLAT_SMTP_PASSWORD", "hunter2-hunter2")
+    settings = Settings(dev_mode=True)
+    assert settings.notify_channels == {"team": {"type": "slack", "url": "https://hooks.example.com/x"}}
+    assert settings.notify_email_to == ["a@example.com", "b@example.com"]
+    assert "hunter2" not in repr(settings) and "hooks.example.com" not in repr(settings)
+    monkeypatch.setenv("AUTOPLAT_SMTP_HOST", "mail.example.com")
+    from activities.services.notify import SmtpConfig
+
+    assert SmtpConfig.from_settings(Settings(dev_mode=True)).port == 465
+    monkeypatch.setenv("AUTOPLAT_SMTP_TLS", "sometimes")
+    with pytest.raises(ValueError, match="smtp_tls"):
+        Settings(dev_mode=True)
