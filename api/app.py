@@ -36,7 +36,7 @@ def _routers() -> list[Any]:
     from api.routes import auth, users
 
     routers = [auth.router, users.router, audit_routes.router]
-    for name in ("modules", "jobs", "executions", "events", "module_routes", "storage"):
+    for name in ("modules", "jobs", "executions", "artifacts", "events", "module_routes", "storage"):
         try:
             module = __import__(f"api.routes.{name}", fromlist=["router"])
         except ModuleNotFoundError as exc:

@@ -200,9 +200,17 @@ class JobContext:
             SSRF guard, retries on 429 / 5xx, each request in the execution log.
         storage: The module's private documents (:class:`autoplat.storage.StorageBase`).
         state: This job's state between runs, versioned (:class:`autoplat.storage.JobStateBase`).
-        browser, notify: Browser automation and notifications.
+        browser: One isolated browser context for this step (Playwright on the system
+            Chromium): ``navigate``, ``fill``, ``click``, ``wait_for``, ``text``, ``table``,
+            ``screenshot`` / ``pdf`` saved as execution artifacts. Closed when the step ends.
+            See docs/browser.md.
+        notify: ``email(to, subject, text, html)``, ``webhook(url, payload, ...)``,
+            ``slack(url, text)`` and ``channel(name, subject, text)``. See docs/notifications.md.
 
-    Every service method has a ``*_sync`` twin for sync handlers (docs/services.md).
+    http, storage and state methods have ``*_sync`` twins for sync handlers (docs/services.md);
+    browser and notify methods are awaitable in ``async def`` handlers and blocking in plain
+    ``def`` handlers. A service used without being declared in the manifest's
+    ``permissions.services`` fails the step (no retry).
     """
 
     def __init__(

@@ -6,7 +6,7 @@ import functools
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -124,7 +124,35 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     page_max_limit: int = 200
 
-    @field_validator("cors_origins", mode="before")
+    # --- services: notifications, browser, artifacts (docs/notifications.md, docs/browser.md) ---
+    # (Webhook and Slack notifications and browser navigation follow ``http_allow_private`` too.)
+    #: SMTP server of the built-in ``email`` channel (unset: email is unavailable).
+    smtp_host: str | None = None
+    #: Default: 25 with ``none``, 587 with ``starttls``, 465 with ``implicit``.
+    smtp_port: int | None = Field(default=None, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "autoplat@localhost"
+    smtp_tls: Literal["none", "starttls", "implicit"] = "starttls"
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    #: CA bundle (PEM) that signs the SMTP server's certificate, if not in the system roots.
+    smtp_ca_file: Path | None = None
+    #: Recipients of the built-in ``email`` channel when a job's notifications name it.
+    notify_email_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Named channels, JSON: ``{"ops": {"type": "webhook", "url": ..., "secret": ...}, ...}``.
+    notify_channels: dict[str, dict[str, Any]] = Field(default_factory=dict, repr=False)
+    #: Chromium executable for Playwright (default: /usr/bin/chromium, else ``chromium`` on PATH).
+    browser_path: str | None = None
+    #: Browser contexts (steps using the browser) open at once per worker; others wait.
+    browser_max_contexts: int = Field(default=4, ge=1, le=64)
+    #: Default timeout of browser navigation and actions (seconds).
+    browser_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    #: Folder for execution artifacts; unset stores their bytes in the registry database.
+    artifacts_dir: Path | None = None
+    #: Largest artifact accepted (bytes).
+    artifact_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+
+    @field_validator("cors_origins", "notify_email_to", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):

@@ -29,6 +29,14 @@ class Source(BaseHTTPRequestHandler):
             body: Any = {"items": RECORDS[offset : offset + limit]}
         elif url.path == "/status":
             body = {"status": Source.status}
+        elif url.path == "/status-page":
+            page = f"<html><body><h1>Source status</h1><p id='s'>{Source.status}</p></body></html>".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
         else:
             self.send_error(404)
             return
@@ -95,7 +103,13 @@ async def test_report_and_notify_use_the_triggering_event():
     report = await arun_job(MODULE, "daily-report", event={"name": "data.synced", "payload": {"records": 7}})
     assert report.result["records"] == 7 and report.result["recipients"] == ["ops@example.com"]
     alert = await arun_job(MODULE, "notify", event={"name": "health.alert", "payload": {"status": "unhealthy"}})
-    assert alert.result == {"to": "ops@example.com", "subject": "data-sync alert: unhealthy", "detail": None}
+    # Without a notify service (plain harness) the alert is only logged.
+    assert alert.result == {
+        "to": "ops@example.com",
+        "subject": "data-sync alert: unhealthy",
+        "detail": None,
+        "message_id": None,
+    }
 
 
 async def test_health_check_on_temporal(source, tmp_path):
@@ -131,3 +145,86 @@ async def test_undeclared_services_are_unavailable_in_the_harness(tmp_path):
     result = await arun_job(folder, "hourly-sync", allow_private="loopback")
     assert result.status == "FAILED" and "ctx.state" not in str(result.steps[-1].error)
     assert "ctx.http is not available" in str(result.steps[-1].error)
+
+
+async def test_notify_emails_on_call_through_ctx_notify():
+    """The notify handler sends a text + HTML email through ctx.notify to a real SMTP server."""
+    import httpx
+
+    from activities.services.notify import Notifier, Sender
+    from registry.settings import Settings
+    from tests.services.helpers import smtp_server
+
+    with smtp_server() as smtp:
+        settings = Settings(dev_mode=True, smtp_host=smtp.host, smtp_port=smtp.port, smtp_tls="none")
+        async with httpx.AsyncClient() as client:
+            alert = await arun_job(
+                MODULE,
+                "notify",
+                event={"name": "health.alert", "payload": {"status": "unhealthy", "status_url": "http://src/status"}},
+                services={"notify": Notifier(Sender(settings, client))},
+            )
+        assert alert.status == "COMPLETED", alert.steps[-1].error
+        [mail] = smtp.mails
+        assert mail.recipients == ["ops@example.com"]
+        assert mail.message["Subject"] == "data-sync alert: unhealthy"
+        assert mail.message["Message-ID"] == alert.result["message_id"]
+        assert "http://src/status is unhealthy." in mail.message.get_body(("plain",)).get_content()
+        assert "<b>unhealthy</b>" in mail.message.get_body(("html",)).get_content()
+
+
+async def test_health_check_screenshots_the_status_page(source):
+    """With status_page_url set, health-check keeps a screenshot of it through ctx.browser."""
+    from activities.services.browser import BrowserPool, BrowserSession
+    from registry.settings import Settings
+
+    saved: dict[str, bytes] = {}
+
+    async def save(name: str, content_type: str, data: bytes) -> dict[str, Any]:
+        saved[name] = data
+        return {"name": name, "content_type": content_type, "size": len(data)}
+
+    pool = BrowserPool(Settings(dev_mode=True, http_allow_private="loopback"))
+    session = BrowserSession(pool, save=save)
+    try:
+        result = await arun_job(
+            MODULE,
+            "health-check",
+            config={"status_url": f"{source}/status", "status_page_url": f"{source}/status-page"},
+            services={"browser": session},
+        )
+    finally:
+        await session.close()
+        await pool.close()
+    assert result.status == "COMPLETED", result.steps[-1].error
+    assert result.result["screenshot"]["name"] == "status.png"
+    assert saved["status.png"].startswith(b"\x89PNG")
+
+
+async def test_notify_and_screenshot_on_the_platform(source, tmp_path, monkeypatch):
+    """The same handlers on a real worker: the email reaches aiosmtpd, the screenshot is an artifact."""
+    from tests.services.helpers import smtp_server
+
+    with smtp_server() as smtp:
+        env = {
+            "SMTP_HOST": smtp.host,
+            "SMTP_PORT": str(smtp.port),
+            "SMTP_TLS": "none",
+            "HTTP_ALLOW_PRIVATE": "loopback",
+        }
+        for key, value in env.items():
+            monkeypatch.setenv(f"AUTOPLAT_{key}", value)
+        async with TemporalHarness(tmp_path) as harness:
+            alert = await harness.run(MODULE, "notify")
+            check = await harness.run(
+                MODULE,
+                "health-check",
+                config={"status_url": f"{source}/status", "status_page_url": f"{source}/status-page"},
+            )
+        assert alert["status"] == "COMPLETED", alert["error"]
+        [mail] = smtp.mails
+        assert mail.message["Message-ID"] == alert["result"]["message_id"]
+        assert check["status"] == "COMPLETED", check["error"]
+        shot = check["result"]["screenshot"]
+        assert shot["name"] == "status.png" and shot["content_type"] == "image/png" and shot["size"] > 100
+        assert shot["url"] == f"/api/v1/executions/{check['id']}/artifacts/status.png"

@@ -5,8 +5,9 @@
   ``data.synced`` with what it got.
 - ``daily_report`` summarises a sync (the ``data.synced`` event that triggered it, or the last
   result it is given) for the configured recipients.
-- ``health_check`` probes the source's status endpoint and emits ``health.alert`` when unhealthy.
-- ``notify`` turns a ``health.alert`` into an alert for on-call.
+- ``health_check`` probes the source's status endpoint and emits ``health.alert`` when unhealthy;
+  with ``status_page_url`` set it also keeps a screenshot of that page (``ctx.browser``).
+- ``notify`` turns a ``health.alert`` into an email to on-call (``ctx.notify``).
 
 ``hourly_sync`` uses the platform's services; the other handlers still call HTTP with the standard
 library.
@@ -18,6 +19,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from html import escape as html_escape
 from typing import Any
 
 from autoplat import JobContext, JobError, RetryableError
@@ -123,7 +125,14 @@ def health_check(ctx: JobContext) -> dict[str, Any]:
         detail = status if isinstance(status, dict) else {"body": status}
     except (RetryableError, JobError) as exc:
         healthy, detail = False, {"error": str(exc)}
-    result = {"healthy": healthy, "status_url": url, "detail": detail}
+    result: dict[str, Any] = {"healthy": healthy, "status_url": url, "detail": detail}
+    page = ctx.config.get("status_page_url")
+    if page and ctx.browser:
+        # The rendered status page, kept on the execution as artifact status.png.
+        ctx.browser.navigate(page)
+        result["screenshot"] = ctx.browser.screenshot("status.png")
+    elif page:
+        ctx.logger.warning("no browser on this worker: status page not captured")
     if not healthy:
         ctx.logger.warning("source unhealthy: %s", detail)
         ctx.emit_sync("health.alert", {"status": "unhealthy", "status_url": url, "detail": detail})
@@ -133,9 +142,23 @@ def health_check(ctx: JobContext) -> dict[str, Any]:
 
 
 def notify(ctx: JobContext) -> dict[str, Any]:
-    """Alert on-call about a ``health.alert`` event."""
+    """Email on-call about a ``health.alert`` event (text and HTML)."""
     payload = (ctx.event or {}).get("payload") or {}
     to = ctx.module_config.get("notify_email")
-    subject = f"{ctx.config['subject']}: {payload.get('status', 'unknown')}"
-    ctx.logger.warning("alert to %s: %s", to, subject, extra={"detail": payload.get("detail")})
-    return {"to": to, "subject": subject, "detail": payload.get("detail")}
+    status = str(payload.get("status", "unknown"))
+    subject = f"{ctx.config['subject']}: {status}"
+    detail = payload.get("detail")
+    ctx.logger.warning("alert to %s: %s", to, subject, extra={"detail": detail})
+    result: dict[str, Any] = {"to": to, "subject": subject, "detail": detail, "message_id": None}
+    if ctx.notify and ctx.notify.available("email"):
+        source = payload.get("status_url") or "the source"
+        text = f"{source} is {status}.\n\nDetail: {json.dumps(detail, default=str)}\nExecution: {ctx.execution_id}"
+        html = (
+            f"<p><b>{html_escape(str(source))}</b> is <b>{html_escape(status)}</b>.</p>"
+            f"<pre>{html_escape(json.dumps(detail, default=str, indent=2))}</pre>"
+        )
+        sent = ctx.notify.email(to, subject, text=text, html=html)
+        result["message_id"] = sent["message_id"]
+    else:
+        ctx.logger.warning("email is not available here (no notify service or no SMTP server): alert only logged")
+    return result
