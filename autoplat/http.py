@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import httpcore
 import httpx
@@ -75,6 +75,9 @@ DEFAULT_BACKOFF_SECONDS = 0.5
 DEFAULT_MAX_BACKOFF_SECONDS = 30.0
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_DOWNLOAD_BYTES = 100 * 1024 * 1024
+#: Redirect hops followed, and the most of a redirect's body read (then dropped).
+MAX_REDIRECTS = 10
+REDIRECT_BODY_CAP = 64 * 1024
 
 
 class HostNotAllowed(JobError):
@@ -114,8 +117,14 @@ class AddressPolicy:
     def refusal(self, address: str) -> str | None:
         """Why ``address`` may not be connected to, or ``None`` when it may."""
         ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        if isinstance(ip, ipaddress.IPv6Address):
+            # IPv6 forms that carry an IPv4 address are judged by that address.
+            if ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            elif ip.sixtofour is not None:
+                ip = ip.sixtofour
+            elif ip.teredo is not None:
+                ip = ip.teredo[1]
         if ip in METADATA_ADDRESSES:
             return "a cloud metadata address"
         if ip.is_link_local:
@@ -282,8 +291,12 @@ class HttpClient:
         max_backoff: float = DEFAULT_MAX_BACKOFF_SECONDS,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        secrets: Sequence[str] = (),
     ) -> None:
         self._hosts_source = hosts
+        # Secret values (the step's ctx.secrets) masked wherever they appear in a logged URL,
+        # e.g. tokens in paths such as /bot<token>/sendMessage.
+        self._secrets = sorted({v for v in secrets if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True)
         self._hosts: list[str] | None = None if callable(hosts) or hosts is None else list(hosts)
         self._hosts_loaded = not callable(hosts)
         self._own_transport = transport is None
@@ -328,8 +341,7 @@ class HttpClient:
             self._client = httpx.AsyncClient(
                 transport=self._transport,
                 trust_env=False,  # an environment proxy would bypass the address guard
-                follow_redirects=True,
-                max_redirects=10,
+                follow_redirects=False,  # followed in _send, hop by hop
                 timeout=self.timeout,
                 event_hooks={"request": [self._check]},
             )
@@ -342,7 +354,7 @@ class HttpClient:
 
     def _log(self, method: str, url: Any, status: int | str, started: float, attempt: int, **extra: Any) -> None:
         duration_ms = int((time.monotonic() - started) * 1000)
-        shown = redact_url(url)
+        shown = self.shown(url)
         fields = {"method": method, "url": shown, "status": status, "duration_ms": duration_ms, "attempt": attempt}
         fields.update(extra)
         message = "HTTP %s %s -> %s (%d ms)"
@@ -353,6 +365,31 @@ class HttpClient:
             )
         else:
             _log.info(message, method, shown, status, duration_ms, extra={"http": fields})
+
+    def shown(self, url: Any) -> str:
+        """``url`` as logged: no user info, secret-looking query values and secret values masked."""
+        text = redact_url(url)
+        for secret in self._secrets:
+            text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
+        return text
+
+    async def _send(self, request: httpx.Request, follow_redirects: bool) -> httpx.Response:
+        """Send, following redirects ourselves: each hop passes the request hook (allowlist) and
+        the guarded transport (addresses), and at most REDIRECT_BODY_CAP of a hop's body is read."""
+        hops: list[httpx.Response] = []
+        current = request
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self.client.send(current, stream=True, follow_redirects=False)
+            if not follow_redirects or response.next_request is None:
+                response.history = hops
+                return response
+            try:
+                await _read_capped(response, REDIRECT_BODY_CAP)
+            except ResponseTooLarge:
+                pass  # a redirect's body is never used: stop reading it (the stream is closed)
+            hops.append(response)
+            current = response.next_request
+        raise httpx.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects", request=request)
 
     def _delay(self, attempt: int) -> float:
         """Exponential backoff with "equal jitter": half fixed, half random."""
@@ -403,7 +440,7 @@ class HttpClient:
             attempt += 1
             started = time.monotonic()
             try:
-                response = await self.client.send(request, stream=True, follow_redirects=follow_redirects)
+                response = await self._send(request, follow_redirects)
             except HostNotAllowed:
                 self._log(method, request.url, "refused", started, attempt)
                 raise
@@ -536,10 +573,15 @@ class HttpClient:
         return self._sync(self.download(url, path, max_bytes=max_bytes, **kwargs))  # type: ignore[no-any-return]
 
 
+def _bodiless(response: httpx.Response) -> bool:
+    """A HEAD answer, 1xx, 204 or 304: Content-Length describes a body that is not sent."""
+    return response.request.method == "HEAD" or response.status_code < 200 or response.status_code in (204, 304)
+
+
 async def _read_capped(response: httpx.Response, cap: int) -> bytes:
     try:
-        declared = int(response.headers.get("Content-Length", "-1"))
-        if declared > cap:
+        declared = int(response.headers.get("Content-Length", "-1") or -1)
+        if declared > cap and not _bodiless(response):
             raise ResponseTooLarge(
                 f"response of {redact_url(response.request.url)} is {declared} bytes (cap {cap})",
                 details={"cap": cap, "size": declared},
@@ -560,9 +602,8 @@ async def _read_capped(response: httpx.Response, cap: int) -> bytes:
 
 def _buffered(response: httpx.Response, body: bytes) -> httpx.Response:
     """A fully read copy of a streamed response (its body is already decoded)."""
-    headers = [
-        (k, v) for k, v in response.headers.multi_items() if k.lower() not in ("content-encoding", "content-length")
-    ]
+    dropped = ("content-encoding",) if _bodiless(response) else ("content-encoding", "content-length")
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in dropped]
     result = httpx.Response(
         response.status_code,
         headers=headers,

@@ -168,7 +168,13 @@ async def arun_step(
         mode = allow_private or os.environ.get("AUTOPLAT_HTTP_ALLOW_PRIVATE", "off").strip().lower() or "off"
         if mode not in ("off", "loopback", "private"):
             raise ValueError(f"allow_private must be off, loopback or private, not {mode!r}")
-        own_http = HttpClient(hosts=list(hosts or []), allow_private=mode, logger=ctx.logger, runner=runner)  # type: ignore[arg-type]
+        own_http = HttpClient(
+            hosts=list(hosts or []),
+            allow_private=mode,  # type: ignore[arg-type]
+            logger=ctx.logger,
+            runner=runner,
+            secrets=[str(v) for v in ctx.secrets.values() if isinstance(v, str)],
+        )
         ctx.http = own_http
     if "storage" not in (services or {}):
         ctx.storage = (storage if storage is not None else MemoryStorage()).bind(runner)

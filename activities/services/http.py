@@ -64,10 +64,11 @@ class HttpService:
     def activities(self) -> list[Callable[..., Any]]:
         return [self.http]
 
-    def client(self, *, hosts: Any, logger: Any = None, runner: Any = None) -> HttpClient:
+    def client(self, *, hosts: Any, logger: Any = None, runner: Any = None, secrets: Any = ()) -> HttpClient:
         settings = self.deps.settings
         return HttpClient(
             hosts=hosts,
+            secrets=secrets,
             transport=self.transport,
             logger=logger,
             runner=runner,
@@ -115,6 +116,7 @@ class HttpService:
             hosts=lambda: self.module_hosts(inp.module, inp.module_version),
             logger=ctx.logger,
             runner=loop_runner(loop),
+            secrets=[str(v) for v in ctx.secrets.values() if isinstance(v, str | int) and not isinstance(v, bool)],
         )
         return {"http": client}
 

@@ -73,10 +73,32 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(200, b'{"ok": true}', {"Content-Type": "application/json"})
         elif url.path == "/redirect":
             self._send(302, b"", {"Location": query["to"]})
+        elif url.path == "/loop":
+            self._send(302, b"", {"Location": "/loop"})
+        elif url.path == "/fat-redirect":  # a redirect with a large chunked body
+            self.send_response(302)
+            self.send_header("Location", query["to"])
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = b"r" * 65536
+            try:
+                for _ in range(int(query["n"]) // len(chunk)):
+                    self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                with self.recorder.lock:
+                    self.recorder.hits["aborted"].append(time.monotonic())
+                self.close_connection = True
         elif url.path == "/big":
             self._send(200, b"x" * int(query["n"]), chunked=query.get("chunked") == "1")
         else:
             self._send(404, b"no")
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server API
+        self.send_response(200)
+        self.send_header("Content-Length", "50000000")
+        self.send_header("Content-Type", "application/zip")
+        self.end_headers()
 
     do_GET = do_POST = do_PUT = _handle  # noqa: N815 - http.server API
 
@@ -219,6 +241,9 @@ async def test_connection_errors_are_retried_then_raised():
         ("::ffff:169.254.169.254", "private", True),
         ("0.0.0.0", "private", True),
         ("224.0.0.1", "private", True),
+        ("2002:7f00:1::", "off", True),  # 6to4 carrying 127.0.0.1
+        ("2002:a9fe:a9fe::", "private", True),  # 6to4 carrying the metadata address
+        ("2002:808:808::", "off", False),  # 6to4 carrying 8.8.8.8
     ],
 )
 def test_address_policy(address, mode, refused):
@@ -384,3 +409,45 @@ def test_allow_private_setting_refuses_unknown_values(monkeypatch):
     monkeypatch.setenv("AUTOPLAT_HTTP_ALLOW_PRIVATE", "all")
     with pytest.raises(ValidationError):
         Settings()
+
+
+async def test_head_reports_the_size_without_hitting_the_cap(source):
+    base, _ = source
+    http, _ = client(max_response_bytes=1024)
+    response = await http.head(f"{base}/file.zip")
+    await http.aclose()
+    assert response.status_code == 200 and response.headers["Content-Length"] == "50000000"
+
+
+async def test_redirect_bodies_are_read_capped_and_dropped(source):
+    base, recorder = source
+    http, logger = client(max_response_bytes=1024)
+    response = await http.get(f"{base}/fat-redirect?n=200000000&to={base}/json")
+    await http.aclose()
+    assert response.status_code == 200 and response.json()["ok"] is True
+    # The client stopped reading the 200 MB redirect body after a few kB: the server's write failed.
+    from tests.conftest import eventually
+
+    async def aborted() -> bool:
+        return bool(recorder.hits["aborted"])
+
+    await eventually(aborted, timeout=10, what="the server's write of the redirect body to fail")
+    assert [h.status_code for h in response.history] == [302]
+    assert any("/fat-redirect" in line[1] and "302" in line[1] for line in logger.lines)
+
+
+async def test_too_many_redirects(source):
+    base, _ = source
+    http, _ = client()
+    with pytest.raises(httpx.TooManyRedirects):
+        await http.get(f"{base}/loop")
+    await http.aclose()
+
+
+async def test_secret_values_in_url_paths_are_masked_in_the_log(source):
+    base, _ = source
+    http, logger = client(secrets=["tok-12345-secret"])
+    await http.get(f"{base}/bot/tok-12345-secret/sendMessage")
+    await http.aclose()
+    (line,) = logger.lines
+    assert "tok-12345-secret" not in line[1] and "/bot/***/sendMessage" in line[1]
