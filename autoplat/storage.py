@@ -97,6 +97,9 @@ def check_value(value: Any, limit: int, *, what: str = "value") -> Any:
         raise StorageError(f"the {what} is not JSON-serialisable: {exc}") from None
     if len(encoded.encode("utf-8")) > limit:
         raise StorageError(f"the {what} is larger than {limit} bytes", details={"limit": limit})
+    if "\\u0000" in encoded:
+        # PostgreSQL's jsonb cannot hold NUL characters; refused everywhere for one contract.
+        raise StorageError(f"the {what} contains a NUL character (\\u0000), which cannot be stored")
     # What is stored is the JSON round trip (tuples become lists, keys become strings).
     return json.loads(encoded)
 
@@ -132,7 +135,8 @@ def items_of(items: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> list[tuple
     pairs = list(items.items()) if isinstance(items, Mapping) else [tuple(p) for p in items]
     if len(pairs) > MAX_BATCH:
         raise StorageError(f"at most {MAX_BATCH} documents per batch")
-    return [(k, v) for k, v in pairs]  # noqa: C416 - tuples of any iterable shape
+    # One document per key, the last value winning (as separate puts would).
+    return list(dict((k, v) for k, v in pairs).items())  # noqa: C402 - tuples of any iterable shape
 
 
 def matches(value: Any, where: Mapping[str, Scalar]) -> bool:
@@ -213,6 +217,8 @@ class StorageBase(_Twins):
         in key order (at most ``limit``)."""
         if not isinstance(prefix, str) or len(prefix) > MAX_KEY_LENGTH:
             raise StorageError("prefix must be a string of at most 512 characters")
+        if any(ord(c) < 32 for c in prefix):
+            raise StorageError("a prefix may not contain control characters")
         return await self._query(prefix, check_where(where), check_limit(limit))
 
     async def _upsert(self, pairs: list[tuple[str, Any]], expires_at: datetime | None) -> None:

@@ -37,12 +37,18 @@ def _read(row: Any) -> DocumentRead:
     return DocumentRead(key=row.key, value=row.value, expires_at=row.expires_at, updated_at=row.updated_at)
 
 
+#: Keys never hold control characters (PostgreSQL text cannot even hold NUL): refused with a 422.
+NO_CONTROL = r"^[^\x00-\x1f]*$"
+
+
 @router.get("/{name}/storage", response_model=DocumentPage)
 async def list_documents(
     name: ModuleName,
     session: SessionDep,
-    prefix: Annotated[str, Query(max_length=512)] = "",
-    after: Annotated[str | None, Query(max_length=512, description="Key after which the page starts")] = None,
+    prefix: Annotated[str, Query(max_length=512, pattern=NO_CONTROL)] = "",
+    after: Annotated[
+        str | None, Query(max_length=512, pattern=NO_CONTROL, description="Key after which the page starts")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     _: Actor = Requires("modules:write"),
 ) -> DocumentPage:
@@ -59,7 +65,7 @@ async def list_documents(
 @router.get("/{name}/storage/{key:path}", response_model=DocumentRead)
 async def get_document(
     name: ModuleName,
-    key: Annotated[str, Path(max_length=512)],
+    key: Annotated[str, Path(max_length=512, pattern=NO_CONTROL)],
     session: SessionDep,
     _: Actor = Requires("modules:write"),
 ) -> DocumentRead:

@@ -176,6 +176,16 @@ async def test_limits(backend):
     with pytest.raises(StorageError, match="larger than"):
         await store.put_many({"ok": 1, "big": "x" * 3000})
     assert await store.get("ok") is None  # nothing half-written
+    with pytest.raises(StorageError, match="NUL"):
+        await store.put("nul", {"s": "a\u0000b"})
+    with pytest.raises(StorageError, match="control characters"):
+        await store.query("a\x00")
+
+
+async def test_a_batch_with_a_repeated_key_keeps_the_last_value(backend):
+    store = backend.storage()
+    await store.put_many([("k", 1), ("j", 0), ("k", 2)])
+    assert await store.get("k") == 2 and await store.get("j") == 0
 
 
 async def test_modules_cannot_reach_each_others_documents(db_backend):

@@ -37,3 +37,6 @@ async def test_operators_page_through_a_modules_documents(
     assert (await client.get("/api/v1/modules/nope/storage", headers=operator_headers)).status_code == 404
     assert (await client.get("/api/v1/modules/keeper/storage", headers=viewer_headers)).status_code == 403
     assert (await client.get("/api/v1/modules/keeper/storage?limit=0", headers=operator_headers)).status_code == 422
+    for bad in ("/api/v1/modules/keeper/storage?prefix=a%00b", "/api/v1/modules/keeper/storage/a%00b"):
+        r = await client.get(bad, headers=operator_headers)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", r.text
