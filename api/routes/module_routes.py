@@ -14,6 +14,7 @@ import json
 import logging
 from datetime import timedelta
 from typing import Any
+from urllib.parse import unquote
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.exceptions import HTTPException
@@ -157,8 +158,9 @@ async def _serve(request: Request, module: str) -> Response:
     # Segments from the raw path, so an encoded "/" (%2F) stays inside its parameter.
     raw_path = request.scope.get("raw_path") or request.url.path.encode()
     skip = len(routes.split_path(request.scope.get("root_path", ""))) + 4  # [root path], api, v1, m, <module>
-    parts = routes.split_path(raw_path.decode("latin-1"))[skip:]
-    path = "/" + "/".join(parts)
+    raw_parts = [p for p in raw_path.decode("latin-1").split("/") if p][skip:]
+    parts = [unquote(p) for p in raw_parts]
+    path = "/" + "/".join(raw_parts)  # as received (percent-encoded): ctx.request.path
     async with state.sessions() as session:
         table = await _cache(request, state).table(session=session, module=module)
         if table is None:

@@ -16,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
@@ -159,9 +158,8 @@ class RouteTable:
         return self._validators[key]
 
 
-def split_path(raw_path: str) -> list[str]:
-    """URL-decoded segments of a raw (still percent-encoded) path: ``%2F`` stays inside its segment."""
-    return [unquote(p) for p in raw_path.split("/") if p]
+def split_path(path: str) -> list[str]:
+    return [p for p in path.split("/") if p]
 
 
 def build_table(module: Module, *, config: dict[str, Any]) -> RouteTable:
