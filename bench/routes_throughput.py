@@ -43,7 +43,17 @@ from typing import Any
 
 import httpx
 
-from bench.jobs_throughput import DevServer, box_busy, create_database, drop_database, free_ports, percentile
+from bench.jobs_throughput import (
+    PG_ADMIN_DSN,
+    DevServer,
+    box_busy,
+    create_database,
+    drop_database,
+    free_ports,
+    percentile,
+    proc_cpu,
+    self_cpu,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "example_modules" / "data_sync"
@@ -207,6 +217,26 @@ async def setup(client: httpx.AsyncClient, password: str) -> tuple[dict[str, str
     return headers, str(r.json()["id"])
 
 
+def own_cpu(platform_: Platform, server: DevServer, db_name: str) -> dict[str, float]:
+    """CPU seconds so far of everything this benchmark runs: API, worker, Temporal, PostgreSQL backends, itself."""
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        pids = [
+            int(row[0])
+            for row in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (db_name,)
+            ).fetchall()
+        ]
+    return {
+        "api": proc_cpu(platform_.procs[0].pid),
+        "worker": proc_cpu(platform_.procs[1].pid),
+        "temporal": proc_cpu(server.proc.pid) if server.proc else 0.0,
+        "postgres": sum(proc_cpu(pid) for pid in pids),
+        "load_driver": self_cpu(),
+    }
+
+
 async def count_completed(db_url: str) -> dict[str, int]:
     from sqlalchemy import func, select
 
@@ -257,7 +287,7 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             latencies: dict[str, list[float]] = {name: [] for name in workloads}
             walls: dict[str, float] = dict.fromkeys(workloads, 0.0)
             per_round: list[dict[str, Any]] = []
-            busy_before, wall_before = box_busy(), time.monotonic()
+            busy_before, wall_before, own_before = box_busy(), time.monotonic(), own_cpu(platform_, server, db_name)
             for index in range(opts.rounds):
                 order = list(workloads) if index % 2 == 0 else list(reversed(workloads))
                 for name in order:
@@ -265,7 +295,11 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
                     latencies[name] += lat
                     walls[name] += wall
                     per_round.append({"round": index + 1, **asdict(_result(name, lat, opts.concurrency, wall))})
-            cpu_share = (box_busy() - busy_before) / ((time.monotonic() - wall_before) * (os.cpu_count() or 1))
+            capacity = (time.monotonic() - wall_before) * (os.cpu_count() or 1)
+            own_after = own_cpu(platform_, server, db_name)
+            own = {k: round((own_after[k] - own_before[k]) / capacity, 3) for k in own_after}
+            busy = (box_busy() - busy_before) / capacity
+            others = max(0.0, busy - sum(own.values()))
             loaded = {name: _result(name, latencies[name], opts.concurrency, walls[name]) for name in workloads}
             low = {}
             for name, request in workloads.items():
@@ -275,11 +309,10 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         calls = opts.warmup + opts.requests * opts.rounds + opts.low_load
         expected = {"http:COMPLETED": calls, "manual:COMPLETED": calls}
         return {
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "box_cpu_busy": round(cpu_share, 2),
-            },
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            # Shares of the machine's CPU during the loaded rounds; "others" are processes not ours.
+            "cpu_share": {"box_busy": round(busy, 3), **own, "others": round(others, 3)},
+            "disturbed": others > 0.1,
             "options": vars(opts),
             "loaded": {k: asdict(v) for k, v in loaded.items()},
             "low_load": {k: asdict(v) for k, v in low.items()},
@@ -311,7 +344,9 @@ def _print(report: dict[str, Any]) -> None:
         latency = f"p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms"
         out(f"  round {row['round']} {row['workload']:<8} {row['rps']} rps, {latency}\n")
     out(f"executions: {report['executions']} ({'ok' if report['executions_ok'] else 'MISMATCH'})\n")
-    out(f"machine: {report['machine']}\n")
+    out(f"machine: {report['machine']}, CPU shares while loaded: {report['cpu_share']}\n")
+    if report["disturbed"]:
+        out("WARNING: other processes used over 10% of the CPU during the run: the numbers are disturbed\n")
 
 
 def main() -> None:
