@@ -389,7 +389,7 @@ def _check_semantics(data: dict[str, Any], out: _Collector, code_root: Path | No
         isinstance(job, dict) and isinstance(job.get("name"), str) for job in raw_jobs
     )
     _check_events(data, out, seen_jobs, complete, job_configs, module_config)
-    _check_routes(data, out, seen_jobs, complete, job_configs, module_config)
+    _check_routes(data, out, seen_jobs, complete, module_config)
     _check_dependencies(data, out)
     _check_permissions(data, out)
     if code_root is not None:
@@ -550,10 +550,10 @@ def _check_routes(
     out: _Collector,
     jobs: set[str],
     complete: bool,
-    job_configs: dict[str, object],
     module_config: object,
 ) -> None:
-    del job_configs  # a route call has no job row: only the module config reaches its verification
+    """Routes: job references, path shapes, schemas, public / permission / wait consistency, and the
+    signing secret, which must be a secret of the module config (a route call has no job row)."""
     seen: set[tuple[str, str]] = set()
     module_keys = _config_keys(module_config)
     module_secrets = secret_fields(_obj(module_config))
