@@ -122,9 +122,12 @@ def _answer(row: Execution, *, public: bool, wait: float) -> Response:
     location = _location(row.id)
     headers = {"X-Execution-ID": row.id}
     if row.status in (ExecutionStatus.PENDING.value, ExecutionStatus.RUNNING.value):
-        raise UpstreamTimeout(
+        return error_response(
+            504,
+            UpstreamTimeout.code,
             f"execution {row.id} is still {row.status} after {wait:g}s; it keeps running: poll its Location",
-            details={"execution_id": row.id, "status": row.status, "location": location},
+            {"execution_id": row.id, "status": row.status, "location": location},
+            {**headers, "Location": location},
         )
     if row.status == ExecutionStatus.COMPLETED.value:
         body, code, extra = routes.route_response(row.result)

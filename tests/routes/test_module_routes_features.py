@@ -197,7 +197,8 @@ async def test_sync_call_outliving_its_wait_is_a_504_naming_the_running_executio
     execution_id = error["details"]["execution_id"]
     assert error["code"] == "timeout" and execution_id in error["message"]
     assert error["details"]["status"] == "RUNNING"
-    assert error["details"]["location"] == f"/api/v1/executions/{execution_id}"
+    assert error["details"]["location"] == r.headers["Location"] == f"/api/v1/executions/{execution_id}"
+    assert r.headers["X-Execution-ID"] == execution_id
     row = await _final(client, viewer_headers, execution_id)
     assert row["status"] == "COMPLETED" and row["result"]["body"] == {"slept": True}
 
