@@ -51,6 +51,10 @@ def background(ctx):
 
 def nothing(ctx):
     ctx.response.status = 204
+
+def weird(ctx):
+    ctx.response.status = 99
+    return {}
 """
 
 JOBS = [
@@ -62,6 +66,7 @@ JOBS = [
     {"name": "admin-only", "handler": "admin_only", "timeoutSeconds": 10},
     {"name": "background", "handler": "background", "timeoutSeconds": 10},
     {"name": "nothing", "handler": "nothing", "timeoutSeconds": 10},
+    {"name": "weird", "handler": "weird", "timeoutSeconds": 10},
 ]
 
 QUERY = {
@@ -93,6 +98,7 @@ ROUTES = [
     {"method": "GET", "path": "/boom", "job": "boom"},
     {"method": "POST", "path": "/jobs", "job": "background", "mode": "async"},
     {"method": "GET", "path": "/nothing", "job": "nothing"},
+    {"method": "GET", "path": "/weird", "job": "weird"},
 ]
 
 
@@ -211,6 +217,8 @@ async def test_a_failing_handler_is_a_502_naming_the_execution(mod, client, view
     assert error["details"]["status"] == "FAILED"
     assert error["details"]["error"] == {"type": "JobError", "message": "no luck today"}
     assert r.headers["Location"] == f"/api/v1/executions/{error['details']['execution_id']}"
+    r = await client.get(f"{BASE}/weird", headers=viewer_headers)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "bad_handler_response"
 
 
 # --- live routing across API processes ----------------------------------------------------------------
