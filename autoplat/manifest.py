@@ -277,7 +277,7 @@ class RouteAuth(_Model):
     type: AuthMethod
     secret_config_key: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     header: Annotated[str, StringConstraints(min_length=1, max_length=100)] = "X-Signature"
-    timestamp_header: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+    timestamp_header: Annotated[str, StringConstraints(min_length=1, max_length=100)] = "X-Timestamp"
     tolerance_seconds: int = Field(default=300, ge=1, le=86400)
 
 
@@ -291,6 +291,7 @@ class Route(_Model):
         permission: Role an authenticated caller needs.
         public: Serve without a platform login.
         mode: ``sync`` or ``async``.
+        wait_seconds: How long a sync call waits for the result before answering 504.
         body_schema: JSON Schema of the request body.
         query_schema: JSON Schema of the query parameters.
         auth: Signature verification.
@@ -308,6 +309,7 @@ class Route(_Model):
     permission: Role | None = None
     public: bool = False
     mode: RouteMode = "sync"
+    wait_seconds: float | None = Field(default=None, gt=0, le=3600)
     body_schema: dict[str, Any] | None = None
     query_schema: dict[str, Any] | None = None
     auth: RouteAuth | None = None

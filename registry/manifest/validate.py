@@ -389,7 +389,7 @@ def _check_semantics(data: dict[str, Any], out: _Collector, code_root: Path | No
         isinstance(job, dict) and isinstance(job.get("name"), str) for job in raw_jobs
     )
     _check_events(data, out, seen_jobs, complete, job_configs, module_config)
-    _check_routes(data, out, seen_jobs, complete, job_configs, module_config)
+    _check_routes(data, out, seen_jobs, complete, module_config)
     _check_dependencies(data, out)
     _check_permissions(data, out)
     if code_root is not None:
@@ -550,10 +550,13 @@ def _check_routes(
     out: _Collector,
     jobs: set[str],
     complete: bool,
-    job_configs: dict[str, object],
     module_config: object,
 ) -> None:
+    """Routes: job references, path shapes, schemas, public / permission / wait consistency, and the
+    signing secret, which must be a secret of the module config (a route call has no job row)."""
     seen: set[tuple[str, str]] = set()
+    module_keys = _config_keys(module_config)
+    module_secrets = secret_fields(_obj(module_config))
     for k, route in _items(data.get("routes")):
         base = f"/routes/{k}"
         job = route.get("job")
@@ -569,6 +572,14 @@ def _check_routes(
                     f"another route already serves {method} {path}",
                 )
             seen.add(key)
+            params = [p[1:-1] for p in _ROUTE_PARAM_RE.findall(path)]
+            repeated = sorted({p for p in params if params.count(p) > 1})
+            if repeated:
+                out.semantic_error(
+                    f"{base}/path",
+                    "route.duplicate_param",
+                    f"path parameter(s) {', '.join(repeated)} appear more than once in {path}",
+                )
         for schema_key in ("bodySchema", "querySchema"):
             if isinstance(route.get(schema_key), dict):
                 for issue in _schema_issues(route[schema_key]):
@@ -577,15 +588,32 @@ def _check_routes(
                         "route.schema_invalid",
                         issue.message,
                     )
+        if route.get("public") is True and "permission" in route:
+            out.semantic_error(
+                f"{base}/permission",
+                "route.public_with_permission",
+                "a public route is served without a login, so it cannot require a role",
+            )
+        if "waitSeconds" in route and route.get("mode") == "async":
+            out.semantic_error(
+                f"{base}/waitSeconds",
+                "route.wait_on_async",
+                "waitSeconds applies to sync routes only; an async route answers 202 at once",
+            )
         auth = route.get("auth")
         secret_key = _obj(auth).get("secretConfigKey")
-        if isinstance(secret_key, str) and isinstance(job, str) and job in jobs:
-            known = _config_keys(job_configs.get(job)) | _config_keys(module_config)
-            if secret_key not in known:
+        if isinstance(secret_key, str):
+            if secret_key not in module_keys:
                 out.semantic_error(
                     f"{base}/auth/secretConfigKey",
                     "route.auth_secret_unknown",
-                    f"{secret_key!r} is not a config property of job {job!r} or of the module",
+                    f"{secret_key!r} is not a property of the module config",
+                )
+            elif secret_key not in module_secrets:
+                out.semantic_error(
+                    f"{base}/auth/secretConfigKey",
+                    "route.auth_secret_not_secret",
+                    f'module config property {secret_key!r} must be marked "secret": true',
                 )
         if route.get("public") is True and auth is None:
             out.warning(

@@ -133,7 +133,7 @@ async def test_the_example_module_validates_installs_and_enables(api, example_di
     assert r.json() == {"valid": True, "errors": [], "warnings": []}
 
     module = await api.register(example_dir)
-    assert (module["name"], module["version"], module["job_types"]) == ("data-sync", "1.0.0", 4)
+    assert (module["name"], module["version"], module["job_types"]) == ("data-sync", "1.1.0", 8)
     assert module["config"] == {"notify_email": "ops@example.com"}
     assert (await api.act("data-sync", "install"))["status"] == "INSTALLED"
     assert (await api.act("data-sync", "enable"))["status"] == "ENABLED"
@@ -145,6 +145,10 @@ async def test_the_example_module_validates_installs_and_enables(api, example_di
         "daily-report": "0 0 * * *",
         "health-check": "*/5 * * * *",
         "notify": None,
+        "hello": None,
+        "echo": None,
+        "status": None,
+        "source-webhook": None,
     }
     assert jobs["hourly-sync"]["defaults"] == {"source_url": "http://127.0.0.1:8099/records", "batch_size": 100}
     assert jobs["hourly-sync"]["secret_fields"] == ["api_token"]

@@ -28,8 +28,8 @@ async def test_example_module_and_concurrent_transitions_on_sqlite(tmp_path: Pat
     try:
         settings = Settings(database_url=url, state_dir=tmp_path / "state", jwt_secret=secrets.token_urlsafe(48))
         state = SimpleNamespace(settings=settings, sessions=create_session_factory(engine), hooks=NoHooks())
-        assert await modules.ensure_module_from_path(state=state, path=example_dir) == "data-sync 1.0.0: ENABLED"
-        assert await modules.ensure_module_from_path(state=state, path=example_dir) == "data-sync 1.0.0: ENABLED"
+        assert await modules.ensure_module_from_path(state=state, path=example_dir) == "data-sync 1.1.0: ENABLED"
+        assert await modules.ensure_module_from_path(state=state, path=example_dir) == "data-sync 1.1.0: ENABLED"
 
         actor = Actor.system("test")
 
