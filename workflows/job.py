@@ -72,6 +72,14 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return error
 
 
+def _step_value(result: Any) -> Any:
+    """What the next step receives: a route call's step result is wrapped with the response status
+    and headers (``__route_response__``); the next step gets the handler's own return value."""
+    if isinstance(result, dict) and result.get("__route_response__") is True:
+        return result.get("body")
+    return result
+
+
 @workflow.defn(dynamic=True, sandboxed=False)
 class JobWorkflow:
     @workflow.run
@@ -114,7 +122,7 @@ class JobWorkflow:
                         max_attempts=step.max_attempts,
                         timeout_seconds=step.timeout_seconds,
                         trigger=job.trigger,
-                        previous=previous,
+                        previous=_step_value(previous),
                         event=job.event,
                         request=job.request,
                         config_override=job.config_override,

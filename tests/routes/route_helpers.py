@@ -41,7 +41,17 @@ def route_module(
         "description": f"route test module {name}",
         "author": "tests",
         "jobs": [
-            {"description": job["name"], **job, "handler": f"{package}.handlers:{job['handler']}"} for job in jobs
+            {
+                "description": job["name"],
+                **job,
+                **({"handler": f"{package}.handlers:{job['handler']}"} if "handler" in job else {}),
+                **(
+                    {"steps": [{**st, "handler": f"{package}.handlers:{st['handler']}"} for st in job["steps"]]}
+                    if "steps" in job
+                    else {}
+                ),
+            }
+            for job in jobs
         ],
         "routes": routes,
     }

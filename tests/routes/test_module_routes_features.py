@@ -55,6 +55,13 @@ def nothing(ctx):
 def weird(ctx):
     ctx.response.status = 99
     return {}
+
+def parse(ctx):
+    return {"n": int(ctx.request.params["n"])}
+
+def double(ctx, previous):
+    ctx.response.headers["X-Step"] = "double"
+    return {"doubled": previous["n"] * 2, "saw": previous}
 """
 
 JOBS = [
@@ -67,6 +74,11 @@ JOBS = [
     {"name": "background", "handler": "background", "timeoutSeconds": 10},
     {"name": "nothing", "handler": "nothing", "timeoutSeconds": 10},
     {"name": "weird", "handler": "weird", "timeoutSeconds": 10},
+    {
+        "name": "pipeline",
+        "timeoutSeconds": 10,
+        "steps": [{"name": "parse", "handler": "parse"}, {"name": "double", "handler": "double"}],
+    },
 ]
 
 QUERY = {
@@ -99,6 +111,7 @@ ROUTES = [
     {"method": "POST", "path": "/jobs", "job": "background", "mode": "async"},
     {"method": "GET", "path": "/nothing", "job": "nothing"},
     {"method": "GET", "path": "/weird", "job": "weird"},
+    {"method": "GET", "path": "/double/{n}", "job": "pipeline"},
 ]
 
 
@@ -294,3 +307,11 @@ async def test_routes_follow_lifecycle_changes_on_another_api_process(
     assert r.status_code == 204, r.text
     r = await second_api.get(f"{base}/common", headers=viewer_headers)
     assert r.status_code == 404 and "not registered" in r.json()["error"]["message"]
+
+
+async def test_a_multi_step_route_passes_each_step_the_previous_return_value(mod, client, viewer_headers):
+    r = await client.get(f"{BASE}/double/21", headers=viewer_headers)
+    assert r.status_code == 200, r.text
+    # The second step saw the first step's own value, not the route-response wrapper.
+    assert r.json() == {"doubled": 42, "saw": {"n": 21}}
+    assert r.headers["X-Step"] == "double"
