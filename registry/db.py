@@ -18,7 +18,9 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         # One file, many tasks: wait for locks instead of failing at once.
         kwargs["connect_args"] = {"timeout": 30}
     else:
-        kwargs.update(pool_size=10, max_overflow=20)
+        # No server-side prepared statements: psycopg's prepare bookkeeping cost more client CPU per
+        # job run than it saved the server, and they break behind PgBouncer in transaction mode.
+        kwargs.update(pool_size=10, max_overflow=20, connect_args={"prepare_threshold": None})
     engine = create_async_engine(url, **kwargs)
     if url.startswith("sqlite"):
         _configure_sqlite(engine.sync_engine)
