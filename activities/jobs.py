@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import case, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
@@ -187,20 +187,17 @@ class JobActivities:
     @activity.defn(name=MIRROR_FINISH)
     async def mirror_finish(self, inp: FinishInput) -> None:
         async with unit_of_work(self.sessions) as session:
-            execution = await session.get(Execution, inp.execution_id, with_for_update=True)
-            if execution is None:
-                log.warning("mirror_finish: execution %s not found", inp.execution_id)
-                return
-            if inp.attempt:
-                execution.attempt = max(execution.attempt or 0, inp.attempt)
-            runs.finish(
+            finished = await runs.finish_by_id(
                 session=session,
-                execution=execution,
+                execution_id=inp.execution_id,
                 status=ExecutionStatus(inp.status),
                 result=inp.result,
                 error=inp.error,
                 reason=inp.reason,
+                attempt=inp.attempt or 0,
             )
+            if finished is None:
+                log.warning("mirror_finish: execution %s not found", inp.execution_id)
 
     # --- steps ----------------------------------------------------------------------------------
     @activity.defn(dynamic=True)
@@ -446,24 +443,36 @@ class JobActivities:
         self, inp: StepInput, attempt: int, outcome: str, error: str | None, buffer: LogBuffer
     ) -> None:
         """Keep the step's logs and status whatever happened (success, failure, timeout, cancel).
-        Tried twice: a connection that died meanwhile is replaced on the second try."""
+
+        Reads only the steps column and appends the logs in SQL (the stored logs are never read
+        back). Tried twice: a connection that died meanwhile is replaced on the second try."""
         text = buffer.text()
         for attempt_no in (1, 2):
             try:
                 async with unit_of_work(self.sessions) as session:
-                    execution = await session.get(Execution, inp.execution_id, with_for_update=True)
-                    if execution is None:
+                    row = (
+                        await session.execute(
+                            select(Execution.steps).where(Execution.id == inp.execution_id).with_for_update()
+                        )
+                    ).first()
+                    if row is None:
                         return
-                    if text:
-                        execution.logs = f"{execution.logs}\n{text}" if execution.logs else text
-                    steps = [dict(s) for s in (execution.steps or [])]
+                    values: dict[str, Any] = {}
+                    steps = [dict(s) for s in (row.steps or [])]
                     if inp.step_index < len(steps):
                         steps[inp.step_index].update(
                             status=outcome, finished_at=datetime.now(UTC).isoformat(), attempts=attempt
                         )
                         if error:
                             steps[inp.step_index]["error"] = error[:2000]
-                        execution.steps = steps
+                        values["steps"] = steps
+                    if text:
+                        values["logs"] = case((Execution.logs == "", text), else_=Execution.logs + "\n" + text)
+                    if values:
+                        await session.execute(
+                            update(Execution).where(Execution.id == inp.execution_id).values(**values),
+                            execution_options={"synchronize_session": False},
+                        )
                 return
             except Exception:  # noqa: BLE001 - never hide the step's own outcome behind a mirror error
                 if attempt_no == 2:

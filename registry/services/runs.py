@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -235,6 +235,84 @@ def finish(
             execution_id=execution.id,
         )
     return True
+
+
+async def finish_by_id(
+    *,
+    session: AsyncSession,
+    execution_id: str,
+    status: ExecutionStatus,
+    result: Any = None,
+    error: dict[str, Any] | None = None,
+    reason: str | None = None,
+    attempt: int = 0,
+) -> bool | None:
+    """:func:`finish` for a row not loaded in the session: reads only the columns it needs (never the
+    logs, steps or config) and writes one UPDATE. Returns None when the row does not exist."""
+    row = (
+        await session.execute(
+            select(
+                Execution.status,
+                Execution.started_at,
+                Execution.attempt,
+                Execution.job_id,
+                Execution.module_name,
+                Execution.job_type,
+                Execution.trigger,
+            )
+            .where(Execution.id == execution_id)
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        return None
+    values: dict[str, Any] = {}
+    if attempt and attempt > (row.attempt or 0):
+        values["attempt"] = attempt
+    final = ExecutionStatus(row.status).is_final
+    duration_ms: int | None = None
+    if not final:
+        now = datetime.now(UTC)
+        if row.started_at is not None:
+            duration_ms = int((now - row.started_at).total_seconds() * 1000)
+        values.update(
+            status=status.value,
+            status_reason=reason,
+            result=result,
+            error=error,
+            finished_at=now,
+            duration_ms=duration_ms,
+        )
+    if values:
+        await session.execute(
+            update(Execution).where(Execution.id == execution_id).values(**values),
+            execution_options={"synchronize_session": False},
+        )
+    name = STATUS_EVENTS.get(status)
+    if not final and name:
+        payload: dict[str, Any] = {
+            "execution_id": execution_id,
+            "job_id": row.job_id,
+            "module": row.module_name,
+            "job_type": row.job_type,
+            "trigger": row.trigger,
+            "status": status.value,
+        }
+        if reason:
+            payload["reason"] = reason
+        if error:
+            payload["error"] = error.get("message")
+        if duration_ms is not None:
+            payload["duration_ms"] = duration_ms
+        events.record(
+            session=session,
+            name=name,
+            payload=payload,
+            source="platform",
+            module_name=row.module_name,
+            execution_id=execution_id,
+        )
+    return not final
 
 
 def _event_payload(execution: Execution) -> dict[str, Any]:
