@@ -313,3 +313,33 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
     if report.failed and os.environ.get("AUTOPLAT_TEST_DEBUG"):
         sys.stderr.write(f"\n{item.nodeid} {report.when} failed:\n{report.longreprtext[-3000:]}\n")
         sys.stderr.flush()
+
+
+# --- a real HTTP server (httpx.ASGITransport buffers whole responses: streams need uvicorn) ----------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def server(settings: Settings, app_state: Any) -> AsyncIterator[str]:
+    """The API under a real uvicorn on a free port; yields its base URL."""
+    import uvicorn
+
+    from api.app import create_app
+
+    port = free_port()
+    config = uvicorn.Config(create_app(settings, state=app_state), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    task = asyncio.create_task(srv.serve())
+    await eventually(lambda: asyncio.sleep(0, srv.started), what="uvicorn started")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        await asyncio.wait_for(task, timeout=10)

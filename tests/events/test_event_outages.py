@@ -7,7 +7,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -19,14 +18,8 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from tests.conftest import TEMPORAL_BIN, eventually
+from tests.conftest import TEMPORAL_BIN, eventually, free_port
 from tests.events.helpers import add_job, executions_for, get_event, listening_module
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def port_open(port: int) -> bool:

@@ -4,37 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
-import uvicorn
-
-from tests.conftest import eventually
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-async def server(settings: Any, app_state: Any) -> AsyncIterator[str]:
-    from api.app import create_app
-
-    port = free_port()
-    config = uvicorn.Config(create_app(settings, state=app_state), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    task = asyncio.create_task(srv.serve())
-    await eventually(lambda: asyncio.sleep(0, srv.started), what="uvicorn started")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        await asyncio.wait_for(task, timeout=10)
 
 
 class Stream:

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from autoplat.context import TRUNCATION_MARKER, LogBuffer
 from registry.services.logstream import LogMerge
-from tests.conftest import eventually
+from tests.conftest import eventually, free_port
 from tests.jobs.helpers import put_module, write_module
 
 CODE = """
@@ -49,28 +46,6 @@ JOBS = [
     {"name": "talk-async", "description": "async", "handler": "talk_async", "config": CONFIG},
     {"name": "fail", "description": "fails", "handler": "fail"},
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-async def server(settings: Any, app_state: Any) -> AsyncIterator[str]:
-    from api.app import create_app
-
-    port = free_port()
-    config = uvicorn.Config(create_app(settings, state=app_state), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    task = asyncio.create_task(srv.serve())
-    await eventually(lambda: asyncio.sleep(0, srv.started), what="uvicorn started")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        await asyncio.wait_for(task, timeout=10)
 
 
 @pytest.fixture
