@@ -258,6 +258,24 @@ class BrowserSession:
         except NotifyError as exc:
             raise JobError(exc.message.replace("send to", "open")) from exc
 
+    async def _check_landed(self, page: Any, url: str) -> None:
+        """Refuse a page that ended up (by a redirect or a script) on a host or address the module
+        may not reach: its content is dropped (about:blank) before anything can be read from it."""
+        if url in ("about:blank", "") or url.startswith("data:"):
+            return
+        try:
+            await self._check_target(url)
+        except JobError as exc:
+            self.blocked.append(url)
+            await page.goto("about:blank")
+            raise JobError(f"the page went to a refused destination ({exc.message})") from None
+
+    async def _current(self) -> Any:
+        """The page, after checking where it is now (links and scripts can navigate it)."""
+        page = await self._ensure()
+        await self._check_landed(page, page.url)
+        return page
+
     def _run(self, factory: Callable[[], Awaitable[T]]) -> Any:
         try:
             running = asyncio.get_running_loop()
@@ -275,6 +293,12 @@ class BrowserSession:
             await self._check_target(url)
             page = await self._ensure()
             response = await page.goto(url, wait_until=wait_until)
+            # The context's route guard does not see redirect hops: check every hop and the final URL.
+            hop = response.request if response is not None else None
+            while hop is not None:
+                await self._check_landed(page, hop.url)
+                hop = hop.redirected_from
+            await self._check_landed(page, page.url)
             if self._logger is not None:
                 self._logger.info("browser: %s %s", url, response.status if response else "-")
             return response.status if response is not None else None
@@ -302,7 +326,7 @@ class BrowserSession:
         """The rendered text of every element matching ``selector``."""
 
         async def go() -> list[str]:
-            page = await self._ensure()
+            page = await self._current()
             return list(await page.locator(selector).all_inner_texts())
 
         return self._run(go)
@@ -311,7 +335,7 @@ class BrowserSession:
         """Rows of an HTML table as dicts keyed by its header cells (lists when it has none)."""
 
         async def go() -> list[Any]:
-            page = await self._ensure()
+            page = await self._current()
             rows: list[list[str]] = await page.eval_on_selector(
                 selector,
                 """t => Array.from(t.rows).map(r => Array.from(r.cells).map(c => c.innerText.trim()))""",
@@ -328,7 +352,7 @@ class BrowserSession:
         """Save a PNG of the page (or of ``selector``) as an execution artifact; returns its info."""
 
         async def go() -> dict[str, Any]:
-            page = await self._ensure()
+            page = await self._current()
             if selector:
                 data = await page.locator(selector).first.screenshot(type="png")
             else:
@@ -341,14 +365,14 @@ class BrowserSession:
         """Save the page as PDF (headless Chromium) as an execution artifact; returns its info."""
 
         async def go() -> dict[str, Any]:
-            page = await self._ensure()
+            page = await self._current()
             data = await page.pdf(format=format, print_background=True)
             return await self._store(name, "application/pdf", data)
 
         return self._run(go)
 
     async def _page_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        page = await self._ensure()
+        page = await self._current()
         return await getattr(page, method)(*args, **kwargs)
 
     async def _store(self, name: str, content_type: str, data: bytes) -> dict[str, Any]:

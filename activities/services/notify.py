@@ -40,6 +40,7 @@ from temporalio.exceptions import ApplicationError
 from activities.types import NOTIFY, NotifyInput, StepInput
 from autoplat.context import JobContext
 from autoplat.errors import JobError
+from autoplat.http import AddressPolicy
 from registry.errors import DomainError
 from registry.settings import Settings
 
@@ -53,8 +54,6 @@ SIGNATURE_HEADER = "X-Autoplat-Signature"
 TIMESTAMP_HEADER = "X-Autoplat-Timestamp"
 DELIVERY_HEADER = "X-Autoplat-Delivery"
 CHANNEL_TYPES = ("email", "webhook", "slack")
-#: Addresses refused whatever AUTOPLAT_HTTP_ALLOW_PRIVATE says (cloud metadata services).
-_METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
 
 
 class NotifyError(Exception):
@@ -67,16 +66,12 @@ class NotifyError(Exception):
 
 
 # --- outbound address check --------------------------------------------------------------------
-def _allowed(address: ipaddress.IPv4Address | ipaddress.IPv6Address, mode: str) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if address in _METADATA or address.is_link_local or address.is_multicast or address.is_unspecified:
-        return False
-    if address.is_loopback:
-        return mode in ("loopback", "private", "all", "on", "true", "1")
-    if address.is_private or address.is_reserved:
-        return mode in ("private", "all", "on", "true", "1")
-    return True
+def _policy(mode: str) -> AddressPolicy:
+    """The HTTP service's address policy (one SSRF rule set for every outbound request)."""
+    mode = mode.strip().lower()
+    if mode in ("", "0", "false", "no", "none"):
+        mode = "off"
+    return AddressPolicy(mode if mode in ("off", "loopback", "private") else "off")  # type: ignore[arg-type]
 
 
 async def check_url(url: str, allow_private: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -86,27 +81,28 @@ async def check_url(url: str, allow_private: str) -> list[ipaddress.IPv4Address 
     caller connects to a checked address. Unify with the HTTP service's SSRF guard
     (activities/services/http.py) when both are merged.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise NotifyError(f"invalid webhook URL: {exc}", permanent=True) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise NotifyError(f"webhook URL must be http(s) with a host, got {parts.scheme or 'no'} scheme", permanent=True)
-    mode = str(allow_private).lower()
+    policy = _policy(str(allow_private))
     host = parts.hostname
     try:
         literal = ipaddress.ip_address(host)
         addresses = [literal]
     except ValueError:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise NotifyError(f"cannot resolve {host}: {exc}") from exc
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     for address in addresses:
-        if not _allowed(address, mode):
-            raise NotifyError(
-                f"refused to send to {host} ({address}): private, loopback and link-local addresses are not "
-                "allowed (AUTOPLAT_HTTP_ALLOW_PRIVATE)",
-                permanent=True,
-            )
+        refusal = policy.refusal(str(address))
+        if refusal is not None:
+            raise NotifyError(f"refused to send to {host} ({address}): {refusal}", permanent=True)
     return addresses
 
 

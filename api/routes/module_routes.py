@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import timedelta
 from typing import Any
 from urllib.parse import unquote
@@ -39,7 +40,29 @@ router = APIRouter(prefix="/m", tags=["module routes"])
 #: Largest request body a route accepts (it travels through Temporal history, limit 2 MB).
 MAX_BODY_BYTES = 1024 * 1024
 #: Response headers a handler may not set (the server computes them).
-_RESERVED_RESPONSE_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding"})
+_RESERVED_RESPONSE_HEADERS = frozenset(
+    {
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "content-encoding",
+        "location",
+        "x-execution-id",
+        "set-cookie",
+    }
+)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+
+
+def _valid_header(name: object, value: object) -> bool:
+    """An RFC 7230 token name and a latin-1 value without control characters (no CR/LF injection)."""
+    if not isinstance(name, str) or not isinstance(value, str) or not _HEADER_NAME.fullmatch(name):
+        return False
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return len(value) <= 8192 and not any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value)
 
 
 def _cache(request: Request, state: AppState) -> routes.RouteCache:
@@ -136,6 +159,13 @@ def _answer(row: Execution, *, public: bool, wait: float) -> Response:
                 502, "bad_handler_response", f"the handler set an invalid status {code}", {"execution_id": row.id}
             )
         for name, value in extra.items():
+            if not _valid_header(name, value):
+                return error_response(
+                    502,
+                    "bad_handler_response",
+                    f"the handler set an invalid response header {name[:100]!r}",
+                    {"execution_id": row.id},
+                )
             if name.lower() not in _RESERVED_RESPONSE_HEADERS:
                 headers[name] = value
         if code == 204 or code == 304:
@@ -161,7 +191,14 @@ async def _serve(request: Request, module: str) -> Response:
     # Segments from the raw path, so an encoded "/" (%2F) stays inside its parameter.
     raw_path = request.scope.get("raw_path") or request.url.path.encode()
     skip = len(routes.split_path(request.scope.get("root_path", ""))) + 4  # [root path], api, v1, m, <module>
-    raw_parts = [p for p in raw_path.decode("latin-1").split("/") if p][skip:]
+    all_parts = [p for p in raw_path.decode("latin-1").split("/") if p]
+    if [unquote(p) for p in all_parts[skip - 4 : skip]] != ["api", "v1", "m", module] or any(
+        "/" in unquote(p) for p in all_parts[:skip]
+    ):
+        # The module was taken from the decoded path: an encoded "/" before the route path
+        # (/api/v1/m/data-sync%2Fx/admin) must not shift which segments form the route.
+        raise NotFound(f"module {module} has no route {raw_path.decode('latin-1')[:200]}")
+    raw_parts = all_parts[skip:]
     parts = [unquote(p) for p in raw_parts]
     path = "/" + "/".join(raw_parts)  # as received (percent-encoded): ctx.request.path
     async with state.sessions() as session:
@@ -193,20 +230,27 @@ async def _serve(request: Request, module: str) -> Response:
 
     definition = table.jobs.get(route.job) or {}
     runner = await state.runner()
-    execution = await runner.invoke(
-        module=module,
-        job_type=route.job,
-        trigger="http",
-        request={
-            "method": method,
-            "path": path,
-            "params": found.params,
-            "query": query,
-            "headers": routes.handler_headers(request.headers.items()),
-            "body": body,
-        },
-        timeout=run_timeout(definition, module, route.job),
-    )
+    try:
+        execution = await runner.invoke(
+            module=module,
+            job_type=route.job,
+            trigger="http",
+            request={
+                "method": method,
+                "path": path,
+                "params": found.params,
+                "query": query,
+                "headers": routes.handler_headers(request.headers.items()),
+                "body": body,
+            },
+            timeout=run_timeout(definition, module, route.job),
+        )
+    except Exception:
+        if route.auth is not None:
+            # Not started (Temporal unreachable, ...): the sender may deliver the same signed request
+            # again, and that retry must not be refused as a replay.
+            await _forget(state)(f"route-signature:{module}:{signature}")
+        raise
     if route.mode == "async":
         location = _location(execution.id)
         return JSONResponse(
@@ -217,6 +261,16 @@ async def _serve(request: Request, module: str) -> Response:
     wait = route.wait_seconds or state.settings.execute_wait_timeout_seconds
     row = await runner.wait(execution, wait)
     return _answer(row, public=route.public, wait=wait)
+
+
+def _forget(state: AppState) -> Any:
+    async def forget(key: str) -> None:
+        try:
+            await state.redis.delete(f"{state.settings.redis_prefix}:{key}")
+        except (RedisError, OSError) as exc:
+            log.warning("could not forget a route signature, Redis unavailable: %s", exc)
+
+    return forget
 
 
 def _remember(state: AppState) -> Any:

@@ -35,7 +35,7 @@ class ArtifactData:
 
 
 def check_name(name: str) -> str:
-    if not NAME_PATTERN.match(name) or ".." in name:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
         raise InvalidInput(
             f"invalid artifact name {name!r}: use letters, digits, '.', '_' and '-' (at most 255, no '..')",
             details=[{"loc": ["name"], "msg": "invalid artifact name"}],

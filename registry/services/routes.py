@@ -248,7 +248,7 @@ def verify_signature(
     stamp = headers.get(str(auth["timestampHeader"]).lower(), "").strip()
     if not signature:
         raise AuthenticationFailed(f"missing signature header {auth['header']}")
-    if not stamp.isdigit() or len(stamp) > 12:
+    if not re.fullmatch(r"[0-9]{1,12}", stamp):  # ASCII digits only ("¹²³".isdigit() is True)
         raise AuthenticationFailed(f"missing or malformed timestamp header {auth['timestampHeader']}")
     tolerance = int(auth["toleranceSeconds"])
     current = time.time() if now is None else now
@@ -258,7 +258,9 @@ def verify_signature(
         )
     expected = hmac.new(secret.encode("utf-8"), stamp.encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
     given = signature.removeprefix("sha256=").lower()
-    if not hmac.compare_digest(expected, given):
+    if not re.fullmatch(r"[0-9a-f]{64}", given):
+        raise AuthenticationFailed("the request signature is not a hex SHA-256 HMAC")
+    if not hmac.compare_digest(expected.encode("ascii"), given.encode("ascii")):
         raise AuthenticationFailed("the request signature does not match")
     return given
 

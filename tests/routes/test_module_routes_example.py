@@ -224,6 +224,18 @@ async def test_webhook_refuses_bad_old_and_replayed_signatures(example, client, 
     r = await client.post(url, content=invalid, headers=signed_headers(SECRET, invalid))
     assert r.status_code == 422 and r.json()["error"]["details"][0]["loc"] == ["body", "changed"]
 
+    # Malformed headers are a 401, never a 500 (non-ASCII digits and non-hex signatures).
+    good = signed_headers(SECRET, body)
+    for bad in ({"X-Timestamp": "¹²³"}, {"X-Signature": "sha256=é"}, {"X-Signature": "zz"}):
+        headers = {k: v.encode("utf-8") for k, v in {**good, **bad}.items()}  # raw bytes on the wire
+        r = await client.post(url, content=body, headers=headers)
+        assert r.status_code == 401, r.text
+
+
+async def test_an_encoded_slash_cannot_shift_the_route_path(example, client, viewer_headers):
+    r = await client.get("/api/v1/m/data-sync%2Fx/hello", headers=viewer_headers)
+    assert r.status_code == 404, r.text
+
 
 async def test_webhook_without_a_configured_secret_is_503(example, client):
     body = b"{}"

@@ -56,6 +56,10 @@ def weird(ctx):
     ctx.response.status = 99
     return {}
 
+def bad_header(ctx):
+    ctx.response.headers["X-Injected"] = "a\\r\\nSet-Cookie: evil=1"
+    return {}
+
 def parse(ctx):
     return {"n": int(ctx.request.params["n"])}
 
@@ -74,6 +78,7 @@ JOBS = [
     {"name": "background", "handler": "background", "timeoutSeconds": 10},
     {"name": "nothing", "handler": "nothing", "timeoutSeconds": 10},
     {"name": "weird", "handler": "weird", "timeoutSeconds": 10},
+    {"name": "bad-header", "handler": "bad_header", "timeoutSeconds": 10},
     {
         "name": "pipeline",
         "timeoutSeconds": 10,
@@ -112,6 +117,7 @@ ROUTES = [
     {"method": "GET", "path": "/nothing", "job": "nothing"},
     {"method": "GET", "path": "/weird", "job": "weird"},
     {"method": "GET", "path": "/double/{n}", "job": "pipeline"},
+    {"method": "GET", "path": "/bad-header", "job": "bad-header"},
 ]
 
 
@@ -315,3 +321,9 @@ async def test_a_multi_step_route_passes_each_step_the_previous_return_value(mod
     # The second step saw the first step's own value, not the route-response wrapper.
     assert r.json() == {"doubled": 42, "saw": {"n": 21}}
     assert r.headers["X-Step"] == "double"
+
+
+async def test_a_handler_header_with_a_line_break_is_a_502(mod, client, viewer_headers):
+    r = await client.get(f"{BASE}/bad-header", headers=viewer_headers)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "bad_handler_response", r.text
+    assert "set-cookie" not in r.headers

@@ -81,7 +81,8 @@ class Receiver:
 
 @contextmanager
 def http_receiver(**pages: tuple[str, str]) -> Iterator[Receiver]:
-    """A threaded HTTP server recording every request; ``pages`` maps paths to (content type, body)."""
+    """A threaded HTTP server recording every request; ``pages`` maps paths to (content type, body),
+    or to ``("redirect", location)`` for a 302."""
     receiver = Receiver(url="")
     receiver.pages.update({f"/{k}": v for k, v in pages.items()})
 
@@ -91,6 +92,12 @@ def http_receiver(**pages: tuple[str, str]) -> Iterator[Receiver]:
             body = self.rfile.read(length) if length else b""
             path = self.path.split("?")[0]
             receiver.requests.append(Received(self.command, self.path, dict(self.headers.items()), body))
+            if path in receiver.pages and receiver.pages[path][0] == "redirect":
+                self.send_response(302)
+                self.send_header("Location", receiver.pages[path][1])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if path in receiver.pages:
                 ctype, text = receiver.pages[path]
                 data = text.encode()

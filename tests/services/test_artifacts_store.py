@@ -87,3 +87,13 @@ async def test_api_lists_downloads_and_answers_standard_404s(client, sessions, v
         r = await client.get(url, headers=viewer_headers)
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert (await client.get(f"/api/v1/executions/{eid}/artifacts")).status_code == 401
+
+
+def test_artifact_names_are_checked_whole():
+    from registry.errors import InvalidInput
+    from registry.services.artifacts import check_name
+
+    assert check_name("shot.png") == "shot.png"
+    for bad in ("shot.png\n", "../x", ".hidden", "a/b", "a..b"):
+        with pytest.raises(InvalidInput):
+            check_name(bad)

@@ -197,6 +197,21 @@ async def test_navigation_outside_permissions_hosts_is_refused(pool, site):
         await session.close()
 
 
+async def test_a_redirect_to_a_refused_host_is_caught_and_its_page_dropped(pool, site):
+    port = site.url.rsplit(":", 1)[1]
+    site.pages["/secret.html"] = ("text/html", "<p id='s'>internal secret</p>")
+    site.pages["/hop"] = ("redirect", f"http://localhost:{port}/secret.html")
+    session = BrowserSession(pool, hosts=await _hosts("127.0.0.1"))
+    try:
+        with pytest.raises(JobError, match="refused destination"):
+            await session.navigate(f"{site.url}/hop")
+        assert session.page.url == "about:blank"
+        assert "internal secret" not in await session.text("body")
+        assert f"http://localhost:{port}/secret.html" in session.blocked
+    finally:
+        await session.close()
+
+
 async def test_loopback_needs_the_private_address_setting(site):
     pool = BrowserPool(browser_settings(http_allow_private="off"))
     session = BrowserSession(pool)

@@ -165,6 +165,9 @@ def test_unknown_or_malformed_channels_are_refused():
         ("http://0.0.0.0/x", "private", False),
         ("ftp://example.com/x", "private", False),
         ("http://93.184.215.14/x", "off", True),
+        ("http://100.100.100.200/latest/meta-data", "off", False),  # shared address space (Alibaba metadata)
+        ("http://[2002:7f00:1::]/x", "off", False),  # 6to4 wrapping 127.0.0.1
+        ("http://example.com:99999/x", "private", False),  # an invalid port is a permanent refusal
     ],
 )
 async def test_outbound_address_check(url, mode, allowed):
