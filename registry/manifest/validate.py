@@ -582,7 +582,7 @@ def _check_routes(
                 )
         for schema_key in ("bodySchema", "querySchema"):
             if isinstance(route.get(schema_key), dict):
-                for issue in _schema_issues(route[schema_key]):
+                for issue in _schema_issues(route[schema_key]) + _ref_issues(route[schema_key]):
                     out.semantic_error(
                         f"{base}/{schema_key}{issue.path}",
                         "route.schema_invalid",
@@ -680,6 +680,47 @@ def _schema_issues(schema: object) -> list[ManifestIssue]:
     except Exception as exc:  # arbitrary author schemas: unresolvable $ref and the like
         message = f"cannot check schema: {type(exc).__name__}: {exc}"
         return [ManifestIssue("", "config.schema_invalid", message)]
+
+
+def _ref_issues(schema: dict[str, Any]) -> list[ManifestIssue]:
+    """Every ``$ref`` of a schema must point inside it (``#...``) and resolve: a request is never
+    the moment to find a dangling reference."""
+    from referencing import Registry
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    issues: list[ManifestIssue] = []
+    try:
+        resolver = (
+            Registry()
+            .with_resource("urn:route-schema", DRAFT202012.create_resource(schema))
+            .resolver("urn:route-schema")
+        )
+    except Exception as exc:  # noqa: BLE001 - arbitrary author schemas
+        return [ManifestIssue("", "config.schema_invalid", f"cannot check schema: {exc}")]
+
+    def walk(node: object, path: list[str]) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                if not ref.startswith("#"):
+                    message = f"$ref {ref!r} is not local"
+                    issues.append(ManifestIssue(json_pointer(path), "config.schema_invalid", message))
+                else:
+                    try:
+                        resolver.lookup(ref)
+                    except Unresolvable:
+                        issues.append(
+                            ManifestIssue(json_pointer(path), "config.schema_invalid", f"$ref {ref!r} does not resolve")
+                        )
+            for key, value in node.items():
+                walk(value, [*path, str(key)])
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, [*path, str(index)])
+
+    walk(schema, [])
+    return issues
 
 
 def _default_pointer(schema: object, instance_path: Sequence[object]) -> str | None:

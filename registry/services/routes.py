@@ -330,7 +330,7 @@ def query_values(route: RouteSpec, table: RouteTable, items: Sequence[tuple[str,
             query[key] = [_converted(v, items_schema) for v in values]
         else:
             query[key] = _converted(value, sub)
-    errors = sorted(table.validator(route, "query").iter_errors(query), key=lambda e: list(e.absolute_path))
+    errors = _errors(table, route, "query", query)
     if errors:
         raise RouteInputInvalid(
             "query parameters do not match the route's querySchema", details=_issue_details("query", errors)
@@ -338,10 +338,20 @@ def query_values(route: RouteSpec, table: RouteTable, items: Sequence[tuple[str,
     return query
 
 
+def _errors(table: RouteTable, route: RouteSpec, which: str, instance: Any) -> list[ValidationError]:
+    try:
+        return sorted(table.validator(route, which).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    except Exception as exc:  # noqa: BLE001 - a schema registered before $refs were checked
+        raise ServiceUnavailable(
+            f"route {route.method} {route.path} of module {table.module} has a {which} schema that cannot be "
+            "evaluated; fix the module's manifest"
+        ) from exc
+
+
 def check_body(route: RouteSpec, table: RouteTable, body: Any) -> None:
     if route.body_schema is None:
         return
-    errors = sorted(table.validator(route, "body").iter_errors(body), key=lambda e: list(e.absolute_path))
+    errors = _errors(table, route, "body", body)
     if errors:
         raise RouteInputInvalid(
             "request body does not match the route's bodySchema", details=_issue_details("body", errors)

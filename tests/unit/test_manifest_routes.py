@@ -241,3 +241,24 @@ async def test_a_signature_is_accepted_once() -> None:
     assert seen == {"route-signature:m:abc": 121}
     with pytest.raises(AuthenticationFailed, match="replay"):
         await r.refuse_replay(route, "m", "abc", remember)
+
+
+@pytest.mark.parametrize(
+    ("schema", "path"),
+    [
+        ({"$ref": "#/$defs/nope"}, "/routes/3/bodySchema"),
+        (
+            {"type": "object", "properties": {"a": {"$ref": "https://example.com/s.json"}}},
+            "/routes/3/bodySchema/properties/a",
+        ),
+    ],
+)
+def test_route_schema_refs_must_be_local_and_resolve(schema, path):
+    doc = _with_routes({"method": "POST", "path": "/refs", "job": "hourly-sync", "bodySchema": schema})
+    assert ("route.schema_invalid", path) in _errors(doc)
+
+
+def test_a_local_ref_that_resolves_is_fine():
+    schema = {"$defs": {"n": {"type": "integer"}}, "type": "object", "properties": {"a": {"$ref": "#/$defs/n"}}}
+    doc = _with_routes({"method": "POST", "path": "/refs", "job": "hourly-sync", "bodySchema": schema})
+    assert not [e for e in _errors(doc) if e[0] == "route.schema_invalid"]
