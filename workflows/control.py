@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -216,16 +216,32 @@ class Runner:
             raise ServiceUnavailable(f"could not start the run on Temporal: {type(exc).__name__}") from exc
 
     async def wait(self, execution: Execution, timeout: float) -> Execution:
-        """Wait for the run to end (bounded); returns the mirror row as it is then."""
+        """Wait for the run to end (bounded); returns the mirror row as it is then.
+
+        The run has ended when its mirror row is final, which the workflow writes before it sends the
+        job's notifications: a run that is still notifying (a slow SMTP server) is not waited for.
+        The row is only polled after the first second, so quick runs cost no extra query."""
         handle = (await self.client_factory()).get_workflow_handle(execution.workflow_id)
+        result = asyncio.ensure_future(handle.result())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            await asyncio.wait_for(handle.result(), timeout=timeout)
-        except (WorkflowFailureError, TimeoutError):
-            pass
-        except RPCError:
-            pass
+            await asyncio.wait({result}, timeout=min(timeout, 1.0))
+            while not result.done() and loop.time() < deadline:
+                row = await self._row(execution.id)
+                if ExecutionStatus(row.status).is_final:
+                    return row
+                await asyncio.wait({result}, timeout=min(0.25, max(0.0, deadline - loop.time())))
+        finally:
+            if result.done():
+                result.exception()  # retrieved: a failed or unknown workflow is read from the row
+            else:
+                result.cancel()
+        return await self._row(execution.id)
+
+    async def _row(self, execution_id: str) -> Execution:
         async with self.sessions() as session:
-            row = await session.get(Execution, execution.id)
+            row = await session.get(Execution, execution_id)
             assert row is not None
             return row
 

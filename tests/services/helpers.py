@@ -77,6 +77,8 @@ class Receiver:
     #: Statuses answered in order; the last one repeats.
     statuses: list[int] = field(default_factory=lambda: [200])
     pages: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: When set, every answer waits until this event is set (a receiver that is slow to respond).
+    hold: threading.Event | None = None
 
 
 @contextmanager
@@ -92,6 +94,8 @@ def http_receiver(**pages: tuple[str, str]) -> Iterator[Receiver]:
             body = self.rfile.read(length) if length else b""
             path = self.path.split("?")[0]
             receiver.requests.append(Received(self.command, self.path, dict(self.headers.items()), body))
+            if receiver.hold is not None:
+                receiver.hold.wait(timeout=300)
             if path in receiver.pages and receiver.pages[path][0] == "redirect":
                 self.send_response(302)
                 self.send_header("Location", receiver.pages[path][1])

@@ -169,3 +169,38 @@ async def test_timeout_notifies_on_timeout_channels_once(
     await _closed(temporal_env, body["workflow_id"])
     assert [m.message["Subject"] for m in smtp.mails] == ["[autoplat] notifier.slow TIMED_OUT"]
     assert hook.requests == []
+
+
+async def test_a_waiting_caller_is_answered_while_notifications_are_still_being_sent(
+    notify_settings, worker, client, module, operator_headers, hook, temporal_env
+):
+    import threading
+
+    hook.hold = threading.Event()  # the webhook receiver does not answer until released
+    try:
+        r = await client.post(
+            "/api/v1/jobs",
+            json={
+                "module": "notifier",
+                "job_type": "works",
+                "name": "works",
+                "schedule": None,
+                "notifications": {"on_success": ["ops-hook"]},
+            },
+            headers=operator_headers,
+        )
+        assert r.status_code == 201, r.text
+        # A wait far beyond the test's own timeout: only an answer that does not wait for the
+        # notification (held until released below) lets this test finish.
+        r = await client.post(
+            f"/api/v1/jobs/{r.json()['id']}/execute?wait=true&wait_timeout=3000", headers=operator_headers
+        )
+        body = r.json()
+        assert r.status_code == 200 and body["status"] == "COMPLETED" and body["result"] == {"ok": True}
+        # The run's row is final, but its workflow is still waiting on the webhook.
+        desc = await temporal_env.client.get_workflow_handle(body["workflow_id"]).describe()
+        assert desc.status == WorkflowExecutionStatus.RUNNING
+    finally:
+        hook.hold.set()
+    await _closed(temporal_env, body["workflow_id"])
+    assert len(hook.requests) == 1
