@@ -124,3 +124,19 @@ def pagination(
 
 
 PageDep = Annotated[tuple[int, int], Depends(pagination)]
+
+
+async def read_body(request: Request, limit: int, shown: str) -> bytes:
+    """The raw request body, read while counting: 413 (``request body over <shown>``) as soon as
+    the declared or the received length passes ``limit``."""
+    from registry.errors import PayloadTooLarge
+
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"request body over {shown}")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"request body over {shown}")
+    return bytes(raw)

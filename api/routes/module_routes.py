@@ -24,9 +24,10 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.types import INFRA_ATTEMPTS
+from api.deps import read_body
 from api.errors import error_response
 from api.state import AppState
-from registry.errors import AuthenticationFailed, NotFound, PayloadTooLarge, ServiceUnavailable, UpstreamTimeout
+from registry.errors import AuthenticationFailed, NotFound, ServiceUnavailable, UpstreamTimeout
 from registry.models import Execution, ExecutionStatus, Module, User
 from registry.security import decode_token
 from registry.services import modules as module_service
@@ -97,18 +98,6 @@ async def _caller(request: Request, session: AsyncSession, state: AppState) -> A
     )
     request.state.actor = actor
     return actor
-
-
-async def _raw_body(request: Request) -> bytes:
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES // 1024} KiB")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES // 1024} KiB")
-    return bytes(raw)
 
 
 def _json(request: Request, raw: bytes) -> Any:
@@ -220,7 +209,7 @@ async def _serve(request: Request, module: str) -> Response:
         if not route.public:
             actor = await _caller(request, session, state)
             routes.check_role(route, actor.role or "")
-    raw = await _raw_body(request)
+    raw = await read_body(request, MAX_BODY_BYTES, f"{MAX_BODY_BYTES // 1024} KiB")
     if route.auth is not None:
         signature = routes.verify_signature(route, table, request.headers, raw)
         await routes.refuse_replay(route, module, signature, _remember(state))

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from api.deps import PageDep, Requires, SessionDep, StateDep
+from api.deps import PageDep, Requires, SessionDep, StateDep, read_body
 from api.errors import error_response
 from api.schemas.common import ERROR_RESPONSES, Page
 from api.schemas.modules import (
@@ -113,16 +113,9 @@ def module_read(module: Module) -> ModuleRead:
 
 async def _json_body(request: Request) -> Any:
     """The parsed JSON body: 413 over the limit, 400 when it isn't JSON."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_JSON_BYTES:
-        raise PayloadTooLarge(f"request body over {MAX_JSON_BYTES // codestore.MiB} MiB")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_JSON_BYTES:
-            raise PayloadTooLarge(f"request body over {MAX_JSON_BYTES // codestore.MiB} MiB")
+    raw = await read_body(request, MAX_JSON_BYTES, f"{MAX_JSON_BYTES // codestore.MiB} MiB")
     try:
-        body = json.loads(bytes(raw))
+        body = json.loads(raw)
         # Unpaired surrogate escapes ("\ud800") parse but can be neither stored nor answered.
         json.dumps(body, ensure_ascii=False, allow_nan=True).encode("utf-8")
     except (ValueError, RecursionError, UnicodeError) as exc:
