@@ -26,6 +26,7 @@ from activities.services.notify import ManifestPermissions, NotifyError, check_u
 from activities.types import StepInput
 from autoplat.context import JobContext
 from autoplat.errors import JobError
+from autoplat.http import host_allowed
 from registry.db import unit_of_work
 from registry.settings import Settings
 
@@ -46,19 +47,6 @@ LAUNCH_ARGS = [
     "--disable-sync",
 ]
 _CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
-
-
-def host_allowed(host: str, patterns: list[str]) -> bool:
-    """Manifest ``permissions.hosts`` matching: exact names, ``*.example.com`` for subdomains."""
-    host = host.lower().rstrip(".")
-    for pattern in patterns:
-        pattern = pattern.lower()
-        if pattern.startswith("*."):
-            if host.endswith(pattern[1:]) and host != pattern[2:]:
-                return True
-        elif host == pattern:
-            return True
-    return False
 
 
 class BrowserUnavailable(RuntimeError):
@@ -254,7 +242,7 @@ class BrowserSession:
         if self._hosts is not None and not host_allowed(parts.hostname or "", self._hosts):
             raise JobError(f"host {parts.hostname} is not in the module's permissions.hosts")
         try:
-            await check_url(url, str(getattr(self._pool.settings, "http_allow_private", "off")))
+            await check_url(url, self._pool.settings.http_allow_private)
         except NotifyError as exc:
             raise JobError(exc.message.replace("send to", "open")) from exc
 

@@ -66,14 +66,6 @@ class NotifyError(Exception):
 
 
 # --- outbound address check --------------------------------------------------------------------
-def _policy(mode: str) -> AddressPolicy:
-    """The HTTP service's address policy (one SSRF rule set for every outbound request)."""
-    mode = mode.strip().lower()
-    if mode in ("", "0", "false", "no", "none"):
-        mode = "off"
-    return AddressPolicy(mode if mode in ("off", "loopback", "private") else "off")  # type: ignore[arg-type]
-
-
 async def check_url(url: str, allow_private: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     """Refuse webhook targets that are not http(s) or resolve to a refused address.
 
@@ -88,7 +80,7 @@ async def check_url(url: str, allow_private: str) -> list[ipaddress.IPv4Address 
         raise NotifyError(f"invalid webhook URL: {exc}", permanent=True) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise NotifyError(f"webhook URL must be http(s) with a host, got {parts.scheme or 'no'} scheme", permanent=True)
-    policy = _policy(str(allow_private))
+    policy = AddressPolicy(allow_private)  # type: ignore[arg-type] # validated by the settings
     host = parts.hostname
     try:
         literal = ipaddress.ip_address(host)
@@ -407,7 +399,7 @@ class Sender:
 
     @property
     def allow_private(self) -> str:
-        return str(getattr(self.settings, "http_allow_private", "off"))
+        return self.settings.http_allow_private
 
     async def deliver(
         self,
