@@ -290,24 +290,20 @@ async def finish_by_id(
         )
     name = STATUS_EVENTS.get(status)
     if not final and name:
-        payload: dict[str, Any] = {
-            "execution_id": execution_id,
-            "job_id": row.job_id,
-            "module": row.module_name,
-            "job_type": row.job_type,
-            "trigger": row.trigger,
-            "status": status.value,
-        }
-        if reason:
-            payload["reason"] = reason
-        if error:
-            payload["error"] = error.get("message")
-        if duration_ms is not None:
-            payload["duration_ms"] = duration_ms
         events.record(
             session=session,
             name=name,
-            payload=payload,
+            payload=_job_event_payload(
+                execution_id=execution_id,
+                job_id=row.job_id,
+                module=row.module_name,
+                job_type=row.job_type,
+                trigger=row.trigger,
+                status=status.value,
+                reason=reason,
+                error=error,
+                duration_ms=duration_ms,
+            ),
             source="platform",
             module_name=row.module_name,
             execution_id=execution_id,
@@ -316,18 +312,44 @@ async def finish_by_id(
 
 
 def _event_payload(execution: Execution) -> dict[str, Any]:
+    return _job_event_payload(
+        execution_id=execution.id,
+        job_id=execution.job_id,
+        module=execution.module_name,
+        job_type=execution.job_type,
+        trigger=execution.trigger,
+        status=execution.status,
+        reason=execution.status_reason,
+        error=execution.error,
+        duration_ms=execution.duration_ms,
+    )
+
+
+def _job_event_payload(
+    *,
+    execution_id: str,
+    job_id: str | None,
+    module: str,
+    job_type: str,
+    trigger: str,
+    status: str,
+    reason: str | None,
+    error: dict[str, Any] | None,
+    duration_ms: int | None,
+) -> dict[str, Any]:
+    """The payload of a ``job.*`` event."""
     payload: dict[str, Any] = {
-        "execution_id": execution.id,
-        "job_id": execution.job_id,
-        "module": execution.module_name,
-        "job_type": execution.job_type,
-        "trigger": execution.trigger,
-        "status": execution.status,
+        "execution_id": execution_id,
+        "job_id": job_id,
+        "module": module,
+        "job_type": job_type,
+        "trigger": trigger,
+        "status": status,
     }
-    if execution.status_reason:
-        payload["reason"] = execution.status_reason
-    if execution.error:
-        payload["error"] = execution.error.get("message")
-    if execution.duration_ms is not None:
-        payload["duration_ms"] = execution.duration_ms
+    if reason:
+        payload["reason"] = reason
+    if error:
+        payload["error"] = error.get("message")
+    if duration_ms is not None:
+        payload["duration_ms"] = duration_ms
     return payload

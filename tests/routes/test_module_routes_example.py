@@ -8,10 +8,8 @@ is 404; every call is an execution with trigger ``http``. The public webhook is 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -19,6 +17,7 @@ import pytest
 
 from tests.conftest import eventually
 from tests.routes.route_helpers import EXAMPLE, MODULES, deploy, signed_headers
+from tests.services.helpers import http_receiver
 
 BASE = "/api/v1/m/data-sync"
 SECRET = "whsec-test-7f3a"
@@ -128,26 +127,11 @@ async def test_every_call_is_an_http_execution(example, client, viewer_headers):
 # --- the public webhook ---------------------------------------------------------------------------
 
 
-class _Records(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
-        data = json.dumps({"items": [{"id": 1}, {"id": 2}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def source() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Records)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/records"
-    server.shutdown()
+    records = json.dumps({"items": [{"id": 1}, {"id": 2}]})
+    with http_receiver(records=("application/json", records)) as receiver:
+        yield f"{receiver.url}/records"
 
 
 async def _set_secret(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
