@@ -228,13 +228,6 @@ class JobActivities:
                 raise ApplicationError(
                     f"registry unavailable: {type(exc).__name__}", type="PlatformUnavailable"
                 ) from None
-            config, secrets, module_config, module_secrets, trigger = (
-                prepared.config,
-                prepared.secrets,
-                prepared.module_config,
-                prepared.module_secrets,
-                prepared.trigger,
-            )
             key = f"{inp.module}@{inp.module_version}#{inp.bundle_sha256 or ''}"
             try:
                 fn = await asyncio.to_thread(load_handler, code_root, inp.handler, key=key)
@@ -250,13 +243,13 @@ class JobActivities:
                     module_version=inp.module_version,
                     step=inp.step,
                     attempt=info.attempt,
-                    trigger=trigger,
+                    trigger=prepared.trigger,
                     workflow_id=info.workflow_id,
                     run_id=info.workflow_run_id,
                 ),
-                config=config,
-                secrets=module_secrets | secrets,
-                module_config=module_config,
+                config=prepared.config,
+                secrets=prepared.module_secrets | prepared.secrets,
+                module_config=prepared.module_config,
                 runtime=_StepRuntime(self, inp, loop),
                 log_buffer=buffer,
                 previous=inp.previous,
