@@ -29,7 +29,7 @@ from activities.types import (
     RunPlan,
     StartInput,
     StepInput,
-    StepPlan,
+    step_outcome,
 )
 from autoplat._invoke import invoke
 from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer
@@ -139,50 +139,17 @@ class JobActivities:
             override = {**(inp.job.config_override or {}), **self._run_secrets(execution)}
             _, masked = runs.resolve_config(definition, result.job, override or None, secrets)
             execution.config = masked
-            plan = self._plan(execution, result.module, result.version, result.job, definition)
-            execution.steps = execution.steps or [
-                {"name": s.name, "status": "PENDING", "attempts": 0, "failures": 0} for s in plan.steps
-            ]
-            return plan
-
-    def _plan(
-        self,
-        execution: Execution,
-        module: Module,
-        version: ModuleVersion | None,
-        job: Job | None,
-        definition: dict[str, Any],
-    ) -> RunPlan:
-        retries = definition.get("retries") or {}
-        timeout = job.timeout_seconds if job is not None else int(definition.get("timeoutSeconds") or 300)
-        max_attempts = (job.retries + 1) if job is not None else int(retries.get("maxAttempts") or 1)
-        backoff = (job.retry_backoff if job is not None else None) or {}
-        steps = [
-            StepPlan(
-                name=s["name"],
-                handler=s["handler"],
-                activity=s["activity"],
-                timeout_seconds=int(s["timeout_seconds"] or timeout),
-                max_attempts=int(s["retries"] + 1) if s["retries"] is not None else max_attempts,
+            plan = runs.run_plan(
+                execution_id=execution.id,
+                module=result.module,
+                version=result.version,
+                job=result.job,
+                job_type=execution.job_type,
+                definition=definition,
+                heartbeat_timeout_seconds=self.settings.heartbeat_timeout_seconds,
             )
-            for s in runs.steps_of(definition, module.name, execution.job_type)
-        ]
-        notifications = (job.notifications if job is not None else None) or definition.get("notifications") or {}
-        return RunPlan(
-            execution_id=execution.id,
-            module=module.name,
-            module_version=module.version,
-            bundle_sha256=version.bundle_sha256 if version is not None else module.bundle_sha256,
-            job_type=execution.job_type,
-            steps=steps,
-            retry_initial_seconds=float(
-                backoff.get("initial_interval_seconds", retries.get("initialIntervalSeconds", 1))
-            ),
-            retry_backoff=float(backoff.get("backoff_coefficient", retries.get("backoffCoefficient", 2.0))),
-            retry_max_interval_seconds=backoff.get("maximum_interval_seconds", retries.get("maximumIntervalSeconds")),
-            heartbeat_timeout_seconds=self.settings.heartbeat_timeout_seconds,
-            notifications={k: list(v) for k, v in notifications.items() if isinstance(v, list)},
-        )
+            execution.steps = execution.steps or runs.pending_steps(plan)
+            return plan
 
     @activity.defn(name=MIRROR_FINISH)
     async def mirror_finish(self, inp: FinishInput) -> None:
@@ -218,9 +185,15 @@ class JobActivities:
         ctx: JobContext | None = None
         outcome = "FAILED"
         error_text: str | None = None
+        early: dict[str, Any] | None = None
+        value: Any = None
+        finalized = False
         try:
             try:
-                prepared = await self._prepare(inp, info.attempt)
+                prepared = await self._prepare(inp, info)
+                if not isinstance(prepared, _Prepared):
+                    early = prepared
+                    return early
                 code_root = await self._code_root(prepared.version, inp)
             except SQLAlchemyError as exc:
                 # The registry is unreachable: an infrastructure failure, retried by Temporal
@@ -259,16 +232,15 @@ class JobActivities:
             if self.services is not None:
                 for name, service in (await self.services(inp, ctx)).items():
                     setattr(ctx, name, service)
-            result = await self._run_with_heartbeats(fn, ctx, inp)
-            outcome = "COMPLETED"
+            value = await self._run_with_heartbeats(fn, ctx, inp)
             if ctx.request is not None:
-                return {
+                value = {
                     "__route_response__": True,
-                    "body": result,
+                    "body": value,
                     "status": ctx.response.status,
                     "headers": ctx.response.headers,
                 }
-            return result
+            outcome = "COMPLETED"
         except asyncio.CancelledError:
             outcome = "CANCELLED"
             buffer.add(_entry("WARNING", "step cancelled", inp, info.attempt))
@@ -301,14 +273,51 @@ class JobActivities:
                     await asyncio.shield(self.release(inp, ctx))
                 except Exception:  # noqa: BLE001 - releasing must never mask the step's outcome
                     log.exception("releasing services of step %s failed", inp.step)
-            await asyncio.shield(self._step_finished(inp, info.attempt, outcome, error_text, buffer))
+            if early is None:
+                completes = inp.finishes_run and outcome == "COMPLETED"
+                finalized = await asyncio.shield(
+                    self._step_finished(
+                        inp, info.attempt, outcome, error_text, buffer, _stored(value) if completes else _NOTHING
+                    )
+                )
+        if inp.starts_run or inp.finishes_run:
+            return step_outcome(value, finalized=finalized)
+        return value
 
-    async def _prepare(self, inp: StepInput, attempt: int) -> _Prepared:
+    async def _prepare(self, inp: StepInput, info: activity.Info) -> _Prepared | dict[str, Any]:
         """One transaction marks the step RUNNING and reads everything the step needs (the code is
-        unpacked after it commits: on SQLite the row lock is the whole database)."""
+        unpacked after it commits: on SQLite the row lock is the whole database).
+
+        The first step of a run started with its plan also starts the run (RUNNING, or SKIPPED when
+        its job or module changed since it was requested), and a last step whose run is already
+        COMPLETED (its completion was lost on the way to Temporal) is not run again: both answer
+        the workflow's step envelope instead of a :class:`_Prepared`."""
         async with unit_of_work(self.sessions) as session:
             execution = await session.get(Execution, inp.execution_id, with_for_update=True)
-            failures = self._mark_running(execution, inp, attempt)
+            if execution is None and inp.starts_run:
+                # A run started with its plan has a row committed before its workflow started.
+                raise JobError(f"execution {inp.execution_id} is not in the registry")
+            if execution is not None and ExecutionStatus(execution.status).is_final:
+                if inp.finishes_run and execution.status == ExecutionStatus.COMPLETED.value:
+                    return step_outcome(execution.result, finalized=True)
+                if inp.starts_run:
+                    return step_outcome(None, skipped=execution.status_reason or "already finished")
+            job = await session.get(Job, inp.job_id) if inp.job_id else None
+            module = await session.scalar(select(Module).where(Module.name == inp.module))
+            version = await runs.module_version(session, module.id, inp.module_version) if module is not None else None
+            definition = runs.job_type_definition(version.manifest, inp.job_type) if version is not None else None
+            starting = inp.starts_run and execution is not None and execution.status != ExecutionStatus.RUNNING.value
+            if starting:
+                assert execution is not None
+                reason = runs.skip_reason(inp.job_id, job, inp.module, module)
+                if reason is None and definition is None:
+                    reason = f"job type {inp.job_type} does not exist in {inp.module} {inp.module_version}"
+                if reason is not None:
+                    runs.finish(session=session, execution=execution, status=ExecutionStatus.SKIPPED, reason=reason)
+                    return step_outcome(None, skipped=reason)
+            if module is None or version is None:
+                raise JobError(f"module {inp.module} {inp.module_version} is no longer registered")
+            failures = self._mark_running(execution, inp, info.attempt)
             if failures >= inp.max_attempts:
                 # Only infrastructure retries remain (the handler's own budget is spent).
                 raise ApplicationError(
@@ -316,16 +325,16 @@ class JobActivities:
                     type="AttemptsExhausted",
                     non_retryable=True,
                 )
-            job = await session.get(Job, inp.job_id) if inp.job_id else None
-            module = await session.scalar(select(Module).where(Module.name == inp.module))
-            version = await runs.module_version(session, module.id, inp.module_version) if module is not None else None
-            if module is None or version is None:
-                raise JobError(f"module {inp.module} {inp.module_version} is no longer registered")
-            definition = runs.job_type_definition(version.manifest, inp.job_type) or {}
             run_secrets = self._run_secrets(execution)
             secrets = {**self._job_secrets(job), **run_secrets}
             override = {**(inp.config_override or {}), **run_secrets}
-            config, _ = runs.resolve_config(definition, job, override or None, secrets)
+            config, masked = runs.resolve_config(definition or {}, job, override or None, secrets)
+            if starting:
+                assert execution is not None
+                execution.run_id = info.workflow_run_id
+                execution.module_version = inp.module_version
+                execution.config = masked
+                runs.mark_started(session, execution, datetime.now(UTC))
             from registry.manifest import secret_fields
             from registry.services.modules import config_schema, resolved_config
 
@@ -433,23 +442,27 @@ class JobActivities:
             return int(steps[inp.step_index]["failures"])
 
     async def _step_finished(
-        self, inp: StepInput, attempt: int, outcome: str, error: str | None, buffer: LogBuffer
-    ) -> None:
-        """Keep the step's logs and status whatever happened (success, failure, timeout, cancel).
+        self, inp: StepInput, attempt: int, outcome: str, error: str | None, buffer: LogBuffer, result: Any = None
+    ) -> bool:
+        """Keep the step's logs and status whatever happened (success, failure, timeout, cancel);
+        given the ``result`` of a run's last step, also end the run COMPLETED in the same
+        transaction. Returns whether the run's row is final.
 
-        Reads only the steps column and appends the logs in SQL (the stored logs are never read
+        Reads only the columns it needs and appends the logs in SQL (the stored logs are never read
         back). Tried twice: a connection that died meanwhile is replaced on the second try."""
         text = buffer.text()
+        completes = result is not _NOTHING
+        columns = (Execution.steps, *runs.FINISH_COLUMNS) if completes else (Execution.steps,)
         for attempt_no in (1, 2):
             try:
                 async with unit_of_work(self.sessions) as session:
                     row = (
                         await session.execute(
-                            select(Execution.steps).where(Execution.id == inp.execution_id).with_for_update()
+                            select(*columns).where(Execution.id == inp.execution_id).with_for_update()
                         )
                     ).first()
                     if row is None:
-                        return
+                        return False
                     values: dict[str, Any] = {}
                     steps = [dict(s) for s in (row.steps or [])]
                     if inp.step_index < len(steps):
@@ -461,15 +474,26 @@ class JobActivities:
                         values["steps"] = steps
                     if text:
                         values["logs"] = case((Execution.logs == "", text), else_=Execution.logs + "\n" + text)
+                    if completes:
+                        values.update(
+                            runs.final_values(
+                                session=session,
+                                row=row,
+                                execution_id=inp.execution_id,
+                                status=ExecutionStatus.COMPLETED,
+                                result=result,
+                            )
+                        )
                     if values:
                         await session.execute(
                             update(Execution).where(Execution.id == inp.execution_id).values(**values),
                             execution_options={"synchronize_session": False},
                         )
-                return
+                return completes
             except Exception:  # noqa: BLE001 - never hide the step's own outcome behind a mirror error
                 if attempt_no == 2:
                     log.exception("could not persist logs of execution %s", inp.execution_id)
+        return False
 
     async def emit(self, inp: StepInput, name: str, payload: dict[str, Any]) -> str:
         from registry.services.events import validate_name
@@ -486,6 +510,27 @@ class JobActivities:
             )
             event_id = event.id
         return event_id
+
+
+#: "No result": the step does not end its run (see ``_step_finished``).
+_NOTHING: Any = object()
+#: A result larger than this (JSON) is not written by the step: the workflow's ``mirror_finish``
+#: writes it, after Temporal has accepted it (the server refuses payloads over 2 MB by default).
+_MAX_STORED_RESULT = 512 * 1024
+
+
+def _stored(value: Any) -> Any:
+    """The step's value as the mirror stores it: through Temporal's payload converter, as the
+    workflow would see it (dataclasses become objects, and so on); ``_NOTHING`` when it is too large
+    or cannot be converted, so the run is ended by the workflow instead."""
+    try:
+        converter = activity.payload_converter()
+        payload = converter.to_payloads([value])[0]
+        if len(payload.data) > _MAX_STORED_RESULT:
+            return _NOTHING
+        return converter.from_payloads([payload])[0]
+    except Exception:  # noqa: BLE001 - Temporal reports a value it cannot convert; the mirror is not the place
+        return _NOTHING
 
 
 def _entry(level: str, message: str, inp: StepInput, attempt: int, exc: BaseException | None = None) -> dict[str, Any]:

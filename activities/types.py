@@ -30,6 +30,11 @@ class JobInput:
     #: Set for direct invocations without a job row (module routes): module/job type come from
     #: the workflow type.
     job_type_only: bool = False
+    #: The run's plan, when whoever started the run already read the job and its module and wrote
+    #: the PENDING mirror row (manual runs): the workflow then skips the ``mirror_start`` local
+    #: activity and the first step starts the run (``StepInput.starts_run``). Schedules and events
+    #: send none: their row is created and their plan resolved at start.
+    plan: RunPlan | None = None
 
 
 @dataclass
@@ -84,6 +89,30 @@ class StepInput:
     event: dict[str, Any] | None = None
     request: dict[str, Any] | None = None
     config_override: dict[str, Any] | None = None
+    #: The first step of a run started with a plan: it moves the mirror row to RUNNING (or SKIPPED)
+    #: in the transaction that prepares the step.
+    starts_run: bool = False
+    #: The last step: when it succeeds, it writes the COMPLETED mirror row in the transaction that
+    #: keeps its logs, and the workflow needs no ``mirror_finish``.
+    finishes_run: bool = False
+
+
+#: Key of the envelope a step returns when it starts or finishes the run (see :func:`step_outcome`).
+STEP_ENVELOPE = "__autoplat_step__"
+
+
+def step_outcome(value: Any, *, finalized: bool = False, skipped: str | None = None) -> dict[str, Any]:
+    """What a step that starts or finishes its run returns: its value, whether the mirror row is
+    already final (the workflow then writes nothing more) and, when the run was skipped, why."""
+    return {STEP_ENVELOPE: 1, "value": value, "finalized": finalized, "skipped": skipped}
+
+
+def open_step_outcome(result: Any) -> tuple[Any, bool, str | None]:
+    """(value, finalized, skip reason) of a step's result; a plain result (no envelope, as in
+    histories recorded before the envelope existed) is a value whose run is not finalized."""
+    if isinstance(result, dict) and result.get(STEP_ENVELOPE) == 1:
+        return result.get("value"), bool(result.get("finalized")), result.get("skipped")
+    return result, False, None
 
 
 @dataclass

@@ -21,7 +21,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.types import JobInput
+from activities.types import JobInput, RunPlan
 from registry.db import unit_of_work
 from registry.errors import Conflict, NotFound, ServiceUnavailable
 from registry.models import Execution, ExecutionStatus, Job, Module, ModuleStatus
@@ -84,6 +84,7 @@ class Runner:
                 input=self._override_input(job, module, config_override),
             )
             execution.workflow_id = f"exec-{execution.id}"
+            plan = await self._plan(session, execution, job, module)
             if not idempotency_key:
                 session.add(execution)
             else:
@@ -109,14 +110,7 @@ class Runner:
                 target_id=job.id,
                 details={"execution_id": execution.id, "trigger": trigger},
             )
-            steps = len(
-                runs.steps_of(
-                    runs.job_type_definition(module.manifest, job.job_type) or {"handler": "x:y"},
-                    module.name,
-                    job.job_type,
-                )
-            )
-            timeout = workflow_timeout(job, steps)
+            timeout = workflow_timeout(job, len(plan.steps) if plan is not None else 1)
         await self._start(
             execution,
             # Only the plain part of an override travels through Temporal history; secret values stay
@@ -126,10 +120,32 @@ class Runner:
                 trigger=trigger,
                 execution_id=execution.id,
                 config_override=(execution.input or {}).get("config_override"),
+                plan=plan,
             ),
             timeout,
         )
         return execution, True
+
+    async def _plan(self, session: AsyncSession, execution: Execution, job: Job, module: Module) -> RunPlan | None:
+        """The run's plan, from the job and module just read: the workflow then needs no
+        ``mirror_start`` and the first step starts the run. The row gets its steps and version now.
+        None (the workflow resolves the run itself) when the version or job type is missing."""
+        definition = runs.job_type_definition(module.manifest, job.job_type)
+        version = await runs.module_version(session, module.id, module.version)
+        if definition is None or version is None:
+            return None
+        plan = runs.run_plan(
+            execution_id=execution.id,
+            module=module,
+            version=version,
+            job=job,
+            job_type=job.job_type,
+            definition=definition,
+            heartbeat_timeout_seconds=self.settings.heartbeat_timeout_seconds,
+        )
+        execution.module_version = module.version
+        execution.steps = runs.pending_steps(plan)
+        return plan
 
     def _codec(self) -> Any:
         from registry.services.jobs import SecretCodec

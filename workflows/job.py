@@ -1,8 +1,9 @@
 """The one dynamic workflow serving every ``<module>.<job-type>`` workflow type.
 
-Deterministic and small: resolve the run (local activity), run each step as its own activity
-(Temporal does timeouts, retries and cancellation), write the end of the mirror (local activity),
-send the job's notifications once after the final attempt.
+Deterministic and small: resolve the run (a local activity, unless the run was started with its
+plan), run each step as its own activity (Temporal does timeouts, retries and cancellation), write
+the end of the mirror (the last step on success, a local activity otherwise), send the job's
+notifications once after the final attempt.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         RunPlan,
         StartInput,
         StepInput,
+        open_step_outcome,
     )
 
 _LOCAL_TIMEOUT = timedelta(seconds=30)
@@ -86,28 +88,33 @@ class JobWorkflow:
     async def run(self, args: Sequence[RawValue]) -> Any:
         info = workflow.info()
         job = workflow.payload_converter().from_payload(args[0].payload, JobInput) if args else JobInput()
-        plan: RunPlan = await workflow.execute_local_activity(
-            MIRROR_START,
-            StartInput(
-                workflow_id=info.workflow_id,
-                run_id=info.run_id,
-                workflow_type=info.workflow_type,
-                job=job,
-                attempt=info.attempt,
-            ),
-            result_type=RunPlan,
-            start_to_close_timeout=_LOCAL_TIMEOUT,
-            retry_policy=_LOCAL_RETRY,
-        )
-        if plan.skip_reason is not None:
-            return {"execution_id": plan.execution_id, "status": "SKIPPED", "reason": plan.skip_reason}
+        plan = job.plan
+        if plan is None:
+            plan = await workflow.execute_local_activity(
+                MIRROR_START,
+                StartInput(
+                    workflow_id=info.workflow_id,
+                    run_id=info.run_id,
+                    workflow_type=info.workflow_type,
+                    job=job,
+                    attempt=info.attempt,
+                ),
+                result_type=RunPlan,
+                start_to_close_timeout=_LOCAL_TIMEOUT,
+                retry_policy=_LOCAL_RETRY,
+            )
+            if plan.skip_reason is not None:
+                return {"execution_id": plan.execution_id, "status": "SKIPPED", "reason": plan.skip_reason}
 
         previous: Any = None
+        finalized = False
         status, error, result = "COMPLETED", None, None
         failure: BaseException | None = None
         try:
             for index, step in enumerate(plan.steps):
-                previous = await workflow.execute_activity(
+                starts_run = job.plan is not None and index == 0
+                finishes_run = index == len(plan.steps) - 1
+                outcome = await workflow.execute_activity(
                     step.activity,
                     StepInput(
                         execution_id=plan.execution_id,
@@ -126,6 +133,8 @@ class JobWorkflow:
                         event=job.event,
                         request=job.request,
                         config_override=job.config_override,
+                        starts_run=starts_run,
+                        finishes_run=finishes_run,
                     ),
                     start_to_close_timeout=timedelta(seconds=step.timeout_seconds + 5),
                     heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
@@ -142,18 +151,29 @@ class JobWorkflow:
                     ),
                     cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 )
+                # Steps that start or finish the run answer an envelope; the others their value.
+                previous, finalized, skipped = (
+                    open_step_outcome(outcome) if starts_run or finishes_run else (outcome, False, None)
+                )
+                if skipped is not None:
+                    # The first step found the job or module changed since the run was requested
+                    # and recorded the run as SKIPPED.
+                    return {"execution_id": plan.execution_id, "status": "SKIPPED", "reason": skipped}
             result = previous
         except (ActivityError, CancelledError, asyncio.CancelledError) as exc:
             status, error, failure = classify(exc), _error(exc), exc
+            finalized = False
             if status == "CANCELLED":
                 error = {"message": "cancelled", "type": "Cancelled"}
 
-        await workflow.execute_local_activity(
-            MIRROR_FINISH,
-            FinishInput(execution_id=plan.execution_id, status=status, result=result, error=error),
-            start_to_close_timeout=_LOCAL_TIMEOUT,
-            retry_policy=_LOCAL_RETRY,
-        )
+        if not finalized:
+            # The last step writes the COMPLETED row itself; every other ending is written here.
+            await workflow.execute_local_activity(
+                MIRROR_FINISH,
+                FinishInput(execution_id=plan.execution_id, status=status, result=result, error=error),
+                start_to_close_timeout=_LOCAL_TIMEOUT,
+                retry_policy=_LOCAL_RETRY,
+            )
         await self._notify(plan, status, error)
         if status == "CANCELLED":
             raise CancelledError("execution cancelled")

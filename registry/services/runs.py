@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from activities.types import RunPlan, StepPlan
 from registry.manifest import apply_config_defaults, mask_secrets
 from registry.models import Execution, ExecutionStatus, Job, Module, ModuleStatus, ModuleVersion
 from registry.services import events
@@ -160,15 +161,7 @@ async def start_run(
     execution.attempt = max(execution.attempt or 0, attempt)
 
     module = await session.scalar(select(Module).where(Module.name == module_name))
-    reason: str | None = None
-    if job_id and job is None:
-        reason = "the job was deleted after this run was requested"
-    elif job is not None and not job.enabled:
-        reason = "the job is disabled"
-    elif module is None:
-        reason = f"module {module_name} no longer exists"
-    elif module.status != ModuleStatus.ENABLED.value:
-        reason = f"module {module_name} is {module.status}"
+    reason = skip_reason(job_id, job, module_name, module)
     result = StartResult(execution=execution, module=module, job=job)
     if reason is None and module is not None:
         version = await module_version(session, module.id, module.version)
@@ -188,20 +181,86 @@ async def start_run(
         finish(session=session, execution=execution, status=ExecutionStatus.SKIPPED, reason=reason)
         result.skip_reason = reason
         return result
-    if execution.status != ExecutionStatus.RUNNING.value:
-        execution.status = ExecutionStatus.RUNNING.value
-        execution.started_at = execution.started_at or now
-        events.record(
-            session=session,
-            name="job.started",
-            payload=_event_payload(execution),
-            source="platform",
-            module_name=module_name,
-            execution_id=execution.id,
-        )
+    mark_started(session, execution, now)
     if masked_config is not None:
         execution.config = masked_config
     return result
+
+
+def skip_reason(job_id: str | None, job: Job | None, module_name: str, module: Module | None) -> str | None:
+    """Why a run starting now must not run (its job or module changed since it was requested)."""
+    if job_id and job is None:
+        return "the job was deleted after this run was requested"
+    if job is not None and not job.enabled:
+        return "the job is disabled"
+    if module is None:
+        return f"module {module_name} no longer exists"
+    if module.status != ModuleStatus.ENABLED.value:
+        return f"module {module_name} is {module.status}"
+    return None
+
+
+def mark_started(session: AsyncSession, execution: Execution, now: datetime) -> None:
+    """Move a (locked) row to RUNNING once, recording ``job.started``."""
+    if execution.status == ExecutionStatus.RUNNING.value:
+        return
+    execution.status = ExecutionStatus.RUNNING.value
+    execution.started_at = execution.started_at or now
+    events.record(
+        session=session,
+        name="job.started",
+        payload=_event_payload(execution),
+        source="platform",
+        module_name=execution.module_name,
+        execution_id=execution.id,
+    )
+
+
+def run_plan(
+    *,
+    execution_id: str,
+    module: Module,
+    version: ModuleVersion | None,
+    job: Job | None,
+    job_type: str,
+    definition: dict[str, Any],
+    heartbeat_timeout_seconds: int,
+) -> RunPlan:
+    """What the workflow needs to run a job type: its steps with their timeouts and attempts, the
+    retry policy and the notifications (no config: that is resolved by each step, secrets included)."""
+    retries = definition.get("retries") or {}
+    timeout = job.timeout_seconds if job is not None else int(definition.get("timeoutSeconds") or 300)
+    max_attempts = (job.retries + 1) if job is not None else int(retries.get("maxAttempts") or 1)
+    backoff = (job.retry_backoff if job is not None else None) or {}
+    steps = [
+        StepPlan(
+            name=s["name"],
+            handler=s["handler"],
+            activity=s["activity"],
+            timeout_seconds=int(s["timeout_seconds"] or timeout),
+            max_attempts=int(s["retries"] + 1) if s["retries"] is not None else max_attempts,
+        )
+        for s in steps_of(definition, module.name, job_type)
+    ]
+    notifications = (job.notifications if job is not None else None) or definition.get("notifications") or {}
+    return RunPlan(
+        execution_id=execution_id,
+        module=module.name,
+        module_version=module.version,
+        bundle_sha256=version.bundle_sha256 if version is not None else module.bundle_sha256,
+        job_type=job_type,
+        steps=steps,
+        retry_initial_seconds=float(backoff.get("initial_interval_seconds", retries.get("initialIntervalSeconds", 1))),
+        retry_backoff=float(backoff.get("backoff_coefficient", retries.get("backoffCoefficient", 2.0))),
+        retry_max_interval_seconds=backoff.get("maximum_interval_seconds", retries.get("maximumIntervalSeconds")),
+        heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+        notifications={k: list(v) for k, v in notifications.items() if isinstance(v, list)},
+    )
+
+
+def pending_steps(plan: RunPlan) -> list[dict[str, Any]]:
+    """The ``steps`` column of a run that has not started."""
+    return [{"name": s.name, "status": "PENDING", "attempts": 0, "failures": 0} for s in plan.steps]
 
 
 def finish(
@@ -237,6 +296,18 @@ def finish(
     return True
 
 
+#: The columns :func:`finish_by_id` reads to end a run (never the logs, steps or config).
+FINISH_COLUMNS = (
+    Execution.status,
+    Execution.started_at,
+    Execution.attempt,
+    Execution.job_id,
+    Execution.module_name,
+    Execution.job_type,
+    Execution.trigger,
+)
+
+
 async def finish_by_id(
     *,
     session: AsyncSession,
@@ -249,47 +320,57 @@ async def finish_by_id(
 ) -> bool | None:
     """:func:`finish` for a row not loaded in the session: reads only the columns it needs (never the
     logs, steps or config) and writes one UPDATE. Returns None when the row does not exist."""
-    row = (
-        await session.execute(
-            select(
-                Execution.status,
-                Execution.started_at,
-                Execution.attempt,
-                Execution.job_id,
-                Execution.module_name,
-                Execution.job_type,
-                Execution.trigger,
-            )
-            .where(Execution.id == execution_id)
-            .with_for_update()
-        )
-    ).first()
+    row = (await session.execute(select(*FINISH_COLUMNS).where(Execution.id == execution_id).with_for_update())).first()
     if row is None:
         return None
-    values: dict[str, Any] = {}
-    if attempt and attempt > (row.attempt or 0):
-        values["attempt"] = attempt
-    final = ExecutionStatus(row.status).is_final
-    duration_ms: int | None = None
-    if not final:
-        now = datetime.now(UTC)
-        if row.started_at is not None:
-            duration_ms = int((now - row.started_at).total_seconds() * 1000)
-        values.update(
-            status=status.value,
-            status_reason=reason,
-            result=result,
-            error=error,
-            finished_at=now,
-            duration_ms=duration_ms,
-        )
+    values = final_values(
+        session=session,
+        row=row,
+        execution_id=execution_id,
+        status=status,
+        result=result,
+        error=error,
+        reason=reason,
+        attempt=attempt,
+    )
     if values:
         await session.execute(
             update(Execution).where(Execution.id == execution_id).values(**values),
             execution_options={"synchronize_session": False},
         )
+    return not ExecutionStatus(row.status).is_final
+
+
+def final_values(
+    *,
+    session: AsyncSession,
+    row: Any,
+    execution_id: str,
+    status: ExecutionStatus,
+    result: Any = None,
+    error: dict[str, Any] | None = None,
+    reason: str | None = None,
+    attempt: int = 0,
+) -> dict[str, Any]:
+    """The column values that end a run whose :data:`FINISH_COLUMNS` are ``row`` (locked), and its
+    ``job.*`` event added to the session; only the attempt when the row is already final."""
+    values: dict[str, Any] = {}
+    if attempt and attempt > (row.attempt or 0):
+        values["attempt"] = attempt
+    if ExecutionStatus(row.status).is_final:
+        return values
+    now = datetime.now(UTC)
+    duration_ms = int((now - row.started_at).total_seconds() * 1000) if row.started_at is not None else None
+    values.update(
+        status=status.value,
+        status_reason=reason,
+        result=result,
+        error=error,
+        finished_at=now,
+        duration_ms=duration_ms,
+    )
     name = STATUS_EVENTS.get(status)
-    if not final and name:
+    if name:
         events.record(
             session=session,
             name=name,
@@ -308,7 +389,7 @@ async def finish_by_id(
             module_name=row.module_name,
             execution_id=execution_id,
         )
-    return not final
+    return values
 
 
 def _event_payload(execution: Execution) -> dict[str, Any]:
