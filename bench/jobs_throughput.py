@@ -650,11 +650,11 @@ async def measure(probe: Probe, opts: Options, one: Callable[[], Awaitable[Sampl
 #: Where a platform run's time goes, from the mirror row's own timestamps (same host clock).
 SEGMENTS = [
     ("trigger -> row committed (Runner.start_job txn)", "trigger", "created"),
-    ("-> mirror_start running (start_workflow, workflow task, local activity)", "created", "running"),
-    ("-> step bookkeeping (LA commit, task completion, activity dispatch)", "running", "step"),
-    ("-> handler starts (_step_started txn, run_step read txn, context)", "step", "handler"),
-    ("-> mirror_finish (handler, _step_finished txn, activity completion, workflow task)", "handler", "finished"),
-    ("-> result returned (commit, workflow completion, long poll)", "finished", "done"),
+    ("-> run RUNNING (start_workflow, workflow task, activity dispatch, first step's txn)", "created", "running"),
+    ("-> step RUNNING (same txn for a run started with its plan)", "running", "step"),
+    ("-> handler starts (context, code lookup)", "step", "handler"),
+    ("-> row COMPLETED (handler, the step's end txn with its logs)", "handler", "finished"),
+    ("-> result returned (activity completion, workflow task, workflow completion, long poll)", "finished", "done"),
 ]
 
 

@@ -1,0 +1,243 @@
+"""Who writes a run's mirror row: a manual run carries its plan, its first step starts the run and
+its last step ends it COMPLETED (no local activities in its history); everything else still goes
+through ``mirror_start`` / ``mirror_finish``, and histories recorded before this still replay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHistory
+from temporalio.common import RawValue
+from temporalio.testing import ActivityEnvironment
+
+from activities.jobs import JobActivities
+from activities.types import StepInput
+from registry.db import unit_of_work
+from registry.models import Event, Execution, ExecutionStatus
+from tests.conftest import eventually
+from tests.jobs.helpers import put_module, write_module
+from workflows.client import DATA_CONVERTER
+
+HISTORIES = Path(__file__).parent / "histories"
+
+CODE = """
+from pathlib import Path
+
+def hello(ctx):
+    ctx.logger.info("hello %s", ctx.config.get("who"))
+    if ctx.config.get("marker"):
+        with open(ctx.config["marker"], "a") as f:
+            f.write(f"{ctx.attempt}\\n")
+    return {"greeting": "hello " + ctx.config.get("who", "?")}
+
+def big(ctx):
+    return "x" * 600_000
+
+def first(ctx):
+    ctx.logger.info("first step")
+    return 2
+
+def second(ctx, previous):
+    ctx.logger.info("second step")
+    return previous * 10
+"""
+CONFIG = {
+    "type": "object",
+    "properties": {
+        "who": {"type": "string", "default": "world"},
+        "marker": {"type": "string"},
+        "token": {"type": "string", "secret": True},
+    },
+}
+JOBS = [
+    {"name": "hello", "description": "greets", "handler": "hello", "config": CONFIG},
+    {"name": "big", "description": "a 600 kB result", "handler": "big"},
+    {
+        "name": "pipeline",
+        "description": "two steps",
+        "steps": [{"name": "first", "handler": "first"}, {"name": "second", "handler": "second"}],
+    },
+]
+
+
+@pytest.fixture
+async def module(sessions: Any, settings: Any, tmp_path: Any) -> Any:
+    folder = write_module(tmp_path, name="mirrored", code=CODE, jobs=JOBS)
+    return await put_module(sessions, settings.state_dir, folder)
+
+
+async def _job(client: Any, headers: dict[str, str], job_type: str, **extra: Any) -> dict[str, Any]:
+    r = await client.post(
+        "/api/v1/jobs",
+        json={"module": "mirrored", "job_type": job_type, "name": f"{job_type}-job", "schedule": None, **extra},
+        headers=headers,
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def _event_names(sessions: Any, execution_id: str) -> list[str]:
+    async with sessions() as s:
+        return sorted(await s.scalars(select(Event.name).where(Event.execution_id == execution_id)))
+
+
+async def _markers(temporal_env: Any, workflow_id: str) -> int:
+    history = await temporal_env.client.get_workflow_handle(workflow_id).fetch_history()
+    return sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED)
+
+
+async def test_a_manual_run_is_written_by_its_steps_alone(
+    client, worker, module, operator_headers, temporal_env, sessions
+):
+    job = await _job(client, operator_headers, "hello", config={"who": "ops", "token": "t0ps3cret"})
+    body = (await client.post(f"/api/v1/jobs/{job['id']}/execute?wait=true", headers=operator_headers)).json()
+    assert body["status"] == "COMPLETED", body
+    assert body["result"] == {"greeting": "hello ops"}
+    # No local activity: the step activity did both mirror writes.
+    assert await _markers(temporal_env, body["workflow_id"]) == 0
+    async with sessions() as s:
+        row = await s.get(Execution, body["id"])
+    assert row.run_id and row.started_at and row.finished_at and row.duration_ms is not None
+    assert row.module_version == "1.0.0" and row.attempt == 1
+    assert row.config["who"] == "ops" and row.config["token"] != "t0ps3cret"  # resolved, secret masked
+    assert [(s["name"], s["status"]) for s in row.steps] == [("hello", "COMPLETED")]
+    assert "hello ops" in row.logs
+    assert await _event_names(sessions, body["id"]) == ["job.completed", "job.started"]
+
+
+async def test_a_manual_pipeline_passes_values_and_keeps_every_steps_logs(
+    client, worker, module, operator_headers, temporal_env, sessions
+):
+    job = await _job(client, operator_headers, "pipeline")
+    body = (await client.post(f"/api/v1/jobs/{job['id']}/execute?wait=true", headers=operator_headers)).json()
+    assert body["status"] == "COMPLETED" and body["result"] == 20, body
+    assert await _markers(temporal_env, body["workflow_id"]) == 0
+    async with sessions() as s:
+        row = await s.get(Execution, body["id"])
+    assert [(s["name"], s["status"]) for s in row.steps] == [("first", "COMPLETED"), ("second", "COMPLETED")]
+    assert "first step" in row.logs and "second step" in row.logs
+    assert await _event_names(sessions, body["id"]) == ["job.completed", "job.started"]
+
+
+async def test_a_result_too_large_for_the_step_is_written_by_the_workflow(
+    client, worker, module, operator_headers, temporal_env, sessions
+):
+    job = await _job(client, operator_headers, "big")
+    body = (await client.post(f"/api/v1/jobs/{job['id']}/execute?wait=true", headers=operator_headers)).json()
+    assert body["status"] == "COMPLETED", body
+    assert await _markers(temporal_env, body["workflow_id"]) == 1  # mirror_finish
+    async with sessions() as s:
+        row = await s.get(Execution, body["id"])
+    assert row.result == "x" * 600_000
+    assert await _event_names(sessions, body["id"]) == ["job.completed", "job.started"]
+
+
+async def test_a_run_whose_job_is_disabled_before_its_first_step_is_skipped(
+    client, module, operator_headers, temporal_settings, temporal_env, engine, sessions, tmp_path
+):
+    """The run is requested while the job is enabled, with no worker polling; the job is disabled;
+    when a worker comes, the first step records the run SKIPPED and never calls the handler."""
+    from workflows.worker import WorkerDeps, build_worker
+
+    marker = tmp_path / "ran"
+    job = await _job(client, operator_headers, "hello", config={"marker": str(marker)})
+    r = await client.post(f"/api/v1/jobs/{job['id']}/execute", headers=operator_headers)
+    assert r.status_code in (201, 202), r.text
+    execution_id = r.json()["id"]
+    assert (await client.post(f"/api/v1/jobs/{job['id']}/disable", headers=operator_headers)).status_code == 200
+
+    deps = WorkerDeps.open(temporal_settings)
+    w = build_worker(temporal_env.client, deps, graceful_shutdown_seconds=5)
+    task = asyncio.create_task(w.run())
+    try:
+
+        async def final() -> Any:
+            async with sessions() as s:
+                row = await s.get(Execution, execution_id)
+                return row if ExecutionStatus(row.status).is_final else None
+
+        row = await eventually(final, timeout=30, what="the run to end")
+        handle = temporal_env.client.get_workflow_handle(row.workflow_id)
+        result = await asyncio.wait_for(handle.result(), 30)
+    finally:
+        await w.shutdown()
+        await asyncio.gather(task, return_exceptions=True)
+        await deps.close()
+    assert result == {"execution_id": execution_id, "status": "SKIPPED", "reason": "the job is disabled"}
+    assert row.status == "SKIPPED" and row.status_reason == "the job is disabled"
+    assert row.started_at is None and not marker.exists()
+    assert await _event_names(sessions, execution_id) == ["job.skipped"]
+
+
+async def test_a_last_step_retried_after_completing_its_run_does_not_run_again(
+    module, temporal_settings, sessions, tmp_path
+):
+    """The step wrote COMPLETED but its completion never reached Temporal (worker lost): the retry
+    answers the stored result instead of calling the handler a second time."""
+    marker = tmp_path / "calls"
+    async with unit_of_work(sessions) as s:
+        s.add(
+            Execution(
+                id="exec-retried",
+                module_name="mirrored",
+                job_type="hello",
+                workflow_id="exec-retried",
+                trigger="manual",
+                status=ExecutionStatus.RUNNING.value,
+                steps=[{"name": "hello", "status": "PENDING", "attempts": 0, "failures": 0}],
+            )
+        )
+    inp = StepInput(
+        execution_id="exec-retried",
+        job_id=None,
+        module="mirrored",
+        module_version="1.0.0",
+        bundle_sha256=module.bundle_sha256,
+        job_type="hello",
+        step="hello",
+        step_index=0,
+        handler=module.manifest["jobs"][0]["handler"],
+        max_attempts=1,
+        timeout_seconds=30,
+        trigger="manual",
+        config_override={"marker": str(marker), "who": "again"},
+        finishes_run=True,
+    )
+    acts = JobActivities(settings=temporal_settings, sessions=sessions)
+    payload = DATA_CONVERTER.payload_converter.to_payloads([inp])[0]
+    env = ActivityEnvironment()
+    first = await env.run(acts.run_step, [RawValue(payload)])
+    second = await env.run(acts.run_step, [RawValue(payload)])
+    expected = {"greeting": "hello again"}
+    assert first["value"] == expected and first["finalized"] is True
+    assert second["value"] == expected and second["finalized"] is True
+    assert marker.read_text().splitlines() == ["1"]  # the handler ran once
+    async with sessions() as s:
+        row = await s.get(Execution, "exec-retried")
+    assert row.status == "COMPLETED" and row.result == expected
+    assert await _event_names(sessions, "exec-retried") == ["job.completed"]
+
+
+@pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
+async def test_histories_recorded_by_an_earlier_release_still_replay(path: Path) -> None:
+    """Runs in flight during an upgrade continue on the new worker: histories recorded at 7db9a73
+    (mirror_start / mirror_finish local activities, plain step results) replay without a
+    non-determinism error."""
+    from temporalio.worker import Replayer
+
+    from workflows.job import JobWorkflow
+
+    history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
+    replayer = Replayer(workflows=[JobWorkflow], data_converter=DATA_CONVERTER)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure
+
+
+def test_the_recorded_histories_are_there() -> None:
+    assert {p.stem.split("-")[0] for p in HISTORIES.glob("*.json")} == {"pipeline", "flaky", "boom"}
