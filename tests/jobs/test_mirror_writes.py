@@ -55,7 +55,7 @@ CONFIG = {
         "token": {"type": "string", "secret": True},
     },
 }
-JOBS = [
+JOBS: list[dict[str, Any]] = [
     {"name": "hello", "description": "greets", "handler": "hello", "config": CONFIG},
     {"name": "big", "description": "a 600 kB result", "handler": "big"},
     {
