@@ -141,8 +141,9 @@ class JobActivities:
             execution.config = masked
             plan = runs.run_plan(
                 execution_id=execution.id,
-                module=result.module,
-                version=result.version,
+                module=result.module.name,
+                module_version=result.module.version,
+                bundle_sha256=result.version.bundle_sha256 if result.version else result.module.bundle_sha256,
                 job=result.job,
                 job_type=execution.job_type,
                 definition=definition,

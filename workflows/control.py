@@ -7,6 +7,7 @@ so a run is never started without a row, nor recorded twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -136,8 +137,9 @@ class Runner:
             return None
         plan = runs.run_plan(
             execution_id=execution.id,
-            module=module,
-            version=version,
+            module=module.name,
+            module_version=module.version,
+            bundle_sha256=version.bundle_sha256,
             job=job,
             job_type=job.job_type,
             definition=definition,
@@ -180,8 +182,10 @@ class Runner:
         request: dict[str, Any] | None = None,
         event: dict[str, Any] | None = None,
         timeout: timedelta | None = None,
+        plan: RunPlan | None = None,
     ) -> Execution:
-        """Run a job type directly, without a job row (module HTTP routes)."""
+        """Run a job type directly, without a job row (module HTTP routes). With the ``plan`` of a
+        run of it (any execution id), the workflow needs no ``mirror_start``."""
         async with unit_of_work(self.sessions) as session:
             execution = Execution(
                 id=str(uuid.uuid4()),
@@ -192,10 +196,21 @@ class Runner:
                 input={"request": _summary(request)} if request else None,
             )
             execution.workflow_id = f"call-{execution.id}"
+            if plan is not None:
+                plan = dataclasses.replace(plan, execution_id=execution.id)
+                execution.module_version = plan.module_version
+                execution.steps = runs.pending_steps(plan)
             session.add(execution)
         await self._start(
             execution,
-            JobInput(trigger=trigger, execution_id=execution.id, request=request, event=event, job_type_only=True),
+            JobInput(
+                trigger=trigger,
+                execution_id=execution.id,
+                request=request,
+                event=event,
+                job_type_only=True,
+                plan=plan,
+            ),
             timeout or timedelta(hours=1),
         )
         return execution

@@ -233,6 +233,7 @@ async def _serve(request: Request, module: str) -> Response:
                 "body": body,
             },
             timeout=run_timeout(definition, module, route.job),
+            plan=table.plan(route.job, heartbeat_timeout_seconds=state.settings.heartbeat_timeout_seconds),
         )
     except Exception:
         if route.auth is not None:

@@ -22,8 +22,10 @@ from jsonschema.exceptions import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from activities.types import RunPlan
 from registry.errors import AuthenticationFailed, InvalidInput, PermissionDenied, ServiceUnavailable
 from registry.models import Module, ModuleStatus
+from registry.services.runs import run_plan
 
 #: Least role for a route that names none: reading is for viewers, anything else for operators.
 ROLE_RANK = {"viewer": 1, "operator": 2, "admin": 3}
@@ -128,6 +130,8 @@ class RouteTable:
     jobs: dict[str, dict[str, Any]]
     #: Module config in clear with defaults: holds the signing secrets of public routes.
     config: dict[str, Any]
+    #: The current version's code bundle (what a run started now loads).
+    bundle_sha256: str | None = None
     _validators: dict[tuple[int, str], Draft202012Validator] = field(default_factory=dict)
 
     @property
@@ -145,6 +149,22 @@ class RouteTable:
             return None
         route, params = min(candidates, key=lambda c: c[0].specificity)
         return RouteMatch(route=route, params=params)
+
+    def plan(self, job_type: str, *, heartbeat_timeout_seconds: int) -> RunPlan | None:
+        """The plan of a run of ``job_type`` on this version (its execution id left empty)."""
+        definition = self.jobs.get(job_type)
+        if definition is None:
+            return None
+        return run_plan(
+            execution_id="",
+            module=self.module,
+            module_version=self.version,
+            bundle_sha256=self.bundle_sha256,
+            job=None,
+            job_type=job_type,
+            definition=definition,
+            heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+        )
 
     def allowed_methods(self, parts: Sequence[str]) -> list[str]:
         """Methods served at ``parts`` (for a 405's ``Allow``); empty when nothing serves it."""
@@ -174,6 +194,7 @@ def build_table(module: Module, *, config: dict[str, Any]) -> RouteTable:
         routes=routes,
         jobs=jobs,
         config=config,
+        bundle_sha256=module.bundle_sha256,
     )
 
 

@@ -219,8 +219,9 @@ def mark_started(session: AsyncSession, execution: Execution, now: datetime) -> 
 def run_plan(
     *,
     execution_id: str,
-    module: Module,
-    version: ModuleVersion | None,
+    module: str,
+    module_version: str,
+    bundle_sha256: str | None,
     job: Job | None,
     job_type: str,
     definition: dict[str, Any],
@@ -240,14 +241,14 @@ def run_plan(
             timeout_seconds=int(s["timeout_seconds"] or timeout),
             max_attempts=int(s["retries"] + 1) if s["retries"] is not None else max_attempts,
         )
-        for s in steps_of(definition, module.name, job_type)
+        for s in steps_of(definition, module, job_type)
     ]
     notifications = (job.notifications if job is not None else None) or definition.get("notifications") or {}
     return RunPlan(
         execution_id=execution_id,
-        module=module.name,
-        module_version=module.version,
-        bundle_sha256=version.bundle_sha256 if version is not None else module.bundle_sha256,
+        module=module,
+        module_version=module_version,
+        bundle_sha256=bundle_sha256,
         job_type=job_type,
         steps=steps,
         retry_initial_seconds=float(backoff.get("initial_interval_seconds", retries.get("initialIntervalSeconds", 1))),

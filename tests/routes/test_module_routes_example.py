@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.api.enums.v1 import EventType
 
 from tests.conftest import eventually
 from tests.routes.route_helpers import EXAMPLE, MODULES, deploy, signed_headers
@@ -111,7 +112,7 @@ async def test_query_validation_is_a_422(example, client, viewer_headers):
     assert r.status_code == 422
 
 
-async def test_every_call_is_an_http_execution(example, client, viewer_headers):
+async def test_every_call_is_an_http_execution(example, client, viewer_headers, temporal_env):
     r = await client.get(f"{BASE}/hello", params={"name": "mirror"}, headers=viewer_headers)
     execution_id = r.headers["X-Execution-ID"]
     r = await client.get(f"/api/v1/executions/{execution_id}", headers=viewer_headers)
@@ -120,6 +121,11 @@ async def test_every_call_is_an_http_execution(example, client, viewer_headers):
     assert row["trigger"] == "http" and row["status"] == "COMPLETED"
     assert row["module"] == "data-sync" and row["job_type"] == "hello" and row["job_id"] is None
     assert row["workflow_id"] == f"call-{execution_id}" and row["temporal_url"]
+    assert row["module_version"] == example["version"] and row["started_at"] and row["duration_ms"] is not None
+    assert [(s["name"], s["status"]) for s in row["steps"]] == [("hello", "COMPLETED")]
+    # The call carried its plan: its step wrote the row at both ends (no local activity).
+    history = await temporal_env.client.get_workflow_handle(row["workflow_id"]).fetch_history()
+    assert not [e for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
     r = await client.get("/api/v1/executions", params={"trigger": "http"}, headers=viewer_headers)
     assert execution_id in [e["id"] for e in r.json()["items"]]
 
