@@ -41,6 +41,9 @@ from registry.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: "No result": the step does not end its run (see ``_step_finished``).
+_NOTHING: Any = object()
+
 #: Extra services (http, browser, notify, storage, state) are built per step by this factory.
 ServiceFactory = Callable[[StepInput, JobContext], Awaitable[dict[str, Any]]]
 #: Called once when a step ends (completed, failed, timed out or cancelled) to release what the
@@ -153,7 +156,10 @@ class JobActivities:
             return plan
 
     @activity.defn(name=MIRROR_FINISH)
-    async def mirror_finish(self, inp: FinishInput) -> None:
+    async def mirror_finish(self, inp: FinishInput) -> dict[str, Any] | None:
+        """End the run's row; when it was already COMPLETED by its last step (whose completion never
+        reached the workflow: a worker lost just after the commit, then a cancel or a failure),
+        answer that outcome so the workflow reports what the row says."""
         async with unit_of_work(self.sessions) as session:
             finished = await runs.finish_by_id(
                 session=session,
@@ -166,6 +172,15 @@ class JobActivities:
             )
             if finished is None:
                 log.warning("mirror_finish: execution %s not found", inp.execution_id)
+            elif not finished and inp.status != ExecutionStatus.COMPLETED.value:
+                row = (
+                    await session.execute(
+                        select(Execution.status, Execution.result).where(Execution.id == inp.execution_id)
+                    )
+                ).first()
+                if row is not None and row.status == ExecutionStatus.COMPLETED.value:
+                    return {"status": row.status, "result": row.result}
+        return None
 
     # --- steps ----------------------------------------------------------------------------------
     @activity.defn(dynamic=True)
@@ -276,11 +291,22 @@ class JobActivities:
                     log.exception("releasing services of step %s failed", inp.step)
             if early is None:
                 completes = inp.finishes_run and outcome == "COMPLETED"
-                finalized = await asyncio.shield(
+                write = asyncio.ensure_future(
                     self._step_finished(
                         inp, info.attempt, outcome, error_text, buffer, _stored(value) if completes else _NOTHING
                     )
                 )
+                try:
+                    finalized, stored = await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    # Cancelled while the step's end was being written: when that write completed
+                    # the run, the step's success stands (Temporal accepts a completion after a
+                    # cancel request), so the workflow and the row agree.
+                    finalized, stored = await write
+                    if not finalized:
+                        raise
+                if stored is not _NOTHING:
+                    value = stored
         if inp.starts_run or inp.finishes_run:
             return step_outcome(value, finalized=finalized)
         return value
@@ -311,7 +337,9 @@ class JobActivities:
             if starting:
                 assert execution is not None
                 reason = runs.skip_reason(inp.job_id, job, inp.module, module)
-                if reason is None and definition is None:
+                if reason is None and version is None:
+                    reason = f"module {inp.module} {inp.module_version} is no longer registered"
+                elif reason is None and definition is None:
                     reason = f"job type {inp.job_type} does not exist in {inp.module} {inp.module_version}"
                 if reason is not None:
                     runs.finish(session=session, execution=execution, status=ExecutionStatus.SKIPPED, reason=reason)
@@ -372,7 +400,10 @@ class JobActivities:
     async def _heartbeats(self) -> None:
         """Heartbeat for the whole step (loading code included), so slow preparation is not
         mistaken for a lost worker, and cancellation is delivered while the handler runs."""
-        interval = max(self.settings.heartbeat_timeout_seconds / 3, 0.5)
+        timeout = activity.info().heartbeat_timeout
+        # What the workflow asked for (it may come from another process's settings); ours otherwise.
+        seconds = timeout.total_seconds() if timeout else self.settings.heartbeat_timeout_seconds
+        interval = max(seconds / 3, 0.5)
         while True:
             # Sleep first: a short step never pays a heartbeat round trip to the server.
             await asyncio.sleep(interval)
@@ -443,58 +474,75 @@ class JobActivities:
             return int(steps[inp.step_index]["failures"])
 
     async def _step_finished(
-        self, inp: StepInput, attempt: int, outcome: str, error: str | None, buffer: LogBuffer, result: Any = None
-    ) -> bool:
+        self,
+        inp: StepInput,
+        attempt: int,
+        outcome: str,
+        error: str | None,
+        buffer: LogBuffer,
+        result: Any = _NOTHING,
+    ) -> tuple[bool, Any]:
         """Keep the step's logs and status whatever happened (success, failure, timeout, cancel);
         given the ``result`` of a run's last step, also end the run COMPLETED in the same
-        transaction. Returns whether the run's row is final.
+        transaction. Returns whether the run's row is final, and the result an earlier attempt
+        stored when that attempt had already completed the run (``_NOTHING`` otherwise).
 
-        Reads only the columns it needs and appends the logs in SQL (the stored logs are never read
-        back). Tried twice: a connection that died meanwhile is replaced on the second try."""
-        text = buffer.text()
+        Only the step's latest attempt ends the run (an attempt Temporal gave up on, still running
+        somewhere, must not); a run already COMPLETED answers its stored result. Reads only the
+        columns it needs and appends the logs in SQL (the stored logs are never read back). Tried
+        twice, as a connection that died meanwhile is replaced on the second try; then once more
+        without the result (a value the database refuses must not cost the step its logs)."""
+        text = _storable_text(buffer.text())
+        tries = (result, result, _NOTHING) if result is not _NOTHING else (_NOTHING, _NOTHING)
+        for number, value in enumerate(tries, start=1):
+            try:
+                return await self._write_step_end(inp, attempt, outcome, error, text, value)
+            except Exception:  # noqa: BLE001 - never hide the step's own outcome behind a mirror error
+                if number == len(tries):
+                    log.exception("could not persist logs of execution %s", inp.execution_id)
+        return False, _NOTHING
+
+    async def _write_step_end(
+        self, inp: StepInput, attempt: int, outcome: str, error: str | None, text: str, result: Any
+    ) -> tuple[bool, Any]:
         completes = result is not _NOTHING
         columns = (Execution.steps, *runs.FINISH_COLUMNS) if completes else (Execution.steps,)
-        for attempt_no in (1, 2):
-            try:
-                async with unit_of_work(self.sessions) as session:
-                    row = (
-                        await session.execute(
-                            select(*columns).where(Execution.id == inp.execution_id).with_for_update()
-                        )
-                    ).first()
-                    if row is None:
-                        return False
-                    values: dict[str, Any] = {}
-                    steps = [dict(s) for s in (row.steps or [])]
-                    if inp.step_index < len(steps):
-                        steps[inp.step_index].update(
-                            status=outcome, finished_at=datetime.now(UTC).isoformat(), attempts=attempt
-                        )
-                        if error:
-                            steps[inp.step_index]["error"] = error[:2000]
-                        values["steps"] = steps
-                    if text:
-                        values["logs"] = case((Execution.logs == "", text), else_=Execution.logs + "\n" + text)
-                    if completes:
-                        values.update(
-                            runs.final_values(
-                                session=session,
-                                row=row,
-                                execution_id=inp.execution_id,
-                                status=ExecutionStatus.COMPLETED,
-                                result=result,
-                            )
-                        )
-                    if values:
-                        await session.execute(
-                            update(Execution).where(Execution.id == inp.execution_id).values(**values),
-                            execution_options={"synchronize_session": False},
-                        )
-                return completes
-            except Exception:  # noqa: BLE001 - never hide the step's own outcome behind a mirror error
-                if attempt_no == 2:
-                    log.exception("could not persist logs of execution %s", inp.execution_id)
-        return False
+        async with unit_of_work(self.sessions) as session:
+            row = (
+                await session.execute(select(*columns).where(Execution.id == inp.execution_id).with_for_update())
+            ).first()
+            if row is None:
+                return False, _NOTHING
+            values: dict[str, Any] = {}
+            steps = [dict(s) for s in (row.steps or [])]
+            # False for an attempt Temporal gave up on while a later one has started the step.
+            latest = inp.step_index >= len(steps) or int(steps[inp.step_index].get("attempts") or 0) <= attempt
+            if latest and inp.step_index < len(steps):
+                steps[inp.step_index].update(
+                    status=outcome, finished_at=datetime.now(UTC).isoformat(), attempts=attempt
+                )
+                if error:
+                    steps[inp.step_index]["error"] = error[:2000]
+                values["steps"] = steps
+            if text:
+                values["logs"] = case((Execution.logs == "", text), else_=Execution.logs + "\n" + text)
+            if completes and ExecutionStatus(row.status) == ExecutionStatus.COMPLETED:
+                # Ended by an earlier attempt whose completion Temporal never got: its result stands.
+                stored = await session.scalar(select(Execution.result).where(Execution.id == inp.execution_id))
+                if values:
+                    await _update(session, inp.execution_id, values)
+                return True, stored
+            ending = completes and latest and not ExecutionStatus(row.status).is_final
+            if ending:
+                finish = runs.final_values(
+                    execution_id=inp.execution_id, row=row, status=ExecutionStatus.COMPLETED, result=result
+                )
+                if await _update(session, inp.execution_id, {**values, **finish.values}, unless_final=True):
+                    finish.record(session, inp.execution_id)
+                    return True, _NOTHING
+            if values:
+                await _update(session, inp.execution_id, values)
+            return False, _NOTHING
 
     async def emit(self, inp: StepInput, name: str, payload: dict[str, Any]) -> str:
         from registry.services.events import validate_name
@@ -513,11 +561,26 @@ class JobActivities:
         return event_id
 
 
-#: "No result": the step does not end its run (see ``_step_finished``).
-_NOTHING: Any = object()
 #: A result larger than this (JSON) is not written by the step: the workflow's ``mirror_finish``
 #: writes it, after Temporal has accepted it (the server refuses payloads over 2 MB by default).
 _MAX_STORED_RESULT = 512 * 1024
+
+
+async def _update(
+    session: AsyncSession, execution_id: str, values: dict[str, Any], *, unless_final: bool = False
+) -> bool:
+    """One UPDATE of an execution row; with ``unless_final``, only while its status is not final
+    (atomic on SQLite too, where FOR UPDATE locks nothing). Returns whether a row changed."""
+    statement = update(Execution).where(Execution.id == execution_id)
+    if unless_final:
+        statement = statement.where(Execution.status.not_in(runs.FINAL_STATUSES))
+    done = await session.execute(statement.values(**values), execution_options={"synchronize_session": False})
+    return bool(getattr(done, "rowcount", 1))
+
+
+def _storable_text(text: str) -> str:
+    """Log text PostgreSQL can hold (it refuses NUL characters)."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def _stored(value: Any) -> Any:

@@ -168,12 +168,16 @@ class JobWorkflow:
 
         if not finalized:
             # The last step writes the COMPLETED row itself; every other ending is written here.
-            await workflow.execute_local_activity(
+            ended = await workflow.execute_local_activity(
                 MIRROR_FINISH,
                 FinishInput(execution_id=plan.execution_id, status=status, result=result, error=error),
                 start_to_close_timeout=_LOCAL_TIMEOUT,
                 retry_policy=_LOCAL_RETRY,
             )
+            if isinstance(ended, dict) and ended.get("status") == "COMPLETED":
+                # The last step had completed the run before its completion was lost (a worker
+                # died after the commit): the handler's work is done and the row says so.
+                status, error, failure, result = "COMPLETED", None, None, ended.get("result")
         await self._notify(plan, status, error)
         if status == "CANCELLED":
             raise CancelledError("execution cancelled")

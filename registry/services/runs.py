@@ -6,6 +6,8 @@ retried activity or a redelivered task never creates a second row or moves a fin
 
 from __future__ import annotations
 
+import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -279,8 +281,8 @@ def finish(
     now = datetime.now(UTC)
     execution.status = status.value
     execution.status_reason = reason
-    execution.result = result
-    execution.error = error
+    execution.result = storable(result)
+    execution.error = storable(error)
     execution.finished_at = now
     if execution.started_at is not None:
         execution.duration_ms = int((now - execution.started_at).total_seconds() * 1000)
@@ -307,6 +309,7 @@ FINISH_COLUMNS = (
     Execution.job_type,
     Execution.trigger,
 )
+FINAL_STATUSES = [s.value for s in ExecutionStatus if s.is_final]
 
 
 async def finish_by_id(
@@ -320,77 +323,121 @@ async def finish_by_id(
     attempt: int = 0,
 ) -> bool | None:
     """:func:`finish` for a row not loaded in the session: reads only the columns it needs (never the
-    logs, steps or config) and writes one UPDATE. Returns None when the row does not exist."""
+    logs, steps or config) and writes one UPDATE, guarded so that a final status never moves even
+    where FOR UPDATE locks nothing (SQLite). Returns None when the row does not exist, else
+    whether this call ended the run."""
     row = (await session.execute(select(*FINISH_COLUMNS).where(Execution.id == execution_id).with_for_update())).first()
     if row is None:
         return None
-    values = final_values(
-        session=session,
-        row=row,
-        execution_id=execution_id,
-        status=status,
-        result=result,
-        error=error,
-        reason=reason,
-        attempt=attempt,
-    )
+    values: dict[str, Any] = {}
+    if attempt and attempt > (row.attempt or 0):
+        values["attempt"] = attempt
+    if not ExecutionStatus(row.status).is_final:
+        ending = final_values(
+            execution_id=execution_id, row=row, status=status, result=result, error=error, reason=reason
+        )
+        done = await session.execute(
+            update(Execution)
+            .where(Execution.id == execution_id, Execution.status.not_in(FINAL_STATUSES))
+            .values(**values, **ending.values),
+            execution_options={"synchronize_session": False},
+        )
+        if getattr(done, "rowcount", 1):
+            ending.record(session, execution_id)
+            return True
     if values:
         await session.execute(
             update(Execution).where(Execution.id == execution_id).values(**values),
             execution_options={"synchronize_session": False},
         )
-    return not ExecutionStatus(row.status).is_final
+    return False
+
+
+@dataclass
+class Ending:
+    """The column values that end a run, and its ``job.*`` event (recorded once the guarded UPDATE
+    changed the row)."""
+
+    values: dict[str, Any]
+    event: str | None
+    payload: dict[str, Any]
+    module_name: str
+
+    def record(self, session: AsyncSession, execution_id: str) -> None:
+        if self.event:
+            events.record(
+                session=session,
+                name=self.event,
+                payload=self.payload,
+                source="platform",
+                module_name=self.module_name,
+                execution_id=execution_id,
+            )
 
 
 def final_values(
     *,
-    session: AsyncSession,
-    row: Any,
     execution_id: str,
+    row: Any,
     status: ExecutionStatus,
     result: Any = None,
     error: dict[str, Any] | None = None,
     reason: str | None = None,
-    attempt: int = 0,
-) -> dict[str, Any]:
-    """The column values that end a run whose :data:`FINISH_COLUMNS` are ``row`` (locked), and its
-    ``job.*`` event added to the session; only the attempt when the row is already final."""
-    values: dict[str, Any] = {}
-    if attempt and attempt > (row.attempt or 0):
-        values["attempt"] = attempt
-    if ExecutionStatus(row.status).is_final:
-        return values
+) -> Ending:
+    """How to end a run whose :data:`FINISH_COLUMNS` are ``row`` (not final)."""
     now = datetime.now(UTC)
     duration_ms = int((now - row.started_at).total_seconds() * 1000) if row.started_at is not None else None
-    values.update(
-        status=status.value,
-        status_reason=reason,
-        result=result,
-        error=error,
-        finished_at=now,
-        duration_ms=duration_ms,
-    )
-    name = STATUS_EVENTS.get(status)
-    if name:
-        events.record(
-            session=session,
-            name=name,
-            payload=_job_event_payload(
-                execution_id=execution_id,
-                job_id=row.job_id,
-                module=row.module_name,
-                job_type=row.job_type,
-                trigger=row.trigger,
-                status=status.value,
-                reason=reason,
-                error=error,
-                duration_ms=duration_ms,
-            ),
-            source="platform",
-            module_name=row.module_name,
+    result, error = storable(result), storable(error)
+    return Ending(
+        values={
+            "status": status.value,
+            "status_reason": reason,
+            "result": result,
+            "error": error,
+            "finished_at": now,
+            "duration_ms": duration_ms,
+        },
+        event=STATUS_EVENTS.get(status),
+        payload=_job_event_payload(
             execution_id=execution_id,
-        )
-    return values
+            job_id=row.job_id,
+            module=row.module_name,
+            job_type=row.job_type,
+            trigger=row.trigger,
+            status=status.value,
+            reason=reason,
+            error=error,
+            duration_ms=duration_ms,
+        ),
+        module_name=row.module_name,
+    )
+
+
+def storable(value: Any) -> Any:
+    """``value`` as both databases can store it in a JSON column: NaN and infinities (which
+    Temporal's JSON accepts, PostgreSQL does not) become null, NUL characters U+FFFD. Values
+    without them are returned as they are (one ``json.dumps`` to find out)."""
+    if value is None or isinstance(value, bool | int | str) and not (isinstance(value, str) and "\x00" in value):
+        return value
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except ValueError:
+        return _scrub(value)
+    except TypeError:
+        return value  # not JSON at all: the column's own serializer reports it
+    return _scrub(value) if "\\u0000" in text else value
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_scrub(k) if isinstance(k, str) else k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
 
 
 def _event_payload(execution: Execution) -> dict[str, Any]:
