@@ -492,7 +492,7 @@ class JobActivities:
         columns it needs and appends the logs in SQL (the stored logs are never read back). Tried
         twice, as a connection that died meanwhile is replaced on the second try; then once more
         without the result (a value the database refuses must not cost the step its logs)."""
-        text = _storable_text(buffer.text())
+        text = buffer.text()  # JSON lines: control characters are escaped
         tries = (result, result, _NOTHING) if result is not _NOTHING else (_NOTHING, _NOTHING)
         for number, value in enumerate(tries, start=1):
             try:
@@ -576,11 +576,6 @@ async def _update(
         statement = statement.where(Execution.status.not_in(runs.FINAL_STATUSES))
     done = await session.execute(statement.values(**values), execution_options={"synchronize_session": False})
     return bool(getattr(done, "rowcount", 1))
-
-
-def _storable_text(text: str) -> str:
-    """Log text PostgreSQL can hold (it refuses NUL characters)."""
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def _stored(value: Any) -> Any:

@@ -1,6 +1,7 @@
-"""Who writes a run's mirror row: a manual run carries its plan, its first step starts the run and
-its last step ends it COMPLETED (no local activities in its history); everything else still goes
-through ``mirror_start`` / ``mirror_finish``, and histories recorded before this still replay."""
+"""Who writes a run's mirror row: a manual run carries its plan, so its first step starts the run;
+the last step of every run ends it COMPLETED. Scheduled and event runs start through
+``mirror_start``, and every other ending goes through ``mirror_finish``. Histories recorded before
+this still replay."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from temporalio.client import WorkflowHistory
 from temporalio.common import RawValue
 from temporalio.testing import ActivityEnvironment
 
-from activities.jobs import JobActivities
-from activities.types import StepInput
+from activities.jobs import _NOTHING, JobActivities
+from activities.types import FinishInput, JobInput, StepInput
+from autoplat.context import LogBuffer
 from registry.db import unit_of_work
 from registry.models import Event, Execution, ExecutionStatus
 from tests.conftest import eventually
@@ -39,6 +41,21 @@ def hello(ctx):
 def big(ctx):
     return "x" * 600_000
 
+def odd(ctx):
+    ctx.logger.info("a NUL \\x00 in a log line")
+    return {"ratio": float("nan"), "text": "a\\x00b", "big": float("inf")}
+
+def boom(ctx):
+    ctx.logger.info("about to fail")
+    raise RuntimeError("broken")
+
+def slow(ctx):
+    import time
+    deadline = time.monotonic() + 3.5
+    while time.monotonic() < deadline:  # a long step: heartbeats must keep it alive
+        time.sleep(0.05)
+    return "done"
+
 def first(ctx):
     ctx.logger.info("first step")
     return 2
@@ -58,6 +75,9 @@ CONFIG = {
 JOBS: list[dict[str, Any]] = [
     {"name": "hello", "description": "greets", "handler": "hello", "config": CONFIG},
     {"name": "big", "description": "a 600 kB result", "handler": "big"},
+    {"name": "odd", "description": "a result PostgreSQL cannot store as is", "handler": "odd"},
+    {"name": "boom", "description": "fails", "handler": "boom"},
+    {"name": "slow", "description": "runs 3.5 s", "handler": "slow"},
     {
         "name": "pipeline",
         "description": "two steps",
@@ -222,6 +242,195 @@ async def test_a_last_step_retried_after_completing_its_run_does_not_run_again(
         row = await s.get(Execution, "exec-retried")
     assert row.status == "COMPLETED" and row.result == expected
     assert await _event_names(sessions, "exec-retried") == ["job.completed"]
+
+
+async def test_a_scheduled_run_starts_through_mirror_start_and_ends_in_its_last_step(
+    client, worker, module, operator_headers, temporal_env, sessions
+):
+    job = await _job(client, operator_headers, "hello")
+    handle = await temporal_env.client.start_workflow(
+        "mirrored.hello",
+        JobInput(job_id=job["id"], trigger="schedule"),
+        id=f"sched-{job['id']}",
+        task_queue=worker.task_queue,
+    )
+    result = await asyncio.wait_for(handle.result(), 30)
+    assert result["status"] == "COMPLETED", result
+    assert await _markers(temporal_env, handle.id) == 1  # mirror_start only
+    async with sessions() as s:
+        row = await s.get(Execution, result["execution_id"])
+    assert row.status == "COMPLETED" and row.trigger == "schedule" and row.result == {"greeting": "hello world"}
+    assert [(s["name"], s["status"]) for s in row.steps] == [("hello", "COMPLETED")]
+    assert await _event_names(sessions, row.id) == ["job.completed", "job.started"]
+
+
+async def test_a_failed_manual_run_is_ended_by_mirror_finish_with_its_logs(
+    client, worker, module, operator_headers, temporal_env, sessions
+):
+    job = await _job(client, operator_headers, "boom")
+    body = (await client.post(f"/api/v1/jobs/{job['id']}/execute?wait=true", headers=operator_headers)).json()
+    assert body["status"] == "FAILED" and "broken" in body["error"]["message"], body
+    assert await _markers(temporal_env, body["workflow_id"]) == 1  # mirror_finish only
+    async with sessions() as s:
+        row = await s.get(Execution, body["id"])
+    assert row.started_at and row.finished_at and row.run_id
+    assert [(s["name"], s["status"]) for s in row.steps] == [("boom", "FAILED")]
+    assert "about to fail" in row.logs and "RuntimeError: broken" in row.logs
+    assert await _event_names(sessions, body["id"]) == ["job.failed", "job.started"]
+
+
+async def test_a_result_postgresql_cannot_store_as_is_is_kept_with_the_logs(
+    client, worker, module, operator_headers, sessions
+):
+    job = await _job(client, operator_headers, "odd")
+    body = (await client.post(f"/api/v1/jobs/{job['id']}/execute?wait=true", headers=operator_headers)).json()
+    assert body["status"] == "COMPLETED", body
+    assert body["result"] == {"ratio": None, "text": "a\ufffdb", "big": None}
+    async with sessions() as s:
+        row = await s.get(Execution, body["id"])
+    assert "a NUL \\u0000 in a log line" in row.logs  # JSON lines: the NUL is escaped
+
+
+async def test_a_run_cancelled_before_its_first_step_never_starts(
+    client, module, operator_headers, temporal_settings, temporal_env, sessions, tmp_path
+):
+    from workflows.worker import WorkerDeps, build_worker
+
+    marker = tmp_path / "ran"
+    job = await _job(client, operator_headers, "hello", config={"marker": str(marker)})
+    execution_id = (await client.post(f"/api/v1/jobs/{job['id']}/execute", headers=operator_headers)).json()["id"]
+    r = await client.post(f"/api/v1/executions/{execution_id}/cancel", headers=operator_headers)
+    assert r.status_code in (200, 202), r.text
+    deps = WorkerDeps.open(temporal_settings)
+    w = build_worker(temporal_env.client, deps, graceful_shutdown_seconds=5)
+    task = asyncio.create_task(w.run())
+    try:
+
+        async def final() -> Any:
+            async with sessions() as s:
+                row = await s.get(Execution, execution_id)
+                return row if ExecutionStatus(row.status).is_final else None
+
+        row = await eventually(final, timeout=30, what="the run to end")
+    finally:
+        await w.shutdown()
+        await asyncio.gather(task, return_exceptions=True)
+        await deps.close()
+    assert row.status == "CANCELLED" and row.started_at is None and not marker.exists()
+    assert await _event_names(sessions, execution_id) == ["job.cancelled"]
+
+
+async def test_the_worker_heartbeats_at_the_timeout_the_run_asked_for(
+    client, module, operator_headers, temporal_settings, temporal_env, sessions
+):
+    """The API plans a 1 s heartbeat timeout; a worker configured for 60 s must still heartbeat in
+    time (it follows the activity's own timeout), or the 3.5 s step would be retried."""
+    from workflows.worker import WorkerDeps, build_worker
+
+    temporal_settings.heartbeat_timeout_seconds = 1  # the API's (and so the plan's) setting
+    deps = WorkerDeps.open(temporal_settings.model_copy(update={"heartbeat_timeout_seconds": 60}))
+    w = build_worker(temporal_env.client, deps, graceful_shutdown_seconds=5)
+    task = asyncio.create_task(w.run())
+    try:
+        job = await _job(client, operator_headers, "slow")
+        body = (await client.post(f"/api/v1/jobs/{job['id']}/execute?wait=true", headers=operator_headers)).json()
+    finally:
+        await w.shutdown()
+        await asyncio.gather(task, return_exceptions=True)
+        await deps.close()
+    assert body["status"] == "COMPLETED" and body["result"] == "done", body
+    assert body["attempt"] == 1
+
+
+async def _running_row(sessions: Any, execution_id: str, attempts: int) -> None:
+    async with unit_of_work(sessions) as s:
+        s.add(
+            Execution(
+                id=execution_id,
+                module_name="mirrored",
+                job_type="hello",
+                workflow_id=execution_id,
+                trigger="manual",
+                status=ExecutionStatus.RUNNING.value,
+                steps=[{"name": "hello", "status": "RUNNING", "attempts": attempts, "failures": 0}],
+            )
+        )
+
+
+def _step(module: Any, execution_id: str, **extra: Any) -> StepInput:
+    return StepInput(
+        execution_id=execution_id,
+        job_id=None,
+        module="mirrored",
+        module_version="1.0.0",
+        bundle_sha256=module.bundle_sha256,
+        job_type="hello",
+        step="hello",
+        step_index=0,
+        handler=module.manifest["jobs"][0]["handler"],
+        max_attempts=1,
+        timeout_seconds=30,
+        trigger="manual",
+        finishes_run=True,
+        **extra,
+    )
+
+
+async def test_an_attempt_temporal_gave_up_on_does_not_end_the_run(module, temporal_settings, sessions):
+    """Attempt 1 lost its heartbeat and attempt 2 started the step: attempt 1, still running
+    somewhere, finishing later must not write its result; attempt 2 ends the run."""
+    await _running_row(sessions, "exec-stale", attempts=2)
+    acts = JobActivities(settings=temporal_settings, sessions=sessions)
+    inp = _step(module, "exec-stale")
+    stale = await acts._step_finished(inp, 1, "COMPLETED", None, LogBuffer(1000), {"from": 1})
+    assert stale == (False, _NOTHING)
+    async with sessions() as s:
+        assert (await s.get(Execution, "exec-stale")).status == "RUNNING"
+    latest = await acts._step_finished(inp, 2, "COMPLETED", None, LogBuffer(1000), {"from": 2})
+    assert latest == (True, _NOTHING)
+    async with sessions() as s:
+        row = await s.get(Execution, "exec-stale")
+    assert row.status == "COMPLETED" and row.result == {"from": 2}
+    assert await _event_names(sessions, "exec-stale") == ["job.completed"]
+
+
+async def test_a_cancel_during_the_end_write_keeps_the_completed_step(module, temporal_settings, sessions):
+    """The cancel arrives while the last step's end is being written: once that write has completed
+    the run, the step answers its success (the row and the workflow agree) instead of a cancel."""
+    await _running_row(sessions, "exec-late-cancel", attempts=0)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    class Paused(JobActivities):
+        async def _write_step_end(self, *args: Any) -> Any:
+            entered.set()
+            await release.wait()
+            return await super()._write_step_end(*args)
+
+    acts = Paused(settings=temporal_settings, sessions=sessions)
+    payload = DATA_CONVERTER.payload_converter.to_payloads([_step(module, "exec-late-cancel")])[0]
+    env = ActivityEnvironment()
+    running = asyncio.create_task(env.run(acts.run_step, [RawValue(payload)]))
+    await asyncio.wait_for(entered.wait(), 30)
+    env.cancel()
+    release.set()
+    outcome = await asyncio.wait_for(running, 30)
+    assert outcome["finalized"] is True and outcome["value"] == {"greeting": "hello world"}
+    async with sessions() as s:
+        assert (await s.get(Execution, "exec-late-cancel")).status == "COMPLETED"
+
+
+async def test_mirror_finish_reports_a_run_its_last_step_completed(module, temporal_settings, sessions):
+    await _running_row(sessions, "exec-adopted", attempts=1)
+    acts = JobActivities(settings=temporal_settings, sessions=sessions)
+    inp = _step(module, "exec-adopted")
+    assert await acts._step_finished(inp, 1, "COMPLETED", None, LogBuffer(1000), {"ok": True}) == (True, _NOTHING)
+    env = ActivityEnvironment()
+    ended = await env.run(acts.mirror_finish, FinishInput(execution_id="exec-adopted", status="CANCELLED"))
+    assert ended == {"status": "COMPLETED", "result": {"ok": True}}
+    assert await env.run(acts.mirror_finish, FinishInput(execution_id="exec-adopted", status="COMPLETED")) is None
+    async with sessions() as s:
+        assert (await s.get(Execution, "exec-adopted")).status == "COMPLETED"
+    assert await _event_names(sessions, "exec-adopted") == ["job.completed"]
 
 
 @pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
