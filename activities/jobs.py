@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import case, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -40,6 +40,7 @@ from registry.services import events, runs
 from registry.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: "No result": the step does not end its run (see ``_step_finished``).
 _NOTHING: Any = object()
@@ -284,29 +285,27 @@ class JobActivities:
             failures = await self._count_failure(inp, False)
             raise self._budgeted(ApplicationError(error_text, type=type(exc).__name__), failures, inp) from None
         finally:
-            if ctx is not None and self.release is not None:
-                try:
-                    await asyncio.shield(self.release(inp, ctx))
-                except Exception:  # noqa: BLE001 - releasing must never mask the step's outcome
-                    log.exception("releasing services of step %s failed", inp.step)
             if early is None:
                 completes = inp.finishes_run and outcome == "COMPLETED"
-                write = asyncio.ensure_future(
-                    self._step_finished(
-                        inp, info.attempt, outcome, error_text, buffer, _stored(value) if completes else _NOTHING
+                # Release the step's services and keep its logs and status whatever happens, even
+                # when cancellation is delivered again meanwhile (the cleanup is bounded).
+                (finalized, stored), interrupted = await _to_completion(
+                    self._end_step(
+                        inp,
+                        info.attempt,
+                        ctx,
+                        outcome,
+                        error_text,
+                        buffer,
+                        _stored(value) if completes else _NOTHING,
                     )
                 )
-                try:
-                    finalized, stored = await asyncio.shield(write)
-                except asyncio.CancelledError:
-                    # Cancelled while the step's end was being written: when that write completed
-                    # the run, the step's success stands (Temporal accepts a completion after a
-                    # cancel request), so the workflow and the row agree.
-                    finalized, stored = await write
-                    if not finalized:
-                        raise
                 if stored is not _NOTHING:
                     value = stored
+                if interrupted and not finalized:
+                    # When the write completed the run, the step's success stands (Temporal accepts
+                    # a completion after a cancel request), so the workflow and the row agree.
+                    raise asyncio.CancelledError
         if inp.starts_run or inp.finishes_run:
             return step_outcome(value, finalized=finalized)
         return value
@@ -473,6 +472,25 @@ class JobActivities:
             execution.steps = steps
             return int(steps[inp.step_index]["failures"])
 
+    async def _end_step(
+        self,
+        inp: StepInput,
+        attempt: int,
+        ctx: JobContext | None,
+        outcome: str,
+        error: str | None,
+        buffer: LogBuffer,
+        result: Any,
+    ) -> tuple[bool, Any]:
+        """A step's cleanup: release its services, then keep its logs and status (and, given the
+        last step's ``result``, end the run): see :meth:`_step_finished`."""
+        if ctx is not None and self.release is not None:
+            try:
+                await self.release(inp, ctx)
+            except Exception:  # noqa: BLE001 - releasing must never mask the step's outcome
+                log.exception("releasing services of step %s failed", inp.step)
+        return await self._step_finished(inp, attempt, outcome, error, buffer, result)
+
     async def _step_finished(
         self,
         inp: StepInput,
@@ -576,6 +594,20 @@ async def _update(
         statement = statement.where(Execution.status.not_in(runs.FINAL_STATUSES))
     done = await session.execute(statement.values(**values), execution_options={"synchronize_session": False})
     return bool(getattr(done, "rowcount", 1))
+
+
+async def _to_completion(aw: Awaitable[T]) -> tuple[T, bool]:
+    """Run ``aw`` to its end even if the caller is cancelled, once or repeatedly, meanwhile;
+    returns its result and whether the caller was cancelled."""
+    task = asyncio.ensure_future(aw)
+    interrupted = False
+    while True:
+        try:
+            return await asyncio.shield(task), interrupted
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            interrupted = True
 
 
 def _stored(value: Any) -> Any:

@@ -31,6 +31,8 @@ def capture(ctx):
 async def hang(ctx):
     await ctx.browser.navigate(ctx.config["base"] + "/page")
     ctx.logger.info("page open")
+    if ctx.config.get("marker"):
+        open(ctx.config["marker"], "w").close()  # tells the test the page is open
     await ctx.browser.wait_for("#never", timeout=600)
 
 async def elsewhere(ctx):
@@ -42,7 +44,11 @@ async def crash_after_open(ctx):
 """
 CONFIG = {
     "type": "object",
-    "properties": {"base": {"type": "string"}, "who": {"type": "string", "default": "x"}},
+    "properties": {
+        "base": {"type": "string"},
+        "who": {"type": "string", "default": "x"},
+        "marker": {"type": "string"},
+    },
 }
 JOBS = [
     {"name": "visit", "description": "cookies", "handler": "visit", "config": CONFIG},
@@ -211,14 +217,16 @@ async def _contexts(worker: Any) -> int:
     return len((await provider.pool.browser()).contexts) if provider.pool.launches else 0
 
 
-async def test_context_closed_when_the_step_is_cancelled(worker, client, module, operator_headers, site):
-    job = await _job(client, operator_headers, "hang", "hang", {"base": site})
+async def test_context_closed_when_the_step_is_cancelled(worker, client, module, operator_headers, site, tmp_path):
+    marker = tmp_path / "page-open"
+    job = await _job(client, operator_headers, "hang", "hang", {"base": site, "marker": str(marker)})
     started = (await client.post(f"/api/v1/jobs/{job}/execute", headers=operator_headers)).json()
 
-    async def open_context() -> bool:
-        return await _contexts(worker) == 1
+    async def page_open() -> bool:
+        # The context opens before the page has loaded: cancel only once the handler says it is open.
+        return marker.exists() and await _contexts(worker) == 1
 
-    await eventually(open_context, timeout=30, what="browser context open")
+    await eventually(page_open, timeout=30, what="browser page open")
     r = await client.post(f"/api/v1/executions/{started['id']}/cancel", headers=operator_headers)
     assert r.status_code == 202, r.text
 
