@@ -31,9 +31,10 @@ class JobInput:
     #: the workflow type.
     job_type_only: bool = False
     #: The run's plan, when whoever started the run already read the job and its module and wrote
-    #: the PENDING mirror row (manual runs): the workflow then skips the ``mirror_start`` local
-    #: activity and the first step starts the run (``StepInput.starts_run``). Schedules and events
-    #: send none: their row is created and their plan resolved at start.
+    #: the PENDING mirror row (manual runs, retries, module route calls): the workflow then skips
+    #: the ``mirror_start`` local activity and the first step starts the run
+    #: (``StepInput.starts_run``). Schedules and events send none: their row is created and their
+    #: plan resolved when the run starts.
     plan: RunPlan | None = None
 
 
