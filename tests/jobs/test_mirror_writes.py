@@ -434,10 +434,11 @@ async def test_mirror_finish_reports_a_run_its_last_step_completed(module, tempo
 
 
 @pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
-async def test_histories_recorded_by_an_earlier_release_still_replay(path: Path) -> None:
-    """Runs in flight during an upgrade continue on the new worker: histories recorded at 7db9a73
-    (mirror_start / mirror_finish local activities, plain step results) replay without a
-    non-determinism error."""
+async def test_recorded_histories_still_replay(path: Path) -> None:
+    """Runs in flight during an upgrade continue on the new worker: histories recorded by earlier
+    releases replay without a non-determinism error. ``*-7db9a73``: ``mirror_start`` /
+    ``mirror_finish`` local activities and plain step results; ``*-85afb8d``: runs that carry their
+    plan, step envelopes, the last step ending the run."""
     from temporalio.worker import Replayer
 
     from workflows.job import JobWorkflow
@@ -449,4 +450,6 @@ async def test_histories_recorded_by_an_earlier_release_still_replay(path: Path)
 
 
 def test_the_recorded_histories_are_there() -> None:
-    assert {p.stem.split("-")[0] for p in HISTORIES.glob("*.json")} == {"pipeline", "flaky", "boom"}
+    found = {tuple(p.stem.split("-")) for p in HISTORIES.glob("*.json")}
+    assert {("pipeline", "7db9a73"), ("flaky", "7db9a73"), ("boom", "7db9a73")} <= found
+    assert {("pipeline", "85afb8d"), ("flaky", "85afb8d"), ("boom", "85afb8d"), ("hello", "85afb8d")} <= found
