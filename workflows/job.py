@@ -9,9 +9,9 @@ notifications once after the final attempt.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RawValue, RetryPolicy
@@ -32,6 +32,8 @@ with workflow.unsafe.imports_passed_through():
         StepInput,
         open_step_outcome,
     )
+
+T = TypeVar("T")
 
 _LOCAL_TIMEOUT = timedelta(seconds=30)
 # Bounded: a mirror write that keeps failing fails the run (the sweeper then records it) instead of
@@ -74,6 +76,18 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return error
 
 
+async def _to_completion(aw: Awaitable[T]) -> tuple[T, bool]:
+    """Await a mirror write to its end even when the run is cancelled meanwhile (a cancelled local
+    activity would roll its transaction back and leave the row to the sweeper); returns its result
+    and whether the run was cancelled. Deterministic: a workflow task shielded from the run's
+    cancellation."""
+    task = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(task), False
+    except asyncio.CancelledError:
+        return await task, True
+
+
 def _step_value(result: Any) -> Any:
     """What the next step receives: a route call's step result is wrapped with the response status
     and headers (``__route_response__``); the next step gets the handler's own return value."""
@@ -88,20 +102,25 @@ class JobWorkflow:
     async def run(self, args: Sequence[RawValue]) -> Any:
         info = workflow.info()
         job = workflow.payload_converter().from_payload(args[0].payload, JobInput) if args else JobInput()
-        plan = job.plan
-        if plan is None:
-            plan = await workflow.execute_local_activity(
-                MIRROR_START,
-                StartInput(
-                    workflow_id=info.workflow_id,
-                    run_id=info.run_id,
-                    workflow_type=info.workflow_type,
-                    job=job,
-                    attempt=info.attempt,
-                ),
-                result_type=RunPlan,
-                start_to_close_timeout=_LOCAL_TIMEOUT,
-                retry_policy=_LOCAL_RETRY,
+        plan: RunPlan
+        cancelled_at_start = False
+        if job.plan is not None:
+            plan = job.plan
+        else:
+            plan, cancelled_at_start = await _to_completion(
+                workflow.execute_local_activity(
+                    MIRROR_START,
+                    StartInput(
+                        workflow_id=info.workflow_id,
+                        run_id=info.run_id,
+                        workflow_type=info.workflow_type,
+                        job=job,
+                        attempt=info.attempt,
+                    ),
+                    result_type=RunPlan,
+                    start_to_close_timeout=_LOCAL_TIMEOUT,
+                    retry_policy=_LOCAL_RETRY,
+                )
             )
             if plan.skip_reason is not None:
                 return {"execution_id": plan.execution_id, "status": "SKIPPED", "reason": plan.skip_reason}
@@ -111,6 +130,8 @@ class JobWorkflow:
         status, error, result = "COMPLETED", None, None
         failure: BaseException | None = None
         try:
+            if cancelled_at_start:
+                raise asyncio.CancelledError  # recorded below as CANCELLED, before any step
             for index, step in enumerate(plan.steps):
                 starts_run = job.plan is not None and index == 0
                 finishes_run = index == len(plan.steps) - 1
@@ -168,11 +189,13 @@ class JobWorkflow:
 
         if not finalized:
             # The last step writes the COMPLETED row itself; every other ending is written here.
-            ended = await workflow.execute_local_activity(
-                MIRROR_FINISH,
-                FinishInput(execution_id=plan.execution_id, status=status, result=result, error=error),
-                start_to_close_timeout=_LOCAL_TIMEOUT,
-                retry_policy=_LOCAL_RETRY,
+            ended, _ = await _to_completion(
+                workflow.execute_local_activity(
+                    MIRROR_FINISH,
+                    FinishInput(execution_id=plan.execution_id, status=status, result=result, error=error),
+                    start_to_close_timeout=_LOCAL_TIMEOUT,
+                    retry_policy=_LOCAL_RETRY,
+                )
             )
             if isinstance(ended, dict) and ended.get("status") == "COMPLETED":
                 # The last step had completed the run before its completion was lost (a worker

@@ -49,6 +49,14 @@ def boom(ctx):
     ctx.logger.info("about to fail")
     raise RuntimeError("broken")
 
+def gated_failure(ctx):
+    import time
+    from pathlib import Path
+    Path(ctx.config["marker"] + ".running").touch()
+    while not Path(ctx.config["marker"] + ".release").exists():  # held until the test releases it
+        time.sleep(0.05)
+    raise RuntimeError("failed on purpose")
+
 def slow(ctx):
     import time
     deadline = time.monotonic() + 3.5
@@ -78,6 +86,7 @@ JOBS: list[dict[str, Any]] = [
     {"name": "odd", "description": "a result PostgreSQL cannot store as is", "handler": "odd"},
     {"name": "boom", "description": "fails", "handler": "boom"},
     {"name": "slow", "description": "runs 3.5 s", "handler": "slow"},
+    {"name": "gated_failure", "description": "fails when released", "handler": "gated_failure", "config": CONFIG},
     {
         "name": "pipeline",
         "description": "two steps",
@@ -340,6 +349,59 @@ async def test_the_worker_heartbeats_at_the_timeout_the_run_asked_for(
         await deps.close()
     assert body["status"] == "COMPLETED" and body["result"] == "done", body
     assert body["attempt"] == 1
+
+
+async def test_a_cancel_while_the_end_is_written_still_records_the_end(
+    client, worker, module, operator_headers, temporal_env, sessions, engine, tmp_path
+):
+    """The run is cancelled while ``mirror_finish`` is blocked (the events table is locked, so its
+    ``job.failed`` INSERT waits): the write is not abandoned, the row ends FAILED as the workflow
+    decided, instead of staying RUNNING for the sweeper."""
+    from sqlalchemy import text
+
+    marker = str(tmp_path / "gate")
+    job = await _job(client, operator_headers, "gated_failure", config={"marker": marker})
+    started = (await client.post(f"/api/v1/jobs/{job['id']}/execute", headers=operator_headers)).json()
+    await eventually(lambda: _exists(marker + ".running"), timeout=30, what="the handler to run")
+    async with engine.connect() as locker:
+        transaction = await locker.begin()
+        await locker.execute(text("LOCK TABLE events IN EXCLUSIVE MODE"))
+        Path(marker + ".release").touch()
+
+        async def finish_blocked() -> bool:
+            async with engine.connect() as probe:
+                waiting = await probe.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query ILIKE 'INSERT INTO events%'"
+                    )
+                )
+            return bool(waiting)
+
+        await eventually(finish_blocked, timeout=30, what="mirror_finish to wait on the events table")
+        handle = temporal_env.client.get_workflow_handle(started["workflow_id"])
+        await handle.cancel()
+        await eventually(lambda: _cancel_requested(handle), timeout=30, what="the cancel request to reach the workflow")
+        await transaction.rollback()
+    failure: BaseException | None = None
+    try:
+        await asyncio.wait_for(handle.result(), 30)
+    except Exception as exc:  # noqa: BLE001 - the run failed: that is the point
+        failure = exc
+    assert failure is not None and "failed on purpose" in str(failure.__cause__ or failure)
+    async with sessions() as s:
+        row = await s.get(Execution, started["id"])
+    assert row.status == "FAILED" and "failed on purpose" in row.error["message"]
+    assert await _event_names(sessions, started["id"]) == ["job.failed", "job.started"]
+
+
+async def _exists(path: str) -> bool:
+    return Path(path).exists()
+
+
+async def _cancel_requested(handle: Any) -> bool:
+    history = await handle.fetch_history()
+    return any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED for e in history.events)
 
 
 async def _running_row(sessions: Any, execution_id: str, attempts: int) -> None:
