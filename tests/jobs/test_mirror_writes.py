@@ -167,19 +167,30 @@ async def test_a_result_too_large_for_the_step_is_written_by_the_workflow(
     assert await _event_names(sessions, body["id"]) == ["job.completed", "job.started"]
 
 
-async def test_a_run_whose_job_is_disabled_before_its_first_step_is_skipped(
-    client, module, operator_headers, temporal_settings, temporal_env, engine, sessions, tmp_path
+CHANGES = {
+    "job disabled": ("POST", "/api/v1/jobs/{job}/disable", "the job is disabled"),
+    "job deleted": ("DELETE", "/api/v1/jobs/{job}", "the job was deleted after this run was requested"),
+    "module disabled": ("POST", "/api/v1/modules/mirrored/disable", "module mirrored is DISABLED"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+async def test_a_run_whose_job_or_module_changed_before_its_first_step_is_skipped(
+    change, client, module, operator_headers, admin_headers, temporal_settings, temporal_env, sessions, tmp_path
 ):
-    """The run is requested while the job is enabled, with no worker polling; the job is disabled;
-    when a worker comes, the first step records the run SKIPPED and never calls the handler."""
+    """The run is requested while job and module are enabled, with no worker polling; then the job
+    is disabled or deleted, or the module disabled; when a worker comes, the first step records the
+    run SKIPPED with the reason and never calls the handler."""
     from workflows.worker import WorkerDeps, build_worker
 
+    method, path, reason = CHANGES[change]
     marker = tmp_path / "ran"
     job = await _job(client, operator_headers, "hello", config={"marker": str(marker)})
     r = await client.post(f"/api/v1/jobs/{job['id']}/execute", headers=operator_headers)
     assert r.status_code in (201, 202), r.text
     execution_id = r.json()["id"]
-    assert (await client.post(f"/api/v1/jobs/{job['id']}/disable", headers=operator_headers)).status_code == 200
+    r = await client.request(method, path.format(job=job["id"]), headers=admin_headers)
+    assert r.status_code in (200, 204), r.text
 
     deps = WorkerDeps.open(temporal_settings)
     w = build_worker(temporal_env.client, deps, graceful_shutdown_seconds=5)
@@ -198,8 +209,8 @@ async def test_a_run_whose_job_is_disabled_before_its_first_step_is_skipped(
         await w.shutdown()
         await asyncio.gather(task, return_exceptions=True)
         await deps.close()
-    assert result == {"execution_id": execution_id, "status": "SKIPPED", "reason": "the job is disabled"}
-    assert row.status == "SKIPPED" and row.status_reason == "the job is disabled"
+    assert result == {"execution_id": execution_id, "status": "SKIPPED", "reason": reason}
+    assert row.status == "SKIPPED" and row.status_reason == reason
     assert row.started_at is None and not marker.exists()
     assert await _event_names(sessions, execution_id) == ["job.skipped"]
 
