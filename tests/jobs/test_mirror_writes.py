@@ -6,7 +6,9 @@ this still replay."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +123,31 @@ async def _markers(temporal_env: Any, workflow_id: str) -> int:
     return sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED)
 
 
+@contextlib.asynccontextmanager
+async def _own_worker(settings: Any, temporal_env: Any) -> AsyncIterator[Any]:
+    """A worker of the test's own, started when the test wants it (runs requested before wait)."""
+    from workflows.worker import WorkerDeps, build_worker
+
+    deps = WorkerDeps.open(settings)
+    w = build_worker(temporal_env.client, deps, graceful_shutdown_seconds=5)
+    task = asyncio.create_task(w.run())
+    try:
+        yield w
+    finally:
+        await w.shutdown()
+        await asyncio.gather(task, return_exceptions=True)
+        await deps.close()
+
+
+async def _final_row(sessions: Any, execution_id: str) -> Execution:
+    async def final() -> Execution | None:
+        async with sessions() as s:
+            row = await s.get(Execution, execution_id)
+            return row if ExecutionStatus(row.status).is_final else None
+
+    return await eventually(final, timeout=30, what="the run to end")
+
+
 async def test_a_manual_run_is_written_by_its_steps_alone(
     client, worker, module, operator_headers, temporal_env, sessions
 ):
@@ -181,8 +208,6 @@ async def test_a_run_whose_job_or_module_changed_before_its_first_step_is_skippe
     """The run is requested while job and module are enabled, with no worker polling; then the job
     is disabled or deleted, or the module disabled; when a worker comes, the first step records the
     run SKIPPED with the reason and never calls the handler."""
-    from workflows.worker import WorkerDeps, build_worker
-
     method, path, reason = CHANGES[change]
     marker = tmp_path / "ran"
     job = await _job(client, operator_headers, "hello", config={"marker": str(marker)})
@@ -192,23 +217,10 @@ async def test_a_run_whose_job_or_module_changed_before_its_first_step_is_skippe
     r = await client.request(method, path.format(job=job["id"]), headers=admin_headers)
     assert r.status_code in (200, 204), r.text
 
-    deps = WorkerDeps.open(temporal_settings)
-    w = build_worker(temporal_env.client, deps, graceful_shutdown_seconds=5)
-    task = asyncio.create_task(w.run())
-    try:
-
-        async def final() -> Any:
-            async with sessions() as s:
-                row = await s.get(Execution, execution_id)
-                return row if ExecutionStatus(row.status).is_final else None
-
-        row = await eventually(final, timeout=30, what="the run to end")
+    async with _own_worker(temporal_settings, temporal_env):
+        row = await _final_row(sessions, execution_id)
         handle = temporal_env.client.get_workflow_handle(row.workflow_id)
         result = await asyncio.wait_for(handle.result(), 30)
-    finally:
-        await w.shutdown()
-        await asyncio.gather(task, return_exceptions=True)
-        await deps.close()
     assert result == {"execution_id": execution_id, "status": "SKIPPED", "reason": reason}
     assert row.status == "SKIPPED" and row.status_reason == reason
     assert row.started_at is None and not marker.exists()
@@ -314,28 +326,13 @@ async def test_a_result_postgresql_cannot_store_as_is_is_kept_with_the_logs(
 async def test_a_run_cancelled_before_its_first_step_never_starts(
     client, module, operator_headers, temporal_settings, temporal_env, sessions, tmp_path
 ):
-    from workflows.worker import WorkerDeps, build_worker
-
     marker = tmp_path / "ran"
     job = await _job(client, operator_headers, "hello", config={"marker": str(marker)})
     execution_id = (await client.post(f"/api/v1/jobs/{job['id']}/execute", headers=operator_headers)).json()["id"]
     r = await client.post(f"/api/v1/executions/{execution_id}/cancel", headers=operator_headers)
     assert r.status_code in (200, 202), r.text
-    deps = WorkerDeps.open(temporal_settings)
-    w = build_worker(temporal_env.client, deps, graceful_shutdown_seconds=5)
-    task = asyncio.create_task(w.run())
-    try:
-
-        async def final() -> Any:
-            async with sessions() as s:
-                row = await s.get(Execution, execution_id)
-                return row if ExecutionStatus(row.status).is_final else None
-
-        row = await eventually(final, timeout=30, what="the run to end")
-    finally:
-        await w.shutdown()
-        await asyncio.gather(task, return_exceptions=True)
-        await deps.close()
+    async with _own_worker(temporal_settings, temporal_env):
+        row = await _final_row(sessions, execution_id)
     assert row.status == "CANCELLED" and row.started_at is None and not marker.exists()
     assert await _event_names(sessions, execution_id) == ["job.cancelled"]
 
@@ -345,19 +342,10 @@ async def test_the_worker_heartbeats_at_the_timeout_the_run_asked_for(
 ):
     """The API plans a 1 s heartbeat timeout; a worker configured for 60 s must still heartbeat in
     time (it follows the activity's own timeout), or the 3.5 s step would be retried."""
-    from workflows.worker import WorkerDeps, build_worker
-
     temporal_settings.heartbeat_timeout_seconds = 1  # the API's (and so the plan's) setting
-    deps = WorkerDeps.open(temporal_settings.model_copy(update={"heartbeat_timeout_seconds": 60}))
-    w = build_worker(temporal_env.client, deps, graceful_shutdown_seconds=5)
-    task = asyncio.create_task(w.run())
-    try:
+    async with _own_worker(temporal_settings.model_copy(update={"heartbeat_timeout_seconds": 60}), temporal_env):
         job = await _job(client, operator_headers, "slow")
         body = (await client.post(f"/api/v1/jobs/{job['id']}/execute?wait=true", headers=operator_headers)).json()
-    finally:
-        await w.shutdown()
-        await asyncio.gather(task, return_exceptions=True)
-        await deps.close()
     assert body["status"] == "COMPLETED" and body["result"] == "done", body
     assert body["attempt"] == 1
 
