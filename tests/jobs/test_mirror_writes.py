@@ -233,34 +233,8 @@ async def test_a_last_step_retried_after_completing_its_run_does_not_run_again(
     """The step wrote COMPLETED but its completion never reached Temporal (worker lost): the retry
     answers the stored result instead of calling the handler a second time."""
     marker = tmp_path / "calls"
-    async with unit_of_work(sessions) as s:
-        s.add(
-            Execution(
-                id="exec-retried",
-                module_name="mirrored",
-                job_type="hello",
-                workflow_id="exec-retried",
-                trigger="manual",
-                status=ExecutionStatus.RUNNING.value,
-                steps=[{"name": "hello", "status": "PENDING", "attempts": 0, "failures": 0}],
-            )
-        )
-    inp = StepInput(
-        execution_id="exec-retried",
-        job_id=None,
-        module="mirrored",
-        module_version="1.0.0",
-        bundle_sha256=module.bundle_sha256,
-        job_type="hello",
-        step="hello",
-        step_index=0,
-        handler=module.manifest["jobs"][0]["handler"],
-        max_attempts=1,
-        timeout_seconds=30,
-        trigger="manual",
-        config_override={"marker": str(marker), "who": "again"},
-        finishes_run=True,
-    )
+    await _running_row(sessions, "exec-retried", attempts=0)
+    inp = _step(module, "exec-retried", config_override={"marker": str(marker), "who": "again"})
     acts = JobActivities(settings=temporal_settings, sessions=sessions)
     payload = DATA_CONVERTER.payload_converter.to_payloads([inp])[0]
     env = ActivityEnvironment()
