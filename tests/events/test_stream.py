@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 import httpx
 
-
-class Stream:
-    """Reads server-sent events off an open streaming response."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.lines = response.aiter_lines()
-
-    async def next(self) -> dict[str, str]:
-        fields: dict[str, str] = {}
-        async for line in self.lines:
-            if not line:
-                if "data" in fields:
-                    return fields
-                continue
-            if line.startswith(":"):
-                continue  # keep-alive comment
-            key, _, value = line.partition(":")
-            fields[key] = value[1:] if value.startswith(" ") else value
-        raise AssertionError("stream ended")
-
-    async def take(self, n: int) -> list[dict[str, str]]:
-        return [await asyncio.wait_for(self.next(), timeout=10) for _ in range(n)]
+from tests.sse import Stream
 
 
 async def post(http: httpx.AsyncClient, headers: dict[str, str], name: str, **payload: Any) -> dict[str, Any]:
@@ -47,7 +25,7 @@ async def test_stream_delivers_in_order_and_replays_on_reconnect(server, operato
             first = await post(http, operator_headers, "data.synced", n=1)
             await post(http, operator_headers, "health.alert", n=0)  # filtered out by the pattern
             second = await post(http, operator_headers, "data.table.synced", n=2)
-            got = await stream.take(2)
+            got = await stream.take_many(2)
         assert [m["event"] for m in got] == ["data.synced", "data.table.synced"]
         assert [m["id"] for m in got] == [str(first["seq"]), str(second["seq"])]
         data = json.loads(got[0]["data"])
@@ -59,10 +37,10 @@ async def test_stream_delivers_in_order_and_replays_on_reconnect(server, operato
         async with http.stream("GET", "/api/v1/events/stream?pattern=data.*", headers=headers) as r:
             assert r.status_code == 200
             stream = Stream(r)
-            replayed = await stream.take(2)
+            replayed = await stream.take_many(2)
             assert [json.loads(m["data"])["id"] for m in replayed] == [e["id"] for e in missed]
             live = await post(http, operator_headers, "data.synced", n=5)
-            (after,) = await stream.take(1)
+            after = await stream.take()
             assert json.loads(after["data"])["id"] == live["id"]
 
 

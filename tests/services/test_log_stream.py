@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from autoplat.context import TRUNCATION_MARKER, LogBuffer
 from registry.services.logstream import LogMerge
 from tests.conftest import eventually, free_port
 from tests.jobs.helpers import put_module, write_module
+from tests.sse import Stream
 
 CODE = """
 import asyncio, time
@@ -51,37 +51,6 @@ JOBS = [
 @pytest.fixture
 async def module(sessions: Any, settings: Any, tmp_path: Path) -> Any:
     return await put_module(sessions, settings.state_dir, write_module(tmp_path, name="talker", code=CODE, jobs=JOBS))
-
-
-class Stream:
-    """Reads server-sent events off an open streaming response."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.lines = response.aiter_lines()
-
-    async def next(self) -> dict[str, str] | None:
-        fields: dict[str, str] = {}
-        async for line in self.lines:
-            if not line:
-                if "data" in fields:
-                    return fields
-                continue
-            if line.startswith(":"):
-                continue  # keep-alive comment
-            key, _, value = line.partition(":")
-            fields[key] = value[1:] if value.startswith(" ") else value
-        return None
-
-    async def take(self) -> dict[str, str]:
-        event = await asyncio.wait_for(self.next(), timeout=15)
-        assert event is not None, "stream ended"
-        return event
-
-    async def rest(self) -> list[dict[str, str]]:
-        events = []
-        while (event := await asyncio.wait_for(self.next(), timeout=15)) is not None:
-            events.append(event)
-        return events
 
 
 async def _start(http: httpx.AsyncClient, headers: dict[str, str], job_type: str, config: dict[str, Any]) -> str:
