@@ -7,6 +7,7 @@ truncated between tests. The Temporal dev server starts only when a test asks fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
@@ -186,25 +187,33 @@ async def temporal_settings(settings: Settings, temporal_env: Any) -> Settings:
     return settings
 
 
-@pytest.fixture
-async def worker(temporal_settings: Settings, temporal_env: Any, engine: Any) -> AsyncIterator[Any]:
-    """A real worker on the test's own task queue, running the platform's workflows and activities."""
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings, client: Any) -> AsyncIterator[Any]:
+    """A platform worker (workflows and activities) polling ``settings.task_queue`` while inside."""
     from workflows.worker import WorkerDeps, build_worker
 
-    temporal_settings.heartbeat_timeout_seconds = 2
-    deps = WorkerDeps.open(temporal_settings)
-    w = build_worker(temporal_env.client, deps, graceful_shutdown_seconds=5)
+    deps = WorkerDeps.open(settings)
+    w = build_worker(client, deps, graceful_shutdown_seconds=5)
     task = asyncio.create_task(w.run())
     try:
         yield w
     finally:
-        # Schedules outlive the test's jobs: remove them so they don't fire into later tests.
-        async for listed in await temporal_env.client.list_schedules():
-            await temporal_env.client.get_schedule_handle(listed.id).delete()
         await w.shutdown()
-
         await asyncio.gather(task, return_exceptions=True)
         await deps.close()
+
+
+@pytest.fixture
+async def worker(temporal_settings: Settings, temporal_env: Any, engine: Any) -> AsyncIterator[Any]:
+    """A real worker on the test's own task queue, running the platform's workflows and activities."""
+    temporal_settings.heartbeat_timeout_seconds = 2
+    async with running_worker(temporal_settings, temporal_env.client) as w:
+        try:
+            yield w
+        finally:
+            # Schedules outlive the test's jobs: remove them so they don't fire into later tests.
+            async for listed in await temporal_env.client.list_schedules():
+                await temporal_env.client.get_schedule_handle(listed.id).delete()
 
 
 # --- API ------------------------------------------------------------------------------------------------

@@ -6,9 +6,7 @@ this still replay."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from activities.types import FinishInput, JobInput, StepInput
 from autoplat.context import LogBuffer
 from registry.db import unit_of_work
 from registry.models import Event, Execution, ExecutionStatus
-from tests.conftest import eventually
+from tests.conftest import eventually, running_worker
 from tests.jobs.helpers import put_module, write_module
 from workflows.client import DATA_CONVERTER
 
@@ -123,22 +121,6 @@ async def _markers(temporal_env: Any, workflow_id: str) -> int:
     return sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED)
 
 
-@contextlib.asynccontextmanager
-async def _own_worker(settings: Any, temporal_env: Any) -> AsyncIterator[Any]:
-    """A worker of the test's own, started when the test wants it (runs requested before wait)."""
-    from workflows.worker import WorkerDeps, build_worker
-
-    deps = WorkerDeps.open(settings)
-    w = build_worker(temporal_env.client, deps, graceful_shutdown_seconds=5)
-    task = asyncio.create_task(w.run())
-    try:
-        yield w
-    finally:
-        await w.shutdown()
-        await asyncio.gather(task, return_exceptions=True)
-        await deps.close()
-
-
 async def _final_row(sessions: Any, execution_id: str) -> Execution:
     async def final() -> Execution | None:
         async with sessions() as s:
@@ -217,7 +199,7 @@ async def test_a_run_whose_job_or_module_changed_before_its_first_step_is_skippe
     r = await client.request(method, path.format(job=job["id"]), headers=admin_headers)
     assert r.status_code in (200, 204), r.text
 
-    async with _own_worker(temporal_settings, temporal_env):
+    async with running_worker(temporal_settings, temporal_env.client):
         row = await _final_row(sessions, execution_id)
         handle = temporal_env.client.get_workflow_handle(row.workflow_id)
         result = await asyncio.wait_for(handle.result(), 30)
@@ -305,7 +287,7 @@ async def test_a_run_cancelled_before_its_first_step_never_starts(
     execution_id = (await client.post(f"/api/v1/jobs/{job['id']}/execute", headers=operator_headers)).json()["id"]
     r = await client.post(f"/api/v1/executions/{execution_id}/cancel", headers=operator_headers)
     assert r.status_code in (200, 202), r.text
-    async with _own_worker(temporal_settings, temporal_env):
+    async with running_worker(temporal_settings, temporal_env.client):
         row = await _final_row(sessions, execution_id)
     assert row.status == "CANCELLED" and row.started_at is None and not marker.exists()
     assert await _event_names(sessions, execution_id) == ["job.cancelled"]
@@ -317,7 +299,8 @@ async def test_the_worker_heartbeats_at_the_timeout_the_run_asked_for(
     """The API plans a 1 s heartbeat timeout; a worker configured for 60 s must still heartbeat in
     time (it follows the activity's own timeout), or the 3.5 s step would be retried."""
     temporal_settings.heartbeat_timeout_seconds = 1  # the API's (and so the plan's) setting
-    async with _own_worker(temporal_settings.model_copy(update={"heartbeat_timeout_seconds": 60}), temporal_env):
+    worker_settings = temporal_settings.model_copy(update={"heartbeat_timeout_seconds": 60})
+    async with running_worker(worker_settings, temporal_env.client):
         job = await _job(client, operator_headers, "slow")
         body = (await client.post(f"/api/v1/jobs/{job['id']}/execute?wait=true", headers=operator_headers)).json()
     assert body["status"] == "COMPLETED" and body["result"] == "done", body
