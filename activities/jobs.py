@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
@@ -32,6 +32,7 @@ from activities.types import (
     step_outcome,
 )
 from autoplat._invoke import invoke
+from autoplat._sync import to_completion
 from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer
 from autoplat.errors import Cancelled, JobError
 from registry.db import unit_of_work
@@ -40,7 +41,6 @@ from registry.services import events, runs
 from registry.settings import Settings
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: "No result": the step does not end its run (see ``_step_finished``).
 _NOTHING: Any = object()
@@ -289,7 +289,7 @@ class JobActivities:
                 completes = inp.finishes_run and outcome == "COMPLETED"
                 # Release the step's services and keep its logs and status whatever happens, even
                 # when cancellation is delivered again meanwhile (the cleanup is bounded).
-                (finalized, stored), interrupted = await _to_completion(
+                (finalized, stored), interrupted = await to_completion(
                     self._end_step(
                         inp,
                         info.attempt,
@@ -548,18 +548,19 @@ class JobActivities:
                 # Ended by an earlier attempt whose completion Temporal never got: its result stands.
                 stored = await session.scalar(select(Execution.result).where(Execution.id == inp.execution_id))
                 if values:
-                    await _update(session, inp.execution_id, values)
+                    await runs.update_execution(session, inp.execution_id, values)
                 return True, stored
             ending = completes and latest and not ExecutionStatus(row.status).is_final
             if ending:
                 finish = runs.final_values(
                     execution_id=inp.execution_id, row=row, status=ExecutionStatus.COMPLETED, result=result
                 )
-                if await _update(session, inp.execution_id, {**values, **finish.values}, unless_final=True):
+                ended = {**values, **finish.values}
+                if await runs.update_execution(session, inp.execution_id, ended, unless_final=True):
                     finish.record(session, inp.execution_id)
                     return True, _NOTHING
             if values:
-                await _update(session, inp.execution_id, values)
+                await runs.update_execution(session, inp.execution_id, values)
             return False, _NOTHING
 
     async def emit(self, inp: StepInput, name: str, payload: dict[str, Any]) -> str:
@@ -582,32 +583,6 @@ class JobActivities:
 #: A result larger than this (JSON) is not written by the step: the workflow's ``mirror_finish``
 #: writes it, after Temporal has accepted it (the server refuses payloads over 2 MB by default).
 _MAX_STORED_RESULT = 512 * 1024
-
-
-async def _update(
-    session: AsyncSession, execution_id: str, values: dict[str, Any], *, unless_final: bool = False
-) -> bool:
-    """One UPDATE of an execution row; with ``unless_final``, only while its status is not final
-    (atomic on SQLite too, where FOR UPDATE locks nothing). Returns whether a row changed."""
-    statement = update(Execution).where(Execution.id == execution_id)
-    if unless_final:
-        statement = statement.where(Execution.status.not_in(runs.FINAL_STATUSES))
-    done = await session.execute(statement.values(**values), execution_options={"synchronize_session": False})
-    return bool(getattr(done, "rowcount", 1))
-
-
-async def _to_completion(aw: Awaitable[T]) -> tuple[T, bool]:
-    """Run ``aw`` to its end even if the caller is cancelled, once or repeatedly, meanwhile;
-    returns its result and whether the caller was cancelled."""
-    task = asyncio.ensure_future(aw)
-    interrupted = False
-    while True:
-        try:
-            return await asyncio.shield(task), interrupted
-        except asyncio.CancelledError:
-            if task.cancelled():
-                raise
-            interrupted = True
 
 
 def _stored(value: Any) -> Any:

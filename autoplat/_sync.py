@@ -1,4 +1,5 @@
-"""Running a service coroutine from a sync handler's thread (the ``*_sync`` twins of services)."""
+"""Running a service coroutine from a sync handler's thread (the ``*_sync`` twins of services), and
+awaiting a write to its end whatever cancellation arrives meanwhile (:func:`to_completion`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,22 @@ Runner = Callable[[Awaitable[Any]], Any]
 
 async def _await(aw: Awaitable[T]) -> T:
     return await aw
+
+
+async def to_completion(aw: Awaitable[T]) -> tuple[T, bool]:
+    """Run ``aw`` to its end even if the caller is cancelled, once or repeatedly, meanwhile;
+    returns its result and whether the caller was cancelled. Used for the mirror writes of a step
+    (its cleanup) and of the job workflow (its local activities), where an abandoned write would
+    lose logs or leave a row RUNNING. Deterministic: in a workflow it only creates a task."""
+    task = asyncio.ensure_future(aw)
+    interrupted = False
+    while True:
+        try:
+            return await asyncio.shield(task), interrupted
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            interrupted = True
 
 
 def loop_runner(loop: asyncio.AbstractEventLoop) -> Runner:

@@ -9,9 +9,9 @@ notifications once after the final attempt.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RawValue, RetryPolicy
@@ -32,8 +32,7 @@ with workflow.unsafe.imports_passed_through():
         StepInput,
         open_step_outcome,
     )
-
-T = TypeVar("T")
+    from autoplat._sync import to_completion
 
 _LOCAL_TIMEOUT = timedelta(seconds=30)
 # Bounded: a mirror write that keeps failing fails the run (the sweeper then records it) instead of
@@ -76,18 +75,6 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return error
 
 
-async def _to_completion(aw: Awaitable[T]) -> tuple[T, bool]:
-    """Await a mirror write to its end even when the run is cancelled meanwhile (a cancelled local
-    activity would roll its transaction back and leave the row to the sweeper); returns its result
-    and whether the run was cancelled. Deterministic: a workflow task shielded from the run's
-    cancellation."""
-    task = asyncio.ensure_future(aw)
-    try:
-        return await asyncio.shield(task), False
-    except asyncio.CancelledError:
-        return await task, True
-
-
 def _step_value(result: Any) -> Any:
     """What the next step receives: a route call's step result is wrapped with the response status
     and headers (``__route_response__``); the next step gets the handler's own return value."""
@@ -107,7 +94,7 @@ class JobWorkflow:
         if job.plan is not None:
             plan = job.plan
         else:
-            plan, cancelled_at_start = await _to_completion(
+            plan, cancelled_at_start = await to_completion(
                 workflow.execute_local_activity(
                     MIRROR_START,
                     StartInput(
@@ -189,7 +176,7 @@ class JobWorkflow:
 
         if not finalized:
             # The last step writes the COMPLETED row itself; every other ending is written here.
-            ended, _ = await _to_completion(
+            ended, _ = await to_completion(
                 workflow.execute_local_activity(
                     MIRROR_FINISH,
                     FinishInput(execution_id=plan.execution_id, status=status, result=result, error=error),

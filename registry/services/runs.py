@@ -336,21 +336,25 @@ async def finish_by_id(
         ending = final_values(
             execution_id=execution_id, row=row, status=status, result=result, error=error, reason=reason
         )
-        done = await session.execute(
-            update(Execution)
-            .where(Execution.id == execution_id, Execution.status.not_in(FINAL_STATUSES))
-            .values(**values, **ending.values),
-            execution_options={"synchronize_session": False},
-        )
-        if getattr(done, "rowcount", 1):
+        if await update_execution(session, execution_id, {**values, **ending.values}, unless_final=True):
             ending.record(session, execution_id)
             return True
     if values:
-        await session.execute(
-            update(Execution).where(Execution.id == execution_id).values(**values),
-            execution_options={"synchronize_session": False},
-        )
+        await update_execution(session, execution_id, values)
     return False
+
+
+async def update_execution(
+    session: AsyncSession, execution_id: str, values: dict[str, Any], *, unless_final: bool = False
+) -> bool:
+    """One UPDATE of an execution row (nothing loaded into the session); with ``unless_final``, only
+    while its status is not final (atomic on SQLite too, where FOR UPDATE locks nothing). Returns
+    whether a row changed."""
+    statement = update(Execution).where(Execution.id == execution_id)
+    if unless_final:
+        statement = statement.where(Execution.status.not_in(FINAL_STATUSES))
+    done = await session.execute(statement.values(**values), execution_options={"synchronize_session": False})
+    return bool(getattr(done, "rowcount", 1))
 
 
 @dataclass
@@ -417,8 +421,8 @@ def storable(value: Any) -> Any:
     """``value`` as both databases can store it in a JSON column: NaN and infinities (which
     Temporal's JSON accepts, PostgreSQL does not) become null, NUL characters U+FFFD. Values
     without them are returned as they are (one ``json.dumps`` to find out)."""
-    if value is None or isinstance(value, bool | int | str) and not (isinstance(value, str) and "\x00" in value):
-        return value
+    if value is None or isinstance(value, bool | int | str):
+        return _scrub(value)  # cheap for scalars
     try:
         text = json.dumps(value, allow_nan=False)
     except ValueError:
