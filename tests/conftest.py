@@ -230,18 +230,34 @@ async def app_state(settings: Settings, engine: Any) -> AsyncIterator[Any]:
     await close_state(state)
 
 
-@pytest.fixture
-async def client(settings: Settings, app_state: Any) -> AsyncIterator[httpx.AsyncClient]:
+@contextlib.asynccontextmanager
+async def api_client(
+    settings: Settings, *, state: Any = None, base_url: str = "http://testserver"
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An API app with its lifespan (so its background tasks, such as the event dispatcher, run) and
+    an httpx client on it; the app gets its own state (DB pool, Redis, caches) unless one is given."""
     from asgi_lifespan import LifespanManager
 
-    from api.app import create_app
+    from api.app import close_state, create_app, open_state
 
-    app = create_app(settings, state=app_state)
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as c:
-            c.app = app  # type: ignore[attr-defined]
-            yield c
+    own = state is None
+    state = open_state(settings) if own else state
+    app = create_app(settings, state=state)
+    try:
+        async with LifespanManager(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url=base_url, timeout=60) as c:
+                c.app = app  # type: ignore[attr-defined]
+                yield c
+    finally:
+        if own:
+            await close_state(state)
+
+
+@pytest.fixture
+async def client(settings: Settings, app_state: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_client(settings, state=app_state) as c:
+        yield c
 
 
 @pytest.fixture

@@ -16,9 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
-from tests.conftest import TEMPORAL_BIN, eventually, free_port
+from tests.conftest import TEMPORAL_BIN, api_client, eventually, free_port
 from tests.events.helpers import add_job, executions_for, get_event, listening_module
 
 
@@ -126,17 +125,8 @@ async def own_redis(tmp_path: Path) -> AsyncIterator[Process]:
 
 async def serve(settings: Any) -> AsyncIterator[httpx.AsyncClient]:
     """The API app with its lifespan (so its background event dispatcher runs)."""
-    from api.app import close_state, create_app, open_state
-
-    state = open_state(settings)
-    app = create_app(settings, state=state)
-    try:
-        async with LifespanManager(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as http:
-                yield http
-    finally:
-        await close_state(state)
+    async with api_client(settings) as http:
+        yield http
 
 
 async def one_completed_run_per_event(sessions: Any, event_ids: list[str], job_id: str) -> bool:

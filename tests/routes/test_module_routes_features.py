@@ -10,9 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
-from tests.conftest import eventually
+from tests.conftest import api_client, eventually
 from tests.routes.route_helpers import MODULES, deploy, route_module
 
 NAME = "route-mod"
@@ -261,17 +260,8 @@ def only_v2(ctx):
 @pytest.fixture
 async def second_api(temporal_settings: Any, engine: Any) -> AsyncIterator[httpx.AsyncClient]:
     """Another API process: its own app, DB pool, Redis client and route cache."""
-    from api.app import close_state, create_app, open_state
-
-    state = open_state(temporal_settings)
-    app = create_app(temporal_settings, state=state)
-    try:
-        async with LifespanManager(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://api-b", timeout=60) as c:
-                yield c
-    finally:
-        await close_state(state)
+    async with api_client(temporal_settings, base_url="http://api-b") as c:
+        yield c
 
 
 async def test_routes_follow_lifecycle_changes_on_another_api_process(
