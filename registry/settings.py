@@ -122,7 +122,32 @@ class Settings(BaseSettings):
         return value
 
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    page_max_limit: int = 200
+    #: Largest ``limit`` of paginated lists; at most 200, the maximum the OpenAPI document publishes.
+    page_max_limit: int = Field(default=200, ge=1, le=200)
+
+    # --- what callers may send (docs/configuration.md, "Limits") ---
+    #: Roles that may install module code (register, upload, install, enable, upgrade, uninstall,
+    #: delete), comma-separated; admin always may.
+    module_install_roles: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["admin"])
+    #: Largest request body of a route without a larger cap of its own (bytes): 413 above it,
+    #: before anything is parsed. Module bundle uploads and module routes have their own caps.
+    request_max_body_bytes: int = Field(default=1024 * 1024, ge=4096, le=64 * 1024 * 1024)
+    #: Module routes may answer ``text/html`` inline when their manifest says ``html: true``;
+    #: off: HTML is always served as a sandboxed download.
+    module_routes_allow_html: bool = False
+    #: Shortest interval between two firings of a cron schedule (seconds); more frequent: 422.
+    min_schedule_interval_seconds: int = Field(default=60, ge=1, le=86400)
+
+    @field_validator("module_install_roles", mode="before")
+    @classmethod
+    def _install_roles(cls, value: object) -> object:
+        from registry.permissions import validate_install_roles
+
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ValueError("a comma-separated list of roles")
+        return validate_install_roles(str(v) for v in value)
 
     # --- services: notifications, browser, artifacts (docs/notifications.md, docs/browser.md) ---
     # (Webhook and Slack notifications and browser navigation follow ``http_allow_private`` too.)
