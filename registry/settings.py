@@ -81,6 +81,30 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(default=5, ge=1)
     login_window_seconds: int = Field(default=900, ge=1)
     login_ip_max_failures: int = Field(default=50, ge=1)
+    #: A client (address) that logged in to an account within this many days may still log in to it,
+    #: with its own failure budget, while the account is throttled (0: no such pass).
+    login_known_client_days: int = Field(default=30, ge=0, le=365)
+    #: Proxies whose ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are believed (addresses or CIDRs,
+    #: comma-separated). Empty: the TCP peer is the client, whatever the headers say.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: How long an API process may trust its cached check of a session (a revocation through the
+    #: platform reaches every process at once through Redis; this bounds edits made behind its back).
+    auth_cache_seconds: float = Field(default=10.0, ge=0, le=300)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        import ipaddress
+
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            for item in value:
+                try:
+                    ipaddress.ip_network(str(item), strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"AUTOPLAT_TRUSTED_PROXIES: {item!r} is not an address or CIDR") from exc
+        return value
 
     #: Heartbeat timeout of running steps: how fast cancellation and lost workers are noticed.
     heartbeat_timeout_seconds: int = Field(default=10, ge=1, le=600)
