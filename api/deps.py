@@ -108,11 +108,17 @@ def Requires(permission: str) -> Any:  # noqa: N802 - reads like a type in signa
     return Depends(require(permission))
 
 
+#: The largest page any deployment serves (``AUTOPLAT_PAGE_MAX_LIMIT`` may only lower it).
+MAX_PAGE_LIMIT = 200
+
+
 def pagination(
     settings: SettingsDep,
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT, description="Page size")] = 50,
 ) -> tuple[int, int]:
+    """``(page, limit)``. The OpenAPI maximum of ``limit`` is :data:`MAX_PAGE_LIMIT`, the most
+    ``AUTOPLAT_PAGE_MAX_LIMIT`` may allow; a deployment that sets it lower is stricter than that."""
     from registry.errors import InvalidInput
 
     if limit > settings.page_max_limit:
