@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 
@@ -69,8 +71,52 @@ async def get_current_user(claims: ClaimsDep, session: SessionDep) -> User:
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
+@functools.lru_cache(maxsize=8)
+def _networks(proxies: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
+
+
+def _trusted(settings: Settings, address: str | None) -> bool:
+    if not address or not settings.trusted_proxies:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in _networks(tuple(settings.trusted_proxies)))
+
+
 def client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    """The client's address: the TCP peer, or, when the peer is a trusted proxy
+    (``AUTOPLAT_TRUSTED_PROXIES``), the nearest ``X-Forwarded-For`` hop that is not a trusted proxy.
+
+    The header is read right to left: each trusted proxy appends the address it received from, so
+    everything left of the first untrusted hop could have been written by the client itself.
+    """
+    peer = request.client.host if request.client else None
+    settings: Settings = get_state(request).settings
+    if not _trusted(settings, peer):
+        return peer
+    hops = [h.strip() for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if h.strip()]
+    address = peer
+    for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            break  # garbage from further out: the last trusted hop is the best we know
+        address = hop
+        if not _trusted(settings, hop):
+            break
+    return address
+
+
+def is_https(request: Request) -> bool:
+    """Whether the client reached us over TLS (``X-Forwarded-Proto`` counts from a trusted proxy)."""
+    if request.url.scheme == "https":
+        return True
+    peer = request.client.host if request.client else None
+    forwarded = request.headers.get("x-forwarded-proto", "")
+    return _trusted(get_state(request).settings, peer) and forwarded.split(",")[0].strip().lower() == "https"
 
 
 def get_anonymous_actor(request: Request) -> Actor:

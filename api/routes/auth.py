@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
 
-from api.deps import AnonymousActor, ClaimsDep, CurrentUser, SessionDep, SettingsDep, StateDep
+from fastapi import APIRouter, Body, Cookie, Request, Response, status
+
+from api.deps import AnonymousActor, ClaimsDep, CurrentUser, SessionDep, SettingsDep, StateDep, is_https
 from api.schemas.auth import (
     LoginRequest,
     LogoutRequest,
@@ -16,7 +18,7 @@ from api.schemas.auth import (
     UserRead,
 )
 from api.schemas.common import ERROR_RESPONSES
-from registry.errors import InvalidInput, PermissionDenied
+from registry.errors import AuthenticationFailed, InvalidInput, PermissionDenied
 from registry.models import Role, User
 from registry.permissions import permissions_for
 from registry.services import audit, auth, users
@@ -25,14 +27,36 @@ from registry.services.common import Actor
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=ERROR_RESPONSES)
 
+#: The browser console's refresh token: HttpOnly (no script reads it), sent only to the auth routes.
+REFRESH_COOKIE = "autoplat_refresh"
+COOKIE_PATH = "/api/v1/auth"
+RefreshCookie = Annotated[str | None, Cookie(alias=REFRESH_COOKIE, include_in_schema=False)]
 
-def _tokens(pair: TokenPair) -> TokenResponse:
+
+def _tokens(pair: TokenPair, response: Response | None = None, request: Request | None = None) -> TokenResponse:
+    """The token answer; with ``response``, the refresh token goes into the cookie instead of the body."""
+    refresh_token = pair.refresh_token
+    if response is not None and request is not None:
+        response.set_cookie(
+            REFRESH_COOKIE,
+            pair.refresh_token,
+            max_age=pair.refresh_expires_in,
+            path=COOKIE_PATH,
+            secure=is_https(request),
+            httponly=True,
+            samesite="strict",
+        )
+        refresh_token = ""
     return TokenResponse(
         access_token=pair.access_token,
-        refresh_token=pair.refresh_token,
+        refresh_token=refresh_token,
         expires_in=pair.expires_in,
         refresh_expires_in=pair.refresh_expires_in,
     )
+
+
+def _clear_cookie(response: Response, request: Request) -> None:
+    response.delete_cookie(REFRESH_COOKIE, path=COOKIE_PATH, secure=is_https(request), httponly=True, samesite="strict")
 
 
 def user_read(user: User) -> UserRead:
@@ -42,7 +66,14 @@ def user_read(user: User) -> UserRead:
 
 
 @router.post("/login", response_model=TokenResponse, summary="Exchange email or username + password for tokens")
-async def login(body: LoginRequest, session: SessionDep, state: StateDep, actor: AnonymousActor) -> TokenResponse:
+async def login(
+    body: LoginRequest,
+    session: SessionDep,
+    state: StateDep,
+    actor: AnonymousActor,
+    request: Request,
+    response: Response,
+) -> TokenResponse:
     identifier = body.identifier()
     if not identifier:
         raise InvalidInput(
@@ -56,21 +87,57 @@ async def login(body: LoginRequest, session: SessionDep, state: StateDep, actor:
         password=body.password,
         actor=actor,
     )
+    if body.session_cookie:
+        return _tokens(pair, response, request)
     return _tokens(pair)
 
 
-@router.post("/refresh", response_model=TokenResponse, summary="Rotate a refresh token (each works once)")
+@router.post(
+    "/refresh",
+    response_model=TokenResponse,
+    summary="Rotate a refresh token (each works once), from the body or the session cookie",
+)
 async def refresh(
-    body: RefreshRequest, session: SessionDep, settings: SettingsDep, actor: AnonymousActor
+    session: SessionDep,
+    settings: SettingsDep,
+    actor: AnonymousActor,
+    request: Request,
+    response: Response,
+    cookie: RefreshCookie = None,
+    body: Annotated[RefreshRequest | None, Body()] = None,
 ) -> TokenResponse:
-    return _tokens(await auth.refresh(session=session, settings=settings, token=body.refresh_token, actor=actor))
+    token = body.refresh_token if body is not None else None
+    if token is not None:
+        return _tokens(await auth.refresh(session=session, settings=settings, token=token, actor=actor))
+    if not cookie:
+        raise AuthenticationFailed(f"no refresh token: send refresh_token or the {REFRESH_COOKIE} cookie")
+    # Rotated like a body token: the cookie's previous value is spent, and replaying it revokes the family.
+    pair = await auth.refresh(session=session, settings=settings, token=cookie, actor=actor)
+    return _tokens(pair, response, request)
 
 
-@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, summary="Revoke this refresh token's session")
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="End a session: the body's refresh token's, else the cookie's, else the access token's own",
+)
 async def logout(
-    body: LogoutRequest, session: SessionDep, settings: SettingsDep, user: CurrentUser, actor: AnonymousActor
+    session: SessionDep,
+    settings: SettingsDep,
+    user: CurrentUser,
+    claims: ClaimsDep,
+    actor: AnonymousActor,
+    request: Request,
+    response: Response,
+    cookie: RefreshCookie = None,
+    body: Annotated[LogoutRequest | None, Body()] = None,
 ) -> None:
-    await auth.logout(session=session, settings=settings, token=body.refresh_token, user=user)
+    token = body.refresh_token if body is not None else None
+    await auth.logout(
+        session=session, settings=settings, user=user, token=token or cookie or None, family_id=claims.family_id
+    )
+    if token is None:
+        _clear_cookie(response, request)
     audit.record(
         session=session,
         actor=Actor(user_id=user.id, email=user.email, role=user.role, ip=actor.ip, request_id=actor.request_id),

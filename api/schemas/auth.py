@@ -13,22 +13,37 @@ class LoginRequest(Schema):
     email: str | None = Field(default=None, max_length=320, description="Alias of `login`")
     username: str | None = Field(default=None, max_length=320, description="Alias of `login`")
     password: str = Field(min_length=1, max_length=1024)
+    session_cookie: bool = Field(
+        default=False,
+        description="Browser sessions: keep the refresh token in the HttpOnly cookie `autoplat_refresh` "
+        "(path /api/v1/auth) instead of the body; `refresh_token` is then answered empty.",
+    )
 
     def identifier(self) -> str | None:
         return self.login or self.email or self.username
 
 
 class RefreshRequest(Schema):
-    refresh_token: str = Field(min_length=1, max_length=4096)
+    refresh_token: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="Omit to use the `autoplat_refresh` cookie set by a `session_cookie` login.",
+    )
 
 
 class LogoutRequest(Schema):
-    refresh_token: str = Field(min_length=1, max_length=4096)
+    refresh_token: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="Omit to end the session of the `autoplat_refresh` cookie, else the access token's own.",
+    )
 
 
 class TokenResponse(Schema):
     access_token: str
-    refresh_token: str
+    refresh_token: str = Field(description="Empty when the refresh token travels in the `autoplat_refresh` cookie.")
     token_type: str = "bearer"
     expires_in: int
     refresh_expires_in: int

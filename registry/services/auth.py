@@ -119,14 +119,18 @@ async def _revoke_family(*, session: AsyncSession, family_id: str, reason: str) 
     )
 
 
-async def logout(*, session: AsyncSession, settings: Settings, token: str, user: User) -> None:
-    """Revoke the session family of the given refresh token (this device)."""
-    claims = decode_token(settings, token, expected_type="refresh")
-    if claims.subject != user.id:
-        raise AuthenticationFailed("refresh token belongs to another user")
-    row = await session.get(RefreshSession, claims.jti)
-    if row is not None:
-        await _revoke_family(session=session, family_id=row.family_id, reason="logout")
+async def logout(
+    *, session: AsyncSession, settings: Settings, user: User, token: str | None, family_id: str | None
+) -> None:
+    """Revoke one session family: the given refresh token's, else ``family_id`` (the access token's own)."""
+    if token is not None:
+        claims = decode_token(settings, token, expected_type="refresh")
+        if claims.subject != user.id:
+            raise AuthenticationFailed("refresh token belongs to another user")
+        row = await session.get(RefreshSession, claims.jti)
+        family_id = row.family_id if row is not None else None
+    if family_id is not None:
+        await _revoke_family(session=session, family_id=family_id, reason="logout")
 
 
 async def change_password(

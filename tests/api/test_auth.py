@@ -256,10 +256,126 @@ async def test_refresh_with_a_forged_jti_is_401(client, make_user, jwt_secret):
     assert r.status_code == 401
 
 
-async def test_refresh_with_empty_body_is_422(client):
-    r = await client.post(REFRESH, json={})
+async def test_refresh_without_any_refresh_token_is_401(client):
+    for body in ({}, None):
+        r = await client.post(REFRESH, json=body)
+        assert r.status_code == 401, r.text
+        assert r.json()["error"]["code"] == "unauthorized"
+        assert "autoplat_refresh" in r.json()["error"]["message"]
+
+
+async def test_refresh_with_an_empty_refresh_token_is_422(client):
+    r = await client.post(REFRESH, json={"refresh_token": ""})
     assert r.status_code == 422
     assert r.json()["error"]["details"][0]["loc"] == ["body", "refresh_token"]
+
+
+# --- the console's session cookie ----------------------------------------------------------------------------
+
+
+def set_cookie(response: Any) -> dict[str, str]:
+    """The ``autoplat_refresh`` Set-Cookie of a response, as {attribute (lower case): value}."""
+    headers = [h for h in response.headers.get_list("set-cookie") if h.startswith("autoplat_refresh=")]
+    assert len(headers) == 1, response.headers
+    name_value, *attributes = (part.strip() for part in headers[0].split(";"))
+    parsed = {"value": name_value.partition("=")[2]}
+    for attribute in attributes:
+        key, _, value = attribute.partition("=")
+        parsed[key.lower()] = value
+    return parsed
+
+
+async def cookie_login(client: Any, email: str) -> tuple[dict[str, Any], dict[str, str]]:
+    r = await client.post(LOGIN, json={"login": email, "password": PASSWORD, "session_cookie": True})
+    assert r.status_code == 200, r.text
+    return r.json(), set_cookie(r)
+
+
+async def test_cookie_login_keeps_the_refresh_token_out_of_the_body(client, make_user, settings):
+    user = await make_user()
+    body, cookie = await cookie_login(client, user.email)
+    assert body["refresh_token"] == ""
+    assert body["access_token"] and body["expires_in"] == 900
+    assert body["refresh_expires_in"] == settings.refresh_token_ttl_seconds
+    assert cookie["value"] and cookie["value"] != body["access_token"]
+    assert "httponly" in cookie
+    assert cookie["samesite"].lower() == "strict"
+    assert cookie["path"] == "/api/v1/auth"
+    assert cookie["max-age"] == str(settings.refresh_token_ttl_seconds)
+    assert "secure" not in cookie  # plain http: a Secure cookie would never come back
+    assert (await client.get(ME, headers=bearer(body["access_token"]))).status_code == 200
+
+
+async def test_cookie_is_secure_over_https(settings, app_state, make_user):
+    from tests.conftest import api_client
+
+    user = await make_user()
+    async with api_client(settings, state=app_state, base_url="https://testserver") as c:
+        _, cookie = await cookie_login(c, user.email)
+        assert "secure" in cookie
+        r = await c.post(REFRESH, json={})
+        assert r.status_code == 200, r.text
+        assert "secure" in set_cookie(r)
+
+
+async def test_cookie_refresh_rotates_the_cookie(client, make_user):
+    user = await make_user()
+    _, first = await cookie_login(client, user.email)
+    r = await client.post(REFRESH, json={})
+    assert r.status_code == 200, r.text
+    assert r.json()["refresh_token"] == ""
+    second = set_cookie(r)
+    assert second["value"] != first["value"]
+    assert second["path"] == "/api/v1/auth" and "httponly" in second
+    assert (await client.get(ME, headers=bearer(r.json()["access_token"]))).status_code == 200
+    # The jar now holds the new cookie: refreshing again works, with no body at all too.
+    r = await client.post(REFRESH)
+    assert r.status_code == 200, r.text
+
+
+async def test_replayed_cookie_revokes_the_family(client, make_user):
+    user = await make_user()
+    _, first = await cookie_login(client, user.email)
+    rotated = set_cookie(await client.post(REFRESH, json={}))
+    client.cookies.clear()
+    replay = await client.post(REFRESH, json={}, headers={"Cookie": f"autoplat_refresh={first['value']}"})
+    assert replay.status_code == 401
+    # The legitimate holder's newer cookie belonged to the same family: revoked too.
+    r = await client.post(REFRESH, json={}, headers={"Cookie": f"autoplat_refresh={rotated['value']}"})
+    assert r.status_code == 401, r.text
+
+
+async def test_cookie_logout_revokes_the_session_and_clears_the_cookie(client, make_user, login):
+    user = await make_user()
+    body, cookie = await cookie_login(client, user.email)
+    other = await login(user.email)  # another device (body tokens)
+    r = await client.post(LOGOUT, json={}, headers=bearer(body["access_token"]))
+    assert r.status_code == 204, r.text
+    cleared = set_cookie(r)
+    assert cleared["value"] in ("", '""') and cleared["max-age"] == "0" and cleared["path"] == "/api/v1/auth"
+    assert "autoplat_refresh" not in client.cookies
+    again = await client.post(REFRESH, json={}, headers={"Cookie": f"autoplat_refresh={cookie['value']}"})
+    assert again.status_code == 401
+    assert (await client.post(REFRESH, json={"refresh_token": other["refresh_token"]})).status_code == 200
+
+
+async def test_logout_without_a_refresh_token_ends_the_access_tokens_session(client, make_user, login):
+    user = await make_user()
+    tokens = await login(user.email)
+    other = await login(user.email)
+    assert (await client.post(LOGOUT, json={}, headers=bearer(tokens["access_token"]))).status_code == 204
+    assert (await client.post(REFRESH, json={"refresh_token": tokens["refresh_token"]})).status_code == 401
+    assert (await client.post(REFRESH, json={"refresh_token": other["refresh_token"]})).status_code == 200
+
+
+async def test_body_token_wins_over_the_cookie(client, make_user, login):
+    user = await make_user()
+    await cookie_login(client, user.email)
+    tokens = await login(user.email)
+    r = await client.post(REFRESH, json={"refresh_token": tokens["refresh_token"]})
+    assert r.status_code == 200
+    assert r.json()["refresh_token"]  # answered in the body, as for any API client
+    assert not r.headers.get_list("set-cookie")
 
 
 # --- logout ------------------------------------------------------------------------------------------------
