@@ -1,7 +1,10 @@
 """The module registry: manifest schema and validation, registration, lifecycle, upgrades, config.
 
-Registering from a server ``path`` reads the API host's filesystem with the API's rights: it is
-reserved to callers holding ``modules:write`` (admins and operators), like every mutation here.
+Changing which code the platform runs (register / upload, install, enable, upgrade, uninstall,
+delete) needs ``modules:install``: admins, plus the roles named in
+``AUTOPLAT_MODULE_INSTALL_ROLES``. Disabling a module and setting its configuration need
+``modules:write`` (operators). Registering from a server ``path`` reads the API host's filesystem
+with the API's rights, so it is an install too.
 """
 
 from __future__ import annotations
@@ -10,12 +13,12 @@ import json
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from api.deps import PageDep, Requires, SessionDep, StateDep, read_body
+from api.deps import CurrentUser, PageDep, Requires, SessionDep, SettingsDep, StateDep, client_ip, read_body
 from api.errors import error_response
 from api.schemas.common import ERROR_RESPONSES, Page
 from api.schemas.modules import (
@@ -28,9 +31,10 @@ from api.schemas.modules import (
     ValidationResult,
 )
 from registry import codestore
-from registry.errors import InvalidInput, PayloadTooLarge
+from registry.errors import InvalidInput, PayloadTooLarge, PermissionDenied
 from registry.manifest import manifest_json_schema, secret_fields, validate_manifest
 from registry.models import Module, ModuleStatus
+from registry.permissions import INSTALL, has_permission
 from registry.services import modules
 from registry.services.common import Actor
 
@@ -83,6 +87,22 @@ _INSTALL_FAILED: dict[int | str, dict[str, Any]] = {
         'error code "install_failed", details.status_reason)'
     }
 }
+
+
+async def _installer(request: Request, user: CurrentUser, settings: SettingsDep) -> Actor:
+    """Like ``Requires("modules:install")``, with the roles ``AUTOPLAT_MODULE_INSTALL_ROLES`` grants it to."""
+    actor = Actor(
+        user_id=user.id, email=user.email, role=user.role, ip=client_ip(request), request_id=request.state.request_id
+    )
+    request.state.actor = actor
+    if not has_permission(user.role, INSTALL, install_roles=settings.module_install_roles):
+        raise PermissionDenied(f"role {user.role} lacks permission {INSTALL}")
+    return actor
+
+
+_installer.permission = INSTALL  # type: ignore[attr-defined]
+#: The caller, who may change which module code exists and runs.
+Installer = Annotated[Actor, Depends(_installer)]
 
 
 def module_read(module: Module) -> ModuleRead:
@@ -199,7 +219,7 @@ async def register_module(
     response: Response,
     session: SessionDep,
     state: StateDep,
-    actor: Actor = Requires("modules:write"),
+    actor: Installer,
 ) -> ModuleRead:
     """Register a module from a server folder (JSON) or an uploaded .zip / .tar.gz (multipart)."""
     source = await _code_source(request)
@@ -216,9 +236,7 @@ async def get_module(name: ModuleName, session: SessionDep, _: Actor = Requires(
 
 
 @router.post("/{name}/install", response_model=ModuleRead, responses=_INSTALL_FAILED)
-async def install_module(
-    name: ModuleName, session: SessionDep, state: StateDep, actor: Actor = Requires("modules:write")
-) -> Any:
+async def install_module(name: ModuleName, session: SessionDep, state: StateDep, actor: Installer) -> Any:
     """Import every handler in an isolated interpreter: INSTALLED, or FAILED with the reason (422)."""
     outcome = await modules.install_module(session=session, actor=actor, state_dir=state.settings.state_dir, name=name)
     if not outcome.ok:
@@ -239,9 +257,7 @@ async def install_module(
 
 
 @router.post("/{name}/enable", response_model=ModuleRead)
-async def enable_module(
-    name: ModuleName, session: SessionDep, state: StateDep, actor: Actor = Requires("modules:write")
-) -> ModuleRead:
+async def enable_module(name: ModuleName, session: SessionDep, state: StateDep, actor: Installer) -> ModuleRead:
     module = await modules.enable_module(session=session, actor=actor, hooks=state.hooks, name=name)
     return module_read(module)
 
@@ -255,17 +271,13 @@ async def disable_module(
 
 
 @router.post("/{name}/uninstall", response_model=ModuleRead)
-async def uninstall_module(
-    name: ModuleName, session: SessionDep, state: StateDep, actor: Actor = Requires("modules:write")
-) -> ModuleRead:
+async def uninstall_module(name: ModuleName, session: SessionDep, state: StateDep, actor: Installer) -> ModuleRead:
     module = await modules.uninstall_module(session=session, actor=actor, hooks=state.hooks, name=name)
     return module_read(module)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_module(
-    name: ModuleName, session: SessionDep, state: StateDep, actor: Actor = Requires("modules:write")
-) -> None:
+async def delete_module(name: ModuleName, session: SessionDep, state: StateDep, actor: Installer) -> None:
     await modules.delete_module(session=session, actor=actor, state_dir=state.settings.state_dir, name=name)
 
 
@@ -275,7 +287,7 @@ async def upgrade_module(
     request: Request,
     session: SessionDep,
     state: StateDep,
-    actor: Actor = Requires("modules:write"),
+    actor: Installer,
 ) -> ModuleRead:
     """Switch to a newer version (same bodies as registration); the lifecycle state is kept."""
     source = await _code_source(request)

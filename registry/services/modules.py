@@ -658,7 +658,10 @@ async def register_module(*, session: AsyncSession, actor: Actor, state_dir: Pat
         await session.flush()
     except IntegrityError as exc:
         raise Conflict(f"module {staged.name} already exists", details={"name": staged.name}) from exc
-    _record(session, actor, module, action="register", event="registered", audit_details={"source": staged.source})
+    _record(
+        session, actor, module, action="register", event="registered",
+        audit_details={"source": staged.source, "bundle_sha256": staged.sha256},
+    )  # fmt: skip
     return module
 
 
@@ -701,6 +704,7 @@ async def install_module(*, session: AsyncSession, actor: Actor, state_dir: Path
         _record(
             session, actor, module, action="install", event="failed", outcome="failure",
             details={"reason": reason, "failures": failures},
+            audit_details={"bundle_sha256": module.bundle_sha256},
         )  # fmt: skip
         return InstallOutcome(module=module, ok=False, reason=reason, failures=failures)
     module.status = S.INSTALLED.value
@@ -720,7 +724,9 @@ async def enable_module(*, session: AsyncSession, actor: Actor, hooks: Lifecycle
     module.status = S.ENABLED.value
     module.enabled_at = _now()
     module.revision += 1
-    _record(session, actor, module, action="enable", event="enabled")
+    _record(
+        session, actor, module, action="enable", event="enabled", audit_details={"bundle_sha256": module.bundle_sha256}
+    )
     await session.flush()
     await hooks.module_enabled(session=session, module=module)
     return module
@@ -825,7 +831,7 @@ async def upgrade_module(
         module = await _lock(session, name)
         _unchanged(module, seen, "upgrade")
         target_status = _check(module, Action.upgrade)
-        previous = module.version
+        previous, previous_sha = module.version, module.bundle_sha256
         if module.status == S.ENABLED:
             await _require_dependencies(session, name, staged.manifest, "upgrade")
             await _refuse_enabled_dependents(session, module, "upgrade", new_version=staged.version)
@@ -854,7 +860,7 @@ async def upgrade_module(
     _record(
         session, actor, module, action="upgrade", event="upgraded",
         details={"previous_version": previous},
-        audit_details={"source": staged.source},
+        audit_details={"source": staged.source, "bundle_sha256": staged.sha256, "previous_bundle_sha256": previous_sha},
     )  # fmt: skip
     await session.flush()
     await hooks.module_upgraded(session=session, module=module, previous_version=previous)
