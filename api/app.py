@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import Redis
 
-from api import errors
+from api import errors, limits
 from api.state import AppState
 from registry.db import create_engine, create_session_factory, unit_of_work
 from registry.ratelimit import LoginLimiter
@@ -134,6 +134,8 @@ def _version() -> str:
 
 
 def _install_middleware(app: FastAPI, settings: Settings) -> None:
+    app.add_middleware(limits.BodyLimit, settings=settings)  # first: inside request_id, audit and CORS
+
     @app.middleware("http")
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         incoming = request.headers.get("x-request-id", "")

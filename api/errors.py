@@ -92,7 +92,8 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"no route for {request.method} {request.url.path}"
         if exc.status_code == 405:
             message = f"method {request.method} not allowed for {request.url.path}"
-        return error_response(exc.status_code, code, message, None, dict(exc.headers or {}) or None)
+        details = getattr(exc, "details", None)  # api.limits.BodyTooLarge says which limit
+        return error_response(exc.status_code, code, message, details, dict(exc.headers or {}) or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

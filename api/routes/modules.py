@@ -43,7 +43,7 @@ router = APIRouter(prefix="/modules", tags=["modules"], responses=ERROR_RESPONSE
 #: Largest JSON body accepted (a manifest is a few KiB; the validator caps its size too).
 MAX_JSON_BYTES = 2 * codestore.MiB
 #: Multipart overhead allowed on top of the bundle itself.
-_MULTIPART_SLACK = 64 * 1024
+MULTIPART_SLACK = 64 * 1024
 
 ModuleName = Annotated[str, Path(min_length=1, max_length=100, description="Module name")]
 
@@ -148,7 +148,7 @@ async def _code_source(request: Request) -> modules.CodeSource:
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
         length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > codestore.MAX_BUNDLE_BYTES + _MULTIPART_SLACK:
+        if length.isdigit() and int(length) > codestore.MAX_BUNDLE_BYTES + MULTIPART_SLACK:
             raise PayloadTooLarge(f"the bundle exceeds {codestore.MAX_BUNDLE_BYTES // codestore.MiB} MiB")
         form = await request.form(max_files=1, max_fields=10)
         upload = form.get("bundle")
