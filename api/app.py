@@ -36,7 +36,16 @@ def _routers() -> list[Any]:
     from api.routes import auth, users
 
     routers = [auth.router, users.router, audit_routes.router]
-    for name in ("modules", "jobs", "executions", "artifacts", "events", "module_routes", "storage"):
+    for name in (
+        "modules",
+        "jobs",
+        "executions",
+        "artifacts",
+        "events",
+        "module_routes",
+        "storage",
+        "schedule_preview",
+    ):
         try:
             module = __import__(f"api.routes.{name}", fromlist=["router"])
         except ModuleNotFoundError as exc:
@@ -72,9 +81,10 @@ def create_app(settings: Settings, *, state: AppState | None = None) -> FastAPI:
         version=_version(),
         description="Self-hosted automation platform: modules, jobs on Temporal, events, HTTP triggers.",
         lifespan=lifespan,
-        docs_url="/docs",
+        # /docs and /redoc are served by api.console with local assets (no CDN).
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json",
-        swagger_ui_parameters={"persistAuthorization": True},
     )
     errors.install_error_handlers(app)
     _install_middleware(app, settings)
@@ -84,6 +94,10 @@ def create_app(settings: Settings, *, state: AppState | None = None) -> FastAPI:
     app.include_router(health.router)
     for router in _routers():
         app.include_router(router, prefix=API_PREFIX)
+    from api.console import install_console
+
+    # Last: its catch-all route answers only what no API route does.
+    install_console(app)
     return app
 
 

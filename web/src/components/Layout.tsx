@@ -1,0 +1,84 @@
+import { useState, type ReactNode } from "react";
+import { NavLink } from "react-router";
+import { useAuth } from "../auth";
+import { saveTheme, storedTheme, type ThemeChoice } from "../theme";
+
+const LINKS: { to: string; label: string; permission: string }[] = [
+  { to: "/", label: "Dashboard", permission: "executions:read" },
+  { to: "/modules", label: "Modules", permission: "modules:read" },
+  { to: "/jobs", label: "Jobs", permission: "jobs:read" },
+  { to: "/executions", label: "Executions", permission: "executions:read" },
+  { to: "/events", label: "Events", permission: "events:read" },
+  { to: "/admin", label: "Admin", permission: "users:read" },
+];
+
+export function Layout({ children }: { children: ReactNode }) {
+  const { me, can } = useAuth();
+  return (
+    <div className="shell">
+      <a className="skip" href="#main">
+        Skip to content
+      </a>
+      <header className="topbar">
+        <NavLink to="/" className="brand" aria-label="autoplat home">
+          <img src="/favicon.svg" alt="" width="24" height="24" />
+          <span>autoplat</span>
+        </NavLink>
+        <nav aria-label="Main" className="mainnav">
+          {LINKS.filter((l) => can(l.permission)).map((l) => (
+            <NavLink key={l.to} to={l.to} end={l.to === "/"}>
+              {l.label}
+            </NavLink>
+          ))}
+        </nav>
+        {me ? <UserMenu /> : null}
+      </header>
+      <main id="main" tabIndex={-1}>
+        {children}
+      </main>
+    </div>
+  );
+}
+
+function UserMenu() {
+  const { me, logout } = useAuth();
+  const [theme, setTheme] = useState<ThemeChoice>(storedTheme());
+  if (!me) return null;
+  return (
+    <details className="usermenu">
+      <summary aria-label={`User menu: ${me.username ?? me.email} (${me.role})`}>
+        <span className="avatar" aria-hidden="true">
+          {(me.full_name || me.username || me.email).slice(0, 1).toUpperCase()}
+        </span>
+        <span className="usermenu-name">{me.username ?? me.email}</span>
+        <span className="badge">{me.role}</span>
+      </summary>
+      <div className="usermenu-panel">
+        <p>
+          <strong>{me.full_name || me.username || me.email}</strong>
+          <br />
+          <span className="muted">{me.email}</span>
+          <br />
+          Role: <span data-testid="role">{me.role}</span>
+        </p>
+        <label htmlFor="theme-select">Theme</label>
+        <select
+          id="theme-select"
+          value={theme}
+          onChange={(e) => {
+            const v = e.target.value as ThemeChoice;
+            setTheme(v);
+            saveTheme(v);
+          }}
+        >
+          <option value="system">System</option>
+          <option value="light">Light</option>
+          <option value="dark">Dark</option>
+        </select>
+        <button type="button" onClick={() => void logout()}>
+          Sign out
+        </button>
+      </div>
+    </details>
+  );
+}

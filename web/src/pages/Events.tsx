@@ -1,0 +1,313 @@
+import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { lazy, Suspense, useEffect, useMemo, useState, type FormEvent } from "react";
+import { Link } from "react-router";
+import { api, errorMessage, unwrap, type Schemas } from "../api/client";
+import { readSse } from "../api/sse";
+import { useAuth } from "../auth";
+import { Card, ErrorBox, Json, Loading, PageHeader, Pager, Stat, StatusBadge, Time, useUrlFilters } from "../components/ui";
+
+const BarChart = lazy(() => import("../components/Chart").then((m) => ({ default: m.BarChart })));
+const LIMIT = 25;
+type EventRead = Schemas["EventRead"];
+
+export default function Events() {
+  const { can } = useAuth();
+  const { values, page, set, setPage } = useUrlFilters(["pattern", "source", "module", "since", "live"] as const);
+  const stats = useQuery({ queryKey: ["events", "stats"], queryFn: () => unwrap(api.GET("/api/v1/events/stats")), refetchInterval: 10_000 });
+  const list = useQuery({
+    queryKey: ["events", "list", values.pattern, values.source, values.module, values.since, page],
+    queryFn: () =>
+      unwrap(
+        api.GET("/api/v1/events", {
+          params: {
+            query: {
+              pattern: values.pattern || undefined,
+              source: values.source || undefined,
+              module: values.module || undefined,
+              since: values.since || undefined,
+              page,
+              limit: LIMIT,
+            },
+          },
+        }),
+      ),
+  });
+  const subscriptions = useQuery({ queryKey: ["events", "subscriptions"], queryFn: () => unwrap(api.GET("/api/v1/events/subscriptions")) });
+  const points = useMemo(
+    () => (stats.data?.per_hour ?? []).map((h) => ({ t: new Date(h.hour).getTime(), v: h.count })),
+    [stats.data],
+  );
+  const live = values.live === "1";
+
+  return (
+    <>
+      <PageHeader title="Events">
+        <label className="check">
+          <input type="checkbox" checked={live} onChange={(e) => set({ live: e.target.checked ? "1" : "" })} /> Live
+        </label>
+      </PageHeader>
+      <ErrorBox error={stats.error} />
+      <div className="stats-row">
+        <Stat label="Total" value={stats.data?.total ?? "…"} />
+        <Stat label="Last 24 h" value={stats.data?.last_24h ?? "…"} />
+        <Stat label="Last 7 days" value={stats.data?.last_7d ?? "…"} />
+        <Stat label="Pending dispatch" value={stats.data?.pending ?? "…"} />
+      </div>
+      <div className="grid three">
+        <Card title="Events per hour">
+          <Suspense fallback={<Loading what="Loading chart" />}>{points.length ? <BarChart label="Events per hour" points={points} /> : <p className="muted">No events yet.</p>}</Suspense>
+        </Card>
+        <Card title="Top names">
+          <ul className="plain">
+            {stats.data?.top_names.map((n) => (
+              <li key={n.value}>
+                <button type="button" className="link" onClick={() => set({ pattern: n.value })}>
+                  {n.value}
+                </button>{" "}
+                <span className="muted">{n.count}</span>
+              </li>
+            ))}
+          </ul>
+        </Card>
+        <Card title="Top sources">
+          <ul className="plain">
+            {stats.data?.top_sources.map((n) => (
+              <li key={n.value}>
+                <button type="button" className="link" onClick={() => set({ source: n.value })}>
+                  {n.value}
+                </button>{" "}
+                <span className="muted">{n.count}</span>
+              </li>
+            ))}
+          </ul>
+        </Card>
+      </div>
+      {can("events:write") ? <PostEvent /> : null}
+      <div className="filters">
+        <label>
+          Name pattern
+          <input value={values.pattern} onChange={(e) => set({ pattern: e.target.value })} placeholder="data.* or health.alert" />
+        </label>
+        <label>
+          Source
+          <input value={values.source} onChange={(e) => set({ source: e.target.value })} />
+        </label>
+        <label>
+          Module
+          <input value={values.module} onChange={(e) => set({ module: e.target.value })} />
+        </label>
+        <label>
+          Since
+          <select value={values.since ? "custom" : ""} onChange={(e) => set({ since: sinceFor(e.target.value) })}>
+            <option value="">Any time</option>
+            <option value="1h">Last hour</option>
+            <option value="24h">Last 24 h</option>
+            <option value="7d">Last 7 days</option>
+            {values.since ? <option value="custom">{new Date(values.since).toLocaleString()}</option> : null}
+          </select>
+        </label>
+      </div>
+      {live ? <LiveEvents pattern={values.pattern} /> : null}
+      <Card title="Stored events">
+        <ErrorBox error={list.error} />
+        {list.isPending ? <Loading /> : null}
+        {list.data ? (
+          <>
+            <EventTable items={list.data.items} />
+            {list.data.items.length === 0 ? <p className="muted">No event matches.</p> : null}
+            <Pager page={page} limit={LIMIT} total={list.data.total} onPage={setPage} />
+          </>
+        ) : null}
+      </Card>
+      <Card title="Subscriptions">
+        <ErrorBox error={subscriptions.error} />
+        <div className="table-wrap">
+          <table>
+            <thead>
+              <tr>
+                <th scope="col">Pattern</th>
+                <th scope="col">Kind</th>
+                <th scope="col">Starts</th>
+                <th scope="col">Jobs</th>
+              </tr>
+            </thead>
+            <tbody>
+              {subscriptions.data?.map((s, i) => (
+                <tr key={i}>
+                  <td>
+                    <code>{s.pattern}</code>
+                    {s.description ? <div className="muted small">{s.description}</div> : null}
+                  </td>
+                  <td>{s.kind}</td>
+                  <td>
+                    <code>
+                      {s.module}.{s.job_type}
+                    </code>
+                  </td>
+                  <td>
+                    {s.jobs.map((j) => (
+                      <Link key={j.id} to={`/jobs/${j.id}`} className="tag">
+                        {j.name}
+                      </Link>
+                    ))}
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+        {subscriptions.data?.length === 0 ? <p className="muted">No subscription.</p> : null}
+      </Card>
+    </>
+  );
+}
+
+function sinceFor(choice: string): string {
+  const hours: Record<string, number> = { "1h": 1, "24h": 24, "7d": 168 };
+  if (!(choice in hours)) return "";
+  const d = new Date(Date.now() - hours[choice] * 3600_000);
+  d.setSeconds(0, 0);
+  return d.toISOString();
+}
+
+function EventTable({ items, testId }: { items: EventRead[]; testId?: string }) {
+  return (
+    <div className="table-wrap" data-testid={testId}>
+      <table>
+        <thead>
+          <tr>
+            <th scope="col">Name</th>
+            <th scope="col">Source</th>
+            <th scope="col">Occurred</th>
+            <th scope="col">Dispatch</th>
+            <th scope="col">Payload</th>
+          </tr>
+        </thead>
+        <tbody>
+          {items.map((e) => (
+            <tr key={e.id}>
+              <td>
+                <code>{e.name}</code>
+                {e.module ? <div className="muted small">from {e.module}</div> : null}
+              </td>
+              <td>{e.source ?? "—"}</td>
+              <td>
+                <Time value={e.occurred_at} />
+              </td>
+              <td>
+                <StatusBadge status={e.dispatch_status} />
+              </td>
+              <td>
+                <details>
+                  <summary>{summary(e.payload)}</summary>
+                  <Json value={e.payload} label={`Payload of ${e.name}`} />
+                </details>
+              </td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
+function summary(payload: Record<string, unknown>): string {
+  const text = JSON.stringify(payload);
+  return text.length > 60 ? `${text.slice(0, 60)}…` : text;
+}
+
+function LiveEvents({ pattern }: { pattern: string }) {
+  const qc = useQueryClient();
+  const [events, setEvents] = useState<EventRead[]>([]);
+  const [state, setState] = useState<"connecting" | "open" | "error">("connecting");
+  const [error, setError] = useState<string | null>(null);
+  useEffect(() => {
+    const ctrl = new AbortController();
+    setEvents([]);
+    setState("connecting");
+    const query = pattern ? `?pattern=${encodeURIComponent(pattern)}` : "";
+    // Only what arrives from now on: the stored list below shows the past.
+    const openedAt = Date.now();
+    readSse(
+      `/api/v1/events/stream${query}`,
+      (m) => {
+        if (m.event === "message" && !m.data.startsWith("{")) return;
+        try {
+          const e = JSON.parse(m.data) as EventRead;
+          if (new Date(e.received_at).getTime() < openedAt - 5_000) return;
+          setEvents((prev) => [e, ...prev.filter((p) => p.id !== e.id)].slice(0, 100));
+          void qc.invalidateQueries({ queryKey: ["events", "stats"] });
+        } catch {
+          /* keep-alive or a foreign line */
+        }
+      },
+      ctrl.signal,
+    ).catch((e) => {
+      if (!ctrl.signal.aborted) {
+        setState("error");
+        setError(errorMessage(e));
+      }
+    });
+    setState("open");
+    return () => ctrl.abort();
+  }, [pattern, qc]);
+  return (
+    <Card title="Live events">
+      <p className="muted" role="status">
+        {state === "error" ? `Live stream closed: ${error}` : "Listening for new events…"} {events.length ? `${events.length} received.` : ""}
+      </p>
+      {events.length ? <EventTable items={events} testId="live-events" /> : null}
+    </Card>
+  );
+}
+
+function PostEvent() {
+  const qc = useQueryClient();
+  const [name, setName] = useState("test.ping");
+  const [source, setSource] = useState("console");
+  const [payload, setPayload] = useState("{}");
+  const post = useMutation({
+    mutationFn: async () => {
+      let parsed: Record<string, unknown>;
+      try {
+        parsed = JSON.parse(payload || "{}");
+      } catch (e) {
+        throw new Error(`the payload is not JSON: ${(e as Error).message}`);
+      }
+      return unwrap(api.POST("/api/v1/events", { body: { name, source: source || null, payload: parsed } }));
+    },
+    onSuccess: () => void qc.invalidateQueries({ queryKey: ["events"] }),
+  });
+  function submit(e: FormEvent) {
+    e.preventDefault();
+    post.mutate();
+  }
+  return (
+    <details className="card">
+      <summary>Post a test event</summary>
+      <form onSubmit={submit} className="stack">
+        <div className="row">
+          <label>
+            Event name
+            <input name="event-name" value={name} onChange={(e) => setName(e.target.value)} required />
+          </label>
+          <label>
+            Source
+            <input name="event-source" value={source} onChange={(e) => setSource(e.target.value)} />
+          </label>
+        </div>
+        <label htmlFor="event-payload">Payload (JSON object)</label>
+        <textarea id="event-payload" rows={4} value={payload} onChange={(e) => setPayload(e.target.value)} spellCheck={false} />
+        <ErrorBox error={post.error} />
+        {post.data ? (
+          <p role="status" className="ok">
+            Posted event <code>{post.data.id}</code>.
+          </p>
+        ) : null}
+        <button type="submit" className="primary" disabled={post.isPending}>
+          Post event
+        </button>
+      </form>
+    </details>
+  );
+}

@@ -1,0 +1,96 @@
+import { useQuery } from "@tanstack/react-query";
+import { api, unwrap } from "../api/client";
+import { ExecutionTable } from "../components/ExecutionTable";
+import { ErrorBox, EXECUTION_STATUSES, Loading, PageHeader, Pager, useUrlFilters } from "../components/ui";
+
+const LIMIT = 50;
+const TRIGGERS = ["schedule", "manual", "event", "api", "http"];
+
+function toLocalInput(iso: string): string {
+  if (!iso) return "";
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return "";
+  return new Date(d.getTime() - d.getTimezoneOffset() * 60_000).toISOString().slice(0, 16);
+}
+
+function fromLocalInput(value: string): string {
+  return value ? new Date(value).toISOString() : "";
+}
+
+export default function Executions() {
+  const { values, page, set, setPage } = useUrlFilters(["status", "job_id", "module", "trigger", "since", "until"] as const);
+  const list = useQuery({
+    queryKey: ["executions", "list", values, page],
+    queryFn: () =>
+      unwrap(
+        api.GET("/api/v1/executions", {
+          params: {
+            query: {
+              status: (values.status || undefined) as never,
+              job_id: values.job_id || undefined,
+              module: values.module || undefined,
+              trigger: (values.trigger || undefined) as never,
+              since: values.since || undefined,
+              until: values.until || undefined,
+              page,
+              limit: LIMIT,
+            },
+          },
+        }),
+      ),
+    refetchInterval: 3_000,
+    placeholderData: (prev) => prev,
+  });
+  return (
+    <>
+      <PageHeader title="Executions">
+        <span className="muted live-dot">Live</span>
+      </PageHeader>
+      <div className="filters">
+        <label>
+          Status
+          <select value={values.status} onChange={(e) => set({ status: e.target.value })}>
+            <option value="">Any</option>
+            {EXECUTION_STATUSES.map((s) => (
+              <option key={s}>{s}</option>
+            ))}
+          </select>
+        </label>
+        <label>
+          Trigger
+          <select value={values.trigger} onChange={(e) => set({ trigger: e.target.value })}>
+            <option value="">Any</option>
+            {TRIGGERS.map((s) => (
+              <option key={s}>{s}</option>
+            ))}
+          </select>
+        </label>
+        <label>
+          Module
+          <input value={values.module} onChange={(e) => set({ module: e.target.value })} placeholder="module name" />
+        </label>
+        <label>
+          Job id
+          <input value={values.job_id} onChange={(e) => set({ job_id: e.target.value })} placeholder="job id" />
+        </label>
+        <label>
+          Since
+          <input type="datetime-local" value={toLocalInput(values.since)} onChange={(e) => set({ since: fromLocalInput(e.target.value) })} />
+        </label>
+        <label>
+          Until
+          <input type="datetime-local" value={toLocalInput(values.until)} onChange={(e) => set({ until: fromLocalInput(e.target.value) })} />
+        </label>
+      </div>
+      <ErrorBox error={list.error} />
+      {list.isPending ? <Loading /> : null}
+      {list.data ? (
+        <>
+          <ExecutionTable items={list.data.items} />
+          {list.data.items.length === 0 ? <p className="muted">No run matches.</p> : null}
+          <Pager page={page} limit={LIMIT} total={list.data.total} onPage={setPage} />
+        </>
+      ) : null}
+    </>
+  );
+}
