@@ -12,6 +12,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.state import AppState
+from registry import authcache
+from registry.authcache import Principal
 from registry.db import unit_of_work
 from registry.errors import AuthenticationFailed, PermissionDenied
 from registry.models import User
@@ -36,8 +38,15 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
-    async with unit_of_work(state.sessions) as session:
-        yield session
+    session: AsyncSession | None = None
+    try:
+        async with unit_of_work(state.sessions) as session:
+            yield session
+    finally:
+        # Sessions this request ended (committed, even by a request that then failed) are announced
+        # to every API process before the response leaves.
+        if session is not None:
+            await state.auth.invalidate(authcache.committed(session))
 
 
 # "function" scope: commit (or roll back) before the response is sent, never after.
@@ -57,13 +66,29 @@ async def get_claims(
 ClaimsDep = Annotated[TokenClaims, Depends(get_claims)]
 
 
-async def get_current_user(claims: ClaimsDep, session: SessionDep) -> User:
-    # Always from the DB: a deactivated or demoted user loses access at once.
-    user = await session.get(User, claims.subject)
+async def get_principal(claims: ClaimsDep, state: StateDep) -> Principal:
+    """The user behind the access token, if its session is alive (registry/authcache.py).
+
+    Served from the process's session cache: no database query unless a session or user changed.
+    """
+    if not claims.family_id:
+        raise AuthenticationFailed("access token names no session; get one from POST /api/v1/auth/login")
+    principal = await state.auth.principal(user_id=claims.subject, family_id=claims.family_id)
+    if principal is None:
+        raise AuthenticationFailed("session ended, or the user is unknown or inactive")
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_current_user(principal: PrincipalDep, session: SessionDep) -> User:
+    """The user's row, for the routes that need more than :class:`Principal` (the auth routes)."""
+    user = await session.get(User, principal.user_id)
     if user is None or not user.is_active:
-        raise AuthenticationFailed("user is unknown or inactive")
-    # End the read so long requests (``?wait=true``) don't hold a pooled connection meanwhile;
-    # the session starts a new transaction if the route uses it.
+        raise AuthenticationFailed("session ended, or the user is unknown or inactive")
+    # End the read so long requests don't hold a pooled connection meanwhile; the session starts a
+    # new transaction if the route uses it.
     await session.commit()
     return user
 
@@ -132,12 +157,12 @@ def require(permission: str) -> Callable[..., Coroutine[Any, Any, Actor]]:
     The permission is recorded on the dependency so the OpenAPI walk test can check every route.
     """
 
-    async def dependency(request: Request, user: CurrentUser) -> Actor:
+    async def dependency(request: Request, user: PrincipalDep) -> Actor:
         if not has_permission(user.role, permission):
-            request.state.actor = Actor(user_id=user.id, email=user.email, role=user.role)
+            request.state.actor = Actor(user_id=user.user_id, email=user.email, role=user.role)
             raise PermissionDenied(f"role {user.role} lacks permission {permission}")
         actor = Actor(
-            user_id=user.id,
+            user_id=user.user_id,
             email=user.email,
             role=user.role,
             ip=client_ip(request),

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
+from registry.authcache import SessionCache
 from registry.errors import ServiceUnavailable
 from registry.ratelimit import LoginLimiter
 from registry.services.lifecycle import LifecycleHooks, NoHooks
@@ -33,8 +34,16 @@ class AppState:
     limiter: LoginLimiter
     #: Called by module lifecycle transitions; the jobs capability plugs in Temporal schedules.
     hooks: LifecycleHooks = field(default_factory=NoHooks)
+    #: Which sessions are alive (registry/authcache.py); one per process, invalidated through Redis.
+    auth: SessionCache = field(init=False)
 
     def __post_init__(self) -> None:
+        self.auth = SessionCache(
+            redis=self.redis,
+            sessions=self.sessions,
+            prefix=self.settings.redis_prefix,
+            max_age_seconds=self.settings.auth_cache_seconds,
+        )
         if isinstance(self.hooks, NoHooks):
             from workflows.hooks import ScheduleHooks
 

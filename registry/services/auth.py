@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from registry import authcache
 from registry.errors import AuthenticationFailed
 from registry.models import RefreshSession, User, new_id
 from registry.ratelimit import LoginLimiter
@@ -84,7 +85,9 @@ async def refresh(*, session: AsyncSession, settings: Settings, token: str, acto
     now = datetime.now(UTC)
     if row.used_at is not None or row.revoked_at is not None:
         if row.used_at is not None and row.revoked_reason != "reuse_detected":
-            await _revoke_family(session=session, family_id=row.family_id, reason="reuse_detected")
+            await _revoke_family(
+                session=session, user_id=row.user_id, family_id=row.family_id, reason="reuse_detected"
+            )
             audit.record(
                 session=session,
                 actor=actor,
@@ -111,7 +114,8 @@ async def refresh(*, session: AsyncSession, settings: Settings, token: str, acto
     return await _issue(session=session, settings=settings, user=user, family_id=row.family_id, actor=actor)
 
 
-async def _revoke_family(*, session: AsyncSession, family_id: str, reason: str) -> None:
+async def _revoke_family(*, session: AsyncSession, user_id: str, family_id: str, reason: str) -> None:
+    authcache.touch(session, user_id)
     await session.execute(
         update(RefreshSession)
         .where(RefreshSession.family_id == family_id, RefreshSession.revoked_at.is_(None))
@@ -130,7 +134,7 @@ async def logout(
         row = await session.get(RefreshSession, claims.jti)
         family_id = row.family_id if row is not None else None
     if family_id is not None:
-        await _revoke_family(session=session, family_id=family_id, reason="logout")
+        await _revoke_family(session=session, user_id=user.id, family_id=family_id, reason="logout")
 
 
 async def change_password(

@@ -9,6 +9,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from registry import authcache
 from registry.errors import Conflict, InvalidInput, NotFound
 from registry.models import RefreshSession, Role, User
 from registry.security import hash_password
@@ -96,6 +97,8 @@ async def update_user(
     if role is not None and role.value != user.role:
         await _guard_last_admin(session=session, user=user)
         user.role = role.value
+        # Tokens carry the role they were issued under: the user signs in again with the new one.
+        await revoke_sessions(session=session, user_id=user.id, reason="role_changed")
     if is_active is not None and is_active != user.is_active:
         if not is_active:
             await _guard_last_admin(session=session, user=user)
@@ -110,6 +113,7 @@ async def update_user(
 async def delete_user(*, session: AsyncSession, user_id: str) -> None:
     user = await get_user(session=session, user_id=user_id)
     await _guard_last_admin(session=session, user=user)
+    authcache.touch(session, user.id)
     await session.delete(user)
     await session.flush()
 
@@ -137,6 +141,8 @@ async def set_password(*, session: AsyncSession, user: User, password: str) -> N
 
 
 async def revoke_sessions(*, session: AsyncSession, user_id: str, reason: str, except_family: str | None = None) -> int:
+    """End the user's sessions (refresh tokens and, through the session cache, their access tokens)."""
+    authcache.touch(session, user_id)
     stmt = (
         update(RefreshSession)
         .where(RefreshSession.user_id == user_id, RefreshSession.revoked_at.is_(None))

@@ -58,6 +58,12 @@ def b64url(data: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
+async def live_family(login: Any, user: Any) -> str:
+    """The session (refresh family) id of a fresh login of ``user``."""
+    tokens = await login(user.email)
+    return str(jwt.decode(tokens["access_token"], options={"verify_signature": False})["fam"])
+
+
 async def set_user(sessions: Any, user_id: str, **values: Any) -> None:
     async with unit_of_work(sessions) as s:
         await s.execute(update(User).where(User.id == user_id).values(**values))
@@ -116,47 +122,55 @@ async def test_login_without_identifier_is_422(client):
 # --- access token verification -----------------------------------------------------------------------------
 
 
-async def test_crafted_token_with_correct_claims_is_accepted(client, make_user, jwt_secret):
+async def test_crafted_token_with_correct_claims_is_accepted(client, make_user, login, jwt_secret):
     # Proves the forgeries below fail for the reason each one names, not because crafting is wrong.
     user = await make_user()
-    r = await client.get(ME, headers=bearer(craft(jwt_secret, sub=user.id)))
+    fam = await live_family(login, user)
+    r = await client.get(ME, headers=bearer(craft(jwt_secret, sub=user.id, fam=fam)))
     assert r.status_code == 200, r.text
 
 
-async def test_expired_access_token_is_401(client, make_user, jwt_secret):
+async def test_expired_access_token_is_401(client, make_user, login, jwt_secret):
     user = await make_user()
-    token = craft(jwt_secret, sub=user.id, exp_in=-60, iat=int(time.time()) - 1000, nbf=int(time.time()) - 1000)
+    fam = await live_family(login, user)
+    token = craft(
+        jwt_secret, sub=user.id, fam=fam, exp_in=-60, iat=int(time.time()) - 1000, nbf=int(time.time()) - 1000
+    )
     r = await client.get(ME, headers=bearer(token))
     assert r.status_code == 401
     assert "expired" in r.json()["error"]["message"]
     assert r.headers["WWW-Authenticate"] == "Bearer"
 
 
-async def test_tampered_signature_is_401(client, make_user, jwt_secret):
+async def test_tampered_signature_is_401(client, make_user, login, jwt_secret):
     user = await make_user()
-    header, payload, signature = craft(jwt_secret, sub=user.id).split(".")
+    fam = await live_family(login, user)
+    header, payload, signature = craft(jwt_secret, sub=user.id, fam=fam).split(".")
     flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
     r = await client.get(ME, headers=bearer(f"{header}.{payload}.{flipped}"))
     assert r.status_code == 401
 
 
-async def test_tampered_payload_is_401(client, make_user, jwt_secret):
+async def test_tampered_payload_is_401(client, make_user, login, jwt_secret):
     viewer = await make_user("viewer")
     admin = await make_user("admin")
-    header, _, signature = craft(jwt_secret, sub=viewer.id).split(".")
-    forged_payload = b64url(jwt.decode(craft(jwt_secret, sub=admin.id), options={"verify_signature": False}))
+    fam = await live_family(login, viewer)
+    header, _, signature = craft(jwt_secret, sub=viewer.id, fam=fam).split(".")
+    forged_payload = b64url(jwt.decode(craft(jwt_secret, sub=admin.id, fam=fam), options={"verify_signature": False}))
     r = await client.get(ME, headers=bearer(f"{header}.{forged_payload}.{signature}"))
     assert r.status_code == 401
 
 
-async def test_token_signed_with_another_key_is_401(client, make_user):
+async def test_token_signed_with_another_key_is_401(client, make_user, login):
     user = await make_user()
-    r = await client.get(ME, headers=bearer(craft("x" * 64, sub=user.id)))
+    fam = await live_family(login, user)
+    r = await client.get(ME, headers=bearer(craft("x" * 64, sub=user.id, fam=fam)))
     assert r.status_code == 401
 
 
-async def test_alg_none_token_is_401(client, make_user):
+async def test_alg_none_token_is_401(client, make_user, login):
     user = await make_user()
+    fam = await live_family(login, user)
     now = int(time.time())
     claims = {
         "sub": user.id,
@@ -167,6 +181,7 @@ async def test_alg_none_token_is_401(client, make_user):
         "exp": now + 900,
         "iss": "autoplat",
         "aud": "autoplat-api",
+        "fam": fam,
     }
     for alg in ("none", "None", "NONE"):
         token = f"{b64url({'alg': alg, 'typ': 'JWT'})}.{b64url(claims)}."
@@ -175,9 +190,10 @@ async def test_alg_none_token_is_401(client, make_user):
 
 
 @pytest.mark.parametrize("algorithm", ["HS384", "HS512"])
-async def test_token_with_another_hs_algorithm_is_401(client, make_user, jwt_secret, algorithm):
+async def test_token_with_another_hs_algorithm_is_401(client, make_user, login, jwt_secret, algorithm):
     user = await make_user()
-    r = await client.get(ME, headers=bearer(craft(jwt_secret, sub=user.id, algorithm=algorithm)))
+    fam = await live_family(login, user)
+    r = await client.get(ME, headers=bearer(craft(jwt_secret, sub=user.id, fam=fam, algorithm=algorithm)))
     assert r.status_code == 401
 
 
@@ -186,9 +202,10 @@ async def test_token_with_another_hs_algorithm_is_401(client, make_user, jwt_sec
     [{"iss": "someone-else"}, {"aud": "another-api"}, {"type": "id"}, {"nbf": int(time.time()) + 3600}],
     ids=["issuer", "audience", "type", "not-yet-valid"],
 )
-async def test_wrong_claims_are_401(client, make_user, jwt_secret, override):
+async def test_wrong_claims_are_401(client, make_user, login, jwt_secret, override):
     user = await make_user()
-    r = await client.get(ME, headers=bearer(craft(jwt_secret, sub=user.id, **override)))
+    fam = await live_family(login, user)
+    r = await client.get(ME, headers=bearer(craft(jwt_secret, sub=user.id, fam=fam, **override)))
     assert r.status_code == 401
 
 
@@ -542,25 +559,36 @@ async def test_deactivated_user_loses_refresh_and_access(client, make_user, logi
     assert (await client.get(ME, headers=bearer(tokens["access_token"]))).status_code == 401
 
 
-async def test_me_reflects_a_role_change_without_relogin(client, make_user, login, sessions):
+async def test_a_role_change_ends_the_session_and_the_next_login_has_the_new_role(client, make_user, login):
+    admin = await make_user("admin")
     user = await make_user("viewer")
     tokens = await login(user.email)
     before = (await client.get(ME, headers=bearer(tokens["access_token"]))).json()
     assert before["role"] == "viewer"
     assert "modules:write" not in before["permissions"]
-    await set_user(sessions, user.id, role="operator")
-    after = (await client.get(ME, headers=bearer(tokens["access_token"]))).json()
+    admin_tokens = await login(admin.email)
+    r = await client.patch(
+        f"/api/v1/users/{user.id}", json={"role": "operator"}, headers=bearer(admin_tokens["access_token"])
+    )
+    assert r.status_code == 200, r.text
+    assert (await client.get(ME, headers=bearer(tokens["access_token"]))).status_code == 401
+    assert (await client.post(REFRESH, json={"refresh_token": tokens["refresh_token"]})).status_code == 401
+    after = (await client.get(ME, headers=bearer((await login(user.email))["access_token"]))).json()
     assert after["role"] == "operator"
     assert "modules:write" in after["permissions"]
 
 
-async def test_demotion_takes_effect_at_once(client, make_user, login, sessions):
+async def test_demotion_takes_effect_at_once(client, make_user, login):
     user = await make_user("admin")
-    await make_user("admin")
+    other = await make_user("admin")
     tokens = await login(user.email)
     assert (await client.get("/api/v1/users", headers=bearer(tokens["access_token"]))).status_code == 200
-    await set_user(sessions, user.id, role="viewer")
-    assert (await client.get("/api/v1/users", headers=bearer(tokens["access_token"]))).status_code == 403
+    other_tokens = await login(other.email)
+    r = await client.patch(
+        f"/api/v1/users/{user.id}", json={"role": "viewer"}, headers=bearer(other_tokens["access_token"])
+    )
+    assert r.status_code == 200, r.text
+    assert (await client.get("/api/v1/users", headers=bearer(tokens["access_token"]))).status_code == 401
 
 
 # --- registration ------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from api.deps import get_current_user
+from api.deps import get_principal
 from registry.permissions import has_permission
 
 #: Routes that answer without a token, by design.
@@ -76,7 +76,7 @@ def operations(app: FastAPI) -> list[Operation]:
                     method=method.upper(),
                     path=path,
                     permissions=frozenset(c.permission for c in calls if getattr(c, "permission", None)),
-                    authenticated=get_current_user in calls,
+                    authenticated=get_principal in calls,
                 )
             )
     return sorted(ops, key=lambda op: (op.path, op.method))
