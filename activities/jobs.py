@@ -21,7 +21,7 @@ from temporalio import activity
 from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
-from activities.loader import HandlerNotFound, load_handler
+from activities.handlers import HandlerFailed, HandlerNotLoaded, HandlerPool, LimitExceeded, RunLimits
 from activities.types import (
     MIRROR_FINISH,
     MIRROR_START,
@@ -32,6 +32,7 @@ from activities.types import (
     step_outcome,
 )
 from autoplat._invoke import invoke
+from autoplat._loader import HandlerNotFound, load_handler
 from autoplat._sync import to_completion
 from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer
 from autoplat.errors import Cancelled, JobError
@@ -60,6 +61,8 @@ class _Prepared:
     module_config: dict[str, Any]
     module_secrets: dict[str, Any]
     trigger: str
+    #: The job type's ``limits`` (memory_mb, cpu_seconds) from its manifest.
+    limits: dict[str, Any]
 
 
 class _StepRuntime:
@@ -113,6 +116,8 @@ class JobActivities:
         self.release = release
         self.log_sink = log_sink
         self.cancelled: dict[str, bool] = {}
+        #: Handler processes (``handler_isolation=process``); ``None`` runs handlers in this interpreter.
+        self.pool = HandlerPool(settings) if settings.handler_isolation == "process" else None
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.mirror_start, self.mirror_finish, self.run_step]
@@ -219,10 +224,12 @@ class JobActivities:
                     f"registry unavailable: {type(exc).__name__}", type="PlatformUnavailable"
                 ) from None
             key = f"{inp.module}@{inp.module_version}#{inp.bundle_sha256 or ''}"
-            try:
-                fn = await asyncio.to_thread(load_handler, code_root, inp.handler, key=key)
-            except HandlerNotFound as exc:
-                raise ApplicationError(str(exc), type="HandlerNotFound", non_retryable=True) from exc
+            fn: Callable[..., Any] | None = None
+            if self.pool is None:
+                try:
+                    fn = await asyncio.to_thread(load_handler, code_root, inp.handler, key=key)
+                except HandlerNotFound as exc:
+                    raise ApplicationError(str(exc), type="HandlerNotFound", non_retryable=True) from exc
             loop = asyncio.get_running_loop()
             ctx = JobContext(
                 info=ExecutionInfo(
@@ -249,7 +256,11 @@ class JobActivities:
             if self.services is not None:
                 for name, service in (await self.services(inp, ctx)).items():
                     setattr(ctx, name, service)
-            value = await self._run_with_heartbeats(fn, ctx, inp)
+            if fn is not None:
+                value = await self._run_with_heartbeats(invoke(fn, ctx), inp)
+            else:
+                limits = RunLimits.of(self.settings, prepared.limits, inp.timeout_seconds)
+                value = await self._run_with_heartbeats(self._in_process(code_root, key, inp, ctx, limits), inp)
             if ctx.request is not None:
                 value = {
                     "__route_response__": True,
@@ -280,10 +291,13 @@ class JobActivities:
             outcome = "CANCELLED"
             raise ApplicationError(str(exc) or "cancelled", type="Cancelled", non_retryable=True) from None
         except Exception as exc:  # noqa: BLE001 - any handler exception fails the attempt (retryable)
-            error_text = f"{type(exc).__name__}: {exc}"
-            buffer.add(_entry("ERROR", error_text, inp, info.attempt, exc=exc))
+            name, trace = (
+                (exc.type_name, exc.traceback_text) if isinstance(exc, HandlerFailed) else (type(exc).__name__, None)
+            )
+            error_text = f"{name}: {exc}"
+            buffer.add(_entry("ERROR", error_text, inp, info.attempt, exc=exc, trace=trace))
             failures = await self._count_failure(inp, False)
-            raise self._budgeted(ApplicationError(error_text, type=type(exc).__name__), failures, inp) from None
+            raise self._budgeted(ApplicationError(error_text, type=name), failures, inp) from None
         finally:
             if early is None:
                 completes = inp.finishes_run and outcome == "COMPLETED"
@@ -375,10 +389,29 @@ class JobActivities:
                 module_config=module_config,
                 module_secrets=module_secrets,
                 trigger=execution.trigger if execution else inp.trigger,
+                limits=dict((definition or {}).get("limits") or {}),
             )
 
-    async def _run_with_heartbeats(self, fn: Callable[..., Any], ctx: JobContext, inp: StepInput) -> Any:
-        task = asyncio.ensure_future(invoke(fn, ctx))
+    async def _in_process(self, code_root: Path, key: str, inp: StepInput, ctx: JobContext, limits: RunLimits) -> Any:
+        """Run the step's handler in one of the pool's confined processes."""
+        assert self.pool is not None
+        try:
+            return await self.pool.run(
+                code_root=code_root,
+                key=key,
+                handler=inp.handler,
+                ctx=ctx,
+                limits=limits,
+                http=await _http_spec(ctx, self.settings),
+            )
+        except HandlerNotLoaded as exc:
+            raise ApplicationError(str(exc), type="HandlerNotFound", non_retryable=True) from None
+        except LimitExceeded as exc:
+            # Deterministic more often than not: retrying would only repeat it.
+            raise ApplicationError(str(exc), type="LimitExceeded", non_retryable=True) from None
+
+    async def _run_with_heartbeats(self, call: Awaitable[Any], inp: StepInput) -> Any:
+        task = asyncio.ensure_future(call)
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout=inp.timeout_seconds)
         except TimeoutError:
@@ -599,7 +632,38 @@ def _stored(value: Any) -> Any:
         return _NOTHING
 
 
-def _entry(level: str, message: str, inp: StepInput, attempt: int, exc: BaseException | None = None) -> dict[str, Any]:
+async def _http_spec(ctx: JobContext, settings: Settings) -> dict[str, Any] | None:
+    """What a handler process needs to build its own ``ctx.http`` like the step's (hosts, limits,
+    address policy, values to mask); ``None`` when the worker provides no HTTP service."""
+    from autoplat.http import HostNotAllowed, HttpClient
+
+    client = ctx.http
+    if not isinstance(client, HttpClient):
+        return None
+    spec: dict[str, Any] = {
+        "allow_private": settings.http_allow_private,
+        "timeout": client.timeout,
+        "retries": client.retries,
+        "max_backoff": client.max_backoff,
+        "max_response_bytes": client.max_response_bytes,
+        "max_download_bytes": client.max_download_bytes,
+        "secrets": client.masked_values,
+    }
+    try:
+        spec["hosts"] = await client.allowed_hosts()
+    except HostNotAllowed as exc:
+        spec["refusal"] = exc.message
+    return spec
+
+
+def _entry(
+    level: str,
+    message: str,
+    inp: StepInput,
+    attempt: int,
+    exc: BaseException | None = None,
+    trace: str | None = None,
+) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "level": level,
@@ -608,7 +672,9 @@ def _entry(level: str, message: str, inp: StepInput, attempt: int, exc: BaseExce
         "attempt": attempt,
         "source": "platform",
     }
-    if exc is not None:
+    if trace is not None:
+        entry["exception"] = trace[-8000:]
+    elif exc is not None:
         import traceback
 
         entry["exception"] = "".join(traceback.format_exception(exc, limit=20))[-8000:]

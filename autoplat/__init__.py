@@ -12,9 +12,13 @@ a step may take a second argument, the previous step's result (also ``ctx.previo
 Module code imports nothing of the platform but this package.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from autoplat.context import ExecutionInfo, HttpRequest, HttpResponse, JobContext, JobLogger
 from autoplat.errors import Cancelled, JobError, RetryableError
-from autoplat.manifest import Manifest, load_manifest
+
+if TYPE_CHECKING:
+    from autoplat.manifest import Manifest, load_manifest
 
 __version__ = "0.1.0"
 
@@ -30,3 +34,12 @@ __all__ = [
     "RetryableError",
     "load_manifest",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The manifest model needs pydantic, which handler processes (and handlers) need not import.
+    if name in ("Manifest", "load_manifest"):
+        from autoplat import manifest
+
+        return getattr(manifest, name)
+    raise AttributeError(f"module 'autoplat' has no attribute {name!r}")

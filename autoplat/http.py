@@ -311,6 +311,19 @@ class HttpClient:
         self.max_download_bytes = max_download_bytes
         self._client: httpx.AsyncClient | None = None
 
+    @property
+    def masked_values(self) -> list[str]:
+        """The values masked in logged URLs (the step's secrets)."""
+        return list(self._secrets)
+
+    async def allowed_hosts(self) -> list[str] | None:
+        """The allowed host patterns (``None``: any host).
+
+        Raises:
+            HostNotAllowed: No host may be called (the module does not declare ``http``).
+        """
+        return await self._allowed_hosts()
+
     async def _allowed_hosts(self) -> list[str] | None:
         if not self._hosts_loaded:
             loader = self._hosts_source

@@ -136,6 +136,37 @@ class Settings(BaseSettings):
     #: Largest JSON value of one module storage document / of one job's state (bytes).
     storage_max_value_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
 
+    # --- module code containment (docs/configuration.md, "Handler isolation") ---
+    #: ``process``: handlers run in confined child processes of the worker (the default);
+    #: ``inline``: in the worker's own interpreter (trusted development only).
+    handler_isolation: Literal["process", "inline"] = "process"
+    #: Handler processes kept started ahead of need, per worker.
+    handler_pool_size: int = Field(default=2, ge=0, le=64)
+    #: Handler processes running at once, per worker (more runs wait for one).
+    handler_max_processes: int = Field(default=32, ge=1, le=1024)
+    #: A handler process is replaced after this many runs.
+    handler_max_runs: int = Field(default=200, ge=1)
+    #: ... or when its resident memory is above this (MiB) after a run.
+    handler_recycle_rss_mb: int = Field(default=512, ge=32)
+    #: Memory (address space) of one run unless its job type's ``limits.memory_mb`` says otherwise.
+    handler_memory_mb: int = Field(default=1024, ge=64)
+    #: Cap of any run's memory, whatever its manifest asks (MiB).
+    handler_memory_cap_mb: int = Field(default=4096, ge=64)
+    #: CPU seconds of one run (0: as many as the step's timeout) unless ``limits.cpu_seconds`` says.
+    handler_cpu_seconds: int = Field(default=0, ge=0)
+    #: Cap of any run's CPU seconds.
+    handler_cpu_cap_seconds: int = Field(default=3600, ge=1)
+    #: Open files of a handler process.
+    handler_open_files: int = Field(default=256, ge=16, le=65536)
+    #: Largest message (result) a handler process may send back (bytes).
+    handler_max_output_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
+    #: When the worker runs as root: the user handler processes run as (empty: root without capabilities).
+    handler_user: str = ""
+    #: Extra folders handlers may read and write (comma-separated), e.g. a shared drop folder.
+    handler_write_paths: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Extra folders handlers may never read (the state folder and artifacts are always refused).
+    handler_forbidden_paths: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     @field_validator("http_allow_private", mode="before")
     @classmethod
     def _allow_private(cls, value: object) -> object:
@@ -201,7 +232,7 @@ class Settings(BaseSettings):
     #: Largest artifact accepted (bytes).
     artifact_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
 
-    @field_validator("cors_origins", "notify_email_to", mode="before")
+    @field_validator("cors_origins", "notify_email_to", "handler_write_paths", "handler_forbidden_paths", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):

@@ -71,17 +71,34 @@ def jwt_secret() -> str:
 
 
 @pytest.fixture(scope="session")
-def base_settings(pg_database: str, jwt_secret: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def state_dir() -> Iterator[Path]:
+    """The platform's state folder, outside pytest's temporary folders: those are open to handlers
+    (``handler_write_paths``), and the state folder never is."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="autoplat-test-state-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def base_settings(
+    pg_database: str, jwt_secret: str, tmp_path_factory: pytest.TempPathFactory, state_dir: Path
+) -> Settings:
     return Settings(
         dev_mode=False,
         database_url=pg_database,
         redis_url=REDIS_URL,
         jwt_secret=jwt_secret,
-        state_dir=tmp_path_factory.mktemp("state"),
+        state_dir=state_dir,
         task_queue=f"autoplat-test-{uuid.uuid4().hex[:8]}",
         temporal_address="127.0.0.1:1",  # replaced by the dev server's address when a test needs Temporal
         http_allow_private="loopback",
         redis_prefix=REDIS_PREFIX,
+        # Handlers run in confined processes (the default); they may use the tests' temporary folders
+        # (marker files that tests and handlers share).
+        handler_write_paths=[str(tmp_path_factory.getbasetemp())],
     )
 
 

@@ -81,6 +81,9 @@ def build_worker(client: Client, deps: WorkerDeps, *, task_queue: str | None = N
     providers = activity_providers(deps)
     # The job activities get the services factory / log sink of the service providers, if any.
     jobs = next(p for p in providers if isinstance(p, JobActivities))
+    if jobs.pool is not None:
+        deps.closers.append(jobs.pool.close)
+        jobs.pool.prewarm()
     for provider in providers:
         hook = getattr(provider, "attach", None)
         if hook is not None:
