@@ -63,7 +63,8 @@ def boom(ctx):
 GREET_CONFIG = {
     "type": "object",
     "properties": {
-        "name": {"type": "string", "title": "Name", "description": "Who to greet", "default": "world", "maxLength": 40},
+        "name": {"type": "string", "title": "Name", "description": "Who to greet"}
+        | {"default": "world", "maxLength": 200},
         "times": {"type": "integer", "title": "Times", "minimum": 1, "maximum": 5, "default": 1},
         "api_token": {"type": "string", "title": "API token", "description": "Write-only", "secret": True},
     },
@@ -198,3 +199,33 @@ async def shoot(page: Any, name: str) -> None:
     if os.environ.get("AUTOPLAT_CONSOLE_SCREENSHOTS") == "1":
         DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(DOCS_SHOTS / f"{name}.png"))
+
+
+async def bearer(base: str, email: str, password: str = PASSWORD) -> dict[str, str]:
+    """Headers for direct API calls made by a test (arranging data the page then shows)."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=base) as http:
+        r = await http.post("/api/v1/auth/login", json={"login": email, "password": password})
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+async def api_call(base: str, headers: dict[str, str], method: str, path: str, **kw: Any) -> Any:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http:
+        r = await http.request(method, path, **kw)
+        assert r.status_code < 300, r.text
+        return r.json() if r.content else None
+
+
+async def make_job(base: str, headers: dict[str, str], job_type: str, **extra: Any) -> dict[str, Any]:
+    body = {"module": "demo", "job_type": job_type, "name": f"{job_type} job", "schedule": None, **extra}
+    job: dict[str, Any] = await api_call(base, headers, "POST", "/api/v1/jobs", json=body)
+    return job
+
+
+async def no_script_ran(page: Any) -> None:
+    assert await page.evaluate("window.__xss === undefined"), "a payload's markup was executed"
+    assert page.errors == [], page.errors

@@ -1,7 +1,7 @@
 // Cron with presets, an IANA timezone picker and the next runs previewed by the API.
 import { useQuery } from "@tanstack/react-query";
 import { api, unwrap } from "../api/client";
-import { ErrorBox, useDebounced } from "./ui";
+import { ErrorBox, useDebounced, Field } from "./ui";
 
 export const CRON_PRESETS: { label: string; cron: string }[] = [
   { label: "Every minute", cron: "* * * * *" },
@@ -45,8 +45,7 @@ export function ScheduleField({
     <fieldset className="schedule">
       <legend>Schedule</legend>
       <div className="row">
-        <label>
-          Preset
+        <Field label="Preset">
           <select value={preset} onChange={(e) => e.target.value !== "custom" && onChange(e.target.value, timezone)}>
             <option value="">No schedule (run on demand or on events)</option>
             {CRON_PRESETS.map((p) => (
@@ -56,9 +55,8 @@ export function ScheduleField({
             ))}
             <option value="custom">Custom</option>
           </select>
-        </label>
-        <label>
-          Cron expression
+        </Field>
+        <Field label="Cron expression">
           <input
             name="schedule"
             value={cron}
@@ -67,9 +65,8 @@ export function ScheduleField({
             spellCheck={false}
             aria-invalid={error ? true : undefined}
           />
-        </label>
-        <label>
-          Timezone
+        </Field>
+        <Field label="Timezone">
           <select name="timezone" value={timezone} onChange={(e) => onChange(cron, e.target.value)}>
             {(ZONES.includes(timezone) ? ZONES : [timezone, ...ZONES]).map((z) => (
               <option key={z} value={z}>
@@ -77,7 +74,7 @@ export function ScheduleField({
               </option>
             ))}
           </select>
-        </label>
+        </Field>
       </div>
       {error ? <p className="field-error">{error}</p> : null}
       {cron.trim() ? (

@@ -1,5 +1,5 @@
 // Small shared pieces. Everything from the API is rendered as React text: never as HTML.
-import { useEffect, useId, useRef, useState, type ReactNode } from "react";
+import { cloneElement, useEffect, useId, useRef, useState, type ReactElement, type ReactNode } from "react";
 import { useSearchParams } from "react-router";
 import { errorMessage } from "../api/client";
 
@@ -185,3 +185,15 @@ export function useDebounced<T>(value: T, ms: number): T {
 
 export const FINAL = new Set(["COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED", "SKIPPED", "TERMINATED"]);
 export const EXECUTION_STATUSES = ["PENDING", "RUNNING", "COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED", "SKIPPED"];
+
+/** A labelled control: the label points at the control by id (its accessible name is the label alone). */
+export function Field({ label, children, className }: { label: string; children: ReactElement<{ id?: string }>; className?: string }) {
+  const generated = useId();
+  const id = children.props.id ?? generated;
+  return (
+    <div className={className ? `field ${className}` : "field"}>
+      <label htmlFor={id}>{label}</label>
+      {cloneElement(children, { id })}
+    </div>
+  );
+}

@@ -2,7 +2,7 @@ import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useState, type FormEvent } from "react";
 import { api, unwrap, type Schemas } from "../api/client";
 import { useAuth } from "../auth";
-import { Card, ConfirmButton, ErrorBox, Json, Loading, PageHeader, Pager, Time, useUrlFilters } from "../components/ui";
+import { Card, ConfirmButton, ErrorBox, Json, Loading, PageHeader, Pager, Time, useUrlFilters, Field } from "../components/ui";
 
 const ROLES = ["admin", "operator", "viewer"] as const;
 type Role = (typeof ROLES)[number];
@@ -46,19 +46,17 @@ function Users() {
     <Card title="Users">
       {writable ? <CreateUser /> : null}
       <div className="filters">
-        <label>
-          Search
+        <Field label="Search">
           <input type="search" value={values.search} onChange={(e) => set({ search: e.target.value })} placeholder="email or name" />
-        </label>
-        <label>
-          Role
+        </Field>
+        <Field label="Role">
           <select value={values.role} onChange={(e) => set({ role: e.target.value })}>
             <option value="">Any</option>
             {ROLES.map((r) => (
               <option key={r}>{r}</option>
             ))}
           </select>
-        </label>
+        </Field>
       </div>
       <ErrorBox error={users.error ?? update.error ?? revoke.error} />
       {revoke.data ? <p role="status" className="ok">Revoked {revoke.data.revoked_sessions} session(s).</p> : null}
@@ -145,22 +143,19 @@ function CreateUser() {
     <details>
       <summary>Create a user</summary>
       <form onSubmit={submit} className="row">
-        <label>
-          Email
+        <Field label="Email">
           <input type="email" value={email} onChange={(e) => setEmail(e.target.value)} required autoComplete="off" />
-        </label>
-        <label>
-          Password
+        </Field>
+        <Field label="Password">
           <input type="password" value={password} onChange={(e) => setPassword(e.target.value)} required autoComplete="new-password" />
-        </label>
-        <label>
-          Role
+        </Field>
+        <Field label="Role">
           <select value={role} onChange={(e) => setRole(e.target.value as Role)}>
             {ROLES.map((r) => (
               <option key={r}>{r}</option>
             ))}
           </select>
-        </label>
+        </Field>
         <button type="submit" className="primary" disabled={create.isPending}>
           Create user
         </button>
@@ -193,22 +188,19 @@ function Audit() {
   return (
     <Card title="Audit log">
       <div className="filters">
-        <label>
-          Action
+        <Field label="Action">
           <input value={values.action} onChange={(e) => set({ action: e.target.value })} placeholder="job.* or POST /api/v1/jobs" />
-        </label>
-        <label>
-          Outcome
+        </Field>
+        <Field label="Outcome">
           <select value={values.outcome} onChange={(e) => set({ outcome: e.target.value })}>
             <option value="">Any</option>
             <option value="success">success</option>
             <option value="failure">failure</option>
           </select>
-        </label>
-        <label>
-          Actor id
+        </Field>
+        <Field label="Actor id">
           <input value={values.actor_id} onChange={(e) => set({ actor_id: e.target.value })} />
-        </label>
+        </Field>
       </div>
       <ErrorBox error={audit.error} />
       {audit.data ? (

@@ -4,7 +4,7 @@ import { Link } from "react-router";
 import { api, errorMessage, unwrap, type Schemas } from "../api/client";
 import { readSse } from "../api/sse";
 import { useAuth } from "../auth";
-import { Card, ErrorBox, Json, Loading, PageHeader, Pager, Stat, StatusBadge, Time, useUrlFilters } from "../components/ui";
+import { Card, ErrorBox, Json, Loading, PageHeader, Pager, Stat, StatusBadge, Time, useUrlFilters, Field } from "../components/ui";
 
 const BarChart = lazy(() => import("../components/Chart").then((m) => ({ default: m.BarChart })));
 const LIMIT = 25;
@@ -84,20 +84,16 @@ export default function Events() {
       </div>
       {can("events:write") ? <PostEvent /> : null}
       <div className="filters">
-        <label>
-          Name pattern
+        <Field label="Name pattern">
           <input value={values.pattern} onChange={(e) => set({ pattern: e.target.value })} placeholder="data.* or health.alert" />
-        </label>
-        <label>
-          Source
+        </Field>
+        <Field label="Source">
           <input value={values.source} onChange={(e) => set({ source: e.target.value })} />
-        </label>
-        <label>
-          Module
+        </Field>
+        <Field label="Module">
           <input value={values.module} onChange={(e) => set({ module: e.target.value })} />
-        </label>
-        <label>
-          Since
+        </Field>
+        <Field label="Since">
           <select value={values.since ? "custom" : ""} onChange={(e) => set({ since: sinceFor(e.target.value) })}>
             <option value="">Any time</option>
             <option value="1h">Last hour</option>
@@ -105,7 +101,7 @@ export default function Events() {
             <option value="7d">Last 7 days</option>
             {values.since ? <option value="custom">{new Date(values.since).toLocaleString()}</option> : null}
           </select>
-        </label>
+        </Field>
       </div>
       {live ? <LiveEvents pattern={values.pattern} /> : null}
       <Card title="Stored events">
@@ -287,14 +283,12 @@ function PostEvent() {
       <summary>Post a test event</summary>
       <form onSubmit={submit} className="stack">
         <div className="row">
-          <label>
-            Event name
+          <Field label="Event name">
             <input name="event-name" value={name} onChange={(e) => setName(e.target.value)} required />
-          </label>
-          <label>
-            Source
+          </Field>
+          <Field label="Source">
             <input name="event-source" value={source} onChange={(e) => setSource(e.target.value)} />
-          </label>
+          </Field>
         </div>
         <label htmlFor="event-payload">Payload (JSON object)</label>
         <textarea id="event-payload" rows={4} value={payload} onChange={(e) => setPayload(e.target.value)} spellCheck={false} />

@@ -1,7 +1,7 @@
 import { useQuery } from "@tanstack/react-query";
 import { api, unwrap } from "../api/client";
 import { ExecutionTable } from "../components/ExecutionTable";
-import { ErrorBox, EXECUTION_STATUSES, Loading, PageHeader, Pager, useUrlFilters } from "../components/ui";
+import { ErrorBox, EXECUTION_STATUSES, Loading, PageHeader, Pager, useUrlFilters, Field } from "../components/ui";
 
 const LIMIT = 50;
 const TRIGGERS = ["schedule", "manual", "event", "api", "http"];
@@ -47,40 +47,34 @@ export default function Executions() {
         <span className="muted live-dot">Live</span>
       </PageHeader>
       <div className="filters">
-        <label>
-          Status
+        <Field label="Status">
           <select value={values.status} onChange={(e) => set({ status: e.target.value })}>
             <option value="">Any</option>
             {EXECUTION_STATUSES.map((s) => (
               <option key={s}>{s}</option>
             ))}
           </select>
-        </label>
-        <label>
-          Trigger
+        </Field>
+        <Field label="Trigger">
           <select value={values.trigger} onChange={(e) => set({ trigger: e.target.value })}>
             <option value="">Any</option>
             {TRIGGERS.map((s) => (
               <option key={s}>{s}</option>
             ))}
           </select>
-        </label>
-        <label>
-          Module
+        </Field>
+        <Field label="Module">
           <input value={values.module} onChange={(e) => set({ module: e.target.value })} placeholder="module name" />
-        </label>
-        <label>
-          Job id
+        </Field>
+        <Field label="Job id">
           <input value={values.job_id} onChange={(e) => set({ job_id: e.target.value })} placeholder="job id" />
-        </label>
-        <label>
-          Since
+        </Field>
+        <Field label="Since">
           <input type="datetime-local" value={toLocalInput(values.since)} onChange={(e) => set({ since: fromLocalInput(e.target.value) })} />
-        </label>
-        <label>
-          Until
+        </Field>
+        <Field label="Until">
           <input type="datetime-local" value={toLocalInput(values.until)} onChange={(e) => set({ until: fromLocalInput(e.target.value) })} />
-        </label>
+        </Field>
       </div>
       <ErrorBox error={list.error} />
       {list.isPending ? <Loading /> : null}

@@ -5,7 +5,7 @@ import { api, ApiError, unwrap, type Schemas } from "../api/client";
 import { useAuth } from "../auth";
 import { ScheduleField } from "../components/ScheduleField";
 import { configErrors, SchemaForm, secretsToSend, withoutSecrets, type Config, type SchemaFormHandle } from "../components/SchemaForm";
-import { ErrorBox, Loading, PageHeader } from "../components/ui";
+import { ErrorBox, Loading, PageHeader, Field } from "../components/ui";
 
 type JobType = Schemas["JobTypeRead"];
 type Job = Schemas["JobRead"];
@@ -141,8 +141,7 @@ export default function JobForm() {
         <fieldset>
           <legend>What to run</legend>
           <div className="row">
-            <label>
-              Module
+            <Field label="Module">
               <select
                 name="module"
                 value={moduleName}
@@ -162,9 +161,8 @@ export default function JobForm() {
                   </option>
                 ))}
               </select>
-            </label>
-            <label>
-              Job type
+            </Field>
+            <Field label="Job type">
               <select
                 name="job_type"
                 value={selectedName}
@@ -183,7 +181,7 @@ export default function JobForm() {
                   </option>
                 ))}
               </select>
-            </label>
+            </Field>
           </div>
           <ErrorBox error={modules.error ?? jobTypes.error} />
           {jobType ? <p className="muted">{jobType.description}</p> : null}
@@ -194,14 +192,12 @@ export default function JobForm() {
             <fieldset>
               <legend>Job</legend>
               <div className="row">
-                <label>
-                  Name
-                  <input name="name" required value={draft.name} onChange={(e) => update({ name: e.target.value })} />
-                </label>
-                <label className="grow">
-                  Description
-                  <input name="description" value={draft.description} onChange={(e) => update({ description: e.target.value })} />
-                </label>
+                <Field label="Name">
+                  <input id="job-name" name="name" required value={draft.name} onChange={(e) => update({ name: e.target.value })} />
+                </Field>
+                <Field label="Description" className="grow">
+                  <input id="job-description" name="description" value={draft.description} onChange={(e) => update({ description: e.target.value })} />
+                </Field>
               </div>
               {fieldError(save.error, "name") ? <p className="field-error">{fieldError(save.error, "name")}</p> : null}
             </fieldset>
@@ -229,16 +225,13 @@ export default function JobForm() {
             <fieldset>
               <legend>Execution</legend>
               <div className="row">
-                <label>
-                  Timeout (seconds)
+                <Field label="Timeout (seconds)">
                   <input name="timeout_seconds" type="number" min={1} max={86400} value={draft.timeout} onChange={(e) => update({ timeout: e.target.value })} />
-                </label>
-                <label>
-                  Retries
+                </Field>
+                <Field label="Retries">
                   <input name="retries" type="number" min={0} max={100} value={draft.retries} onChange={(e) => update({ retries: e.target.value })} />
-                </label>
-                <label>
-                  When a run overlaps
+                </Field>
+                <Field label="When a run overlaps">
                   <select name="overlap" value={draft.overlap} onChange={(e) => update({ overlap: e.target.value })}>
                     {OVERLAPS.map((o) => (
                       <option key={o} value={o}>
@@ -246,7 +239,7 @@ export default function JobForm() {
                       </option>
                     ))}
                   </select>
-                </label>
+                </Field>
                 <label className="check">
                   <input type="checkbox" name="enabled" checked={draft.enabled} onChange={(e) => update({ enabled: e.target.checked })} />
                   Enabled

@@ -2,7 +2,7 @@ import { useQuery } from "@tanstack/react-query";
 import { Link } from "react-router";
 import { api, unwrap } from "../api/client";
 import { useAuth } from "../auth";
-import { ErrorBox, Loading, PageHeader, Pager, StatusBadge, Time, useUrlFilters } from "../components/ui";
+import { ErrorBox, Loading, PageHeader, Pager, StatusBadge, Time, useUrlFilters, Field } from "../components/ui";
 
 const LIMIT = 25;
 
@@ -41,8 +41,7 @@ export default function Jobs() {
         ) : null}
       </PageHeader>
       <div className="filters">
-        <label>
-          Module
+        <Field label="Module">
           <select value={values.module} onChange={(e) => set({ module: e.target.value })}>
             <option value="">All modules</option>
             {modules.data?.items.map((m) => (
@@ -51,19 +50,17 @@ export default function Jobs() {
               </option>
             ))}
           </select>
-        </label>
-        <label>
-          Enabled
+        </Field>
+        <Field label="Enabled">
           <select value={values.enabled} onChange={(e) => set({ enabled: e.target.value })}>
             <option value="">Any</option>
             <option value="true">Enabled</option>
             <option value="false">Disabled</option>
           </select>
-        </label>
-        <label>
-          Search
+        </Field>
+        <Field label="Search">
           <input type="search" value={values.search} onChange={(e) => set({ search: e.target.value })} placeholder="job name" />
-        </label>
+        </Field>
       </div>
       <ErrorBox error={list.error} />
       {list.isPending ? <Loading /> : null}

@@ -102,7 +102,7 @@ export default function ModuleDetail() {
           : null}
       </PageHeader>
       <ErrorBox error={action.error} />
-      <p className="description">{m.description}</p>
+      <p className="description">{m.description || String(manifest.description ?? "")}</p>
       {m.status_reason ? <p className="error">{m.status_reason}</p> : null}
       <dl className="facts">
         <dt>Name</dt>

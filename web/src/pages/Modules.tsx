@@ -3,7 +3,7 @@ import { useState, type DragEvent } from "react";
 import { Link, useNavigate } from "react-router";
 import { api, unwrap, type Schemas } from "../api/client";
 import { useAuth } from "../auth";
-import { Card, ErrorBox, Loading, PageHeader, Pager, StatusBadge, Time, useUrlFilters } from "../components/ui";
+import { Card, ErrorBox, Loading, PageHeader, Pager, StatusBadge, Time, useUrlFilters, Field } from "../components/ui";
 
 const STATUSES = ["REGISTERED", "INSTALLED", "ENABLED", "DISABLED", "FAILED"] as const;
 const LIMIT = 25;
@@ -52,10 +52,9 @@ export default function Modules() {
         ))}
       </div>
       <div className="filters">
-        <label>
-          Search
+        <Field label="Search">
           <input type="search" value={values.search} onChange={(e) => set({ search: e.target.value })} placeholder="name or description" />
-        </label>
+        </Field>
       </div>
       <ErrorBox error={list.error} />
       {list.isPending ? <Loading /> : null}
