@@ -209,7 +209,6 @@ class Child:
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 0
         self._task: asyncio.Task[Any] | None = None
-        self._ended = asyncio.Event()
 
     # --- messages ------------------------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:
@@ -270,7 +269,9 @@ class Child:
             while (message := _read(self.sock)) is not None and message.get("op") != "stop":
                 self.loop.call_soon_threadsafe(self._handle, message)
         finally:
-            self.loop.call_soon_threadsafe(self._ended.set)
+            # Told to stop, or the worker is gone (nobody could receive a result): end now, whatever
+            # the handler is doing.
+            os._exit(0)
 
     def _handle(self, message: dict[str, Any]) -> None:
         op = message.get("op")
@@ -286,7 +287,7 @@ class Child:
 
     async def serve(self) -> None:
         threading.Thread(target=self.read_forever, name="wire-reader", daemon=True).start()
-        await self._ended.wait()
+        await asyncio.Event().wait()  # the reader thread ends the process
 
     async def _run(self, message: dict[str, Any]) -> None:
         from autoplat._invoke import invoke

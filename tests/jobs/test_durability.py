@@ -29,12 +29,13 @@ from pathlib import Path
 from autoplat import JobError
 
 async def fragile(ctx):
-    # One line per attempt: "<attempt> <pid>", so the test sees which process ran it.
+    # One line per attempt: "<attempt> <worker pid>" (a handler runs in a process of its worker),
+    # so the test sees which worker ran it.
     with open(ctx.config["log"], "a") as f:
-        f.write(f"{ctx.attempt} {os.getpid()}\\n")
+        f.write(f"{ctx.attempt} {os.getppid()}\\n")
     if ctx.attempt == 1:
         await asyncio.Event().wait()  # never fires: only a lost worker ends this attempt
-    return {"attempt": ctx.attempt, "pid": os.getpid()}
+    return {"attempt": ctx.attempt, "pid": os.getppid()}
 
 async def gated(ctx):
     marker = Path(ctx.config["marker"])
@@ -99,6 +100,7 @@ def _worker_env(settings: Any) -> dict[str, str]:
         AUTOPLAT_HEARTBEAT_TIMEOUT_SECONDS="2",
         AUTOPLAT_STATE_DIR=str(settings.state_dir),
         AUTOPLAT_MAINTENANCE_SCHEDULE="false",
+        AUTOPLAT_HANDLER_WRITE_PATHS=",".join(settings.handler_write_paths),
     )
     return env
 
