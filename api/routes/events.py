@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException
 
 from api.deps import PageDep, Requires, SessionDep, StateDep
 from api.schemas.common import ERROR_RESPONSES, Page
@@ -127,7 +129,11 @@ async def event_stats(session: SessionDep, _: Annotated[Actor, Requires("events:
     return EventStats(**await events.stats(session=session))
 
 
-@router.get("/stream", response_class=EventSourceResponse, responses={200: {"content": {"text/event-stream": {}}}})
+@router.get(
+    "/stream",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, 400: {"description": "Invalid Last-Event-ID"}},
+)
 async def stream_events(
     request: Request,
     state: StateDep,
@@ -135,9 +141,12 @@ async def stream_events(
     pattern: Annotated[str | None, Query(description="Only events whose name matches")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
-    """Live events as server-sent events; ``Last-Event-ID`` first replays what was missed, in order."""
+    """Live events as server-sent events; ``Last-Event-ID`` (an event ``seq``) first replays what was
+    missed, in order. A ``Last-Event-ID`` that is not a non-negative integer is a 400."""
     if pattern:
         events.validate_pattern(pattern)
+    # Checked before any Redis connection is taken: a refused stream holds none.
+    after = _last_event_id(last_event_id)
     pubsub = state.redis.pubsub()
     try:
         # Subscribe before replaying: pub/sub drops what nobody listens to.
@@ -145,7 +154,6 @@ async def stream_events(
     except Exception as exc:
         await pubsub.aclose()
         raise ServiceUnavailable(f"the live event stream is unavailable: {type(exc).__name__}") from exc
-    after = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else None
 
     def message(data: dict[str, Any]) -> dict[str, str]:
         return {"id": str(data["seq"]), "event": data["name"], "data": json.dumps(data, default=str)}
@@ -183,6 +191,19 @@ async def stream_events(
             await pubsub.aclose()
 
     return EventSourceResponse(generate(), ping=KEEPALIVE_SECONDS)
+
+
+_SEQ = re.compile(r"[0-9]{1,18}")
+
+
+def _last_event_id(value: str | None) -> int | None:
+    if value is None or not value.strip():
+        return None
+    if not _SEQ.fullmatch(value.strip()):
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, "Last-Event-ID must be the seq of an event (a non-negative integer)"
+        )
+    return int(value.strip())
 
 
 @router.get("/{event_id}", response_model=EventDetail)

@@ -88,7 +88,12 @@ async def create_job(
     if "schedule" in fields:
         kwargs["schedule"] = fields["schedule"]
     job = await jobs.create_job(
-        session=session, scheduler=_LazyScheduler(state), crypto=state.secret_codec(), actor=actor, **kwargs
+        session=session,
+        scheduler=_LazyScheduler(state),
+        crypto=state.secret_codec(),
+        actor=actor,
+        min_interval=state.settings.min_schedule_interval_seconds,
+        **kwargs,
     )
     return await job_read(job, state, session=session, detail=True)
 
@@ -131,6 +136,7 @@ async def update_job(
         actor=actor,
         job_id=job_id,
         changes=changes,
+        min_interval=state.settings.min_schedule_interval_seconds,
     )
     return await job_read(job, state, session=session, detail=True)
 

@@ -1,14 +1,41 @@
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from registry.manifest import json_problem
 
 T = TypeVar("T")
 
 
 class Schema(BaseModel):
     model_config = ConfigDict(from_attributes=True, extra="forbid")
+
+
+def _plain_json(value: Any) -> Any:
+    problem = json_problem(value)
+    if problem is not None:
+        pointer, reason = problem
+        raise ValueError(f"{pointer or '/'}: {reason}")
+    return value
+
+
+def _printable(value: str | None) -> str | None:
+    if value is not None and any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        raise ValueError("control characters (NUL, newlines, ...) are not allowed")
+    if value is not None:
+        _plain_json(value)
+    return value
+
+
+#: A JSON object stored as given (event payload, job or module config): at most 64 levels deep,
+#: no NaN / Infinity, no lone surrogate, no NUL. Refused with 422 before anything is stored.
+JsonObject = Annotated[dict[str, Any], AfterValidator(_plain_json)]
+#: A name or label: no control characters.
+Printable = Annotated[str, AfterValidator(_printable)]
+#: Free text: newlines allowed, NUL and lone surrogates not.
+Text = Annotated[str, AfterValidator(_plain_json)]
 
 
 class Page(BaseModel, Generic[T]):

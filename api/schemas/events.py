@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from api.schemas.common import Schema
+from api.schemas.common import JsonObject, Printable, Schema
 
 
 class EventCreate(Schema):
@@ -16,9 +16,15 @@ class EventCreate(Schema):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,35}$",
         description="Client-chosen id (max 36 characters): repeating it answers the stored event, never a second one",
     )
-    name: str = Field(description="Dotted lowercase name, e.g. data.synced", max_length=200)
-    payload: dict[str, Any] = Field(default_factory=dict, description="A JSON object (size-capped)")
-    source: str | None = Field(default=None, max_length=200)
+    name: str = Field(
+        description="Dotted lowercase name, e.g. data.synced. Names under job., module., alert., incident. and "
+        "schedule. are the platform's (422).",
+        max_length=200,
+    )
+    payload: JsonObject = Field(
+        default_factory=dict, description="A JSON object (size-capped, at most 64 levels deep, no NaN / NUL)"
+    )
+    source: Printable | None = Field(default=None, max_length=200, description="Who sent it; 'platform' is reserved")
     occurred_at: datetime | None = None
 
 
@@ -33,6 +39,9 @@ class EventRead(BaseModel):
     occurred_at: datetime
     received_at: datetime
     dispatch_status: str
+    payload_problem: str | None = Field(
+        default=None, description="Set when the stored payload cannot be served (it then reads {})"
+    )
 
 
 class EventExecution(BaseModel):

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from api.schemas.common import Schema
+from api.schemas.common import JsonObject, Printable, Schema, Text
 
 Overlap = Literal["skip", "buffer_one", "allow_all", "cancel_other"]
 
@@ -19,8 +19,8 @@ class RetryBackoff(Schema):
 class JobCreate(Schema):
     module: str = Field(min_length=1, max_length=50)
     job_type: str = Field(min_length=1, max_length=100)
-    name: str = Field(min_length=1, max_length=200)
-    description: str = Field(default="", max_length=2000)
+    name: Printable = Field(min_length=1, max_length=200)
+    description: Text = Field(default="", max_length=2000)
     schedule: str | None = Field(
         default=None,
         max_length=120,
@@ -33,7 +33,7 @@ class JobCreate(Schema):
     retry_backoff: RetryBackoff | None = None
     overlap: Overlap | None = None
     catchup_window_seconds: int | None = Field(default=None, ge=10, le=7 * 86400)
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: JsonObject = Field(default_factory=dict)
     event_triggers: list[str] = Field(default_factory=list, description="Event patterns that start this job")
     notifications: dict[str, list[str]] | None = Field(
         default=None, description="Channels per outcome: on_failure / on_success / on_timeout"
@@ -41,8 +41,8 @@ class JobCreate(Schema):
 
 
 class JobUpdate(Schema):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    description: str | None = Field(default=None, max_length=2000)
+    name: Printable | None = Field(default=None, min_length=1, max_length=200)
+    description: Text | None = Field(default=None, max_length=2000)
     schedule: str | None = Field(default=None, max_length=120)
     timezone: str | None = Field(default=None, max_length=64)
     enabled: bool | None = None
@@ -51,13 +51,13 @@ class JobUpdate(Schema):
     retry_backoff: RetryBackoff | None = None
     overlap: Overlap | None = None
     catchup_window_seconds: int | None = Field(default=None, ge=10, le=7 * 86400)
-    config: dict[str, Any] | None = None
+    config: JsonObject | None = None
     event_triggers: list[str] | None = None
     notifications: dict[str, list[str]] | None = None
 
 
 class ExecuteRequest(Schema):
-    config: dict[str, Any] | None = Field(default=None, description="Config override for this run only")
+    config: JsonObject | None = Field(default=None, description="Config override for this run only")
 
 
 class ExecutionSummary(Schema):

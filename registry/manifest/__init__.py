@@ -8,6 +8,7 @@ from __future__ import annotations
 from registry.manifest.cron import (
     CRON_ALIASES,
     CronSpec,
+    min_interval_seconds,
     next_runs,
     parse_cron,
     to_temporal_cron,
@@ -26,12 +27,14 @@ from registry.manifest.semver import (
 from registry.manifest.validate import (
     MANIFEST_SCHEMA,
     MASK,
+    MAX_JSON_DEPTH,
     ManifestIssue,
     ValidationReport,
     apply_config_defaults,
     event_pattern_matches,
     event_pattern_problem,
     json_pointer,
+    json_problem,
     manifest_json_schema,
     mask_secrets,
     secret_fields,
@@ -40,6 +43,8 @@ from registry.manifest.validate import (
 )
 
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "json_problem",
     "CRON_ALIASES",
     "MANIFEST_SCHEMA",
     "MASK",
@@ -53,6 +58,7 @@ __all__ = [
     "event_pattern_matches",
     "event_pattern_problem",
     "is_valid_range",
+    "min_interval_seconds",
     "is_valid_version",
     "json_pointer",
     "manifest_json_schema",

@@ -20,15 +20,17 @@ rule; classic cron would run on either).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 
 __all__ = [
     "CRON_ALIASES",
     "CronSpec",
+    "min_interval_seconds",
     "next_runs",
     "parse_cron",
     "to_temporal_cron",
@@ -220,15 +222,48 @@ def validate_cron(expression: object) -> str | None:
     return None
 
 
+#: Zone files that are not timezones: the host's own setting (``localtime``, differs per machine),
+#: the template of POSIX rules (``posixrules``) and the "unknown" placeholder (``Factory``).
+_NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+
+
+@functools.cache
+def _known_zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
 def validate_timezone(name: object) -> bool:
-    """Return whether ``name`` is an IANA timezone known to this system (e.g. ``Europe/Paris``)."""
-    if not isinstance(name, str) or not name or len(name) > 100 or "\x00" in name:
+    """Return whether ``name`` is an IANA timezone known to this system (e.g. ``Europe/Paris``).
+
+    Only names of the IANA database count: not ``""``, not the host-specific ``localtime``, not
+    ``posixrules`` or ``Factory``, and not the ``posix/`` / ``right/`` copies of the database.
+    """
+    if not isinstance(name, str) or not name or len(name) > 100 or name in _NOT_ZONES:
+        return False
+    if name not in _known_zones() and name != "UTC":
         return False
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         return False
     return True
+
+
+def min_interval_seconds(expression: str) -> int:
+    """The shortest gap between two firings of a valid cron expression, in seconds.
+
+    Computed over the times of day it fires at (hour x minute x second), including the gap over
+    midnight, so ``*/10 * * * * *`` gives 10, ``* * * * *`` 60 and ``0 0 * * *`` 86400 (or more
+    when days are restricted: a daily bound is enough for any minimum the platform enforces).
+
+    Raises:
+        ValueError: If the expression is not valid.
+    """
+    spec = parse_cron(expression)
+    times = sorted(h * 3600 + m * 60 + sec for h in spec.hours for m in spec.minutes for sec in spec.seconds)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps.append(86400 - times[-1] + times[0])
+    return min(gaps)
 
 
 def to_temporal_cron(expression: str) -> str:

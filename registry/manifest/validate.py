@@ -35,6 +35,8 @@ from registry.manifest import semver
 from registry.manifest.cron import parse_cron, validate_cron, validate_timezone
 
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "json_problem",
     "MANIFEST_SCHEMA",
     "MASK",
     "ManifestIssue",
@@ -262,6 +264,51 @@ def _guard(data: object) -> list[ManifestIssue]:
     return issues
 
 
+#: Deepest nesting accepted in stored JSON from callers (event payloads, job and module config).
+MAX_JSON_DEPTH = 64
+
+
+def json_problem(value: object, *, max_depth: int = MAX_JSON_DEPTH) -> tuple[str, str] | None:
+    """Why ``value`` can't be stored and served back as JSON, or None: ``(json pointer, reason)``.
+
+    Refused: nesting deeper than ``max_depth``, NaN and infinities (not JSON), lone surrogates
+    (not UTF-8), NUL characters (PostgreSQL text cannot hold them), integers beyond 64 bits and
+    anything that isn't a JSON value. Iterative, so a deep value can't exhaust the stack.
+    """
+    stack: list[tuple[object, tuple[object, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if len(path) > max_depth:
+            return json_pointer(path), f"nested deeper than {max_depth} levels"
+        if isinstance(item, str):
+            reason = _text_problem(item)
+            if reason:
+                return json_pointer(path), reason
+            continue
+        reason = _non_json_reason(item)
+        if reason is not None:
+            return json_pointer(path), reason
+        if isinstance(item, dict):
+            for key, sub in item.items():
+                reason = _text_problem(key)
+                if reason:
+                    return json_pointer(path), f"an object key: {reason}"
+                stack.append((sub, (*path, key)))
+        elif isinstance(item, list):
+            stack.extend((sub, (*path, i)) for i, sub in enumerate(item))
+    return None
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "NUL character in a string"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "lone surrogate in a string (not valid Unicode)"
+    return None
+
+
 # --- report building ---------------------------------------------------------------------------
 
 
@@ -361,7 +408,13 @@ def _config_keys(schema: object) -> set[str]:
     return set(props) if isinstance(props, dict) else set()
 
 
+#: Module names a module may not take: its events' ``source`` is its name, and these are the platform's.
+RESERVED_MODULE_NAMES = frozenset({"platform"})
+
+
 def _check_semantics(data: dict[str, Any], out: _Collector, code_root: Path | None) -> None:
+    if isinstance(data.get("name"), str) and data["name"] in RESERVED_MODULE_NAMES:
+        out.semantic_error("/name", "name.reserved", f"the module name {data['name']!r} is reserved for the platform")
     jobs = _items(data.get("jobs"))
     module_config = data.get("config")
     job_configs: dict[str, object] = {}

@@ -12,12 +12,14 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, literal, select
+from sqlalchemy import ColumnElement, Text, cast, delete, func, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from registry.errors import InvalidInput, NotFound, PayloadTooLarge
-from registry.manifest import event_pattern_problem
+from registry.manifest import event_pattern_problem, json_problem
 from registry.models import Event, EventDelivery, Execution, Job, Module, ModuleStatus, new_id
 
 #: Largest accepted payload, measured as compact UTF-8 JSON. Documented in docs/events.md.
@@ -54,16 +56,54 @@ def record(
     return event
 
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*\Z")
+#: Name prefixes only the platform emits (job lifecycle, module lifecycle, alerts, incidents,
+#: schedules): a client or a module sending them could fake what listeners and auditors trust.
+RESERVED_PREFIXES = ("job.", "module.", "alert.", "incident.", "schedule.")
+#: The ``source`` of the platform's own events.
+PLATFORM_SOURCE = "platform"
 
 
 def validate_name(name: str) -> None:
-    """Event names are dotted lowercase (``data.synced``)."""
+    """An event name from outside the platform (``POST /events``, a module's ``ctx.emit``).
+
+    Dotted lowercase (``data.synced``), and not under a :data:`RESERVED_PREFIXES` prefix (the
+    platform writes its own events with :func:`record`, which doesn't ask).
+    """
     if not isinstance(name, str) or len(name) > 200 or not _NAME.match(name):
+        shown = name[:200] if isinstance(name, str) else name
         raise InvalidInput(
-            f"invalid event name {name!r}: use dotted lowercase segments like 'data.synced'",
+            f"invalid event name {shown!r}: use dotted lowercase segments like 'data.synced'",
             details=[{"loc": ["body", "name"], "msg": "invalid event name"}],
         )
+    reserved = next((p for p in RESERVED_PREFIXES if name.startswith(p) or name == p[:-1]), None)
+    if reserved is not None:
+        raise InvalidInput(
+            f"event name {name!r} is reserved: names under {reserved}* are emitted by the platform only",
+            details=[
+                {"loc": ["body", "name"], "msg": f"reserved prefix {reserved}", "reserved": list(RESERVED_PREFIXES)}
+            ],
+        )
+
+
+def validate_source(source: str | None) -> None:
+    """A client-given ``source``: printable text, and never the platform's own."""
+    if source is None:
+        return
+    if _control(source):
+        raise InvalidInput(
+            "the event source holds control characters",
+            details=[{"loc": ["body", "source"], "msg": "control character"}],
+        )
+    if source.strip().lower() == PLATFORM_SOURCE:
+        raise InvalidInput(
+            f"source {PLATFORM_SOURCE!r} is reserved for the platform's own events",
+            details=[{"loc": ["body", "source"], "msg": "reserved source"}],
+        )
+
+
+def _control(text: str) -> bool:
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
 
 
 def validate_pattern(pattern: str, *, loc: str = "pattern") -> None:
@@ -77,11 +117,18 @@ def validate_pattern(pattern: str, *, loc: str = "pattern") -> None:
 
 
 def check_payload(payload: Any, *, max_bytes: int = MAX_EVENT_PAYLOAD_BYTES) -> None:
-    """The payload is a JSON object of at most ``max_bytes`` (compact UTF-8 JSON)."""
+    """The payload is a plain JSON object (see ``json_problem``) of at most ``max_bytes`` (compact UTF-8 JSON)."""
     if not isinstance(payload, dict):
         raise InvalidInput(
             "the event payload must be a JSON object",
             details=[{"loc": ["body", "payload"], "msg": "must be an object"}],
+        )
+    problem = json_problem(payload)
+    if problem is not None:
+        pointer, reason = problem
+        raise InvalidInput(
+            f"the event payload cannot be stored: {pointer or '/'}: {reason}",
+            details=[{"loc": ["body", "payload"], "msg": reason, "pointer": pointer}],
         )
     size = len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
     if size > max_bytes:
@@ -108,6 +155,7 @@ async def accept(
     it reads the winner's row.
     """
     validate_name(name)
+    validate_source(source)
     check_payload(payload, max_bytes=max_payload_bytes)
     if event_id is not None:
         existing = await session.scalar(select(Event).where(Event.id == event_id))
@@ -147,6 +195,7 @@ def as_dict(event: Event) -> dict[str, Any]:
         "occurred_at": event.occurred_at.isoformat(),
         "received_at": event.received_at.isoformat(),
         "dispatch_status": event.dispatch_status,
+        "payload_problem": getattr(event, PAYLOAD_PROBLEM, None),
     }
 
 
@@ -207,23 +256,61 @@ async def list_events(
     """Newest first, with the total of matching events."""
     where = _filters(name=name, pattern=pattern, source=source, module=module, since=since, until=until)
     total = await session.scalar(select(func.count()).select_from(Event).where(*where)) or 0
-    rows = await session.scalars(
-        select(Event).where(*where).order_by(Event.seq.desc()).offset((page - 1) * limit).limit(limit)
-    )
-    return list(rows), total
+    rows = await _load(session, where, order=Event.seq.desc(), offset=(page - 1) * limit, limit=limit)
+    return rows, total
 
 
 async def events_after(*, session: AsyncSession, seq: int, limit: int = 1000) -> list[Event]:
     """Events stored after ``seq``, in order (``Last-Event-ID`` replay)."""
-    rows = await session.scalars(select(Event).where(Event.seq > seq).order_by(Event.seq).limit(limit))
-    return list(rows)
+    return await _load(session, [Event.seq > seq], order=Event.seq, offset=0, limit=limit)
 
 
 async def get_event(*, session: AsyncSession, event_id: str) -> Event:
-    event = await session.scalar(select(Event).where(Event.id == event_id))
-    if event is None:
+    rows = await _load(session, [Event.id == event_id], order=Event.seq, offset=0, limit=1)
+    if not rows:
         raise NotFound(f"event {event_id} not found")
-    return event
+    return rows[0]
+
+
+#: Set on an event read by :func:`_load` whose stored payload cannot be served; ``as_dict`` shows it.
+PAYLOAD_PROBLEM = "payload_problem"
+
+
+async def _load(
+    session: AsyncSession, where: list[ColumnElement[bool]], *, order: Any, offset: int, limit: int
+) -> list[Event]:
+    """Events with their payloads parsed one by one: a stored payload that can't be served (written
+    around the API, or by an older version: too deep to parse, not finite) empties that event's
+    payload and marks it, instead of failing the whole list for everyone."""
+    stmt = (
+        select(Event, cast(Event.payload, Text))
+        .options(defer(Event.payload))
+        .where(*where)
+        .order_by(order)
+        .offset(offset)
+        .limit(limit)
+    )
+    events: list[Event] = []
+    for event, text in await session.execute(stmt):
+        payload, problem = _parse_payload(text)
+        # Loaded as if from the row: nothing is marked changed, so nothing is written back.
+        set_committed_value(event, "payload", payload)
+        setattr(event, PAYLOAD_PROBLEM, problem)
+        events.append(event)
+    return events
+
+
+def _parse_payload(text: str | None) -> tuple[dict[str, Any], str | None]:
+    try:
+        value = json.loads(text) if text is not None else {}
+    except (ValueError, RecursionError):
+        return {}, "the stored payload cannot be parsed"
+    problem = json_problem(value)
+    if problem is not None:
+        return {}, f"the stored payload cannot be served: {problem[0] or '/'}: {problem[1]}"
+    if not isinstance(value, dict):
+        return {}, "the stored payload is not a JSON object"
+    return value, None
 
 
 async def deliveries_of(*, session: AsyncSession, event_id: str) -> list[EventDelivery]:

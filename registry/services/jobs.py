@@ -17,7 +17,9 @@ from registry.errors import Conflict, InvalidInput, NotFound
 from registry.manifest import (
     MASK,
     apply_config_defaults,
+    json_problem,
     mask_secrets,
+    min_interval_seconds,
     next_runs,
     secret_fields,
     validate_config,
@@ -93,12 +95,25 @@ def _definition(module: Module, job_type: str) -> dict[str, Any]:
     return definition
 
 
-def _check_schedule(schedule: str | None, timezone: str) -> None:
+#: Default of ``AUTOPLAT_MIN_SCHEDULE_INTERVAL_SECONDS``.
+MIN_SCHEDULE_INTERVAL_SECONDS = 60
+
+
+def _check_schedule(schedule: str | None, timezone: str, min_interval: int | None) -> None:
+    """A valid cron firing at most every ``min_interval`` seconds (None: not checked, the cron is
+    unchanged) in a real IANA timezone."""
     if schedule is not None:
         problem = validate_cron(schedule)
         if problem:
             raise InvalidInput(
                 f"invalid cron {schedule!r}: {problem}", details=[{"loc": ["body", "schedule"], "msg": problem}]
+            )
+        gap = min_interval_seconds(schedule)
+        if min_interval is not None and gap < min_interval:
+            raise InvalidInput(
+                f"cron {schedule!r} fires every {gap} s; the shortest interval allowed is {min_interval} s "
+                "(AUTOPLAT_MIN_SCHEDULE_INTERVAL_SECONDS)",
+                details=[{"loc": ["body", "schedule"], "msg": f"fires every {gap} s", "minimum": min_interval}],
             )
     if not validate_timezone(timezone):
         raise InvalidInput(
@@ -111,6 +126,13 @@ def split_config(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate ``config`` and split it into (plain config, secrets). Omitted or masked secret
     values keep what is stored (secrets are write-only)."""
+    problem = json_problem(config)
+    if problem is not None:
+        pointer, reason = problem
+        raise InvalidInput(
+            f"config cannot be stored: {pointer or '/'}: {reason}",
+            details=[{"loc": ["body", "config", *[p for p in pointer.split("/") if p]], "msg": reason}],
+        )
     secret_keys = secret_fields(schema) if schema else set()
     secrets = dict(stored_secrets)
     plain: dict[str, Any] = {}
@@ -161,6 +183,7 @@ async def create_job(
     config: dict[str, Any] | None = None,
     event_triggers: list[Any] | None = None,
     notifications: dict[str, Any] | None = None,
+    min_interval: int = MIN_SCHEDULE_INTERVAL_SECONDS,
 ) -> Job:
     mod = await _module(session, module)
     if mod.status not in _INSTALLED:
@@ -172,8 +195,9 @@ async def create_job(
     default_schedule = definition.get("schedule") or {}
     if schedule is _UNSET:
         schedule = default_schedule.get("cron")
-    timezone = timezone or default_schedule.get("timezone") or "UTC"
-    _check_schedule(schedule, timezone)
+    if timezone is None:
+        timezone = default_schedule.get("timezone") or "UTC"
+    _check_schedule(schedule, timezone, min_interval)
     existing = await session.scalar(select(Job.id).where(Job.module_name == module, Job.name == name))
     if existing is not None:
         raise Conflict(f"module {module} already has a job named {name!r}")
@@ -231,6 +255,7 @@ async def update_job(
     actor: Actor,
     job_id: str,
     changes: dict[str, Any],
+    min_interval: int = MIN_SCHEDULE_INTERVAL_SECONDS,
 ) -> Job:
     job = await get_job(session=session, job_id=job_id)
     mod = await _module(session, job.module_name)
@@ -242,8 +267,8 @@ async def update_job(
         if clash is not None:
             raise Conflict(f"module {job.module_name} already has a job named {changes['name']!r}")
     schedule = changes.get("schedule", job.schedule)
-    timezone = changes.get("timezone") or job.timezone
-    _check_schedule(schedule, timezone)
+    timezone = changes["timezone"] if changes.get("timezone") is not None else job.timezone
+    _check_schedule(schedule, timezone, min_interval if "schedule" in changes else None)
     if "config" in changes:
         stored = crypto.decrypt(job.secrets)
         plain, secrets = split_config(definition.get("config") or {}, changes.pop("config") or {}, stored)

@@ -36,6 +36,7 @@ EVERY_SECOND = "* * * * * *"
 
 @pytest.fixture
 async def module(sessions: Any, settings: Any, tmp_path: Path) -> Any:
+    settings.min_schedule_interval_seconds = 1  # these tests run every-second crons
     return await put_module(sessions, settings.state_dir, write_module(tmp_path, name="sched", code=CODE, jobs=JOBS))
 
 
