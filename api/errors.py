@@ -52,7 +52,12 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 def error_response(
     status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+    # nosniff: the message may quote input; a browser must never read the body as anything but JSON.
+    return JSONResponse(
+        error_body(code, message, details),
+        status_code=status,
+        headers={**(headers or {}), "X-Content-Type-Options": "nosniff"},
+    )
 
 
 def status_for(exc: e.DomainError) -> int:

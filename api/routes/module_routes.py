@@ -129,8 +129,9 @@ def _location(execution_id: str) -> str:
     return f"/api/v1/executions/{execution_id}"
 
 
-def _answer(row: Execution, *, public: bool, wait: float) -> Response:
+def _answer(row: Execution, *, route: routes.RouteSpec, html_allowed: bool, wait: float) -> Response:
     """The HTTP answer of a sync call, from the execution as it is after the wait."""
+    public = route.public
     location = _location(row.id)
     headers = {"X-Execution-ID": row.id}
     if row.status in (ExecutionStatus.PENDING.value, ExecutionStatus.RUNNING.value):
@@ -147,6 +148,7 @@ def _answer(row: Execution, *, public: bool, wait: float) -> Response:
             return error_response(
                 502, "bad_handler_response", f"the handler set an invalid status {code}", {"execution_id": row.id}
             )
+        content_type: str | None = None
         for name, value in extra.items():
             if not _valid_header(name, value):
                 return error_response(
@@ -155,11 +157,22 @@ def _answer(row: Execution, *, public: bool, wait: float) -> Response:
                     f"the handler set an invalid response header {name[:100]!r}",
                     {"execution_id": row.id},
                 )
-            if name.lower() not in _RESERVED_RESPONSE_HEADERS:
+            lname = name.lower()
+            if lname == "content-type":
+                content_type = value
+            elif lname not in _RESERVED_RESPONSE_HEADERS and lname not in routes.SECURITY_HEADERS:
                 headers[name] = value
+        safety = routes.safety_headers(route, content_type, html_allowed=html_allowed)
+        if "Content-Disposition" in safety:
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-disposition"}
+        headers.update(safety)
         if code == 204 or code == 304:
             return Response(status_code=code, headers=headers)
-        return JSONResponse(body, status_code=code, headers=headers)
+        if routes.is_json(routes.media_type(content_type)):
+            return JSONResponse(body, status_code=code, headers=headers, media_type=content_type or "application/json")
+        # Text the handler returned is sent as is (HTML, CSV, ...); anything else as JSON text.
+        raw = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+        return Response(raw.encode("utf-8", "replace"), status_code=code, headers=headers, media_type=content_type)
     details: dict[str, Any] = {"execution_id": row.id, "status": row.status, "location": location}
     if not public and row.error:
         # Authenticated callers could read it from the execution anyway; anonymous webhook senders can't.
@@ -246,11 +259,11 @@ async def _serve(request: Request, module: str) -> Response:
         return JSONResponse(
             {"execution_id": execution.id, "status": execution.status, "location": location},
             status_code=status.HTTP_202_ACCEPTED,
-            headers={"Location": location, "X-Execution-ID": execution.id},
+            headers={"Location": location, "X-Execution-ID": execution.id, "X-Content-Type-Options": "nosniff"},
         )
     wait = route.wait_seconds or state.settings.execute_wait_timeout_seconds
     row = await runner.wait(execution, wait)
-    return _answer(row, public=route.public, wait=wait)
+    return _answer(row, route=route, html_allowed=state.settings.module_routes_allow_html, wait=wait)
 
 
 def _forget(state: AppState) -> Any:

@@ -55,6 +55,8 @@ class RouteSpec:
     job: str
     permission: str
     public: bool
+    #: ``html: true``: may answer text/html inline when the operator allows it.
+    html: bool
     mode: str
     wait_seconds: float | None
     body_schema: dict[str, Any] | None
@@ -90,6 +92,7 @@ class RouteSpec:
             job=str(raw["job"]),
             permission=permission,
             public=public,
+            html=raw.get("html") is True,
             mode=str(raw.get("mode") or "sync"),
             wait_seconds=float(wait) if isinstance(wait, int | float) else None,
             body_schema=raw.get("bodySchema") if isinstance(raw.get("bodySchema"), dict) else None,
@@ -405,3 +408,48 @@ def route_response(result: Any) -> tuple[Any, int, dict[str, str]]:
             {str(k): str(v) for k, v in headers.items()},
         )
     return result, 200, {}
+
+
+# --- keeping answers from running script on the API's origin ----------------------------------------
+
+#: Media types a browser renders as a document that can run script (or load what does).
+_MARKUP = frozenset(
+    {"text/html", "application/xhtml+xml", "image/svg+xml", "text/xml", "application/xml", "text/xsl", "text/vtt"}
+)
+_HTML = frozenset({"text/html", "application/xhtml+xml"})
+#: Security headers the server sets on every module route answer; a handler's own are dropped.
+SECURITY_HEADERS = frozenset({"content-security-policy", "x-content-type-options"})
+
+
+def media_type(content_type: str | None) -> str | None:
+    """``text/html`` from ``text/html; charset=utf-8``; None when no Content-Type was set."""
+    if content_type is None:
+        return None
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def is_json(media: str | None) -> bool:
+    """No Content-Type (the answer is JSON by default), ``application/json`` or ``*+json``."""
+    return (
+        media is None or media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+    )
+
+
+def safety_headers(route: RouteSpec, content_type: str | None, *, html_allowed: bool) -> dict[str, str]:
+    """Headers that keep a handler's answer from attacking the console (same origin as the API).
+
+    Every answer: ``X-Content-Type-Options: nosniff`` (the browser believes the Content-Type).
+    Non-JSON answers: ``Content-Security-Policy: sandbox`` (an opaque origin, no script, no forms).
+    Markup (HTML, XML, SVG) or an empty / unknown type: ``Content-Disposition: attachment`` too,
+    unless it is HTML on a route declaring ``html: true`` and ``AUTOPLAT_MODULE_ROUTES_ALLOW_HTML``
+    is on.
+    """
+    media = media_type(content_type)
+    headers = {"X-Content-Type-Options": "nosniff"}
+    if is_json(media):
+        return headers
+    headers["Content-Security-Policy"] = "sandbox"
+    inline_html = media in _HTML and route.html and html_allowed
+    if (media in _MARKUP or not media or "/" not in media or media.endswith("+xml")) and not inline_html:
+        headers["Content-Disposition"] = "attachment"
+    return headers
