@@ -36,6 +36,7 @@ __all__ = [
     "EXCLUDED_DIRS",
     "MAX_BUNDLE_BYTES",
     "MAX_FILES",
+    "MAX_TAR_META_BYTES",
     "MAX_UNPACKED_BYTES",
     "archive_kind",
     "code_folder",
@@ -217,7 +218,65 @@ class _Budget:
             raise PayloadTooLarge(f"the bundle unpacks to more than {_mib(self.max_bytes)}")
 
 
+#: Largest metadata entry of a tar (GNU long name / long link, PAX header): real ones are a few
+#: hundred bytes. ``tarfile`` reads such an entry whole into memory, so it is checked first.
+MAX_TAR_META_BYTES = 64 * 1024
+#: Entry types whose data ``tarfile`` reads into memory as metadata of the next entry.
+_TAR_META_TYPES = frozenset({b"L", b"K", b"x", b"g", b"X"})
+_BLOCK = 512
+#: Regular file entries, whose sizes count against the unpacked limit.
+_TAR_FILE_TYPES = frozenset({b"0", b"\x00", b"7"})
+#: Headers and metadata allowed on top of the files' bytes in the decompressed stream.
+_TAR_OVERHEAD_BYTES = 16 * MiB
+
+
+def _tar_number(field: bytes) -> int:
+    """A tar header number: NUL/space-terminated octal, or base-256 when the first bit is set."""
+    if field[:1] and field[0] & 0x80:
+        value = int.from_bytes(field[1:], "big")
+        return -value if field[0] & 0x40 else value
+    text = field.split(b"\x00", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _check_tar_headers(data: bytes, max_bytes: int) -> None:
+    """Walk the headers of a ``.tar.gz`` without keeping any entry's data: refuse a metadata entry
+    over :data:`MAX_TAR_META_BYTES`, or entries declaring more than ``max_bytes`` in all, before
+    ``tarfile`` would buffer them. The decompressed stream is read in bounded chunks."""
+    declared = consumed = 0
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+        while True:
+            header = stream.read(_BLOCK)
+            if len(header) < _BLOCK or header == b"\x00" * _BLOCK:
+                return  # the end (or a truncated archive, which tarfile reports)
+            try:
+                size = _tar_number(header[124:136])
+            except ValueError as exc:
+                raise InvalidInput("the bundle is not a valid tar.gz archive: bad size field in a header") from exc
+            if size < 0:
+                raise InvalidInput("the bundle is not a valid tar.gz archive: negative size in a header")
+            kind = header[156:157]
+            if kind in _TAR_META_TYPES and size > MAX_TAR_META_BYTES:
+                raise PayloadTooLarge(
+                    f"the bundle has a tar metadata entry (long name or PAX header) of {size} bytes; "
+                    f"the limit is {MAX_TAR_META_BYTES}",
+                    details={"size": size, "limit": MAX_TAR_META_BYTES},
+                )
+            if kind in _TAR_FILE_TYPES:
+                declared += size
+            remaining = -(-size // _BLOCK) * _BLOCK
+            consumed += _BLOCK + remaining
+            if declared > max_bytes or consumed > max_bytes + _TAR_OVERHEAD_BYTES:
+                raise PayloadTooLarge(f"the bundle unpacks to more than {_mib(max_bytes)}")
+            while remaining:
+                chunk = stream.read(min(remaining, _CHUNK))
+                if not chunk:
+                    return
+                remaining -= len(chunk)
+
+
 def _tar_members(data: bytes, budget: _Budget) -> list[_Member]:
+    _check_tar_headers(data, budget.max_bytes)
     tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")  # noqa: SIM115 - members open it lazily
     members: list[_Member] = []
     # Iterating reads one header at a time; the budget is checked before the next member's data
@@ -353,8 +412,10 @@ def safe_extract(data: bytes, dest: Path, *, max_bytes: int, max_files: int) -> 
         _cleanup(dest, created)
         if not created and dest.exists():
             raise
-        # gzip.BadGzipFile is an OSError; so are names too long for the filesystem.
-        raise InvalidInput(f"the bundle cannot be unpacked: {exc}") from exc
+        # gzip.BadGzipFile is an OSError; so are names too long for the filesystem. The message
+        # never names the host's folders: only the error's own text, without its file names.
+        reason = exc.strerror or (str(exc.args[0]) if exc.args else type(exc).__name__)
+        raise InvalidInput(f"the bundle cannot be unpacked: {reason}") from exc
     except BaseException:
         _cleanup(dest, created)
         raise

@@ -27,6 +27,7 @@ from api.schemas.modules import (
     ModuleConfigUpdate,
     ModuleRead,
     ModuleRegister,
+    ModuleSummary,
     ModuleVersionRead,
     ValidationResult,
 )
@@ -105,8 +106,8 @@ _installer.permission = INSTALL  # type: ignore[attr-defined]
 Installer = Annotated[Actor, Depends(_installer)]
 
 
-def module_read(module: Module) -> ModuleRead:
-    return ModuleRead(
+def module_summary(module: Module) -> ModuleSummary:
+    return ModuleSummary(
         id=module.id,
         name=module.name,
         version=module.version,
@@ -115,9 +116,7 @@ def module_read(module: Module) -> ModuleRead:
         author=module.author,
         status=module.status,
         status_reason=module.status_reason,
-        manifest=module.manifest,
         bundle_sha256=module.bundle_sha256,
-        config=modules.public_config(module),
         revision=module.revision,
         created_at=module.created_at,
         updated_at=module.updated_at,
@@ -125,6 +124,12 @@ def module_read(module: Module) -> ModuleRead:
         enabled_at=module.enabled_at,
         allowed_actions=modules.allowed_actions(module.status),
         job_types=len(modules.job_types(module)),
+    )
+
+
+def module_read(module: Module) -> ModuleRead:
+    return ModuleRead(
+        **module_summary(module).model_dump(), manifest=module.manifest, config=modules.public_config(module)
     )
 
 
@@ -194,17 +199,18 @@ async def validate(request: Request, _: Actor = Requires("modules:read")) -> Res
 # --- registry ------------------------------------------------------------------------------------
 
 
-@router.get("", response_model=Page[ModuleRead])
+@router.get("", response_model=Page[ModuleSummary])
 async def list_modules(
     session: SessionDep,
     paging: PageDep,
     status_: Annotated[ModuleStatus | None, Query(alias="status")] = None,
     search: Annotated[str | None, Query(max_length=200)] = None,
     _: Actor = Requires("modules:read"),
-) -> Page[ModuleRead]:
+) -> Page[ModuleSummary]:
+    """Modules as summaries (no manifest, no configuration: ``GET /modules/{name}`` has them)."""
     page, limit = paging
     result = await modules.list_modules(session=session, page=page, limit=limit, status=status_, search=search)
-    return Page(items=[module_read(m) for m in result.items], total=result.total, page=page, limit=limit)
+    return Page(items=[module_summary(m) for m in result.items], total=result.total, page=page, limit=limit)
 
 
 @router.post(

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
-from api.schemas.common import Schema
+from api.schemas.common import JsonObject, Schema
 
 
 class ModuleRegister(Schema):
@@ -35,7 +35,9 @@ class ValidationResult(Schema):
     warnings: list[ManifestIssueRead]
 
 
-class ModuleRead(Schema):
+class ModuleSummary(Schema):
+    """A module in a list: what a table shows, without its manifest or configuration."""
+
     id: str
     name: str
     version: str
@@ -44,9 +46,7 @@ class ModuleRead(Schema):
     author: str | None
     status: str
     status_reason: str | None
-    manifest: dict[str, Any] = Field(description="The full manifest of the current version")
     bundle_sha256: str | None
-    config: dict[str, Any] = Field(description="Module configuration with defaults; secrets read ********")
     revision: int
     created_at: datetime
     updated_at: datetime
@@ -54,6 +54,13 @@ class ModuleRead(Schema):
     enabled_at: datetime | None
     allowed_actions: list[str] = Field(description="Lifecycle actions allowed from the current status")
     job_types: int = Field(description="Number of job types in the manifest")
+
+
+class ModuleRead(ModuleSummary):
+    """One module with its whole manifest and configuration (``GET /modules/{name}``, lifecycle answers)."""
+
+    manifest: dict[str, Any] = Field(description="The full manifest of the current version")
+    config: dict[str, Any] = Field(description="Module configuration with defaults; secrets read ********")
 
 
 class ModuleVersionRead(Schema):
@@ -112,7 +119,7 @@ class ModuleConfigRead(Schema):
 
 
 class ModuleConfigUpdate(Schema):
-    config: dict[str, Any] = Field(
+    config: JsonObject = Field(
         description="The whole configuration (PUT replaces it). A secret omitted or sent as ******** keeps "
         "its stored value; a secret sent as null is removed."
     )

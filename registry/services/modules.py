@@ -86,6 +86,8 @@ __all__ = [
 
 #: How long the import check of an install may take.
 INSTALL_TIMEOUT_SECONDS = 60.0
+#: Largest manifest accepted (manifest.json, or one given with a server path).
+MAX_MANIFEST_BYTES = 256 * 1024
 #: Longest status_reason kept (the tail of an import error can be long).
 _MAX_REASON = 2000
 _EVENT_SOURCE = "platform"
@@ -314,6 +316,10 @@ def _manifest_error(code: str, message: str) -> InvalidManifest:
     return InvalidManifest(f"manifest is invalid: {message}", details={"errors": [issue], "warnings": []})
 
 
+def _manifest_too_large() -> InvalidManifest:
+    return _manifest_error("manifest.too_large", f"the manifest is larger than {MAX_MANIFEST_BYTES // 1024} KiB")
+
+
 def _stage(source: CodeSource, workdir: Path) -> _Staged:
     """Pack or take the archive, unpack it in ``workdir`` and validate its manifest (blocking)."""
     if source.path is not None:
@@ -337,10 +343,14 @@ def _stage(source: CodeSource, workdir: Path) -> _Staged:
     manifest: object
     if source.manifest is not None:
         manifest = source.manifest
+        if len(json.dumps(manifest, separators=(",", ":"), default=str)) > MAX_MANIFEST_BYTES:
+            raise _manifest_too_large()
     else:
         manifest_file = folder / "manifest.json"
         if not manifest_file.is_file():
             raise _manifest_error("manifest.missing", "no manifest.json at the root of the module")
+        if manifest_file.stat().st_size > MAX_MANIFEST_BYTES:
+            raise _manifest_too_large()
         try:
             manifest = json.loads(manifest_file.read_bytes())
         except (ValueError, RecursionError) as exc:
@@ -445,8 +455,16 @@ async def check_handlers(
         if not isinstance(result, dict):
             raise ValueError(result)
     except (ValueError, IndexError):
-        return {"*": f"import check crashed (exit code {proc.returncode}): {_last_line(err)[-500:]}"}
-    return {str(k): str(v) for k, v in result.items()}
+        crash = _scrub(_last_line(err), folder, code_root)[-500:]
+        return {"*": f"import check crashed (exit code {proc.returncode}): {crash}"}
+    return {str(k): _scrub(str(v), folder, code_root) for k, v in result.items()}
+
+
+def _scrub(text: str, *folders: Path) -> str:
+    """``text`` without the host's folders: paths inside the code folder read relative to the bundle."""
+    for folder in sorted({str(f) for f in folders} | {str(f.resolve()) for f in folders}, key=len, reverse=True):
+        text = text.replace(folder + os.sep, "").replace(folder, ".")
+    return text
 
 
 def _failure_reason(failures: Mapping[str, str]) -> str:

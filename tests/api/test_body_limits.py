@@ -27,7 +27,6 @@ class Chunks:
 
 def assert_413(r, limit: int) -> None:
     assert r.status_code == 413, r.text
-    error = r.json()["error"]
     shown = f"{limit // MiB} MiB" if limit % MiB == 0 else f"{limit // KiB} KiB"
     assert r.json() == {
         "error": {"code": "payload_too_large", "message": f"request body over {shown}", "details": {"limit": limit}}

@@ -171,14 +171,19 @@ def _password_hash() -> str:
 @pytest.fixture
 def fast_headers(sessions: Any, settings: Any, _password_hash: str, client: httpx.AsyncClient) -> Any:
     from registry.db import unit_of_work
-    from registry.models import User
+    from registry.models import RefreshSession, User
     from registry.security import encode_token
 
     async def make(role: str) -> dict[str, str]:
+        # A user with a live session (an access token dies with its session), as a login makes.
+        family = str(uuid.uuid4())
         async with unit_of_work(sessions) as s:
             user = User(email=f"{role}-{uuid.uuid4().hex[:8]}@example.com", password_hash=_password_hash, role=role)
             s.add(user)
-        token, _ = encode_token(settings, subject=user.id, token_type="access", role=role)
+            await s.flush()
+            _, refresh = encode_token(settings, subject=user.id, token_type="refresh", family_id=family)
+            s.add(RefreshSession(id=refresh.jti, user_id=user.id, family_id=family, expires_at=refresh.expires_at))
+        token, _ = encode_token(settings, subject=user.id, token_type="access", role=role, family_id=family)
         return {"Authorization": f"Bearer {token}"}
 
     return make

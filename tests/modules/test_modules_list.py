@@ -1,4 +1,4 @@
-"""Reading the registry: the list (filters, search, pagination, the full manifest), one module, its
+"""Reading the registry: the list (summaries; filters, search, pagination), one module (the full manifest), its
 job types."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import json
 MODULES = "/api/v1/modules"
 
 
-async def test_the_list_shows_the_full_manifest(api):
-    """Regression: the seed showed ``"manifest": {}`` in the module list."""
+async def test_the_list_is_a_summary_and_the_detail_has_the_full_manifest(api):
+    """Regression: the seed showed ``"manifest": {}``; lists now carry no manifest at all (a module's
+    can be 256 KiB), the detail carries it whole."""
     folder = api.folder()
     original = json.loads((folder / "manifest.json").read_text())
     await api.register(folder)
@@ -18,11 +19,14 @@ async def test_the_list_shows_the_full_manifest(api):
     body = r.json()
     assert set(body) == {"items", "total", "page", "limit"}
     (item,) = body["items"]
-    assert item["manifest"] == original
-    assert [j["name"] for j in item["manifest"]["jobs"]] == ["sync", "pipeline"]
-    assert item["manifest"]["jobs"][0]["config"]["properties"]["batch"]["default"] == 10
+    assert "manifest" not in item and "config" not in item
+    assert item["name"] == "demo-mod" and item["version"] == "1.0.0" and item["bundle_sha256"]
     assert item["job_types"] == 2 and item["allowed_actions"] == ["install", "delete", "upgrade"]
-    assert (await api.get("demo-mod"))["manifest"] == original
+    detail = await api.get("demo-mod")
+    assert detail["manifest"] == original
+    assert [j["name"] for j in detail["manifest"]["jobs"]] == ["sync", "pipeline"]
+    assert detail["manifest"]["jobs"][0]["config"]["properties"]["batch"]["default"] == 10
+    assert {k: v for k, v in detail.items() if k not in ("manifest", "config")} == item
 
 
 async def test_filters_search_and_pagination(api):
