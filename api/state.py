@@ -38,6 +38,7 @@ class AppState:
     auth: SessionCache = field(init=False)
 
     def __post_init__(self) -> None:
+        self.limiter.known_client_seconds = self.settings.login_known_client_days * 24 * 3600
         self.auth = SessionCache(
             redis=self.redis,
             sessions=self.sessions,

@@ -152,12 +152,23 @@ async def me(user: CurrentUser) -> UserRead:
     return user_read(user)
 
 
-@router.put("/me/password", response_model=PasswordChanged, summary="Change password; other sessions are revoked")
+@router.put(
+    "/me/password",
+    response_model=PasswordChanged,
+    summary="Change password; other sessions are revoked. Wrong current passwords count like failed logins.",
+)
 async def change_password(
-    body: PasswordChange, session: SessionDep, user: CurrentUser, claims: ClaimsDep, actor: AnonymousActor
+    body: PasswordChange,
+    session: SessionDep,
+    state: StateDep,
+    user: CurrentUser,
+    claims: ClaimsDep,
+    actor: AnonymousActor,
 ) -> PasswordChanged:
     revoked = await auth.change_password(
         session=session,
+        limiter=state.limiter,
+        ip=actor.ip,
         user=user,
         current_password=body.current_password,
         new_password=body.new_password,

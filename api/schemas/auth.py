@@ -1,17 +1,49 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from api.schemas.common import Schema
-from registry.services.users import MIN_PASSWORD_LENGTH
+from registry.passwords import MIN_PASSWORD_LENGTH, control_character, password_problem
+
+
+def _acceptable_password(value: str) -> str:
+    problem = password_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _no_control_characters(value: str | None) -> str | None:
+    if value is not None and (char := control_character(value)) is not None:
+        raise ValueError(f"must not contain control characters ({char})")
+    return value
+
+
+#: A new password: long enough, not trivial, not on the common-passwords list (registry/passwords.py).
+NewPassword = Annotated[
+    str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024), AfterValidator(_acceptable_password)
+]
+Email = Annotated[str, Field(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"), AfterValidator(_no_control_characters)]
+Username = Annotated[
+    str | None,
+    Field(default=None, min_length=2, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"),
+    AfterValidator(_no_control_characters),
+]
+FullName = Annotated[str | None, Field(default=None, max_length=200), AfterValidator(_no_control_characters)]
+LoginName = Annotated[
+    str | None,
+    Field(default=None, max_length=320, description="Email or username"),
+    AfterValidator(_no_control_characters),
+]
 
 
 class LoginRequest(Schema):
-    login: str | None = Field(default=None, max_length=320, description="Email or username")
-    email: str | None = Field(default=None, max_length=320, description="Alias of `login`")
-    username: str | None = Field(default=None, max_length=320, description="Alias of `login`")
+    login: LoginName = None
+    email: LoginName = Field(default=None, description="Alias of `login`")
+    username: LoginName = Field(default=None, description="Alias of `login`")
     password: str = Field(min_length=1, max_length=1024)
     session_cookie: bool = Field(
         default=False,
@@ -50,15 +82,15 @@ class TokenResponse(Schema):
 
 
 class RegisterRequest(Schema):
-    email: str = Field(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
-    password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024)
-    username: str | None = Field(default=None, min_length=2, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    full_name: str | None = Field(default=None, max_length=200)
+    email: Email
+    password: NewPassword
+    username: Username = None
+    full_name: FullName = None
 
 
 class PasswordChange(Schema):
     current_password: str = Field(min_length=1, max_length=1024)
-    new_password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024)
+    new_password: NewPassword
 
 
 class PasswordChanged(Schema):

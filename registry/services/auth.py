@@ -55,13 +55,12 @@ async def login(
     user = await users.find_by_login(session=session, login=login)
     # Count failures per account, not per spelling: email and username share one budget.
     account = f"user:{user.id}" if user is not None else login
-    await limiter.check(account, actor.ip)
+    attempt = await limiter.begin(account, actor.ip)
     ok = verify_password(user.password_hash if user else None, password)
     if not ok or user is None or not user.is_active:
-        await limiter.failed(account, actor.ip)
         # One message for unknown user, wrong password and inactive account: no account probing.
         raise AuthenticationFailed("invalid credentials or inactive account")
-    await limiter.succeeded(account)
+    await limiter.succeeded(attempt)
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     user.last_login_at = datetime.now(UTC)
@@ -85,9 +84,7 @@ async def refresh(*, session: AsyncSession, settings: Settings, token: str, acto
     now = datetime.now(UTC)
     if row.used_at is not None or row.revoked_at is not None:
         if row.used_at is not None and row.revoked_reason != "reuse_detected":
-            await _revoke_family(
-                session=session, user_id=row.user_id, family_id=row.family_id, reason="reuse_detected"
-            )
+            await _revoke_family(session=session, user_id=row.user_id, family_id=row.family_id, reason="reuse_detected")
             audit.record(
                 session=session,
                 actor=actor,
@@ -140,13 +137,18 @@ async def logout(
 async def change_password(
     *,
     session: AsyncSession,
+    limiter: LoginLimiter,
     user: User,
     current_password: str,
     new_password: str,
     keep_family: str | None,
+    ip: str | None,
 ) -> int:
+    # Proving the current password is a password guess like a login: same budget, same limits.
+    attempt = await limiter.begin(f"user:{user.id}", ip)
     if not verify_password(user.password_hash, current_password):
         raise AuthenticationFailed("current password is wrong")
+    await limiter.succeeded(attempt)
     await users.set_password(session=session, user=user, password=new_password)
     return await users.revoke_sessions(
         session=session, user_id=user.id, reason="password_changed", except_family=keep_family

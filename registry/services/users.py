@@ -12,18 +12,25 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from registry import authcache
 from registry.errors import Conflict, InvalidInput, NotFound
 from registry.models import RefreshSession, Role, User
+from registry.passwords import control_character, password_problem
 from registry.security import hash_password
 from registry.services.common import Page, escape_like, paginate
 
-MIN_PASSWORD_LENGTH = 12
-
 
 def check_password_strength(password: str) -> None:
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidInput(
-            f"password must be at least {MIN_PASSWORD_LENGTH} characters",
-            details=[{"loc": ["password"], "msg": "too short"}],
-        )
+    """The API refuses weak passwords when it parses them; this guards every other caller (CLI)."""
+    problem = password_problem(password)
+    if problem is not None:
+        raise InvalidInput(problem, details=[{"loc": ["password"], "msg": problem}])
+
+
+def _check_names(**fields: str | None) -> None:
+    for name, value in fields.items():
+        if value is not None and (char := control_character(value)) is not None:
+            raise InvalidInput(
+                f"{name} must not contain control characters ({char})",
+                details=[{"loc": [name], "msg": f"control character {char}"}],
+            )
 
 
 async def get_user(*, session: AsyncSession, user_id: str) -> User:
@@ -65,6 +72,7 @@ async def create_user(
     is_active: bool = True,
 ) -> User:
     check_password_strength(password)
+    _check_names(email=email, username=username, full_name=full_name)
     email = email.strip().lower()
     existing = await session.scalar(select(User).where(or_(User.email == email, User.username == (username or email))))
     if existing is not None:
@@ -93,6 +101,7 @@ async def update_user(
     is_active: bool | None = None,
     full_name: str | None = None,
 ) -> User:
+    _check_names(full_name=full_name)
     user = await get_user(session=session, user_id=user_id)
     if role is not None and role.value != user.role:
         await _guard_last_admin(session=session, user=user)
