@@ -48,6 +48,8 @@ ALLOWED_CALLS: dict[str, frozenset[str]] = {
     "browser": frozenset({"navigate", "fill", "click", "wait_for", "text", "texts", "table", "screenshot", "pdf"}),
     "emit": frozenset({"emit"}),
 }
+#: Services a handler process reaches through the worker.
+_REMOTE_SERVICES = ("storage", "state", "notify", "browser")
 #: How long a cancelled handler gets to stop (and send its last logs) before its process is killed.
 STOP_GRACE_SECONDS = 3.0  # the step's activity may run until its timeout + 5 s: the end is written before
 #: How long a new handler process may take to start and confine itself.
@@ -372,6 +374,8 @@ class HandlerPool:
                     "event": ctx.event,
                     "request": dataclasses.asdict(ctx.request) if ctx.request is not None else None,
                     "http": http,
+                    # What this worker provides (a worker without Chromium has no browser).
+                    "services": [name for name in _REMOTE_SERVICES if getattr(ctx, name)],
                     "log_limit": ctx.log_buffer.limit,
                     "limits": {"memory_bytes": limits.memory_bytes, "cpu_seconds": limits.cpu_seconds},
                 }

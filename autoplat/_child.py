@@ -352,9 +352,12 @@ class Child:
         info = ExecutionInfo(**message["info"])
         self.info = info
         self.buffer = LogBuffer(int(message.get("log_limit") or 512 * 1024), self.log_sink)
-        services: dict[str, Any] = {name: _Remote(self, name) for name in ("notify", "browser")}
-        services["storage"] = _RemoteStorage(self)
-        services["state"] = _RemoteState(self)
+        provided = set(message.get("services") or [])
+        services: dict[str, Any] = {name: _Remote(self, name) for name in ("notify", "browser") if name in provided}
+        if "storage" in provided:
+            services["storage"] = _RemoteStorage(self)
+        if "state" in provided:
+            services["state"] = _RemoteState(self)
         ctx = JobContext(
             info=info,
             config=message.get("config"),

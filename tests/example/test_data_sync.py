@@ -91,10 +91,11 @@ async def test_hourly_sync_refuses_loopback_unless_allowed(source):
 
 
 async def test_health_check_alerts_only_when_unhealthy(source):
-    healthy = await arun_job(MODULE, "health-check", config={"status_url": f"{source}/status"})
+    config = {"status_url": f"{source}/status"}
+    healthy = await arun_job(MODULE, "health-check", config=config, allow_private="loopback")
     assert healthy.result["healthy"] is True and healthy.events == []
     Source.status = "degraded"
-    unhealthy = await arun_job(MODULE, "health-check", config={"status_url": f"{source}/status"})
+    unhealthy = await arun_job(MODULE, "health-check", config=config, allow_private="loopback")
     assert unhealthy.result["healthy"] is False
     assert [e["name"] for e in unhealthy.events] == ["health.alert"]
 
@@ -112,8 +113,16 @@ async def test_report_and_notify_use_the_triggering_event():
     }
 
 
+async def test_health_check_goes_through_the_address_policy(source):
+    # A loopback status page with private destinations off: refused like any ctx.http request (the
+    # check used to open its own connection and reached it).
+    result = await arun_job(MODULE, "health-check", config={"status_url": f"{source}/status"}, allow_private="off")
+    assert result.status == "FAILED"
+    assert "loopback" in str(result.steps[-1].error)
+
+
 async def test_health_check_on_temporal(source, tmp_path):
-    async with TemporalHarness(tmp_path) as harness:
+    async with TemporalHarness(tmp_path, http_allow_private="loopback") as harness:
         execution = await harness.run(MODULE, "health-check", config={"status_url": f"{source}/status"})
     assert execution["status"] == "COMPLETED", execution["error"]
     assert execution["result"]["healthy"] is True
@@ -192,6 +201,7 @@ async def test_health_check_screenshots_the_status_page(source):
             "health-check",
             config={"status_url": f"{source}/status", "status_page_url": f"{source}/status-page"},
             services={"browser": session},
+            allow_private="loopback",
         )
     finally:
         await session.close()

@@ -17,30 +17,11 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from html import escape as html_escape
 from typing import Any
 
 from autoplat import JobContext, JobError, RetryableError
-from autoplat.http import HttpStatusError
-
-
-def _get_json(url: str, *, token: str | None, timeout: float) -> Any:
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - URL from config
-            return json.loads(response.read().decode("utf-8"))
-    except urllib.error.HTTPError as exc:
-        if exc.code >= 500 or exc.code == 429:
-            raise RetryableError(f"{url} answered {exc.code}") from exc
-        raise JobError(f"{url} answered {exc.code}") from exc
-    except (urllib.error.URLError, TimeoutError) as exc:
-        raise RetryableError(f"{url} unreachable: {exc}") from exc
-    except ValueError as exc:
-        raise JobError(f"{url} did not answer JSON") from exc
+from autoplat.http import HostNotAllowed, HttpStatusError
 
 
 def hourly_sync(ctx: JobContext) -> dict[str, Any]:
@@ -120,11 +101,15 @@ def health_check(ctx: JobContext) -> dict[str, Any]:
     """Probe ``status_url``; an unhealthy source emits ``health.alert``."""
     url = ctx.config["status_url"]
     try:
-        status = _get_json(url, token=None, timeout=float(ctx.config["timeout_seconds"]))
+        # Through ctx.http, like every request of the module: the manifest's hosts and the
+        # platform's address policy apply. One attempt: an unhealthy source is the answer.
+        status = ctx.http.get_json_sync(url, timeout=float(ctx.config["timeout_seconds"]), retries=0)
         healthy = isinstance(status, dict) and str(status.get("status", "")).lower() in ("ok", "healthy", "up")
         detail = status if isinstance(status, dict) else {"body": status}
-    except (RetryableError, JobError) as exc:
-        healthy, detail = False, {"error": str(exc)}
+    except HostNotAllowed:
+        raise  # a configuration error (a refused destination), not an unhealthy source
+    except Exception as exc:  # noqa: BLE001 - unreachable, failing or not JSON: that is the health
+        healthy, detail = False, {"error": f"{type(exc).__name__}: {exc}"}
     result: dict[str, Any] = {"healthy": healthy, "status_url": url, "detail": detail}
     page = ctx.config.get("status_page_url")
     if page and ctx.browser:
