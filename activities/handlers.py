@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,11 @@ ALLOWED_CALLS: dict[str, frozenset[str]] = {
 _REMOTE_SERVICES = ("storage", "state", "notify", "browser")
 #: How long a cancelled handler gets to stop (and send its last logs) before its process is killed.
 STOP_GRACE_SECONDS = 3.0  # the step's activity may run until its timeout + 5 s: the end is written before
+#: A run waits this long for a busy process to be released before one is started for it.
+SPAWN_AFTER_SECONDS = 0.05
+#: Idle processes kept beyond ``handler_pool_size`` after a burst, and for how long.
+MAX_EXTRA_IDLE = 8
+EXTRA_IDLE_SECONDS = 60.0
 #: How long a new handler process may take to start and confine itself.
 START_TIMEOUT_SECONDS = 30.0
 _MIB = 1024 * 1024
@@ -112,6 +118,7 @@ class _Process:
     stderr: Path
     confinement: dict[str, Any] = field(default_factory=dict)
     runs: int = 0
+    idle_since: float = 0.0
 
     @property
     def alive(self) -> bool:
@@ -138,6 +145,8 @@ class HandlerPool:
         self._waiters: collections.deque[asyncio.Future[_Process]] = collections.deque()
         self._starting = 0
         self._busy = 0
+        #: Runs that have waited longer than SPAWN_AFTER_SECONDS: each gets a process started.
+        self._impatient = 0
         self._slots = asyncio.Semaphore(settings.handler_max_processes)
         # Interpreters start a few at a time: a burst of runs must not starve the worker's own loop
         # (its heartbeats) of CPU.
@@ -161,7 +170,7 @@ class HandlerPool:
         """Keep ``handler_pool_size`` processes (idle or running), and one starting per waiting run."""
         if self._closed:
             return
-        wanted = max(self.settings.handler_pool_size - len(self._idle) - self._busy, 0) + len(self._waiters)
+        wanted = max(self.settings.handler_pool_size - len(self._idle) - self._busy, 0) + self._impatient
         for _ in range(wanted - self._starting):
             self._starting += 1
             self._background(self._start_one())
@@ -187,16 +196,30 @@ class HandlerPool:
         self._offer(process)
 
     def _offer(self, process: _Process) -> None:
-        """Hand a ready process to the longest-waiting run, else keep it idle (up to the pool size)."""
+        """Hand a ready process to the longest-waiting run, else keep it idle: up to the pool size,
+        and a few more for a while after a burst (so the next burst does not start them again)."""
         while self._waiters and not self._closed:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(process)
                 return
-        if self._closed or len(self._idle) >= self.settings.handler_pool_size:
+        if self._closed or len(self._idle) >= self.settings.handler_pool_size + MAX_EXTRA_IDLE:
             self._background(self._stop(process))
-        else:
-            self._idle.append(process)
+            return
+        process.idle_since = time.monotonic()
+        self._idle.append(process)
+        self._reap()
+
+    def _reap(self) -> None:
+        """Stop idle processes beyond the pool size that have not been used for a while."""
+        extra = len(self._idle) - self.settings.handler_pool_size
+        if extra <= 0:
+            return
+        cutoff = time.monotonic() - EXTRA_IDLE_SECONDS
+        stale = [p for p in self._idle[:extra] if p.idle_since < cutoff]  # the oldest first
+        for process in stale:
+            self._idle.remove(process)
+            self._background(self._stop(process))
 
     async def close(self) -> None:
         self._closed = True
@@ -301,7 +324,7 @@ class HandlerPool:
     async def _acquire(self) -> _Process:
         """An idle process, else the first one ready: started for this run, or released by another."""
         while self._idle:
-            process = self._idle.pop()
+            process = self._idle.pop()  # the most recently used: the others may be reaped
             if process.alive:
                 self._busy += 1
                 self._refill()
@@ -309,9 +332,18 @@ class HandlerPool:
             self._background(self._stop(process))
         waiter: asyncio.Future[_Process] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        self._refill()
         try:
-            process = await waiter
+            try:
+                # Under a steady load another run's process is usually free in a moment: starting
+                # an interpreter costs far more CPU than that wait.
+                process = await asyncio.wait_for(asyncio.shield(waiter), SPAWN_AFTER_SECONDS)
+            except TimeoutError:
+                self._impatient += 1
+                try:
+                    self._refill()
+                    process = await waiter
+                finally:
+                    self._impatient -= 1
             self._busy += 1
             return process
         except asyncio.CancelledError:

@@ -28,7 +28,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -372,24 +372,9 @@ def _stage(source: CodeSource, workdir: Path) -> _Staged:
 
 # --- the import check ------------------------------------------------------------------------------
 
-_IMPORT_CHECK = r"""
-import contextlib, importlib, json, sys, traceback
-root, refs = sys.argv[1], json.loads(sys.argv[2])
-sys.path.insert(0, root)
-failures = {}
-with contextlib.redirect_stdout(sys.stderr):
-    for ref in refs:
-        module_name, _, attr = ref.partition(":")
-        try:
-            target = getattr(importlib.import_module(module_name), attr)
-        except BaseException as exc:
-            failures[ref] = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            continue
-        if not callable(target):
-            failures[ref] = f"{attr} is not callable (a {type(target).__name__})"
-sys.__stdout__.write(json.dumps(failures))
-sys.__stdout__.flush()
-"""
+#: Limits of the import check's process (the same confinement as handler processes: autoplat._child).
+_CHECK_MEMORY_BYTES = 1024 * 1024 * 1024
+_CHECK_OPEN_FILES = 256
 
 
 def _handler_refs(manifest: Mapping[str, Any]) -> list[str]:
@@ -418,12 +403,18 @@ def _last_line(text: bytes) -> str:
 
 
 async def check_handlers(
-    folder: Path, manifest: Mapping[str, Any], *, timeout: float = INSTALL_TIMEOUT_SECONDS
+    folder: Path,
+    manifest: Mapping[str, Any],
+    *,
+    timeout: float = INSTALL_TIMEOUT_SECONDS,
+    forbidden: Sequence[str] = (),
 ) -> dict[str, str]:
-    """Import every handler of every job and step in a fresh, isolated interpreter.
+    """Import every handler of every job and step in a fresh, confined interpreter.
 
-    The child runs ``python -I -B`` in ``folder`` with only the manifest's code root on top of
-    ``sys.path`` and an environment without any platform setting.
+    The child runs ``python -I -B -m autoplat._child --check`` in ``folder``, confined as handler
+    processes are (no platform environment, no reading of ``forbidden`` folders such as the state
+    folder, memory, CPU and open-file limits, no capabilities), with only the manifest's code root
+    on top of ``sys.path``: module code imported at registration can do no more than a handler.
 
     Returns:
         ``{handler reference or "*": error}``; empty when every handler imports and is callable.
@@ -432,8 +423,15 @@ async def check_handlers(
     if not refs:
         return {}
     code_root = (folder / str((manifest.get("python") or {}).get("codeRoot", "."))).resolve()
+    argv = [
+        "-I", "-B", "-m", "autoplat._child", "--check", str(code_root), "--refs", json.dumps(refs),
+        "--memory-bytes", str(_CHECK_MEMORY_BYTES), "--open-files", str(_CHECK_OPEN_FILES),
+        "--cpu-seconds", str(max(int(timeout), 1)),
+    ]  # fmt: skip
+    for path in forbidden:
+        argv += ["--forbid", str(path)]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-I", "-B", "-c", _IMPORT_CHECK, str(code_root), json.dumps(refs),
+        sys.executable, *argv,
         cwd=str(folder),
         env=_clean_env(),
         stdin=asyncio.subprocess.DEVNULL,
@@ -709,7 +707,7 @@ async def install_module(*, session: AsyncSession, actor: Actor, state_dir: Path
     _check(module, Action.install)
     seen = (module.revision, module.version, module.bundle_sha256)
     folder = await _ensure_code(session, state_dir, module)
-    failures = await check_handlers(folder, module.manifest)
+    failures = await check_handlers(folder, module.manifest, forbidden=[str(state_dir)])
     module = await _lock(session, name)
     _unchanged(module, seen, "install")
     _check(module, Action.install)
@@ -839,7 +837,7 @@ async def upgrade_module(
         _newer(module, staged.version)
         seen = (module.revision, module.version, module.bundle_sha256)
         if module.status in INSTALLED_STATES:
-            failures = await check_handlers(staged.folder, staged.manifest)
+            failures = await check_handlers(staged.folder, staged.manifest, forbidden=[str(state_dir)])
             if failures:
                 reason = _failure_reason(failures)
                 raise InstallCheckFailed(

@@ -35,6 +35,13 @@ def probe(ctx):
         listed = "listed"
     except OSError as exc:
         listed = type(exc).__name__
+    others = {}
+    for name, path in (("shadow", "/etc/shadow"), ("worker_environ", f"/proc/{os.getppid()}/environ")):
+        try:
+            Path(path).read_bytes()
+            others[name] = "read"
+        except OSError as exc:
+            others[name] = type(exc).__name__
     status = Path("/proc/self/status").read_text()
     cap_eff = next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:"))
     Path(os.environ["TMPDIR"], "scratch.txt").write_text("a handler may write its own temp folder")
@@ -46,6 +53,7 @@ def probe(ctx):
         "secret": read,
         "state_dir": listed,
         "cap_eff": cap_eff,
+        "others": others,
         "no_new_privs": next(line.split()[1] for line in status.splitlines() if line.startswith("NoNewPrivs:")),
     }
 
@@ -155,6 +163,8 @@ async def test_handler_cannot_read_platform_secrets_nor_see_its_environment(
     assert not [k for k in result["env"] if k.startswith("AUTOPLAT_")]
     assert set(result["env"]) <= {"HOME", "TMPDIR", "PATH", "LANG", "LC_ALL", "MALLOC_ARENA_MAX", "LC_CTYPE"}
     assert result["no_new_privs"] == "1"
+    # Not the worker's environment through /proc, nor the system's password hashes.
+    assert result["others"] == {"shadow": "PermissionError", "worker_environ": "PermissionError"}
     if os.geteuid() == 0:
         assert int(result["cap_eff"], 16) == 0
     logs = (await client.get(f"/api/v1/executions/{body['id']}/logs", headers=operator_headers)).json()
@@ -279,3 +289,31 @@ def test_open_files_and_memory_caps_are_hard() -> None:
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=30, env={})
     assert out.stdout.strip() == "refused", out.stderr
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] != 64  # the test process is untouched
+
+
+async def test_the_import_check_is_confined_like_handlers(tmp_path, state_dir):
+    """Code that runs at registration (module-level statements) gets no more than a handler."""
+    from registry.services.modules import check_handlers
+
+    secret = state_dir / "import-check-secret"
+    secret.write_text("platform secret")
+    package = tmp_path / "sneaky"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "handlers.py").write_text(
+        "import os\n"
+        f"assert not [k for k in os.environ if k.startswith('AUTOPLAT_')], 'environment leaked'\n"
+        f"SECRET = open({str(secret)!r}).read()\n"
+        "def run(ctx):\n"
+        "    return SECRET\n"
+    )
+    manifest = {"jobs": [{"name": "run", "handler": "sneaky.handlers:run"}]}
+    failures = await check_handlers(tmp_path, manifest, forbidden=[str(state_dir)])
+    assert list(failures) == ["sneaky.handlers:run"]
+    assert failures["sneaky.handlers:run"].startswith("PermissionError")
+    # A module reading its own files imports under the same confinement.
+    (package / "data.txt").write_text("shipped with the module")
+    (package / "handlers.py").write_text(
+        "from pathlib import Path\nDATA = (Path(__file__).parent / 'data.txt').read_text()\ndef run(ctx):\n    return DATA\n"
+    )
+    assert await check_handlers(tmp_path, manifest, forbidden=[str(state_dir)]) == {}
