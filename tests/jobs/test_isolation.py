@@ -314,6 +314,9 @@ async def test_the_import_check_is_confined_like_handlers(tmp_path, state_dir):
     # A module reading its own files imports under the same confinement.
     (package / "data.txt").write_text("shipped with the module")
     (package / "handlers.py").write_text(
-        "from pathlib import Path\nDATA = (Path(__file__).parent / 'data.txt').read_text()\ndef run(ctx):\n    return DATA\n"
+        "from pathlib import Path\n"
+        "DATA = (Path(__file__).parent / 'data.txt').read_text()\n"
+        "def run(ctx):\n"
+        "    return DATA\n"
     )
     assert await check_handlers(tmp_path, manifest, forbidden=[str(state_dir)]) == {}
