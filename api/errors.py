@@ -9,7 +9,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from registry import errors as e
 
@@ -95,10 +97,18 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route for {request.method} {request.url.path}"
+        headers = dict(exc.headers or {})
         if exc.status_code == 405:
             message = f"method {request.method} not allowed for {request.url.path}"
+            # Starlette names only the methods of the first route matching the path; a path served
+            # by several routes (GET and POST /modules) answers them all.
+            given = {k.lower(): v for k, v in headers.items()}.get("allow", "")
+            allowed = _allowed_methods(request) or _split(given)
+            headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+            if allowed:
+                headers["Allow"] = ", ".join(sorted(allowed))
         details = getattr(exc, "details", None)  # api.limits.BodyTooLarge says which limit
-        return error_response(exc.status_code, code, message, details, dict(exc.headers or {}) or None)
+        return error_response(exc.status_code, code, message, details, headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -113,3 +123,20 @@ def install_error_handlers(app: FastAPI) -> None:
             {"request_id": request_id},
             {"X-Request-ID": request_id},
         )
+
+
+def _split(value: str) -> set[str]:
+    return {m.strip().upper() for m in value.split(",") if m.strip()}
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    """Every method some route of the app serves on this path (module routes answer their own 405)."""
+    if request.url.path.startswith("/api/v1/m/"):
+        return set()
+    scope = {**request.scope, "type": "http"}
+    allowed: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        matched, _ = route.matches(scope)
+        if matched is not Match.NONE and route.methods:
+            allowed |= set(route.methods)
+    return allowed

@@ -63,6 +63,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         403: "The caller's role lacks the permission",
         404: "Not found",
         409: "Conflict with the current state",
+        413: "Request body over the size limit (checked before parsing)",
         422: "Validation error",
         429: "Rate limited",
     }.items()
