@@ -16,6 +16,7 @@ from api.deps import PageDep, Requires, SessionDep, SettingsDep, StateDep
 from api.schemas.common import ERROR_RESPONSES, Page
 from api.schemas.executions import ExecutionDetail, ExecutionRead, LogsRead
 from registry.errors import ServiceUnavailable
+from registry.manifest import json_problem
 from registry.models import Execution, ExecutionStatus
 from registry.services import executions
 from registry.services.common import Actor
@@ -49,7 +50,26 @@ def execution_read(row: Execution, settings: Settings) -> ExecutionRead:
     return ExecutionRead(**_fields(row, settings))
 
 
+#: Deepest JSON served from a stored row: beyond it the response could not be serialised at all.
+SERVED_JSON_DEPTH = 200
+
+
+def _servable(row: Execution) -> tuple[dict[str, Any], str | None]:
+    """The row's JSON columns, each replaced by null when it can't be served (too deep, not finite,
+    lone surrogates: written by an older version or around the API), with the reason: one bad row
+    must never fail a list for everyone."""
+    values = {"steps": row.steps or [], "config": row.config, "result": row.result, "error": row.error}
+    problems = []
+    for name, value in values.items():
+        problem = json_problem(value, max_depth=SERVED_JSON_DEPTH)
+        if problem is not None:
+            values[name] = [] if name == "steps" else None
+            problems.append(f"{name}: {problem[0] or '/'}: {problem[1]}")
+    return values, "; ".join(problems) or None
+
+
 def _fields(row: Execution, settings: Settings) -> dict[str, Any]:
+    values, problem = _servable(row)
     return {
         "id": row.id,
         "job_id": row.job_id,
@@ -64,10 +84,8 @@ def _fields(row: Execution, settings: Settings) -> dict[str, Any]:
         "event_id": row.event_id,
         "idempotency_key": row.idempotency_key,
         "attempt": row.attempt,
-        "steps": row.steps or [],
-        "config": row.config,
-        "result": row.result,
-        "error": row.error,
+        **values,
+        "data_problem": problem,
         "created_at": row.created_at,
         "started_at": row.started_at,
         "finished_at": row.finished_at,

@@ -3,6 +3,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from pydantic import Field
+
 from api.schemas.common import Schema
 
 
@@ -29,6 +31,9 @@ class ExecutionRead(Schema):
     finished_at: datetime | None
     duration_ms: int | None
     temporal_url: str | None = None
+    data_problem: str | None = Field(
+        default=None, description="Set when a stored JSON value (steps, config, result, error) cannot be served"
+    )
 
 
 class ExecutionDetail(ExecutionRead):

@@ -209,3 +209,22 @@ def test_the_poison_list_is_json_for_python() -> None:
     # The texts above parse for Python's json, so the refusals are the server's, not the client's.
     for body in POISON.values():
         json.loads(body)
+
+
+async def test_an_execution_that_cannot_be_served_never_breaks_the_list(client, sessions, operator_headers):
+    from registry.models import Execution
+
+    async with unit_of_work(sessions) as session:
+        session.add(Execution(module_name="m", job_type="j", workflow_id="wf-ok", trigger="manual", result={"ok": 1}))
+        # A handler's result 300 levels deep: storable, but beyond what a JSON response can serialise.
+        deep_result = json.loads("[" * 300 + "]" * 300)
+        session.add(
+            Execution(module_name="m", job_type="j", workflow_id="wf-deep", trigger="manual", result=deep_result)
+        )
+    r = await client.get("/api/v1/executions", headers=operator_headers)
+    assert r.status_code == 200, r.text
+    rows = {e["workflow_id"]: e for e in r.json()["items"]}
+    assert rows["wf-ok"]["result"] == {"ok": 1} and rows["wf-ok"]["data_problem"] is None
+    assert rows["wf-deep"]["result"] is None and rows["wf-deep"]["data_problem"].startswith("result: ")
+    r = await client.get(f"/api/v1/executions/{rows['wf-deep']['id']}", headers=operator_headers)
+    assert r.status_code == 200 and r.json()["data_problem"], r.text
