@@ -100,9 +100,9 @@ class RunLimits:
     @classmethod
     def of(cls, settings: Settings, declared: Mapping[str, Any] | None, timeout_seconds: float | None) -> RunLimits:
         declared = declared or {}
-        memory_mb = min(int(declared.get("memory_mb") or settings.handler_memory_mb), settings.handler_memory_cap_mb)
+        memory_mb = min(int(declared.get("memoryMb") or settings.handler_memory_mb), settings.handler_memory_cap_mb)
         default_cpu = settings.handler_cpu_seconds or int(timeout_seconds or 0) or settings.handler_cpu_cap_seconds
-        cpu = min(int(declared.get("cpu_seconds") or default_cpu), settings.handler_cpu_cap_seconds)
+        cpu = min(int(declared.get("cpuSeconds") or default_cpu), settings.handler_cpu_cap_seconds)
         return cls(
             memory_bytes=memory_mb * _MIB, cpu_seconds=max(cpu, 1), output_bytes=settings.handler_max_output_bytes
         )

@@ -172,6 +172,18 @@ def _check_config_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+class Limits(_Model):
+    """Resource limits of one run of a job type (each step), capped by the platform's settings.
+
+    Attributes:
+        memory_mb: Memory (address space) of the handler's process, in MiB.
+        cpu_seconds: CPU time of one attempt, in seconds (default: its timeout).
+    """
+
+    memory_mb: int | None = Field(default=None, ge=64, le=65536)
+    cpu_seconds: int | None = Field(default=None, ge=1, le=86400)
+
+
 class JobType(_Model):
     """A job type: a Temporal workflow type ``<module>.<job>``.
 
@@ -191,6 +203,7 @@ class JobType(_Model):
         config: JSON Schema of the job configuration.
         notifications: Channels notified when a run ends.
         task_queue: Dedicated Temporal task queue.
+        limits: Memory and CPU limits of each run (see docs/sdk.md, "Where handlers run").
     """
 
     name: Name
@@ -206,6 +219,7 @@ class JobType(_Model):
     config: dict[str, Any] | None = None
     notifications: Notifications | None = None
     task_queue: TaskQueue | None = None
+    limits: Limits | None = None
 
     @model_validator(mode="after")
     def _handler_xor_steps(self) -> JobType:

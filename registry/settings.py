@@ -148,11 +148,11 @@ class Settings(BaseSettings):
     handler_max_runs: int = Field(default=200, ge=1)
     #: ... or when its resident memory is above this (MiB) after a run.
     handler_recycle_rss_mb: int = Field(default=512, ge=32)
-    #: Memory (address space) of one run unless its job type's ``limits.memory_mb`` says otherwise.
+    #: Memory (address space) of one run unless its job type's ``limits.memoryMb`` says otherwise.
     handler_memory_mb: int = Field(default=1024, ge=64)
     #: Cap of any run's memory, whatever its manifest asks (MiB).
     handler_memory_cap_mb: int = Field(default=4096, ge=64)
-    #: CPU seconds of one run (0: as many as the step's timeout) unless ``limits.cpu_seconds`` says.
+    #: CPU seconds of one run (0: as many as the step's timeout) unless ``limits.cpuSeconds`` says.
     handler_cpu_seconds: int = Field(default=0, ge=0)
     #: Cap of any run's CPU seconds.
     handler_cpu_cap_seconds: int = Field(default=3600, ge=1)

@@ -111,8 +111,8 @@ CONFIG = {
 }
 JOBS = [
     {"name": "probe", "description": "d", "handler": "probe", "config": CONFIG},
-    {"name": "hog", "description": "d", "handler": "hog", "config": CONFIG, "limits": {"memory_mb": 256}},
-    {"name": "spin", "description": "d", "handler": "spin", "config": CONFIG, "limits": {"cpu_seconds": 1}},
+    {"name": "hog", "description": "d", "handler": "hog", "config": CONFIG, "limits": {"memoryMb": 256}},
+    {"name": "spin", "description": "d", "handler": "spin", "config": CONFIG, "limits": {"cpuSeconds": 1}},
     {"name": "quick", "description": "d", "handler": "quick", "config": CONFIG},
     {"name": "crash", "description": "d", "handler": "crash", "config": CONFIG},
     {"name": "stuck", "description": "d", "handler": "stuck", "config": CONFIG},
