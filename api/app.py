@@ -45,6 +45,7 @@ def _routers() -> list[Any]:
         "module_routes",
         "storage",
         "schedule_preview",
+        "upcoming_runs",
     ):
         try:
             module = __import__(f"api.routes.{name}", fromlist=["router"])

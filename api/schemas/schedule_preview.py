@@ -11,3 +11,11 @@ class SchedulePreview(Schema):
     cron: str
     timezone: str
     next_runs: list[datetime]
+
+
+class UpcomingRunRead(Schema):
+    job_id: str
+    job_name: str
+    module: str
+    job_type: str
+    at: datetime

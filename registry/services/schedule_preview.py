@@ -1,4 +1,5 @@
-"""Preview of a cron schedule: the next times it would fire, before a job is saved.
+"""Preview of a cron schedule (the next times it would fire, before a job is saved) and the next
+scheduled runs across the registry's jobs.
 
 The console shows this under the schedule field of the job form; it answers from the same
 ``registry.manifest.cron`` rules the schedule manager uses, so the preview is what Temporal runs.
@@ -6,12 +7,19 @@ The console shows this under the schedule field of the job form; it answers from
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.errors import InvalidInput
 from registry.manifest.cron import next_runs, validate_cron, validate_timezone
+from registry.models import Job, Module, ModuleStatus
 
 MAX_PREVIEW = 20
+#: Scheduled jobs looked at by ``upcoming_runs`` (a registry has tens to hundreds).
+MAX_SCANNED = 2000
 
 
 def preview(*, cron: str, timezone: str = "UTC", count: int = 5, after: datetime | None = None) -> list[datetime]:
@@ -26,3 +34,43 @@ def preview(*, cron: str, timezone: str = "UTC", count: int = 5, after: datetime
         return next_runs(cron, timezone, count, after)
     except ValueError as exc:
         raise InvalidInput(str(exc), details=[{"loc": ["query", "cron"], "msg": str(exc)}]) from exc
+
+
+@dataclass(frozen=True)
+class UpcomingRun:
+    job_id: str
+    job_name: str
+    module: str
+    job_type: str
+    at: datetime
+
+
+async def upcoming_runs(
+    *, session: AsyncSession, limit: int = 10, module: str | None = None, scan: int = MAX_SCANNED
+) -> list[UpcomingRun]:
+    """The next fire time of each enabled scheduled job (of ``module``), soonest first.
+
+    Computed from the registry's cron and timezone, the same rules the schedule manager gives
+    Temporal; jobs whose module is not ENABLED are left out (their runs would be skipped).
+    """
+    stmt = (
+        select(Job.id, Job.name, Job.module_name, Job.job_type, Job.schedule, Job.timezone)
+        .join(Module, Module.id == Job.module_id)
+        .where(Job.enabled.is_(True), Job.schedule.is_not(None), Module.status == ModuleStatus.ENABLED.value)
+        .order_by(Job.id)
+        .limit(scan)
+    )
+    if module:
+        stmt = stmt.where(Job.module_name == module)
+    runs: list[UpcomingRun] = []
+    for job_id, name, module_name, job_type, cron, tz in (await session.execute(stmt)).all():
+        if not cron:
+            continue
+        try:
+            at = next_runs(cron, tz, 1)
+        except (ValueError, KeyError):
+            continue
+        if at:
+            runs.append(UpcomingRun(job_id, name, module_name, job_type, at[0]))
+    runs.sort(key=lambda r: r.at)
+    return runs[:limit]

@@ -80,7 +80,7 @@ export interface paths {
             cookie?: never;
         };
         get?: never;
-        /** Change password; other sessions are revoked */
+        /** Change password; other sessions are revoked. Wrong current passwords count like failed logins. */
         put: operations["change_password_api_v1_auth_me_password_put"];
         post?: never;
         delete?: never;
@@ -214,7 +214,8 @@ export interface paths {
         };
         /**
          * Stream Events
-         * @description Live events as server-sent events; ``Last-Event-ID`` first replays what was missed, in order.
+         * @description Live events as server-sent events; ``Last-Event-ID`` (an event ``seq``) first replays what was
+         *     missed, in order. A ``Last-Event-ID`` that is not a non-negative integer is a 400.
          */
         get: operations["stream_events_api_v1_events_stream_get"];
         put?: never;
@@ -515,7 +516,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List Modules */
+        /**
+         * List Modules
+         * @description Modules as summaries (no manifest, no configuration: ``GET /modules/{name}`` has them).
+         */
         get: operations["list_modules_api_v1_modules_get"];
         put?: never;
         /**
@@ -790,6 +794,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/upcoming-runs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Upcoming Runs
+         * @description Each enabled scheduled job's next fire time (enabled modules only), soonest first.
+         */
+        get: operations["list_upcoming_runs_api_v1_upcoming_runs_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/users": {
         parameters: {
             query?: never;
@@ -1055,6 +1079,11 @@ export interface components {
                 [key: string]: unknown;
             };
             /**
+             * Payload Problem
+             * @description Set when the stored payload cannot be served (it then reads {})
+             */
+            payload_problem?: string | null;
+            /**
              * Received At
              * Format: date-time
              */
@@ -1107,6 +1136,11 @@ export interface components {
             payload: {
                 [key: string]: unknown;
             };
+            /**
+             * Payload Problem
+             * @description Set when the stored payload cannot be served (it then reads {})
+             */
+            payload_problem?: string | null;
             /**
              * Received At
              * Format: date-time
@@ -1598,7 +1632,10 @@ export interface components {
                 [key: string]: unknown;
             };
         };
-        /** ModuleRead */
+        /**
+         * ModuleRead
+         * @description One module with its whole manifest and configuration (``GET /modules/{name}``, lifecycle answers).
+         */
         ModuleRead: {
             /**
              * Allowed Actions
@@ -1664,6 +1701,56 @@ export interface components {
          * @enum {string}
          */
         ModuleStatus: "REGISTERED" | "INSTALLED" | "ENABLED" | "DISABLED" | "FAILED";
+        /**
+         * ModuleSummary
+         * @description A module in a list: what a table shows, without its manifest or configuration.
+         */
+        ModuleSummary: {
+            /**
+             * Allowed Actions
+             * @description Lifecycle actions allowed from the current status
+             */
+            allowed_actions: string[];
+            /** Author */
+            author: string | null;
+            /** Bundle Sha256 */
+            bundle_sha256: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Description */
+            description: string;
+            /** Display Name */
+            display_name: string;
+            /** Enabled At */
+            enabled_at: string | null;
+            /** Id */
+            id: string;
+            /** Installed At */
+            installed_at: string | null;
+            /**
+             * Job Types
+             * @description Number of job types in the manifest
+             */
+            job_types: number;
+            /** Name */
+            name: string;
+            /** Revision */
+            revision: number;
+            /** Status */
+            status: string;
+            /** Status Reason */
+            status_reason: string | null;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+            /** Version */
+            version: string;
+        };
         /** ModuleVersionRead */
         ModuleVersionRead: {
             /** Bundle Sha256 */
@@ -1745,10 +1832,10 @@ export interface components {
             /** Total */
             total: number;
         };
-        /** Page[ModuleRead] */
-        Page_ModuleRead_: {
+        /** Page[ModuleSummary] */
+        Page_ModuleSummary_: {
             /** Items */
-            items: components["schemas"]["ModuleRead"][];
+            items: components["schemas"]["ModuleSummary"][];
             /** Limit */
             limit: number;
             /** Page */
@@ -1917,6 +2004,22 @@ export interface components {
              * @default bearer
              */
             token_type: string;
+        };
+        /** UpcomingRunRead */
+        UpcomingRunRead: {
+            /**
+             * At
+             * Format: date-time
+             */
+            at: string;
+            /** Job Id */
+            job_id: string;
+            /** Job Name */
+            job_name: string;
+            /** Job Type */
+            job_type: string;
+            /** Module */
+            module: string;
         };
         /** UserCreate */
         UserCreate: {
@@ -3151,14 +3254,12 @@ export interface operations {
                     "text/event-stream": unknown;
                 };
             };
-            /** @description Bad request */
+            /** @description Invalid Last-Event-ID */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
+                content?: never;
             };
             /** @description Missing, invalid or expired access token */
             401: {
@@ -4912,7 +5013,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Page_ModuleRead_"];
+                    "application/json": components["schemas"]["Page_ModuleSummary_"];
                 };
             };
             /** @description Bad request */
@@ -6442,6 +6543,92 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["SchedulePreview"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role lacks the permission */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_upcoming_runs_api_v1_upcoming_runs_get: {
+        parameters: {
+            query?: {
+                limit?: number;
+                module?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UpcomingRunRead"][];
                 };
             };
             /** @description Bad request */

@@ -46,7 +46,7 @@ function UserMenu() {
   if (!me) return null;
   return (
     <details className="usermenu">
-      <summary aria-label={`User menu: ${me.username ?? me.email} (${me.role})`}>
+      <summary title="User menu">
         <span className="avatar" aria-hidden="true">
           {(me.full_name || me.username || me.email).slice(0, 1).toUpperCase()}
         </span>

@@ -27,9 +27,9 @@ export default function Dashboard() {
     queryFn: () => unwrap(api.GET("/api/v1/executions", { params: { query: { status: "RUNNING", limit: 10 } } })),
     refetchInterval: LIVE,
   });
-  const jobs = useQuery({
-    queryKey: ["jobs", "list", { enabled: true, dash: true }],
-    queryFn: () => unwrap(api.GET("/api/v1/jobs", { params: { query: { enabled: true, limit: 200 } } })),
+  const upcoming = useQuery({
+    queryKey: ["jobs", "upcoming", 8],
+    queryFn: () => unwrap(api.GET("/api/v1/upcoming-runs", { params: { query: { limit: 8 } } })),
     refetchInterval: 30_000,
   });
   const events = useQuery({
@@ -47,11 +47,6 @@ export default function Dashboard() {
   const failing = (s?.per_job ?? [])
     .filter((j) => (j.by_status.FAILED ?? 0) + (j.by_status.TIMED_OUT ?? 0) > 0)
     .sort((a, b) => (b.by_status.FAILED ?? 0) - (a.by_status.FAILED ?? 0))
-    .slice(0, 8);
-  const upcoming = (jobs.data?.items ?? [])
-    .filter((j) => j.next_runs.length > 0)
-    .map((j) => ({ job: j, at: j.next_runs[0] }))
-    .sort((a, b) => a.at.localeCompare(b.at))
     .slice(0, 8);
   const moduleCounts: Record<string, number> = {};
   for (const m of modules.data?.items ?? []) moduleCounts[m.status] = (moduleCounts[m.status] ?? 0) + 1;
@@ -116,12 +111,15 @@ export default function Dashboard() {
           </ul>
         </Card>
         <Card title="Next scheduled runs">
-          <ErrorBox error={jobs.error} />
-          {jobs.data && upcoming.length === 0 ? <p className="muted">No scheduled job.</p> : null}
+          <ErrorBox error={upcoming.error} />
+          {upcoming.data && upcoming.data.length === 0 ? <p className="muted">No scheduled job.</p> : null}
           <ul className="plain">
-            {upcoming.map(({ job, at }) => (
-              <li key={job.id}>
-                <Link to={`/jobs/${job.id}`}>{job.name}</Link> <Time value={at} />
+            {upcoming.data?.map((run) => (
+              <li key={run.job_id}>
+                <Link to={`/jobs/${run.job_id}`}>{run.job_name}</Link>{" "}
+                <span className="muted">
+                  <Time value={run.at} />
+                </span>
               </li>
             ))}
           </ul>

@@ -2,7 +2,7 @@ import { useQuery } from "@tanstack/react-query";
 import { Link } from "react-router";
 import { api, unwrap } from "../api/client";
 import { useAuth } from "../auth";
-import { ErrorBox, Loading, PageHeader, Pager, StatusBadge, Time, useUrlFilters, Field } from "../components/ui";
+import { ErrorBox, Loading, PageHeader, Pager, Time, useUrlFilters, Field } from "../components/ui";
 
 const LIMIT = 25;
 
@@ -31,6 +31,12 @@ export default function Jobs() {
       ),
     refetchInterval: 10_000,
   });
+  const upcoming = useQuery({
+    queryKey: ["jobs", "upcoming", values.module],
+    queryFn: () => unwrap(api.GET("/api/v1/upcoming-runs", { params: { query: { limit: 500, module: values.module || undefined } } })),
+    refetchInterval: 30_000,
+  });
+  const nextRun = new Map((upcoming.data ?? []).map((r) => [r.job_id, r.at]));
   return (
     <>
       <PageHeader title="Jobs">
@@ -74,7 +80,6 @@ export default function Jobs() {
                   <th scope="col">Job type</th>
                   <th scope="col">Schedule</th>
                   <th scope="col">Enabled</th>
-                  <th scope="col">Last run</th>
                   <th scope="col">Next run</th>
                 </tr>
               </thead>
@@ -92,16 +97,7 @@ export default function Jobs() {
                     <td>{j.schedule ? <code>{j.schedule}</code> : <span className="muted">none</span>} <span className="muted small">{j.schedule ? j.timezone : ""}</span></td>
                     <td>{j.enabled ? "yes" : "no"}</td>
                     <td>
-                      {j.last_execution ? (
-                        <Link to={`/executions/${j.last_execution.id}`}>
-                          <StatusBadge status={j.last_execution.status} />
-                        </Link>
-                      ) : (
-                        <span className="muted">never</span>
-                      )}
-                    </td>
-                    <td>
-                      <Time value={j.next_runs[0]} />
+                      <Time value={nextRun.get(j.id)} />
                     </td>
                   </tr>
                 ))}
