@@ -155,7 +155,8 @@ async def test_a_worker_killed_mid_step_completes_the_run_on_another_worker(
             row = await _row(client, operator_headers, execution_id)
             return lines == [f"1 {proc.pid}"] and row["steps"][0]["status"] == "RUNNING"
 
-        await eventually(first_attempt_running, what="attempt 1 running in the worker process")
+        # A fresh interpreter imports the platform and starts its handler processes: slow on a busy box.
+        await eventually(first_attempt_running, timeout=60, what="attempt 1 running in the worker process")
         proc.send_signal(signal.SIGKILL)
         assert await proc.wait() == -signal.SIGKILL
         assert (await _row(client, operator_headers, execution_id))["status"] == "RUNNING"
