@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite: creates .venv if needed, makes sure PostgreSQL, Redis and Chromium are
-# there, runs the linters and pytest against real services (Temporal dev servers are started by
-# the tests themselves). Extra arguments go to pytest.
+# there, builds the web console (npm ci + tsc + vite build when its sources changed), runs the linters
+# and pytest against real services (Temporal dev servers are started by the tests themselves; the
+# console's tests drive Chromium and check the typed client against the API). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 scripts/bootstrap.sh dev
 scripts/services.sh
+scripts/console-build.sh
 if ! command -v chromium >/dev/null 2>&1 && [ ! -x "${AUTOPLAT_BROWSER_PATH:-/nonexistent}" ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian chromium for the browser tests..."

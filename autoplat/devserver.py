@@ -117,6 +117,7 @@ async def _serve(settings: Any, *, host: str, port: int, example: bool, stop: as
         base = f"http://{host}:{port}"
         _say("")
         _say("autoplat is running (dev mode, embedded SQLite registry)")
+        _say(f"  Console        {base}/{_console_note()}")
         _say(f"  API            {base}/api/v1")
         _say(f"  API docs       {base}/docs")
         _say(f"  Temporal UI    {settings.temporal_ui_url}")
@@ -142,6 +143,14 @@ async def _serve(settings: Any, *, host: str, port: int, example: bool, stop: as
         return 0
     finally:
         await close_state(state)
+
+
+def _console_note() -> str:
+    from api.console import CONSOLE_DIR
+
+    if (CONSOLE_DIR / "index.html").is_file():
+        return "   (sign in with the admin login below)"
+    return "   (not built: run scripts/console-build.sh, needs Node.js >= 20)"
 
 
 async def _register_example(state: Any) -> None:

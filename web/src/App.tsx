@@ -1,4 +1,4 @@
-import { lazy, Suspense, useEffect, useRef } from "react";
+import { lazy, Suspense, useEffect, useRef, useState, type ComponentType } from "react";
 import { Navigate, Route, Routes, useLocation } from "react-router";
 import { useAuth } from "./auth";
 import { Layout } from "./components/Layout";
@@ -6,17 +6,57 @@ import { LoginDialog } from "./components/LoginForm";
 import { Loading } from "./components/ui";
 import { LoginPage } from "./pages/Login";
 
-// Every page is its own chunk: the first load carries the shell and the login only.
-const Dashboard = lazy(() => import("./pages/Dashboard"));
-const Modules = lazy(() => import("./pages/Modules"));
-const ModuleDetail = lazy(() => import("./pages/ModuleDetail"));
-const Jobs = lazy(() => import("./pages/Jobs"));
-const JobForm = lazy(() => import("./pages/JobForm"));
-const JobDetail = lazy(() => import("./pages/JobDetail"));
-const Executions = lazy(() => import("./pages/Executions"));
-const ExecutionDetail = lazy(() => import("./pages/ExecutionDetail"));
-const Events = lazy(() => import("./pages/Events"));
-const Admin = lazy(() => import("./pages/Admin"));
+// Every page is its own chunk: the first load carries the shell and the login only. The current
+// page's chunk is fetched while the session is restored, and the others once the app is idle, so a
+// page never waits on Suspense (React holds a revealed fallback for 300 ms).
+type Page = ComponentType & { preload(): Promise<unknown> };
+function page(loader: () => Promise<{ default: ComponentType }>): Page {
+  let loaded: ComponentType | undefined;
+  let pending: Promise<unknown> | undefined;
+  const preload = () => (pending ??= loader().then((m) => (loaded = m.default)));
+  const Lazy = lazy(() => preload().then(() => ({ default: loaded! })));
+  function Component() {
+    // Chosen once per mount: switching from Lazy to the loaded page later would remount it (and lose its state).
+    const [Chosen] = useState<ComponentType>(() => loaded ?? Lazy);
+    return <Chosen />;
+  }
+  return Object.assign(Component, { preload });
+}
+
+const Dashboard = page(() => import("./pages/Dashboard"));
+const Modules = page(() => import("./pages/Modules"));
+const ModuleDetail = page(() => import("./pages/ModuleDetail"));
+const Jobs = page(() => import("./pages/Jobs"));
+const JobForm = page(() => import("./pages/JobForm"));
+const JobDetail = page(() => import("./pages/JobDetail"));
+const Executions = page(() => import("./pages/Executions"));
+const ExecutionDetail = page(() => import("./pages/ExecutionDetail"));
+const Events = page(() => import("./pages/Events"));
+const Admin = page(() => import("./pages/Admin"));
+
+const PAGES: [RegExp, Page][] = [
+  [/^\/$/, Dashboard],
+  [/^\/modules\/[^/]+/, ModuleDetail],
+  [/^\/modules/, Modules],
+  [/^\/jobs\/(new|[^/]+\/edit)/, JobForm],
+  [/^\/jobs\/[^/]+/, JobDetail],
+  [/^\/jobs/, Jobs],
+  [/^\/executions\/[^/]+/, ExecutionDetail],
+  [/^\/executions/, Executions],
+  [/^\/events/, Events],
+  [/^\/admin/, Admin],
+];
+
+/** Start fetching the chunk of the page at ``pathname`` (called before the session is restored). */
+export function preloadPage(pathname: string): Promise<unknown> {
+  return PAGES.find(([re]) => re.test(pathname))?.[1].preload() ?? Promise.resolve();
+}
+
+function preloadAllWhenIdle() {
+  const all = () => PAGES.forEach(([, p]) => void p.preload());
+  if ("requestIdleCallback" in window) requestIdleCallback(all, { timeout: 3000 });
+  else setTimeout(all, 1000);
+}
 
 const TITLES: [RegExp, string][] = [
   [/^\/$/, "Dashboard"],
@@ -57,6 +97,9 @@ export function App() {
   const { status, expired } = useAuth();
   const location = useLocation();
   useDocumentTitle();
+  useEffect(() => {
+    if (status === "ready") preloadAllWhenIdle();
+  }, [status]);
   if (status === "loading") return <Loading what="Starting" />;
   if (status === "anonymous") {
     if (location.pathname === "/login") return <LoginPage />;

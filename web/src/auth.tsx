@@ -7,7 +7,7 @@ import {
   clearTokens,
   onSessionExpired,
   refreshBody,
-  refreshSession,
+  restoreSession,
   setTokens,
   toApiError,
   unwrap,
@@ -71,7 +71,7 @@ export function AuthProvider({ children }: { children: ReactNode }) {
     let live = true;
     (async () => {
       try {
-        if (await refreshSession()) {
+        if (await restoreSession()) {
           await loadMe();
           return;
         }

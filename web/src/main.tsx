@@ -2,13 +2,16 @@ import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
 import { StrictMode } from "react";
 import { createRoot } from "react-dom/client";
 import { BrowserRouter } from "react-router";
-import { ApiError } from "./api/client";
-import { App } from "./App";
+import { ApiError, restoreSession } from "./api/client";
+import { App, preloadPage } from "./App";
 import { AuthProvider } from "./auth";
 import "./styles.css";
 import { applyTheme, storedTheme, watchSystemTheme } from "./theme";
 
 applyTheme(storedTheme());
+// In parallel: the session from the refresh cookie, and the code of the page asked for.
+void restoreSession();
+if (location.pathname !== "/login") void preloadPage(location.pathname);
 watchSystemTheme();
 
 const queryClient = new QueryClient({

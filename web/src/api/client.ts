@@ -72,6 +72,14 @@ export function refreshSession(): Promise<boolean> {
   return refreshing;
 }
 
+let restoring: Promise<boolean> | null = null;
+
+/** The page load's one attempt to restore the session from the refresh cookie (started before React). */
+export function restoreSession(): Promise<boolean> {
+  restoring ??= refreshSession();
+  return restoring;
+}
+
 const AUTH_OPEN = /\/api\/v1\/auth\/(login|refresh)$/;
 
 /** fetch with the bearer token; a 401 refreshes once and retries, or reports the session expired. */
