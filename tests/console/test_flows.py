@@ -40,6 +40,12 @@ async def test_create_job_through_the_dropdowns_and_form_then_run_it(stack: str,
     # Refused in the browser with the schema's message: nothing was sent.
     await expect(page.locator(".error-detail")).to_contain_text("must be <= 5")
     await times.fill("2")
+    # What only the API can check is refused by the API, its message shown at the field.
+    await page.get_by_label("Cron expression").fill("61 * * * *")
+    await page.get_by_role("button", name="Create job").click()
+    await expect(page.locator(".schedule .field-error")).to_contain_text("61")
+    await page.get_by_label("Preset").select_option(label="Hourly")
+    await expect(page.locator(".preview ol.next-runs li")).to_have_count(5)
     await page.get_by_role("button", name="Create job").click()
     await expect(page.get_by_role("heading", name="Greeter")).to_be_visible()
     await expect(page.get_by_text("0 * * * * (Europe/Paris)")).to_be_visible()
@@ -108,6 +114,14 @@ async def test_module_disabled_enabled_and_its_secret_never_shown(stack: str, pa
     await expect(page.locator("p.description")).to_have_text(f"Demo module {XSS}")
     # Only legal transitions are offered.
     await expect(page.get_by_role("button", name="Install")).to_have_count(0)
+    await page.get_by_role("button", name="Disable").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Disable").click()
+    await expect(heading.locator(".badge")).to_have_text("DISABLED")
+    # Someone else enabled it meanwhile: the refusal (409) is shown as the API's message.
+    await api_call(stack, await bearer(stack, admin.email), "POST", "/api/v1/modules/demo/enable")
+    await page.get_by_role("button", name="Enable").click()
+    await expect(page.get_by_role("alert")).to_contain_text("cannot enable module")
+    await expect(heading.locator(".badge")).to_have_text("ENABLED")
     await page.get_by_role("button", name="Disable").click()
     await page.get_by_role("dialog").get_by_role("button", name="Disable").click()
     await expect(heading.locator(".badge")).to_have_text("DISABLED")
