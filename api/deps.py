@@ -66,10 +66,11 @@ async def get_claims(
 ClaimsDep = Annotated[TokenClaims, Depends(get_claims)]
 
 
-async def get_principal(claims: ClaimsDep, state: StateDep) -> Principal:
-    """The user behind the access token, if its session is alive (registry/authcache.py).
+async def principal_for(state: AppState, claims: TokenClaims) -> Principal:
+    """The user behind verified access-token claims, if the token's session is alive (registry/authcache.py).
 
     Served from the process's session cache: no database query unless a session or user changed.
+    Routes that read the bearer token themselves (module routes) call this after ``decode_token``.
     """
     if not claims.family_id:
         raise AuthenticationFailed("access token names no session; get one from POST /api/v1/auth/login")
@@ -77,6 +78,10 @@ async def get_principal(claims: ClaimsDep, state: StateDep) -> Principal:
     if principal is None:
         raise AuthenticationFailed("session ended, or the user is unknown or inactive")
     return principal
+
+
+async def get_principal(claims: ClaimsDep, state: StateDep) -> Principal:
+    return await principal_for(state, claims)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -157,8 +162,8 @@ def require(permission: str) -> Callable[..., Coroutine[Any, Any, Actor]]:
     The permission is recorded on the dependency so the OpenAPI walk test can check every route.
     """
 
-    async def dependency(request: Request, user: PrincipalDep) -> Actor:
-        if not has_permission(user.role, permission):
+    async def dependency(request: Request, user: PrincipalDep, settings: SettingsDep) -> Actor:
+        if not has_permission(user.role, permission, install_roles=settings.module_install_roles):
             request.state.actor = Actor(user_id=user.user_id, email=user.email, role=user.role)
             raise PermissionDenied(f"role {user.role} lacks permission {permission}")
         actor = Actor(

@@ -103,10 +103,10 @@ async def refresh(
     actor: AnonymousActor,
     request: Request,
     response: Response,
+    body: RefreshRequest,
     cookie: RefreshCookie = None,
-    body: Annotated[RefreshRequest | None, Body()] = None,
 ) -> TokenResponse:
-    token = body.refresh_token if body is not None else None
+    token = body.refresh_token
     if token is not None:
         return _tokens(await auth.refresh(session=session, settings=settings, token=token, actor=actor))
     if not cookie:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, ConfigDict, Field
 
 from api.schemas.common import Schema
 from registry.passwords import MIN_PASSWORD_LENGTH, control_character, password_problem
@@ -22,25 +22,46 @@ def _no_control_characters(value: str | None) -> str | None:
     return value
 
 
+#: No C0/C1 control characters: published in the OpenAPI document (so generated clients and fuzzers
+#: know it) while the validator below gives the clearer message.
+_NO_CONTROLS = r"^[^\x00-\x1f\x7f-\x9f]*$"
+
 #: A new password: long enough, not trivial, not on the common-passwords list (registry/passwords.py).
 NewPassword = Annotated[
     str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024), AfterValidator(_acceptable_password)
 ]
-Email = Annotated[str, Field(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"), AfterValidator(_no_control_characters)]
+Email = Annotated[
+    str,
+    Field(
+        max_length=320,
+        pattern=r"^[^@\s]+@[^@\s]+$",
+        json_schema_extra={"pattern": r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+$"},
+    ),
+    AfterValidator(_no_control_characters),
+]
 Username = Annotated[
     str | None,
     Field(default=None, min_length=2, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"),
     AfterValidator(_no_control_characters),
 ]
-FullName = Annotated[str | None, Field(default=None, max_length=200), AfterValidator(_no_control_characters)]
+FullName = Annotated[
+    str | None,
+    Field(default=None, max_length=200, json_schema_extra={"pattern": _NO_CONTROLS}),
+    AfterValidator(_no_control_characters),
+]
 LoginName = Annotated[
     str | None,
-    Field(default=None, max_length=320, description="Email or username"),
+    Field(default=None, max_length=320, description="Email or username", json_schema_extra={"pattern": _NO_CONTROLS}),
     AfterValidator(_no_control_characters),
 ]
 
 
 class LoginRequest(Schema):
+    # One of the three spellings is needed; the document says so too.
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": ["login"]}, {"required": ["email"]}, {"required": ["username"]}]}
+    )
+
     login: LoginName = None
     email: LoginName = Field(default=None, description="Alias of `login`")
     username: LoginName = Field(default=None, description="Alias of `login`")

@@ -244,3 +244,17 @@ async def test_services_refuse_what_the_api_would(session):
         args = {"email": f"{uuid.uuid4().hex}@example.com", "password": PASSWORD, **kwargs}
         with pytest.raises(InvalidInput):
             await users.create_user(session=session, **args)
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted-proxy", "untrusted-peer"])
+async def test_forwarded_proto_makes_the_cookie_secure_only_from_a_trusted_proxy(client, make_user, settings, trusted):
+    settings.trusted_proxies = ["127.0.0.0/8"] if trusted else []
+    user = await make_user()
+    r = await client.post(
+        LOGIN,
+        json={"login": user.email, "password": PASSWORD, "session_cookie": True},
+        headers={"X-Forwarded-Proto": "https"},
+    )
+    assert r.status_code == 200, r.text
+    [cookie] = [h for h in r.headers.get_list("set-cookie") if h.startswith("autoplat_refresh=")]
+    assert ("; secure" in cookie.lower()) is trusted
