@@ -61,6 +61,12 @@ async def test_login_logout_and_deep_link_reload(stack: str, page: Any, users: A
     await expect(page).to_have_url(stack + "/executions?status=FAILED")
     await expect(page.get_by_role("heading", name="Executions")).to_be_visible()
     await expect(page.get_by_label("Status")).to_have_value("FAILED")
+    # Tokens are out of the page's reach: the refresh token is an HttpOnly cookie, nothing is stored.
+    cookies = {c["name"]: c for c in await page.context.cookies()}
+    assert cookies["autoplat_refresh"]["httpOnly"] and cookies["autoplat_refresh"]["sameSite"] == "Strict"
+    assert "autoplat_refresh" not in await page.evaluate("document.cookie")
+    stored = await page.evaluate("JSON.stringify([localStorage, sessionStorage])")
+    assert "eyJ" not in stored and "token" not in stored.lower(), stored
     # Reloading a deep link keeps the session (refresh cookie) and the page.
     await page.reload()
     await expect(page.get_by_role("heading", name="Executions")).to_be_visible()
