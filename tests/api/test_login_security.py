@@ -258,3 +258,30 @@ async def test_forwarded_proto_makes_the_cookie_secure_only_from_a_trusted_proxy
     assert r.status_code == 200, r.text
     [cookie] = [h for h in r.headers.get_list("set-cookie") if h.startswith("autoplat_refresh=")]
     assert ("; secure" in cookie.lower()) is trusted
+
+
+@pytest.mark.parametrize(
+    ("proxies", "peer", "forwarded", "seen"),
+    [
+        ([], "127.0.0.1", "198.51.100.1", "127.0.0.1"),
+        (["127.0.0.1"], "127.0.0.1", "198.51.100.1", "198.51.100.1"),
+        (["127.0.0.1"], "127.0.0.1", None, "127.0.0.1"),
+        (["127.0.0.1"], "127.0.0.1", "not-an-address", "127.0.0.1"),
+        (["127.0.0.1", "10.0.0.0/8"], "127.0.0.1", "198.51.100.1, garbage, 10.1.2.3", "10.1.2.3"),
+        (["127.0.0.1", "10.0.0.0/8"], "127.0.0.1", "198.51.100.1, 10.1.2.3", "198.51.100.1"),
+        (["::1"], "::1", "2001:db8::7", "2001:db8::7"),
+        (["10.0.0.0/8"], "127.0.0.1", "198.51.100.1", "127.0.0.1"),  # the peer is not a trusted proxy
+    ],
+)
+def test_client_ip(settings, proxies, peer, forwarded, seen):
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from api.deps import client_ip
+
+    settings.trusted_proxies = proxies
+    headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+    app = SimpleNamespace(state=SimpleNamespace(autoplat=SimpleNamespace(settings=settings)))
+    request = Request({"type": "http", "headers": headers, "client": (peer, 5000), "app": app})
+    assert client_ip(request) == seen

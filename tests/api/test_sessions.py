@@ -197,3 +197,16 @@ async def test_access_token_without_a_session_claim_is_refused(client, make_user
     r = await client.get(ME, headers=bearer(token))
     assert r.status_code == 401
     assert "names no session" in r.json()["error"]["message"]
+
+
+async def test_a_redis_that_lost_its_stamps_sends_the_next_check_to_the_database(client, second, make_user):
+    user = await make_user()
+    tokens = await sign_in(client, user.email)
+    assert await accepted(second, tokens["access_token"])
+    checks = cache_of(second).db_checks
+    assert await accepted(second, tokens["access_token"])
+    assert cache_of(second).db_checks == checks
+    # As after a Redis restart without persistence: the stamp is gone, a new random one is made.
+    await second.app.state.autoplat.redis.delete(cache_of(second)._key(user.id))  # type: ignore[attr-defined]
+    assert await accepted(second, tokens["access_token"])
+    assert cache_of(second).db_checks > checks
