@@ -134,7 +134,12 @@ async def logout(
 ) -> None:
     token = body.refresh_token if body is not None else None
     await auth.logout(
-        session=session, settings=settings, user=user, token=token or cookie or None, family_id=claims.family_id
+        session=session,
+        settings=settings,
+        user=user,
+        token=token or cookie or None,
+        family_id=claims.family_id,
+        from_cookie=token is None,
     )
     if token is None:
         _clear_cookie(response, request)

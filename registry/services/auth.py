@@ -121,15 +121,33 @@ async def _revoke_family(*, session: AsyncSession, user_id: str, family_id: str,
 
 
 async def logout(
-    *, session: AsyncSession, settings: Settings, user: User, token: str | None, family_id: str | None
+    *,
+    session: AsyncSession,
+    settings: Settings,
+    user: User,
+    token: str | None,
+    family_id: str | None,
+    from_cookie: bool = False,
 ) -> None:
-    """Revoke one session family: the given refresh token's, else ``family_id`` (the access token's own)."""
+    """Revoke one session family: the given refresh token's, else ``family_id`` (the access token's own).
+
+    A body token that is invalid or someone else's is a 401. A cookie that is (expired, from an older
+    session) must not keep a browser from signing out: the access token's own session ends instead.
+    """
     if token is not None:
-        claims = decode_token(settings, token, expected_type="refresh")
-        if claims.subject != user.id:
-            raise AuthenticationFailed("refresh token belongs to another user")
-        row = await session.get(RefreshSession, claims.jti)
-        family_id = row.family_id if row is not None else None
+        try:
+            claims = decode_token(settings, token, expected_type="refresh")
+            if claims.subject != user.id:
+                raise AuthenticationFailed("refresh token belongs to another user")
+        except AuthenticationFailed:
+            if not from_cookie:
+                raise
+        else:
+            row = await session.get(RefreshSession, claims.jti)
+            if row is not None:
+                family_id = row.family_id
+            elif not from_cookie:
+                family_id = None  # an unknown body token ends nothing (as before cookies)
     if family_id is not None:
         await _revoke_family(session=session, user_id=user.id, family_id=family_id, reason="logout")
 

@@ -627,3 +627,14 @@ async def test_registration_cannot_choose_a_role_or_a_weak_password(client, sett
     assert r.status_code == 422
     assert r.json()["error"]["details"][0]["loc"] == ["body", "password"]
     assert (await client.post(LOGIN, json={"login": "x@example.com", "password": "short"})).status_code == 401
+
+
+async def test_a_stale_cookie_does_not_keep_a_browser_from_signing_out(client, make_user):
+    user = await make_user()
+    body, _ = await cookie_login(client, user.email)
+    client.cookies.clear()
+    r = await client.post(LOGOUT, json={}, headers={**bearer(body["access_token"]), "Cookie": "autoplat_refresh=stale"})
+    assert r.status_code == 204, r.text
+    assert set_cookie(r)["max-age"] == "0"
+    # The access token's own session ended instead.
+    assert (await client.get(ME, headers=bearer(body["access_token"]))).status_code == 401
