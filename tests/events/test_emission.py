@@ -184,3 +184,33 @@ async def test_fan_out_chains_stop_at_the_run_budget(
     total = await eventually(settled, timeout=90, what="the fan-out stopped by the run budget")
     # Concurrent dispatch loops may each admit one event's targets on the same count.
     assert 12 <= total <= 12 + dispatch.DISPATCH_CONCURRENCY * 2, total
+
+
+SPOOF = """
+async def spoof(ctx):
+    try:
+        await ctx.emit(ctx.config["name"], {"forged": True})
+    except Exception as exc:
+        return {"refused": str(exc)}
+    return {"refused": None}
+"""
+
+
+async def test_modules_cannot_emit_the_platforms_event_names(
+    worker, client, sessions, settings, tmp_path, operator_headers
+):
+    jobs = [{"name": "spoof", "description": "forges platform events", "handler": "spoof"}]
+    await put_module(sessions, settings.state_dir, write_module(tmp_path, name="emitter", code=SPOOF, jobs=jobs))
+    for name in ("job.completed", "module.enabled", "alert.fired", "incident.resolved", "schedule.fired"):
+        r = await client.post(
+            "/api/v1/jobs",
+            json={"module": "emitter", "job_type": "spoof", "name": name, "schedule": None, "config": {"name": name}},
+            headers=operator_headers,
+        )
+        assert r.status_code == 201, r.text
+        execution = await run(client, operator_headers, r.json()["id"])
+        assert execution["status"] == "COMPLETED", execution
+        assert "reserved" in (execution["result"]["refused"] or ""), execution["result"]
+    async with sessions() as session:
+        forged = await session.scalars(select(Event).where(Event.module_name == "emitter", Event.source == "emitter"))
+        assert list(forged) == []
