@@ -209,6 +209,7 @@ class Child:
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 0
         self._task: asyncio.Task[Any] | None = None
+        self._transports: dict[str, Any] = {}
 
     # --- messages ------------------------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:
@@ -376,9 +377,13 @@ class Child:
         return ctx
 
     def _http(self, spec: Mapping[str, Any], ctx: JobContext) -> Any:
-        from autoplat.http import HostNotAllowed, HttpClient
+        from autoplat.http import AddressPolicy, GuardedTransport, HostNotAllowed, HttpClient
 
         refusal = spec.get("refusal")
+        policy = str(spec.get("allow_private", "off"))
+        if policy not in self._transports:
+            # One connection pool (and TLS context, costly to build) per process, as in the worker.
+            self._transports[policy] = GuardedTransport(AddressPolicy(policy))  # type: ignore[arg-type]
 
         def hosts() -> list[str]:
             if refusal:
@@ -387,7 +392,7 @@ class Child:
 
         return HttpClient(
             hosts=hosts if refusal or spec.get("hosts") is not None else None,
-            allow_private=spec.get("allow_private", "off"),
+            transport=self._transports[policy],
             logger=ctx.logger,
             runner=self.runner,
             timeout=float(spec.get("timeout", 30.0)),
@@ -427,8 +432,6 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
 async def _serve(fd: int) -> int:
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
-    # Module code is the tenant: the worker's own work (heartbeats, answering calls) comes first.
-    os.nice(5)
     init = _read(sock)
     if init is None or init.get("op") != "init":
         return 2

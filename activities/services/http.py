@@ -59,7 +59,8 @@ class HttpService:
         self.deps = deps
         settings = deps.settings
         self.transport = GuardedTransport(AddressPolicy(settings.http_allow_private))
-        self._hosts: dict[tuple[str, str | None], list[str]] = {}
+        #: A registered version's hosts, or why it may call none (its manifest never changes).
+        self._hosts: dict[tuple[str, str | None], list[str] | str] = {}
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.http]
@@ -89,7 +90,10 @@ class HttpService:
 
         key = (module, version)
         if version is not None and key in self._hosts:
-            return self._hosts[key]
+            cached = self._hosts[key]
+            if isinstance(cached, str):
+                raise HostNotAllowed(cached)
+            return cached
         async with self.deps.sessions() as session:
             if version is None:
                 manifest = await session.scalar(select(Module.manifest).where(Module.name == module))
@@ -103,7 +107,10 @@ class HttpService:
             raise HostNotAllowed(f"module {module} is not registered: no hosts are allowed")
         permissions = manifest.get("permissions") or {}
         if "http" not in (permissions.get("services") or []):
-            raise HostNotAllowed(f"module {module} does not declare the http service in its permissions.services")
+            refused = f"module {module} does not declare the http service in its permissions.services"
+            if version is not None:
+                self._hosts[key] = refused
+            raise HostNotAllowed(refused)
         hosts = [str(h) for h in (permissions.get("hosts") or [])]
         if version is not None:
             # A registered version's manifest never changes: cache it for the worker's lifetime.
