@@ -33,6 +33,10 @@ from registry.services.dispatch import channel, publish_live
 
 router = APIRouter(prefix="/events", tags=["events"], responses=ERROR_RESPONSES)
 
+#: A listener pattern as the server parses it (``registry.manifest.event_pattern_problem``), published
+#: in the OpenAPI document: dotted segments, each ``*``, ``**`` or ``[a-z0-9][a-z0-9_-]*``.
+_SEGMENT = r"(\*\*|\*|[a-z0-9][a-z0-9_-]*)"
+PATTERN = rf"^{_SEGMENT}(\.{_SEGMENT})*$"
 #: SSE keep-alive comment interval.
 KEEPALIVE_SECONDS = 15
 
@@ -74,7 +78,9 @@ async def list_events(
     paging: PageDep,
     _: Annotated[Actor, Requires("events:read")],
     name: str | None = None,
-    pattern: Annotated[str | None, Query(description="Wildcard pattern: * one segment, ** many")] = None,
+    pattern: Annotated[
+        str | None, Query(description="Wildcard pattern: * one segment, ** many", pattern=PATTERN, max_length=200)
+    ] = None,
     source: str | None = None,
     module: str | None = None,
     since: datetime | None = None,
@@ -138,7 +144,9 @@ async def stream_events(
     request: Request,
     state: StateDep,
     _: Annotated[Actor, Requires("events:read")],
-    pattern: Annotated[str | None, Query(description="Only events whose name matches")] = None,
+    pattern: Annotated[
+        str | None, Query(description="Only events whose name matches", pattern=PATTERN, max_length=200)
+    ] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
     """Live events as server-sent events; ``Last-Event-ID`` (an event ``seq``) first replays what was
