@@ -264,6 +264,20 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 # --- the client -----------------------------------------------------------------------------------
+def masked_values(secrets: Iterable[Any]) -> list[str]:
+    """The values worth masking in logged text (strings of 4+ characters), longest first."""
+    return sorted({v for v in secrets if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True)
+
+
+def shown_url(url: Any, secrets: Sequence[str] = ()) -> str:
+    """``url`` as logged: no user info, secret-looking query values masked, and each of ``secrets``
+    (see :func:`masked_values`) masked wherever it appears, URL-encoded or not."""
+    text = redact_url(url)
+    for secret in secrets:
+        text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
+    return text
+
+
 class HttpClient:
     """``ctx.http``: outbound HTTP for one step (or for the ``autoplat.http`` activity).
 
@@ -296,7 +310,7 @@ class HttpClient:
         self._hosts_source = hosts
         # Secret values (the step's ctx.secrets) masked wherever they appear in a logged URL,
         # e.g. tokens in paths such as /bot<token>/sendMessage.
-        self._secrets = sorted({v for v in secrets if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True)
+        self._secrets = masked_values(secrets)
         self._hosts: list[str] | None = None if callable(hosts) or hosts is None else list(hosts)
         self._hosts_loaded = not callable(hosts)
         self._own_transport = transport is None
@@ -381,10 +395,7 @@ class HttpClient:
 
     def shown(self, url: Any) -> str:
         """``url`` as logged: no user info, secret-looking query values and secret values masked."""
-        text = redact_url(url)
-        for secret in self._secrets:
-            text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
-        return text
+        return shown_url(url, self._secrets)
 
     async def _send(self, request: httpx.Request, follow_redirects: bool) -> httpx.Response:
         """Send, following redirects ourselves: each hop passes the request hook (allowlist) and

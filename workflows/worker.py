@@ -78,6 +78,10 @@ def workflow_classes() -> list[type]:
 
 
 def build_worker(client: Client, deps: WorkerDeps, *, task_queue: str | None = None, **kwargs: Any) -> Worker:
+    # httpx logs every request's full URL (query strings and all) at INFO: the platform logs its own,
+    # masked, lines instead (ctx.http's execution log, the notification services).
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.WARNING))
     providers = activity_providers(deps)
     # The job activities get the services factory / log sink of the service providers, if any.
     jobs = next(p for p in providers if isinstance(p, JobActivities))

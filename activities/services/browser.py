@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -26,7 +26,7 @@ from activities.services.notify import ManifestPermissions, NotifyError, check_u
 from activities.types import StepInput
 from autoplat.context import JobContext
 from autoplat.errors import JobError
-from autoplat.http import host_allowed
+from autoplat.http import host_allowed, masked_values, shown_url
 from registry.db import unit_of_work
 from registry.settings import Settings
 
@@ -165,8 +165,11 @@ class BrowserSession:
         logger: Any = None,
         loop: asyncio.AbstractEventLoop | None = None,
         hosts: HostsLoader | None = None,
+        secrets: Iterable[Any] = (),
     ) -> None:
         self._pool = pool
+        #: Values masked in the URLs this session logs (the step's secrets), as ctx.http does.
+        self._secrets = masked_values(secrets)
         self._save = save
         self._hosts_loader = hosts
         self._hosts: list[str] | None = None
@@ -288,7 +291,7 @@ class BrowserSession:
                 hop = hop.redirected_from
             await self._check_landed(page, page.url)
             if self._logger is not None:
-                self._logger.info("browser: %s %s", url, response.status if response else "-")
+                self._logger.info("browser: %s %s", shown_url(url, self._secrets), response.status if response else "-")
             return response.status if response is not None else None
 
         return self._run(go)
@@ -464,6 +467,7 @@ class BrowserActivities:
             save=self.saver(inp.execution_id, inp.step),
             logger=ctx.logger,
             hosts=self.hosts_of(inp.module, inp.module_version),
+            secrets=ctx.secrets.values(),
         )
         self._sessions_by_step[id(ctx)] = session
         return {"browser": session}

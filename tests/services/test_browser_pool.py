@@ -254,3 +254,19 @@ async def test_screenshot_activity_stores_an_artifact(sessions, site):
     async with sessions() as session:
         found = await artifacts.get_artifact(session=session, execution_id=execution_id, name="screenshot.png")
     assert found.data.startswith(b"\x89PNG") and found.artifact.step is None
+
+
+async def test_logged_urls_mask_the_steps_secrets(pool, site):
+    """The browser logs where it went as ctx.http does: secret values and user info never in clear."""
+    from autoplat.context import ExecutionInfo, JobLogger, LogBuffer
+
+    buffer = LogBuffer()
+    logger = JobLogger(buffer, ExecutionInfo(execution_id="e", module="m", job_type="j"))
+    session = BrowserSession(pool, logger=logger, secrets=["s3cret-token-value", 42])
+    try:
+        assert await session.navigate(f"{site.url}/index.html?q=s3cret-token-value&page=1") == 200
+    finally:
+        await session.close()
+    text = buffer.text()
+    assert "s3cret-token-value" not in text
+    assert "index.html?q=***&page=1" in text
