@@ -249,3 +249,30 @@ async def test_expired_session_returns_to_login_and_keeps_the_open_form(
     await page.get_by_role("button", name="Sign in").click()
     await expect(page).to_have_url(job_url)
     await expect(page.get_by_role("heading", name="Kept across sign-in")).to_be_visible()
+
+
+async def test_register_a_bundle_and_validate_a_manifest(stack: str, page: Any, users: Any, tmp_path: Any):
+    import shutil
+
+    from tests.console.conftest import CODE, JOBS
+    from tests.jobs.helpers import write_module
+
+    admin = await users("admin")
+    folder = write_module(tmp_path, name="uploaded", code=CODE, jobs=JOBS)
+    bundle = shutil.make_archive(str(tmp_path / "uploaded"), "zip", folder)
+    await sign_in(page, stack, admin.email, path="/modules")
+    await page.get_by_role("button", name="Register module").click()
+    # A manifest with mistakes: each error at its JSON pointer.
+    await page.get_by_label("manifest.json").fill(json.dumps({"name": "Bad Name", "version": "1", "jobs": [{}]}))
+    await page.get_by_role("button", name="Validate").click()
+    await expect(page.get_by_text("The manifest is invalid.")).to_be_visible()
+    await expect(page.locator(".issue-error code").filter(has_text="/name")).to_have_count(1)
+    await expect(page.locator(".issue-error code").filter(has_text="/jobs/0")).not_to_have_count(0)
+    # A bundle, uploaded: the module page follows.
+    await page.get_by_label("Bundle file").set_input_files(bundle)
+    await page.get_by_role("button", name="Register", exact=True).click()
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("Uploaded")
+    await expect(page.get_by_role("heading", level=1).locator(".badge")).to_have_text("REGISTERED")
+    await page.get_by_role("button", name="Install").click()
+    await expect(page.get_by_role("heading", level=1).locator(".badge")).to_have_text("INSTALLED", timeout=30_000)
+    await no_script_ran(page)
