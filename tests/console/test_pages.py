@@ -92,6 +92,9 @@ async def test_every_page_is_accessible_and_fits_desktop_and_phone(
     await page.set_viewport_size(PHONE)
     for name, path, heading in pages:
         await _open(page, stack + path, heading)
+        if name == "job-create":
+            await page.get_by_label("Job type").select_option("greet")
+            await expect(page.locator("#config_name")).to_be_visible()
         width = await page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"{name} is {width}px wide on a {PHONE['width']}px phone"
         if name in ("dashboard", "execution", "job-create"):

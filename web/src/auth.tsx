@@ -7,6 +7,7 @@ import {
   clearTokens,
   onSessionExpired,
   refreshBody,
+  rememberSignedIn,
   restoreSession,
   setTokens,
   toApiError,
@@ -93,6 +94,7 @@ export function AuthProvider({ children }: { children: ReactNode }) {
       const body = await res.json().catch(() => undefined);
       if (!res.ok) throw toApiError(res, body);
       setTokens(body);
+      rememberSignedIn(true);
       await loadMe();
       if (expired) {
         setExpired(false);
@@ -114,6 +116,7 @@ export function AuthProvider({ children }: { children: ReactNode }) {
       );
     } finally {
       clearTokens();
+      rememberSignedIn(false);
       queryClient.clear();
       setMe(null);
       setExpired(false);

@@ -73,10 +73,18 @@ export function refreshSession(): Promise<boolean> {
 }
 
 let restoring: Promise<boolean> | null = null;
+// A hint, not a secret: "this browser signed in and did not sign out". Without it a page load does
+// not ask for a refresh that can only fail (and be audited as a refused call).
+const SIGNED_IN = "autoplat.signedIn";
+
+export function rememberSignedIn(signedIn: boolean): void {
+  if (signedIn) localStorage.setItem(SIGNED_IN, "1");
+  else localStorage.removeItem(SIGNED_IN);
+}
 
 /** The page load's one attempt to restore the session from the refresh cookie (started before React). */
 export function restoreSession(): Promise<boolean> {
-  restoring ??= refreshSession();
+  restoring ??= localStorage.getItem(SIGNED_IN) ? refreshSession() : Promise.resolve(false);
   return restoring;
 }
 
