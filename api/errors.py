@@ -102,10 +102,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"method {request.method} not allowed for {request.url.path}"
             # Starlette names only the methods of the first route matching the path; a path served
             # by several routes (GET and POST /modules) answers them all.
-            given = {k.lower(): v for k, v in headers.items()}.get("allow", "")
-            allowed = _allowed_methods(request) or _split(given)
-            headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+            allowed = _allowed_methods(request)
             if allowed:
+                headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
                 headers["Allow"] = ", ".join(sorted(allowed))
         details = getattr(exc, "details", None)  # api.limits.BodyTooLarge says which limit
         return error_response(exc.status_code, code, message, details, headers or None)
@@ -123,10 +122,6 @@ def install_error_handlers(app: FastAPI) -> None:
             {"request_id": request_id},
             {"X-Request-ID": request_id},
         )
-
-
-def _split(value: str) -> set[str]:
-    return {m.strip().upper() for m in value.split(",") if m.strip()}
 
 
 def _allowed_methods(request: Request) -> set[str]:
