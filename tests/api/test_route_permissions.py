@@ -71,7 +71,8 @@ POLICY: dict[tuple[str, str], frozenset[str] | str] = {
     ("GET", "/api/v1/jobs"): EVERYONE,
     ("GET", "/api/v1/jobs/{job_id}"): EVERYONE,
     ("GET", "/api/v1/jobs/{job_id}/executions"): EVERYONE,
-    ("GET", "/api/v1/schedule-preview"): EVERYONE,
+    ("GET", "/api/v1/schedule-preview"): EVERYONE,  # the console's cron preview
+    ("GET", "/api/v1/upcoming-runs"): EVERYONE,  # the console's next scheduled runs
     ("POST", "/api/v1/jobs"): STAFF,
     ("PATCH", "/api/v1/jobs/{job_id}"): STAFF,
     ("DELETE", "/api/v1/jobs/{job_id}"): STAFF,
