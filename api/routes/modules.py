@@ -13,12 +13,12 @@ import json
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from api.deps import CurrentUser, PageDep, Requires, SessionDep, SettingsDep, StateDep, client_ip, read_body
+from api.deps import PageDep, Requires, SessionDep, StateDep, read_body
 from api.errors import error_response
 from api.schemas.common import ERROR_RESPONSES, Page
 from api.schemas.modules import (
@@ -32,10 +32,10 @@ from api.schemas.modules import (
     ValidationResult,
 )
 from registry import codestore
-from registry.errors import InvalidInput, PayloadTooLarge, PermissionDenied
+from registry.errors import InvalidInput, PayloadTooLarge
 from registry.manifest import manifest_json_schema, secret_fields, validate_manifest
 from registry.models import Module, ModuleStatus
-from registry.permissions import INSTALL, has_permission
+from registry.permissions import INSTALL
 from registry.services import modules
 from registry.services.common import Actor
 
@@ -90,20 +90,8 @@ _INSTALL_FAILED: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _installer(request: Request, user: CurrentUser, settings: SettingsDep) -> Actor:
-    """Like ``Requires("modules:install")``, with the roles ``AUTOPLAT_MODULE_INSTALL_ROLES`` grants it to."""
-    actor = Actor(
-        user_id=user.id, email=user.email, role=user.role, ip=client_ip(request), request_id=request.state.request_id
-    )
-    request.state.actor = actor
-    if not has_permission(user.role, INSTALL, install_roles=settings.module_install_roles):
-        raise PermissionDenied(f"role {user.role} lacks permission {INSTALL}")
-    return actor
-
-
-_installer.permission = INSTALL  # type: ignore[attr-defined]
-#: The caller, who may change which module code exists and runs.
-Installer = Annotated[Actor, Depends(_installer)]
+#: The caller, who may change which module code exists and runs (``modules:install``).
+Installer = Annotated[Actor, Requires(INSTALL)]
 
 
 def module_summary(module: Module) -> ModuleSummary:
