@@ -377,15 +377,17 @@ class JobActivities:
                 execution.module_version = inp.module_version
                 execution.config = masked
                 runs.mark_started(session, execution, datetime.now(UTC))
-            from registry.manifest import secret_fields
+            from registry.manifest import secret_parts
             from registry.services.modules import config_schema, resolved_config
 
             module_config = resolved_config(module=module, secret_key=self.settings.encryption_key())
-            module_secrets = {k: module_config[k] for k in secret_fields(config_schema(module)) if k in module_config}
+            module_secrets = secret_parts(config_schema(module), module_config)
+            job_schema = (definition or {}).get("config") or {}
             return _Prepared(
                 version=version,
                 config=config,
-                secrets=secrets,
+                # Only the secret parts of values holding one (a nested password, not its host).
+                secrets=secret_parts(job_schema, config) if job_schema else secrets,
                 module_config=module_config,
                 module_secrets=module_secrets,
                 trigger=execution.trigger if execution else inp.trigger,

@@ -265,8 +265,21 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 # --- the client -----------------------------------------------------------------------------------
 def masked_values(secrets: Iterable[Any]) -> list[str]:
-    """The values worth masking in logged text (strings of 4+ characters), longest first."""
-    return sorted({v for v in secrets if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True)
+    """The values worth masking in logged text: strings of 4+ characters, also inside nested secrets
+    (``{"db": {"password": ...}}``, lists), longest first."""
+    found: set[str] = set()
+    pending = list(secrets)
+    while pending:
+        value = pending.pop()
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # a numeric secret (a PIN) appears in URLs as text
+        if isinstance(value, str) and len(value) >= 4:
+            found.add(value)
+        elif isinstance(value, Mapping):
+            pending.extend(value.values())
+        elif isinstance(value, list | tuple):
+            pending.extend(value)
+    return sorted(found, key=len, reverse=True)
 
 
 def shown_url(url: Any, secrets: Sequence[str] = ()) -> str:

@@ -158,16 +158,18 @@ class Runner:
         """Validate a per-run override against the job type's schema; split off its secrets (encrypted)."""
         if not override:
             return None
-        from registry.manifest import secret_fields
+        from registry.manifest import secret_keys
         from registry.services.jobs import split_config
 
         definition = runs.job_type_definition(module.manifest, job.job_type) or {}
         schema = definition.get("config") or {}
         codec = self._codec()
-        split_config(schema, {**(job.config or {}), **override}, codec.decrypt(job.secrets))  # 422 when invalid
-        secret_keys = secret_fields(schema) if schema else set()
-        plain = {k: v for k, v in override.items() if k not in secret_keys}
-        secrets = {k: v for k, v in override.items() if k in secret_keys}
+        stored = codec.decrypt(job.secrets)
+        _, resolved = split_config(schema, {**(job.config or {}), **override}, stored)  # 422 when invalid
+        # Values holding a secret (nested ones too) never travel in the workflow's input.
+        holders = secret_keys(schema) if schema else set()
+        plain = {k: v for k, v in override.items() if k not in holders}
+        secrets = {k: resolved[k] for k in override if k in holders and k in resolved}
         data: dict[str, Any] = {"config_override": plain}
         if secrets:
             data["secret_override"] = codec.encrypt(secrets)

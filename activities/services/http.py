@@ -20,7 +20,15 @@ from temporalio.exceptions import ApplicationError
 from activities.types import StepInput
 from autoplat._sync import loop_runner
 from autoplat.context import JobContext
-from autoplat.http import AddressPolicy, GuardedTransport, HostNotAllowed, HttpClient, HttpStatusError, ResponseTooLarge
+from autoplat.http import (
+    AddressPolicy,
+    GuardedTransport,
+    HostNotAllowed,
+    HttpClient,
+    HttpStatusError,
+    ResponseTooLarge,
+    masked_values,
+)
 
 HTTP = "autoplat.http"
 
@@ -123,7 +131,7 @@ class HttpService:
             hosts=lambda: self.module_hosts(inp.module, inp.module_version),
             logger=ctx.logger,
             runner=loop_runner(loop),
-            secrets=[str(v) for v in ctx.secrets.values() if isinstance(v, str | int) and not isinstance(v, bool)],
+            secrets=masked_values(ctx.secrets.values()),
         )
         return {"http": client}
 

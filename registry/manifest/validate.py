@@ -48,6 +48,9 @@ __all__ = [
     "manifest_json_schema",
     "mask_secrets",
     "secret_fields",
+    "secret_keys",
+    "secret_parts",
+    "unmask_secrets",
     "validate_config",
     "validate_manifest",
 ]
@@ -918,12 +921,88 @@ def secret_fields(schema: Mapping[str, Any]) -> set[str]:
     return {key for key, sub in props.items() if isinstance(sub, Mapping) and sub.get("secret") is True}
 
 
+def _holds_secret(schema: object) -> bool:
+    """True when ``schema`` is a secret or has one below it (object properties, array items)."""
+    if not isinstance(schema, Mapping):
+        return False
+    if schema.get("secret") is True:
+        return True
+    props = schema.get("properties")
+    if isinstance(props, Mapping) and any(_holds_secret(sub) for sub in props.values()):
+        return True
+    return _holds_secret(schema.get("items"))
+
+
+def secret_keys(schema: Mapping[str, Any]) -> set[str]:
+    """Top-level property names that hold a secret: marked ``"secret": true`` themselves, or with one
+    in a nested object or in array items. Such a value is stored encrypted as a whole (and never in
+    a run's workflow input)."""
+    props = schema.get("properties") if isinstance(schema, Mapping) else None
+    if not isinstance(props, Mapping):
+        return set()
+    return {key for key, sub in props.items() if _holds_secret(sub)}
+
+
+def unmask_secrets(schema: Mapping[str, Any], value: Any, stored: Any) -> Any:
+    """``value`` as written by a client that got the masked form back: each secret that reads
+    ``"********"`` takes the ``stored`` value at the same place (secrets are write-only)."""
+    if not isinstance(schema, Mapping):
+        return value
+    if schema.get("secret") is True:
+        return stored if value == MASK else value
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        props = props if isinstance(props, Mapping) else {}
+        old = stored if isinstance(stored, dict) else {}
+        return {k: unmask_secrets(props.get(k) or {}, v, old.get(k)) for k, v in value.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        old_items = stored if isinstance(stored, list) else []
+        item = schema["items"]
+        return [unmask_secrets(item, v, old_items[i] if i < len(old_items) else None) for i, v in enumerate(value)]
+    return value
+
+
+def secret_parts(schema: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """Only the secrets of ``config``, where they are (``{"db": {"password": ...}}``): a handler's
+    ``ctx.secrets``, and what its logs are masked of."""
+    props = schema.get("properties") if isinstance(schema, Mapping) else None
+    if not isinstance(props, Mapping) or not isinstance(config, Mapping):
+        return {}
+    parts = {key: _secret_part(sub, config[key]) for key, sub in props.items() if key in config}
+    return {key: part for key, part in parts.items() if part is not None}
+
+
+def _secret_part(schema: Any, value: Any) -> Any:
+    if not isinstance(schema, Mapping) or value is None:
+        return None
+    if schema.get("secret") is True:
+        return value
+    if isinstance(value, dict):
+        return secret_parts(schema, value) or None
+    items = schema.get("items")
+    if isinstance(value, list) and isinstance(items, Mapping):
+        found = [_secret_part(items, v) for v in value]
+        return found if any(f is not None for f in found) else None
+    return None
+
+
+def _mask_value(schema: Mapping[str, Any], value: Any) -> Any:
+    if schema.get("secret") is True:
+        return MASK if value is not None else None
+    if isinstance(value, dict):
+        return mask_secrets(schema, value)
+    items = schema.get("items")
+    if isinstance(value, list) and isinstance(items, Mapping):
+        return [_mask_value(items, v) for v in value]
+    return value
+
+
 def mask_secrets(schema: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     """Return a copy of ``config`` where every secret that is set reads ``"********"``.
 
-    Secrets are properties marked ``"secret": true``, at the top level or inside nested object
-    properties. Secrets that are absent or ``null`` stay as they are, so a reader can tell
-    "unset" from "set".
+    Secrets are properties marked ``"secret": true``, at the top level, inside nested object
+    properties or in array items. Secrets that are absent or ``null`` stay as they are, so a reader
+    can tell "unset" from "set".
 
     Args:
         schema: A configuration JSON Schema.
@@ -937,13 +1016,8 @@ def mask_secrets(schema: Mapping[str, Any], config: Mapping[str, Any]) -> dict[s
     if not isinstance(props, Mapping):
         return result
     for key, sub in props.items():
-        if key not in result or not isinstance(sub, Mapping):
-            continue
-        if sub.get("secret") is True:
-            if result[key] is not None:
-                result[key] = MASK
-        elif isinstance(result[key], dict):
-            result[key] = mask_secrets(sub, result[key])
+        if key in result and isinstance(sub, Mapping):
+            result[key] = _mask_value(sub, result[key])
     return result
 
 

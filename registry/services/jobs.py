@@ -21,7 +21,8 @@ from registry.manifest import (
     mask_secrets,
     min_interval_seconds,
     next_runs,
-    secret_fields,
+    secret_keys,
+    unmask_secrets,
     validate_config,
     validate_cron,
     validate_timezone,
@@ -133,13 +134,16 @@ def split_config(
             f"config cannot be stored: {pointer or '/'}: {reason}",
             details=[{"loc": ["body", "config", *[p for p in pointer.split("/") if p]], "msg": reason}],
         )
-    secret_keys = secret_fields(schema) if schema else set()
+    # A value holding a secret anywhere (a nested object's field, an array's items) is kept encrypted
+    # as a whole; masked parts of it that the client sends back keep their stored values.
+    holders = secret_keys(schema) if schema else set()
+    props = (schema.get("properties") or {}) if schema else {}
     secrets = dict(stored_secrets)
     plain: dict[str, Any] = {}
     for key, value in config.items():
-        if key in secret_keys:
+        if key in holders:
             if value != MASK:
-                secrets[key] = value
+                secrets[key] = unmask_secrets(props.get(key) or {}, value, stored_secrets.get(key))
         else:
             plain[key] = value
     if schema:
