@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from playwright.async_api import expect
@@ -276,3 +277,27 @@ async def test_register_a_bundle_and_validate_a_manifest(stack: str, page: Any, 
     await page.get_by_role("button", name="Install").click()
     await expect(page.get_by_role("heading", level=1).locator(".badge")).to_have_text("INSTALLED", timeout=30_000)
     await no_script_ran(page)
+
+
+async def test_admin_creates_a_user_changes_its_role_and_deactivates_it(stack: str, page: Any, users: Any):
+    admin = await users("admin")
+    await sign_in(page, stack, admin.email, path="/admin")
+    await page.get_by_text("Create a user").click()
+    await page.get_by_label("Email", exact=True).fill("new.operator@example.com")
+    await page.get_by_label("Password", exact=True).fill("a-long-enough-passphrase-42")
+    await page.get_by_label("Role", exact=True).first.select_option("operator")
+    await page.get_by_role("button", name="Create user").click()
+    row = page.locator("tr", has_text="new.operator@example.com")
+    await expect(row).to_be_visible()
+    role = page.get_by_label("Role of new.operator@example.com")
+    await expect(role).to_have_value("operator")
+    await role.select_option("viewer")
+    await row.get_by_role("button", name="Deactivate").click()
+    await expect(row.get_by_role("button", name="Activate")).to_be_visible()
+    headers = await bearer(stack, admin.email)
+    found = await api_call(stack, headers, "GET", "/api/v1/users", params={"search": "new.operator"})
+    assert [(u["role"], u["is_active"]) for u in found["items"]] == [("viewer", False)]
+    # The audit log shows what was done, filtered in the URL.
+    await page.get_by_label("Action").fill("user.*")
+    await expect(page).to_have_url(re.compile(r"action=user\.\*"))
+    await expect(page.locator("table").last).to_contain_text("user.")
