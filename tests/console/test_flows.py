@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from playwright.async_api import expect
@@ -301,3 +302,38 @@ async def test_admin_creates_a_user_changes_its_role_and_deactivates_it(stack: s
     await page.get_by_label("Action").fill("user.*")
     await expect(page).to_have_url(re.compile(r"action=user\.\*"))
     await expect(page.locator("table").last).to_contain_text("user.")
+
+
+CAPTURE = """
+def capture(ctx):
+    ctx.browser.navigate(ctx.config["url"])
+    ctx.browser.screenshot("page.png")
+    ctx.browser.pdf("page.pdf")
+    return {"captured": ctx.config["url"]}
+"""
+
+
+async def test_artifacts_previewed_and_downloaded(
+    stack: str, page: Any, users: Any, sessions: Any, settings: Any, tmp_path: Path
+):
+    from tests.jobs.helpers import put_module, write_module
+
+    extra = {"permissions": {"hosts": ["127.0.0.1"], "services": ["browser"]}}
+    jobs = [{"name": "capture", "description": "screenshot and PDF of a page", "handler": "capture"}]
+    folder = write_module(tmp_path, name="shots", code=CAPTURE, jobs=jobs, extra=extra)
+    await put_module(sessions, settings.state_dir, folder)
+    operator = await users("operator")
+    headers = await bearer(stack, operator.email)
+    body = {"module": "shots", "job_type": "capture", "name": "capture", "schedule": None}
+    job = await api_call(stack, headers, "POST", "/api/v1/jobs", json=body | {"config": {"url": f"{stack}/login"}})
+    run = await api_call(stack, headers, "POST", f"/api/v1/jobs/{job['id']}/execute?wait=true", json={})
+    assert run["status"] == "COMPLETED", run
+    await sign_in(page, stack, operator.email, path=f"/executions/{run['id']}")
+    preview = page.get_by_role("img", name="Artifact page.png")
+    await expect(preview).to_be_visible()
+    assert await preview.evaluate("img => img.naturalWidth") > 100
+    pdf = page.locator(".artifacts li", has_text="page.pdf")
+    async with page.expect_download() as download:
+        await pdf.get_by_role("button", name="Download").click()
+    saved = await (await download.value).path()
+    assert Path(saved).read_bytes().startswith(b"%PDF")
