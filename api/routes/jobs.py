@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 
 from api.deps import PageDep, Requires, SessionDep, SettingsDep, StateDep
-from api.routes.executions import execution_read
+from api.routes.executions import SERVED_JSON_DEPTH, execution_read
 from api.schemas.common import ERROR_RESPONSES, Page
 from api.schemas.executions import ExecutionRead
 from api.schemas.jobs import ExecuteRequest, ExecutionSummary, JobCreate, JobRead, JobUpdate
 from api.state import AppState
 from registry.errors import UpstreamTimeout
+from registry.manifest import json_problem
 from registry.models import Job, Module
 from registry.services import executions, jobs
 from registry.services.common import Actor
@@ -25,6 +26,10 @@ async def job_read(job: Job, state: AppState, *, session: SessionDep, detail: bo
     module = await session.get(Module, job.module_id)
     codec = state.secret_codec()
     config = jobs.masked_config(job, module, codec.decrypt(job.secrets)) if module else dict(job.config)
+    # A config that can't be served (stored around the API) reads {} and is named, never failing a list.
+    problem = json_problem(config, max_depth=SERVED_JSON_DEPTH)
+    if problem is not None:
+        config = {}
     read = JobRead(
         id=job.id,
         module=job.module_name,
@@ -46,6 +51,7 @@ async def job_read(job: Job, state: AppState, *, session: SessionDep, detail: bo
         revision=job.revision,
         created_at=job.created_at,
         updated_at=job.updated_at,
+        data_problem=f"config: {problem[0] or '/'}: {problem[1]}" if problem else None,
     )
     if detail:
         read.next_runs = jobs.upcoming(job) if job.enabled else []

@@ -92,3 +92,4 @@ class JobRead(Schema):
     next_runs: list[datetime] = []
     last_execution: ExecutionSummary | None = None
     schedule_state: dict[str, Any] | None = None
+    data_problem: str | None = Field(default=None, description="Set when the stored config cannot be served")

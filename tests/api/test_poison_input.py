@@ -228,3 +228,23 @@ async def test_an_execution_that_cannot_be_served_never_breaks_the_list(client, 
     assert rows["wf-deep"]["result"] is None and rows["wf-deep"]["data_problem"].startswith("result: ")
     r = await client.get(f"/api/v1/executions/{rows['wf-deep']['id']}", headers=operator_headers)
     assert r.status_code == 200 and r.json()["data_problem"], r.text
+
+
+async def test_a_job_whose_config_cannot_be_served_never_breaks_the_list(
+    client, sessions, module, operator_headers, temporal_settings
+):
+    from sqlalchemy import update
+
+    ids = []
+    for name in ("fine", "poisoned"):
+        job = {"module": "poison", "job_type": "tick", "name": name, "schedule": None, "config": {"n": 1}}
+        r = await client.post(JOBS, json=job, headers=operator_headers)
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    async with unit_of_work(sessions) as session:  # written around the API
+        await session.execute(update(Job).where(Job.id == ids[1]).values(config=json.loads(deep(300))))
+    r = await client.get(JOBS, headers=operator_headers)
+    assert r.status_code == 200, r.text
+    rows = {j["name"]: j for j in r.json()["items"]}
+    assert rows["fine"]["config"] == {"n": 1} and rows["fine"]["data_problem"] is None
+    assert rows["poisoned"]["config"] == {} and rows["poisoned"]["data_problem"].startswith("config: ")
