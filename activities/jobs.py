@@ -61,7 +61,7 @@ class _Prepared:
     module_config: dict[str, Any]
     module_secrets: dict[str, Any]
     trigger: str
-    #: The job type's ``limits`` (memory_mb, cpu_seconds) from its manifest.
+    #: The job type's ``limits`` (memoryMb, cpuSeconds) from its manifest.
     limits: dict[str, Any]
 
 

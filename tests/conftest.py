@@ -99,6 +99,8 @@ def base_settings(
         # Handlers run in confined processes (the default); they may use the tests' temporary folders
         # (marker files that tests and handlers share).
         handler_write_paths=[str(tmp_path_factory.getbasetemp())],
+        # Each test's worker starts its own handler processes: one ahead of need is enough here.
+        handler_pool_size=1,
     )
 
 
