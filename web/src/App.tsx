@@ -1,6 +1,7 @@
 import { lazy, Suspense, useEffect, useRef, useState, type ComponentType } from "react";
 import { Navigate, Route, Routes, useLocation } from "react-router";
 import { useAuth } from "./auth";
+import { ErrorBoundary } from "./components/ErrorBoundary";
 import { Layout } from "./components/Layout";
 import { LoginDialog } from "./components/LoginForm";
 import { Loading } from "./components/ui";
@@ -109,6 +110,7 @@ export function App() {
   return (
     <Layout>
       <FocusMainOnNavigate />
+      <ErrorBoundary resetKey={location.pathname}>
       <Suspense fallback={<Loading />}>
         <Routes>
           <Route path="/" element={<Dashboard />} />
@@ -126,6 +128,7 @@ export function App() {
           <Route path="*" element={<NotFoundPage />} />
         </Routes>
       </Suspense>
+      </ErrorBoundary>
       {expired ? <LoginDialog /> : null}
     </Layout>
   );

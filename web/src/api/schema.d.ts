@@ -1404,6 +1404,11 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+            /**
+             * Data Problem
+             * @description Set when the stored config cannot be served
+             */
+            data_problem?: string | null;
             /** Description */
             description: string;
             /** Enabled */
