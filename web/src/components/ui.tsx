@@ -1,5 +1,5 @@
 // Small shared pieces. Everything from the API is rendered as React text: never as HTML.
-import { cloneElement, useEffect, useId, useRef, useState, type ReactElement, type ReactNode } from "react";
+import { cloneElement, useEffect, useId, useMemo, useRef, useState, type ReactElement, type ReactNode } from "react";
 import { useSearchParams } from "react-router";
 import { errorMessage } from "../api/client";
 
@@ -83,11 +83,14 @@ export function Stat({ label, value }: { label: string; value: ReactNode }) {
 }
 
 /** URL-held filters: shareable views. Changing a filter goes back to page 1. */
-export function useUrlFilters<K extends string>(keys: readonly K[]) {
+export function useUrlFilters<K extends string>(keys: readonly K[], pageKey = "page") {
   const [params, setParams] = useSearchParams();
   const values = Object.fromEntries(keys.map((k) => [k, params.get(k) ?? ""])) as Record<K, string>;
-  const page = Math.max(1, Number(params.get("page") ?? "1") || 1);
-  function set(changes: Partial<Record<K | "page", string>>) {
+  const page = Math.max(1, Number(params.get(pageKey) ?? "1") || 1);
+  // What queries use: typing in a filter asks the API once the typing pauses, not per keystroke.
+  const settledKey = useDebounced(JSON.stringify(values), 250);
+  const settled = useMemo(() => JSON.parse(settledKey) as Record<K, string>, [settledKey]);
+  function set(changes: Partial<Record<K, string>>, newPage?: number) {
     setParams(
       (prev) => {
         const next = new URLSearchParams(prev);
@@ -95,13 +98,14 @@ export function useUrlFilters<K extends string>(keys: readonly K[]) {
           if (v) next.set(k, v);
           else next.delete(k);
         }
-        if (!("page" in changes)) next.delete("page");
+        if (newPage && newPage > 1) next.set(pageKey, String(newPage));
+        else next.delete(pageKey);
         return next;
       },
       { replace: true },
     );
   }
-  return { values, page, set, setPage: (p: number) => set({ page: p > 1 ? String(p) : "" } as never) };
+  return { values, settled, page, set, setPage: (p: number) => set({}, p) };
 }
 
 export function Pager({

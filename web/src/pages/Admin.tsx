@@ -23,13 +23,13 @@ export default function Admin() {
 function Users() {
   const { can, me } = useAuth();
   const qc = useQueryClient();
-  const { values, page, set, setPage } = useUrlFilters(["search", "role"] as const);
+  const { values, settled, page, set, setPage } = useUrlFilters(["search", "role"] as const);
   const users = useQuery({
-    queryKey: ["users", values, page],
+    queryKey: ["users", settled, page],
     queryFn: () =>
       unwrap(
         api.GET("/api/v1/users", {
-          params: { query: { search: values.search || undefined, role: (values.role || undefined) as never, page, limit: LIMIT } },
+          params: { query: { search: settled.search || undefined, role: (settled.role || undefined) as never, page, limit: LIMIT } },
         }),
       ),
   });
@@ -166,18 +166,18 @@ function CreateUser() {
 }
 
 function Audit() {
-  const { values, page, set, setPage } = useUrlFilters(["action", "outcome", "actor_id", "audit_since"] as const);
+  const { values, settled, page, set, setPage } = useUrlFilters(["action", "outcome", "actor_id", "audit_since"] as const, "audit_page");
   const audit = useQuery({
-    queryKey: ["audit", values, page],
+    queryKey: ["audit", settled, page],
     queryFn: () =>
       unwrap(
         api.GET("/api/v1/audit", {
           params: {
             query: {
-              action: values.action || undefined,
-              outcome: values.outcome || undefined,
-              actor_id: values.actor_id || undefined,
-              since: values.audit_since || undefined,
+              action: settled.action || undefined,
+              outcome: settled.outcome || undefined,
+              actor_id: settled.actor_id || undefined,
+              since: settled.audit_since || undefined,
               page,
               limit: LIMIT,
             },

@@ -12,19 +12,19 @@ type EventRead = Schemas["EventRead"];
 
 export default function Events() {
   const { can } = useAuth();
-  const { values, page, set, setPage } = useUrlFilters(["pattern", "source", "module", "since", "live"] as const);
+  const { values, settled, page, set, setPage } = useUrlFilters(["pattern", "source", "module", "since", "live"] as const);
   const stats = useQuery({ queryKey: ["events", "stats"], queryFn: () => unwrap(api.GET("/api/v1/events/stats")), refetchInterval: 10_000 });
   const list = useQuery({
-    queryKey: ["events", "list", values.pattern, values.source, values.module, values.since, page],
+    queryKey: ["events", "list", settled.pattern, settled.source, settled.module, settled.since, page],
     queryFn: () =>
       unwrap(
         api.GET("/api/v1/events", {
           params: {
             query: {
-              pattern: values.pattern || undefined,
-              source: values.source || undefined,
-              module: values.module || undefined,
-              since: values.since || undefined,
+              pattern: settled.pattern || undefined,
+              source: settled.source || undefined,
+              module: settled.module || undefined,
+              since: settled.since || undefined,
               page,
               limit: LIMIT,
             },
@@ -103,7 +103,7 @@ export default function Events() {
           </select>
         </Field>
       </div>
-      {live ? <LiveEvents pattern={values.pattern} /> : null}
+      {live ? <LiveEvents pattern={settled.pattern} /> : null}
       <Card title="Stored events">
         <ErrorBox error={list.error} />
         {list.isPending ? <Loading /> : null}

@@ -18,20 +18,20 @@ function fromLocalInput(value: string): string {
 }
 
 export default function Executions() {
-  const { values, page, set, setPage } = useUrlFilters(["status", "job_id", "module", "trigger", "since", "until"] as const);
+  const { values, settled, page, set, setPage } = useUrlFilters(["status", "job_id", "module", "trigger", "since", "until"] as const);
   const list = useQuery({
-    queryKey: ["executions", "list", values, page],
+    queryKey: ["executions", "list", settled, page],
     queryFn: () =>
       unwrap(
         api.GET("/api/v1/executions", {
           params: {
             query: {
-              status: (values.status || undefined) as never,
-              job_id: values.job_id || undefined,
-              module: values.module || undefined,
-              trigger: (values.trigger || undefined) as never,
-              since: values.since || undefined,
-              until: values.until || undefined,
+              status: (settled.status || undefined) as never,
+              job_id: settled.job_id || undefined,
+              module: settled.module || undefined,
+              trigger: (settled.trigger || undefined) as never,
+              since: settled.since || undefined,
+              until: settled.until || undefined,
               page,
               limit: LIMIT,
             },

@@ -8,21 +8,21 @@ const LIMIT = 25;
 
 export default function Jobs() {
   const { can } = useAuth();
-  const { values, page, set, setPage } = useUrlFilters(["module", "enabled", "search"] as const);
+  const { values, settled, page, set, setPage } = useUrlFilters(["module", "enabled", "search"] as const);
   const modules = useQuery({
     queryKey: ["modules", "list", { all: true }],
     queryFn: () => unwrap(api.GET("/api/v1/modules", { params: { query: { limit: 200 } } })),
   });
   const list = useQuery({
-    queryKey: ["jobs", "list", values, page],
+    queryKey: ["jobs", "list", settled, page],
     queryFn: () =>
       unwrap(
         api.GET("/api/v1/jobs", {
           params: {
             query: {
-              module: values.module || undefined,
-              enabled: values.enabled ? values.enabled === "true" : undefined,
-              search: values.search || undefined,
+              module: settled.module || undefined,
+              enabled: settled.enabled ? settled.enabled === "true" : undefined,
+              search: settled.search || undefined,
               page,
               limit: LIMIT,
             },
@@ -32,8 +32,8 @@ export default function Jobs() {
     refetchInterval: 10_000,
   });
   const upcoming = useQuery({
-    queryKey: ["jobs", "upcoming", values.module],
-    queryFn: () => unwrap(api.GET("/api/v1/upcoming-runs", { params: { query: { limit: 500, module: values.module || undefined } } })),
+    queryKey: ["jobs", "upcoming", settled.module],
+    queryFn: () => unwrap(api.GET("/api/v1/upcoming-runs", { params: { query: { limit: 500, module: settled.module || undefined } } })),
     refetchInterval: 30_000,
   });
   const nextRun = new Map((upcoming.data ?? []).map((r) => [r.job_id, r.at]));

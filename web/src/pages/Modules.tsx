@@ -10,13 +10,13 @@ const LIMIT = 25;
 
 export default function Modules() {
   const { can } = useAuth();
-  const { values, page, set, setPage } = useUrlFilters(["search", "status"] as const);
+  const { values, settled, page, set, setPage } = useUrlFilters(["search", "status"] as const);
   const list = useQuery({
-    queryKey: ["modules", "list", values, page],
+    queryKey: ["modules", "list", settled, page],
     queryFn: () =>
       unwrap(
         api.GET("/api/v1/modules", {
-          params: { query: { search: values.search || undefined, status: (values.status || undefined) as never, page, limit: LIMIT } },
+          params: { query: { search: settled.search || undefined, status: (settled.status || undefined) as never, page, limit: LIMIT } },
         }),
       ),
   });
