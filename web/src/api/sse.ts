@@ -8,8 +8,15 @@ export interface SseMessage {
 }
 
 /** Read ``url`` as an event stream, calling ``onMessage`` per event, until it ends or ``signal`` aborts. */
-export async function readSse(url: string, onMessage: (m: SseMessage) => void, signal: AbortSignal): Promise<void> {
-  const res = await authFetch(new Request(url, { headers: { Accept: "text/event-stream" }, signal }));
+export async function readSse(
+  url: string,
+  onMessage: (m: SseMessage) => void,
+  signal: AbortSignal,
+  lastEventId?: string,
+): Promise<void> {
+  const headers: Record<string, string> = { Accept: "text/event-stream" };
+  if (lastEventId) headers["Last-Event-ID"] = lastEventId;
+  const res = await authFetch(new Request(url, { headers, signal }));
   if (!res.ok || !res.body) throw toApiError(res, await res.json().catch(() => undefined));
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";

@@ -1,5 +1,5 @@
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
-import { lazy, Suspense, useEffect, useMemo, useState, type FormEvent } from "react";
+import { lazy, Suspense, useEffect, useMemo, useRef, useState, type FormEvent } from "react";
 import { Link } from "react-router";
 import { api, errorMessage, unwrap, type Schemas } from "../api/client";
 import { readSse } from "../api/sse";
@@ -217,40 +217,53 @@ function LiveEvents({ pattern }: { pattern: string }) {
   const [events, setEvents] = useState<EventRead[]>([]);
   const [state, setState] = useState<"connecting" | "open" | "error">("connecting");
   const [error, setError] = useState<string | null>(null);
+  const retry = useRef<ReturnType<typeof setTimeout>>(undefined);
   useEffect(() => {
     const ctrl = new AbortController();
     setEvents([]);
     setState("connecting");
     const query = pattern ? `?pattern=${encodeURIComponent(pattern)}` : "";
-    // Only what arrives from now on: the stored list below shows the past.
-    const openedAt = Date.now();
-    readSse(
-      `/api/v1/events/stream${query}`,
-      (m) => {
-        if (m.event === "message" && !m.data.startsWith("{")) return;
-        try {
-          const e = JSON.parse(m.data) as EventRead;
-          if (new Date(e.received_at).getTime() < openedAt - 5_000) return;
-          setEvents((prev) => [e, ...prev.filter((p) => p.id !== e.id)].slice(0, 100));
-          void qc.invalidateQueries({ queryKey: ["events", "stats"] });
-        } catch {
-          /* keep-alive or a foreign line */
-        }
-      },
-      ctrl.signal,
-    ).catch((e) => {
-      if (!ctrl.signal.aborted) {
-        setState("error");
-        setError(errorMessage(e));
-      }
-    });
+    let lastSeq: string | undefined;
+    // The stream sends what arrives from now on; after a drop it resumes from the last event seen
+    // (Last-Event-ID replays what was missed), so the live list has no gap.
+    const connect = (): void => {
+      readSse(
+        `/api/v1/events/stream${query}`,
+        (m) => {
+          try {
+            const e = JSON.parse(m.data) as EventRead;
+            lastSeq = m.id ?? lastSeq;
+            setState("open");
+            setEvents((prev) => [e, ...prev.filter((p) => p.id !== e.id)].slice(0, 100));
+            void qc.invalidateQueries({ queryKey: ["events", "stats"] });
+          } catch {
+            /* not an event */
+          }
+        },
+        ctrl.signal,
+        lastSeq,
+      )
+        .then(() => {
+          if (!ctrl.signal.aborted) retry.current = setTimeout(connect, 2_000);
+        })
+        .catch((e) => {
+          if (ctrl.signal.aborted) return;
+          setState("error");
+          setError(errorMessage(e));
+          retry.current = setTimeout(connect, 5_000);
+        });
+    };
+    connect();
     setState("open");
-    return () => ctrl.abort();
+    return () => {
+      ctrl.abort();
+      clearTimeout(retry.current);
+    };
   }, [pattern, qc]);
   return (
     <Card title="Live events">
       <p className="muted" role="status">
-        {state === "error" ? `Live stream closed: ${error}` : "Listening for new events…"} {events.length ? `${events.length} received.` : ""}
+        {state === "error" ? `Live stream interrupted (${error}); reconnecting…` : "Listening for new events…"} {events.length ? `${events.length} received.` : ""}
       </p>
       {events.length ? <EventTable items={events} testId="live-events" /> : null}
     </Card>
