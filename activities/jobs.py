@@ -599,9 +599,11 @@ class JobActivities:
             return False, _NOTHING
 
     async def emit(self, inp: StepInput, name: str, payload: dict[str, Any]) -> str:
-        from registry.services.events import validate_name
+        from registry.services.events import check_payload, validate_name
 
         validate_name(name)
+        # The same checks as POST /events: a module cannot store what the API would refuse.
+        check_payload(payload, max_bytes=self.settings.event_payload_max_bytes)
         async with unit_of_work(self.sessions) as session:
             event = events.record(
                 session=session,

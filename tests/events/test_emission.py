@@ -214,3 +214,37 @@ async def test_modules_cannot_emit_the_platforms_event_names(
     async with sessions() as session:
         forged = await session.scalars(select(Event).where(Event.module_name == "emitter", Event.source == "emitter"))
         assert list(forged) == []
+
+
+POISON = """
+async def poison(ctx):
+    deep = {}
+    for _ in range(80):
+        deep = {"d": deep}
+    refused = {}
+    for label, payload in (("deep", deep), ("nan", {"x": float("nan")}), ("nul", {"x": "a\\x00b"})):
+        try:
+            await ctx.emit("poison.test", payload)
+            refused[label] = None
+        except Exception as exc:
+            refused[label] = type(exc).__name__
+    return refused
+"""
+
+
+async def test_modules_cannot_emit_payloads_the_api_refuses(
+    worker, client, sessions, settings, tmp_path, operator_headers
+):
+    jobs = [{"name": "poison", "description": "emits poison", "handler": "poison"}]
+    await put_module(sessions, settings.state_dir, write_module(tmp_path, name="poisoner", code=POISON, jobs=jobs))
+    r = await client.post(
+        "/api/v1/jobs",
+        json={"module": "poisoner", "job_type": "poison", "name": "poison", "schedule": None},
+        headers=operator_headers,
+    )
+    assert r.status_code == 201, r.text
+    execution = await run(client, operator_headers, r.json()["id"])
+    assert execution["status"] == "COMPLETED", execution
+    assert execution["result"] == {"deep": "InvalidInput", "nan": "InvalidInput", "nul": "InvalidInput"}
+    async with sessions() as session:
+        assert list(await session.scalars(select(Event).where(Event.name == "poison.test"))) == []
