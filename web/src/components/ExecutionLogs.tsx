@@ -33,28 +33,46 @@ export function ExecutionLogs({
   useEffect(() => {
     if (!live) return;
     const ctrl = new AbortController();
-    const lines: LogEntry[] = [];
+    let retry: ReturnType<typeof setTimeout> | undefined;
+    let ended = false;
     setStreamed([]);
     setError(null);
-    readSse(
-      `/api/v1/executions/${encodeURIComponent(executionId)}/logs/stream`,
-      (m) => {
-        if (m.event === "log") {
-          try {
-            lines.push(JSON.parse(m.data) as LogEntry);
-          } catch {
-            lines.push({ message: m.data });
+    // Each connection sends the stored lines first, then live ones: a dropped stream reconnects and
+    // starts over, so no line is missed.
+    const connect = (): void => {
+      const lines: LogEntry[] = [];
+      readSse(
+        `/api/v1/executions/${encodeURIComponent(executionId)}/logs/stream`,
+        (m) => {
+          if (m.event === "log") {
+            try {
+              lines.push(JSON.parse(m.data) as LogEntry);
+            } catch {
+              lines.push({ message: m.data });
+            }
+            setStreamed([...lines]);
+            setError(null);
+          } else if (m.event === "end") {
+            ended = true;
+            endRef.current();
           }
-          setStreamed([...lines]);
-        } else if (m.event === "end") {
-          endRef.current();
-        }
-      },
-      ctrl.signal,
-    ).catch((e) => {
-      if (!ctrl.signal.aborted) setError(errorMessage(e));
-    });
-    return () => ctrl.abort();
+        },
+        ctrl.signal,
+      )
+        .then(() => {
+          if (!ended && !ctrl.signal.aborted) retry = setTimeout(connect, 2_000);
+        })
+        .catch((e) => {
+          if (ctrl.signal.aborted) return;
+          setError(errorMessage(e));
+          retry = setTimeout(connect, 5_000);
+        });
+    };
+    connect();
+    return () => {
+      ctrl.abort();
+      clearTimeout(retry);
+    };
   }, [executionId, live]);
 
   const entries = streamed && streamed.length >= stored.length ? streamed : stored;
@@ -72,7 +90,7 @@ export function ExecutionLogs({
       </div>
       {error ? (
         <p className="error" role="alert">
-          Live log unavailable: {error}
+          Live log interrupted ({error}); reconnecting…
         </p>
       ) : null}
       <div className="logs" ref={box} role="log" aria-label="Execution log" tabIndex={0} data-testid="logs">
