@@ -187,7 +187,9 @@ async def _audit_failure(request: Request, status: int) -> None:
     # Anonymous refusals are not audited (anyone could flood the table); failed logins are.
     if actor is None and not template.startswith(f"{API_PREFIX}/auth/"):
         return
-    client = request.client.host if request.client else None
+    from api.deps import client_ip
+
+    client = client_ip(request)
     actor = Actor(
         user_id=actor.user_id if actor else None,
         email=actor.email if actor else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Cookie, Request, Response, status
@@ -20,7 +21,7 @@ from api.schemas.auth import (
 from api.schemas.common import ERROR_RESPONSES
 from registry.errors import AuthenticationFailed, InvalidInput, PermissionDenied
 from registry.models import Role, User
-from registry.permissions import permissions_for
+from registry.permissions import DEFAULT_INSTALL_ROLES, permissions_for
 from registry.services import audit, auth, users
 from registry.services.auth import TokenPair
 from registry.services.common import Actor
@@ -59,9 +60,9 @@ def _clear_cookie(response: Response, request: Request) -> None:
     response.delete_cookie(REFRESH_COOKIE, path=COOKIE_PATH, secure=is_https(request), httponly=True, samesite="strict")
 
 
-def user_read(user: User) -> UserRead:
+def user_read(user: User, *, install_roles: Iterable[str] = DEFAULT_INSTALL_ROLES) -> UserRead:
     read = UserRead.model_validate(user)
-    read.permissions = sorted(permissions_for(user.role))
+    read.permissions = sorted(permissions_for(user.role, install_roles=install_roles))
     return read
 
 
@@ -153,8 +154,9 @@ async def logout(
 
 
 @router.get("/me", response_model=UserRead, summary="The current user, read from the registry")
-async def me(user: CurrentUser) -> UserRead:
-    return user_read(user)
+async def me(user: CurrentUser, settings: SettingsDep) -> UserRead:
+    # What the console shows: modules:install when AUTOPLAT_MODULE_INSTALL_ROLES grants it to the role.
+    return user_read(user, install_roles=settings.module_install_roles)
 
 
 @router.put(

@@ -24,11 +24,11 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.types import INFRA_ATTEMPTS
-from api.deps import read_body
+from api.deps import client_ip, principal_for, read_body
 from api.errors import error_response
 from api.state import AppState
 from registry.errors import AuthenticationFailed, NotFound, ServiceUnavailable, UpstreamTimeout
-from registry.models import Execution, ExecutionStatus, Module, User
+from registry.models import Execution, ExecutionStatus, Module
 from registry.security import decode_token
 from registry.services import modules as module_service
 from registry.services import routes, runs
@@ -86,14 +86,13 @@ async def _caller(request: Request, session: AsyncSession, state: AppState) -> A
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("missing bearer token")
     claims = decode_token(state.settings, token.strip(), expected_type="access")
-    user = await session.get(User, claims.subject)
-    if user is None or not user.is_active:
-        raise AuthenticationFailed("user is unknown or inactive")
+    # The token's session must be alive, as on every other route (logout, revocation, role change).
+    principal = await principal_for(state, claims)
     actor = Actor(
-        user_id=user.id,
-        email=user.email,
-        role=user.role,
-        ip=request.client.host if request.client else None,
+        user_id=principal.user_id,
+        email=principal.email,
+        role=principal.role,
+        ip=client_ip(request),
         request_id=request.state.request_id,
     )
     request.state.actor = actor

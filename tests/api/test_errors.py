@@ -43,7 +43,7 @@ async def test_403(client, viewer_headers):
     assert_error(await client.get("/api/v1/users", headers=viewer_headers), 403, "forbidden")
 
 
-@pytest.mark.parametrize("path", ["/api/v1/nope", "/nope", "/api/v2/users", "/api/v1/users/x/y/z"])
+@pytest.mark.parametrize("path", ["/api/v1/nope", "/api/nope", "/api/v2/users", "/api/v1/users/x/y/z"])
 async def test_404_unknown_route(client, admin_headers, path):
     error = assert_error(await client.get(path, headers=admin_headers), 404, "not_found")
     assert path in error["message"]

@@ -317,3 +317,15 @@ async def test_a_handler_header_with_a_line_break_is_a_502(mod, client, viewer_h
     r = await client.get(f"{BASE}/bad-header", headers=viewer_headers)
     assert r.status_code == 502 and r.json()["error"]["code"] == "bad_handler_response", r.text
     assert "set-cookie" not in r.headers
+
+
+async def test_a_logged_out_token_is_refused_by_module_routes(mod, client, make_user, login):
+    """Module routes read the bearer token themselves: its session must be alive, as everywhere."""
+    user = await make_user("viewer")
+    tokens = await login(user.email)
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert (await client.get(f"{BASE}/items/1", headers=headers)).status_code == 200
+    r = await client.post("/api/v1/auth/logout", json={"refresh_token": tokens["refresh_token"]}, headers=headers)
+    assert r.status_code == 204, r.text
+    r = await client.get(f"{BASE}/items/1", headers=headers)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
