@@ -28,19 +28,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from activities.services.browser import LAUNCH_ARGS
+
 ROOT = Path(__file__).resolve().parents[1]
 EMAIL = "admin@example.com"
 PASSWORD = "bench-console-password-1"
 STATUSES = ["COMPLETED"] * 80 + ["FAILED"] * 12 + ["TIMED_OUT"] * 3 + ["CANCELLED"] * 3 + ["SKIPPED"] * 2
-LAUNCH_ARGS = [
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def free_port() -> int:

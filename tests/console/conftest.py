@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from activities.services.browser import LAUNCH_ARGS
 from tests.conftest import PASSWORD
 from tests.jobs.helpers import put_module, write_module
 
@@ -26,15 +27,6 @@ OUTPUT = ROOT / ".test-output" / "console"
 DOCS_SHOTS = ROOT / "docs" / "console"
 AXE = ROOT / "web" / "node_modules" / "axe-core" / "axe.min.js"
 CHROMIUM = os.environ.get("AUTOPLAT_BROWSER_PATH", "/usr/bin/chromium")
-LAUNCH_ARGS = [
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 #: Markup in module text, event payloads, log lines and config values: shown as text, never run.
