@@ -80,7 +80,7 @@ def crash(ctx):
 
 def stuck(ctx):
     Path(ctx.config["marker"]).write_text(str(os.getpid()))
-    time.sleep(600)
+    time.sleep(600)  # stuck in C code on purpose: the behaviour under test (killed at the timeout)
 
 
 def chatty(ctx):
