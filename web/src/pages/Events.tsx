@@ -58,28 +58,10 @@ export default function Events() {
           <Suspense fallback={<Loading what="Loading chart" />}>{points.length ? <BarChart label="Events per hour" points={points} /> : <p className="muted">No events yet.</p>}</Suspense>
         </Card>
         <Card title="Top names">
-          <ul className="plain">
-            {stats.data?.top_names.map((n) => (
-              <li key={n.value}>
-                <button type="button" className="link" onClick={() => set({ pattern: n.value })}>
-                  {n.value}
-                </button>{" "}
-                <span className="muted">{n.count}</span>
-              </li>
-            ))}
-          </ul>
+          <TopList items={stats.data?.top_names} onPick={(value) => set({ pattern: value })} />
         </Card>
         <Card title="Top sources">
-          <ul className="plain">
-            {stats.data?.top_sources.map((n) => (
-              <li key={n.value}>
-                <button type="button" className="link" onClick={() => set({ source: n.value })}>
-                  {n.value}
-                </button>{" "}
-                <span className="muted">{n.count}</span>
-              </li>
-            ))}
-          </ul>
+          <TopList items={stats.data?.top_sources} onPick={(value) => set({ source: value })} />
         </Card>
       </div>
       {can("events:write") ? <PostEvent /> : null}
@@ -316,5 +298,21 @@ function PostEvent() {
         </button>
       </form>
     </details>
+  );
+}
+
+/** The most frequent names or sources; picking one filters the list by it. */
+function TopList({ items, onPick }: { items: { value: string; count: number }[] | undefined; onPick: (value: string) => void }) {
+  return (
+    <ul className="plain">
+      {items?.map((n) => (
+        <li key={n.value}>
+          <button type="button" className="link" onClick={() => onPick(n.value)}>
+            {n.value}
+          </button>{" "}
+          <span className="muted">{n.count}</span>
+        </li>
+      ))}
+    </ul>
   );
 }
