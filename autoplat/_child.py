@@ -295,7 +295,6 @@ class Child:
         from autoplat._loader import HandlerNotFound, load_handler
 
         limits = message.get("limits") or {}
-        result: dict[str, Any]
         try:
             _confine.set_memory_limit(limits.get("memory_bytes"))
             _confine.set_cpu_limit(limits.get("cpu_seconds"))
@@ -304,13 +303,8 @@ class Child:
             value = await invoke(fn, ctx)
             sys.stdout.flush()
             sys.stderr.flush()
-            result = {
-                "op": "done",
-                "ok": True,
-                "value": value,
-                "response": {"status": ctx.response.status, "headers": ctx.response.headers},
-            }
-            data = frame(result)
+            response = {"status": ctx.response.status, "headers": ctx.response.headers}
+            data = frame({"op": "done", "ok": True, "value": value, "response": response})
         except HandlerNotFound as exc:
             data = self._failure("not_found", exc)
         except MemoryError as exc:
@@ -321,8 +315,6 @@ class Child:
             data = self._failure("cancelled", exc)
         except JobError as exc:
             data = self._failure("job", exc)
-        except TypeError as exc:
-            data = self._failure("exception", exc)
         except BaseException as exc:  # noqa: BLE001 - every handler failure is reported to the worker
             data = self._failure("exception", exc)
         finally:
