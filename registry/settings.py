@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Secrets that must never be accepted outside dev mode.
@@ -125,6 +125,7 @@ class Settings(BaseSettings):
     # --- services: HTTP, module storage, live logs (docs/services.md) ---
     #: Private destinations ctx.http may reach: ``off``, ``loopback`` (127.0.0.0/8, ::1) or ``private``
     #: (also RFC 1918 / unique-local / CGNAT). Link-local and cloud metadata stay refused.
+    #: Unset: ``loopback`` in dev mode (the dev stack's demo source is on loopback), ``off`` otherwise.
     http_allow_private: Literal["off", "loopback", "private"] = "off"
     http_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     #: Retries of a request on connection errors, 429 and 5xx (exponential backoff with jitter).
@@ -175,6 +176,13 @@ class Settings(BaseSettings):
             if value in ("", "0", "false", "no", "none"):
                 return "off"
         return value
+
+    @model_validator(mode="after")
+    def _dev_mode_defaults(self) -> Settings:
+        # Only a default: an explicit AUTOPLAT_HTTP_ALLOW_PRIVATE (even ``off``) wins in dev mode too.
+        if self.dev_mode and "http_allow_private" not in self.model_fields_set:
+            self.http_allow_private = "loopback"
+        return self
 
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Largest ``limit`` of paginated lists; at most 200, the maximum the OpenAPI document publishes.
