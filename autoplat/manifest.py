@@ -184,6 +184,22 @@ class Limits(_Model):
     cpu_seconds: int | None = Field(default=None, ge=1, le=86400)
 
 
+class CreateJob(_Model):
+    """Overrides of the job a job type asks to be created when its module is enabled.
+
+    Attributes:
+        name: Name of the job (default: the job type's name).
+        schedule: Its schedule (default: the job type's; ``None`` written out: none).
+        config: Overrides of the config defaults (no secret fields).
+        enabled: Whether the job starts enabled.
+    """
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    schedule: Schedule | None = None
+    config: dict[str, Any] | None = None
+    enabled: bool = True
+
+
 class JobType(_Model):
     """A job type: a Temporal workflow type ``<module>.<job>``.
 
@@ -204,6 +220,8 @@ class JobType(_Model):
         notifications: Channels notified when a run ends.
         task_queue: Dedicated Temporal task queue.
         limits: Memory and CPU limits of each run (see docs/sdk.md, "Where handlers run").
+        create_job: Create a job of this type when the module is enabled (``True``, or
+            :class:`CreateJob` overrides); see docs/modules.md, "Jobs from the manifest".
     """
 
     name: Name
@@ -220,6 +238,7 @@ class JobType(_Model):
     notifications: Notifications | None = None
     task_queue: TaskQueue | None = None
     limits: Limits | None = None
+    create_job: bool | CreateJob | None = None
 
     @model_validator(mode="after")
     def _handler_xor_steps(self) -> JobType:

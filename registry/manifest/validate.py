@@ -494,6 +494,35 @@ def _check_job(job: dict[str, Any], base: str, out: _Collector) -> None:
 
     if "config" in job:
         _check_config_schema(job.get("config"), f"{base}/config", out)
+    _check_create_job(job, f"{base}/createJob", out)
+
+
+def _check_create_job(job: dict[str, Any], base: str, out: _Collector) -> None:
+    """A ``createJob`` object: a valid cron, and a config that passes the job type's schema
+    (defaults applied) without secret fields (a manifest is not a place for secrets)."""
+    spec = job.get("createJob")
+    if not isinstance(spec, dict) or out.has_schema_error_within(base):
+        return
+    schedule = spec.get("schedule")
+    if isinstance(schedule, dict) and isinstance(schedule.get("cron"), str):
+        problem = validate_cron(schedule["cron"])
+        if problem is not None:
+            out.semantic_error(
+                f"{base}/schedule/cron", "cron.invalid", f"invalid cron {_short(schedule['cron'])}: {problem}"
+            )
+        tz = schedule.get("timezone")
+        if isinstance(tz, str) and not validate_timezone(tz):
+            out.semantic_error(f"{base}/schedule/timezone", "timezone.invalid", f"unknown IANA timezone {_short(tz)}")
+    config = spec.get("config")
+    schema = job.get("config") if isinstance(job.get("config"), dict) else {}
+    if not isinstance(config, dict) or _schema_issues(schema):
+        return
+    for key in sorted(secret_keys(schema) & set(config)):
+        out.semantic_error(
+            f"{base}/config/{key}", "create_job.secret", f"{key!r} is secret: set it on the job, not in the manifest"
+        )
+    for issue in validate_config(schema, apply_config_defaults(schema, config)):
+        out.semantic_error(f"{base}/config{issue.path}", "create_job.config", issue.message)
 
 
 def _check_retries(retries: object, base: str, out: _Collector) -> None:
