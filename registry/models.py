@@ -238,6 +238,11 @@ class Job(Base):
     notifications: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     #: Bumped on every change; schedules carry it so the reconciler spots stale ones.
     revision: Mapped[int] = mapped_column(Integer, default=1)
+    #: ``api`` (created by a caller) or ``manifest`` (its job type's ``createJob``, when the module
+    #: was enabled: one such job per job type).
+    origin: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
+    #: Why the platform disabled it (e.g. its config does not fit an upgraded module); cleared on enable.
+    paused_reason: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
