@@ -285,6 +285,23 @@ class Execution(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer)
 
 
+class ExecutionCount(Base):
+    """Executions per UTC hour of ``created_at`` and (job, module, job type, status), kept by
+    database triggers on ``executions`` (migration 0005): stats read hours, not history."""
+
+    __tablename__ = "execution_counts"
+
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    #: The job's id, or "" for runs without a job (deleted job, ad-hoc module route runs).
+    job_key: Mapped[str] = mapped_column(String(36), primary_key=True)
+    module_name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    job_type: Mapped[str] = mapped_column(String(100), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+    duration_n: Mapped[int] = mapped_column(BigInteger)
+    duration_sum: Mapped[int] = mapped_column(BigInteger)
+
+
 class Event(Base):
     """A stored event (the outbox). ``seq`` orders the live stream and ``Last-Event-ID`` replay."""
 
