@@ -14,7 +14,11 @@ from typing import Annotated, Any
 import typer
 
 app = typer.Typer(help="autoplat: automation platform on Temporal", no_args_is_help=True, add_completion=False)
-module_app = typer.Typer(help="Module authoring: validate and register modules", no_args_is_help=True)
+module_app = typer.Typer(
+    help="Module authoring, on a module folder: init, validate, register. "
+    "(Operating registered modules: `autoplat modules`.)",
+    no_args_is_help=True,
+)
 app.add_typer(module_app, name="module")
 
 
@@ -91,6 +95,15 @@ def api(
     host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port")] = 8000,
     migrate_first: Annotated[bool, typer.Option("--migrate/--no-migrate", help="Upgrade the DB first")] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="API processes sharing the port (each with its own pool and event dispatcher); "
+            "about one per core serves reads fastest",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the REST API."""
     import uvicorn
@@ -99,7 +112,19 @@ def api(
 
     settings = _settings()
     asyncio.run(_bootstrap(settings, migrate=migrate_first))
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=False)
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=False)
+        return
+    # Several processes need an import string: each builds its app from the same environment.
+    uvicorn.run(
+        "api.app:app_from_environment",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="info",
+        proxy_headers=False,
+    )
 
 
 @app.command()
@@ -138,6 +163,26 @@ def dev(
     os.environ.setdefault("AUTOPLAT_DEV_MODE", "true")
     code = asyncio.run(run_dev(host=host, port=port, temporal_port=temporal_port, ui_port=ui_port, example=example))
     _exit(code)
+
+
+@module_app.command("init")
+def module_init(
+    name: Annotated[str, typer.Argument(help="Module name, kebab-case (e.g. my-module)")],
+    directory: Annotated[Path | None, typer.Argument(help="Folder to write (default: ./NAME)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into a folder that is not empty")] = False,
+) -> None:
+    """Write a new module (manifest, a job type, a route, tests) that validates and passes its tests."""
+    from autoplat.scaffold import ScaffoldError, init_module
+
+    folder = directory if directory is not None else Path(name)
+    try:
+        files = init_module(name, folder, force=force)
+    except ScaffoldError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    for path in files:
+        typer.echo(f"  wrote {path}")
+    typer.echo(f"\nnext: cd {folder} && autoplat module validate . && pytest   (docs/first-module.md)")
 
 
 @module_app.command("validate")
@@ -234,6 +279,11 @@ def _redact(url: str) -> str:
     import re
 
     return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", url)
+
+
+from autoplat.cli_ops import register as _register_operator_commands  # noqa: E402 - after the server commands
+
+_register_operator_commands(app)
 
 
 def main() -> None:

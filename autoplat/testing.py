@@ -1,6 +1,21 @@
 """A local test harness for module authors.
 
-Without a server — call a handler or a whole job type in-process, the way a worker would::
+With the pytest plugin (installed with autoplat, nothing to configure) a test takes a ready
+context whose services are in memory, and calls handlers directly, sync or async::
+
+    from my_module.jobs import hello
+
+    def test_hello(autoplat_ctx):
+        autoplat_ctx.config["name"] = "ops"
+        assert hello(autoplat_ctx)["message"] == "Hello, ops!"      # a sync handler
+        assert autoplat_ctx.run(hello_async)["ok"]                  # any handler, sync or async
+        assert autoplat_ctx.emitted[0]["name"] == "my-module.greeted"
+
+    def test_job(autoplat_run_job, autoplat_http):
+        autoplat_http.add("api.example.com", json={"items": []})   # HTTP mocked per host
+        assert autoplat_run_job("hourly-sync").status == "COMPLETED"
+
+Without the fixtures — call a handler or a whole job type in-process, the way a worker would::
 
     from autoplat.testing import run_job, run_step
 
@@ -16,54 +31,71 @@ registry — the platform's own workflow, activities and mirror, end to end::
             execution = await harness.run("example_modules/data_sync", "health-check")
             assert execution["status"] == "COMPLETED"
 
-Services in-process: ``ctx.http`` is the real client (allowlist from the manifest's
-``permissions.hosts``, address guard; pass ``allow_private="loopback"`` to reach a local test
-server), ``ctx.storage`` / ``ctx.state`` are :class:`MemoryStorage` / :class:`MemoryState` — pass
-your own to seed them or to inspect them afterwards.
+Services in-process (:class:`MemoryServices`): ``ctx.storage`` / ``ctx.state`` are
+:class:`MemoryStorage` / :class:`MemoryState`, ``ctx.notify`` records what it would send
+(:class:`MemoryNotify`), ``ctx.emit`` records events, and ``ctx.http`` is the real client (allowlist
+from the manifest's ``permissions.hosts``, address guard) on a :class:`MockHttp` transport when
+one is given, answering per host. As on the platform, a service the manifest does not declare in
+``permissions.services`` is not available (``state`` and ``emit`` need no declaration).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import json
 import os
 import sys
+import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from autoplat._invoke import invoke
-from autoplat._sync import loop_runner
+from autoplat._sync import Runner, loop_runner
 from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer, _Unavailable
 from autoplat.errors import JobError
-from autoplat.http import AllowPrivate, HttpClient
+from autoplat.http import AddressPolicy, AllowPrivate, GuardedTransport, HostNotAllowed, HttpClient
 from autoplat.storage import MemoryState, MemoryStorage
 
 __all__ = [
     "JobError",
-    "LocalRuntime",
-    "StepResult",
     "JobResult",
+    "LocalContext",
+    "LocalRuntime",
+    "MemoryNotify",
+    "MemoryServices",
     "MemoryState",
     "MemoryStorage",
-    "run_step",
-    "arun_step",
-    "run_job",
-    "arun_job",
+    "MockHttp",
+    "NotMocked",
+    "StepResult",
     "TemporalHarness",
+    "arun_job",
+    "arun_step",
+    "find_module",
+    "run_job",
+    "run_step",
 ]
+
+#: Services gated by the manifest's ``permissions.services`` (``state`` and ``emit`` are not).
+DECLARED_SERVICES = ("http", "storage", "notify", "browser")
 
 
 class LocalRuntime:
     """Runtime of handlers run by the harness: records heartbeats and emitted events."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop | None = None, events: list[dict[str, Any]] | None = None
+    ) -> None:
         self.loop = loop
         self.heartbeats: list[tuple[Any, ...]] = []
-        self.events: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = events if events is not None else []
         self.cancelled = False
 
     def heartbeat(self, *details: Any) -> None:
@@ -81,6 +113,238 @@ class LocalRuntime:
         event_id = str(uuid.uuid4())
         self.events.append({"id": event_id, "name": name, "payload": payload})
         return event_id
+
+
+# --- in-memory services ---------------------------------------------------------------------------
+
+
+class MemoryNotify:
+    """``ctx.notify`` that records each notification in :attr:`sent` instead of sending it.
+
+    Same methods and arguments as the platform's: awaitable in ``async def`` handlers, direct in
+    plain ``def`` handlers. Each record is ``{"type": "email" | "webhook" | "slack" | "channel", ...}``
+    with the call's arguments.
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def __bool__(self) -> bool:
+        return True
+
+    def _record(self, record: dict[str, Any]) -> Any:
+        self.sent.append(record)
+        result = {"type": record["type"], "recorded": True}
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return result  # a sync handler, in its own thread
+
+        async def sent() -> dict[str, Any]:
+            return result
+
+        return sent()
+
+    def available(self, channel: str = "email") -> bool:
+        return True
+
+    def email(
+        self,
+        to: str | list[str],
+        subject: str,
+        text: str | None = None,
+        html: str | None = None,
+        *,
+        cc: str | list[str] | None = None,
+        bcc: str | list[str] | None = None,
+        channel: str = "email",
+    ) -> Any:
+        as_list = [to] if isinstance(to, str) else list(to)
+        return self._record(
+            {
+                "type": "email",
+                "to": as_list,
+                "subject": subject,
+                "text": text,
+                "html": html,
+                "cc": cc,
+                "bcc": bcc,
+                "channel": channel,
+            }
+        )
+
+    def webhook(
+        self,
+        url: str,
+        payload: Any,
+        *,
+        method: str = "POST",
+        headers: Mapping[str, str] | None = None,
+        secret: str | None = None,
+    ) -> Any:
+        return self._record(
+            {
+                "type": "webhook",
+                "url": url,
+                "payload": payload,
+                "method": method,
+                "headers": dict(headers or {}),
+                "signed": secret is not None,
+            }
+        )
+
+    def slack(self, url: str, text: str, *, blocks: list[Any] | None = None) -> Any:
+        return self._record({"type": "slack", "url": url, "text": text, "blocks": blocks})
+
+    def channel(
+        self,
+        name: str,
+        subject: str,
+        text: str,
+        *,
+        html: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        to: str | list[str] | None = None,
+    ) -> Any:
+        return self._record(
+            {
+                "type": "channel",
+                "channel": name,
+                "subject": subject,
+                "text": text,
+                "html": html,
+                "data": dict(data or {}),
+                "to": to,
+            }
+        )
+
+
+class NotMocked(HostNotAllowed):
+    """A handler called a host the test did not mock (fails the step, no retry)."""
+
+
+Responder = Callable[[httpx.Request], httpx.Response]
+
+
+class MockHttp:
+    """Answers ``ctx.http`` per host, so tests never reach the network.
+
+    ``ctx.http`` stays the real client (manifest allowlist, logging, retries on 429 / 5xx, JSON
+    helpers); only its transport is replaced. Each rule answers requests to one host, optionally
+    one method and path; the latest matching rule wins::
+
+        http = MockHttp()
+        http.add("api.example.com", json={"items": [1, 2]})
+        http.add("api.example.com", "POST", "/items", status=201, json={"id": 3})
+        http.add("status.example.com", responder=lambda request: httpx.Response(503))
+
+    A host with no rule fails the step with :class:`NotMocked`, unless ``passthrough=True`` (then
+    it is really called, with the platform's address guard). Requests are kept in :attr:`requests`.
+    Retries wait ``backoff`` seconds (short, so testing a 503 is quick).
+    """
+
+    def __init__(
+        self, *, passthrough: bool = False, allow_private: AllowPrivate = "off", backoff: float = 0.01
+    ) -> None:
+        self.rules: list[tuple[str, str | None, str | None, Responder]] = []
+        self.requests: list[httpx.Request] = []
+        self.passthrough = passthrough
+        self.allow_private = allow_private
+        self.backoff = backoff
+
+    def add(
+        self,
+        host: str,
+        method: str | None = None,
+        path: str | None = None,
+        *,
+        status: int = 200,
+        json: Any = None,
+        text: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        responder: Responder | None = None,
+    ) -> MockHttp:
+        """Answer requests to ``host`` (and ``method`` / ``path`` when given); returns ``self``."""
+        if responder is None:
+            body: dict[str, Any] = {"json": json} if text is None else {"text": text}
+            fixed_headers = dict(headers or {})
+
+            def responder(request: httpx.Request) -> httpx.Response:
+                return httpx.Response(status, headers=fixed_headers, **body)
+
+        self.rules.append((host.lower(), method.upper() if method else None, path, responder))
+        return self
+
+    def requests_to(self, host: str) -> list[httpx.Request]:
+        return [r for r in self.requests if r.url.host == host.lower()]
+
+    def transport(self) -> httpx.AsyncBaseTransport:
+        return _MockTransport(self)
+
+    def _responder(self, request: httpx.Request) -> Responder | None:
+        for host, method, path, responder in reversed(self.rules):
+            if host == request.url.host and method in (None, request.method) and path in (None, request.url.path):
+                return responder
+        return None
+
+
+class _MockTransport(httpx.AsyncBaseTransport):
+    def __init__(self, mock: MockHttp) -> None:
+        self._mock = mock
+        self._real: GuardedTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self._mock.requests.append(request)
+        responder = self._mock._responder(request)
+        if responder is None:
+            if not self._mock.passthrough:
+                raise NotMocked(
+                    f"no mock answers {request.method} {request.url.host}{request.url.path} in this test: "
+                    f"autoplat_http.add({request.url.host!r}, json=...) (or MockHttp(passthrough=True))",
+                    details={"host": request.url.host},
+                )
+            if self._real is None:
+                self._real = GuardedTransport(AddressPolicy(self._mock.allow_private))
+            return await self._real.handle_async_request(request)
+        await request.aread()
+        response = responder(request)
+        if inspect.isawaitable(response):
+            response = await response
+        return response
+
+    async def aclose(self) -> None:
+        if self._real is not None:
+            await self._real.aclose()
+
+
+@dataclass
+class MemoryServices:
+    """The services a handler gets in the harness, kept in memory and shared by the runs given them.
+
+    Pass one to several runs (or use the pytest fixtures, which share one per test) to keep
+    storage and state between runs, and to inspect what was sent, emitted and requested.
+    ``http=None`` gives handlers the real ``ctx.http`` (no mock).
+
+    Adding a service: give it a field here with its in-memory implementation, and a line in
+    :meth:`provide` (a service the manifest must declare also goes into ``DECLARED_SERVICES``).
+    """
+
+    storage: MemoryStorage = field(default_factory=MemoryStorage)
+    state: MemoryState = field(default_factory=MemoryState)
+    notify: MemoryNotify = field(default_factory=MemoryNotify)
+    http: MockHttp | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def provide(self, runner: Runner) -> dict[str, Any]:
+        """The ``ctx`` services (besides ``http``, built per step), bound to a run's loop."""
+        return {
+            "storage": self.storage.bind(runner),
+            "state": self.state.bind(runner),
+            "notify": self.notify,
+        }
+
+
+# --- running handlers -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -109,6 +373,65 @@ class JobResult:
     def events(self) -> list[dict[str, Any]]:
         return [event for step in self.steps for event in step.events]
 
+    @property
+    def error(self) -> BaseException | None:
+        """The failed step's exception (``None`` when COMPLETED)."""
+        return next((step.error for step in self.steps if step.error is not None), None)
+
+
+def _private_mode(allow_private: AllowPrivate | None) -> AllowPrivate:
+    mode = allow_private or os.environ.get("AUTOPLAT_HTTP_ALLOW_PRIVATE", "off").strip().lower() or "off"
+    if mode not in ("off", "loopback", "private"):
+        raise ValueError(f"allow_private must be off, loopback or private, not {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def _build_context(
+    *,
+    runtime: LocalRuntime,
+    runner: Runner,
+    memory: MemoryServices,
+    services: Mapping[str, Any] | None,
+    hosts: list[str] | None,
+    allow_private: AllowPrivate | None,
+    info: ExecutionInfo,
+    config: Mapping[str, Any] | None,
+    secrets: Mapping[str, Any] | None,
+    module_config: Mapping[str, Any] | None,
+    previous: Any,
+    event: Mapping[str, Any] | None,
+    request: HttpRequest | None,
+    context_class: type[JobContext] = JobContext,
+) -> tuple[JobContext, LogBuffer, HttpClient | None]:
+    buffer = LogBuffer()
+    given = dict(services or {})
+    ctx = context_class(
+        info=info,
+        config={**(config or {}), **(secrets or {})},
+        secrets=secrets,
+        module_config=module_config,
+        runtime=runtime,
+        log_buffer=buffer,
+        previous=previous,
+        event=event,
+        request=request,
+        services={**memory.provide(runner), **given},
+    )
+    own_http: HttpClient | None = None
+    if "http" not in given:
+        mock = memory.http
+        own_http = HttpClient(
+            hosts=None if hosts is None else list(hosts),
+            transport=mock.transport() if mock is not None else None,
+            allow_private=_private_mode(allow_private),
+            logger=ctx.logger,
+            runner=runner,
+            secrets=[str(v) for v in ctx.secrets.values() if isinstance(v, str)],
+            **({"backoff": mock.backoff} if mock is not None else {}),
+        )
+        ctx.http = own_http
+    return ctx, buffer, own_http
+
 
 async def arun_step(
     handler: Callable[..., Any],
@@ -130,6 +453,7 @@ async def arun_step(
     allow_private: AllowPrivate | None = None,
     storage: MemoryStorage | None = None,
     state: MemoryState | None = None,
+    memory: MemoryServices | None = None,
 ) -> StepResult:
     """Run one handler with a real :class:`JobContext`; returns its result, logs and events.
 
@@ -137,13 +461,26 @@ async def arun_step(
         hosts: Hosts ``ctx.http`` may reach (the manifest's ``permissions.hosts``).
         allow_private: ``"loopback"`` / ``"private"`` to reach local servers (default: the
             ``AUTOPLAT_HTTP_ALLOW_PRIVATE`` environment variable, else ``"off"``).
-        storage, state: In-memory ``ctx.storage`` / ``ctx.state`` (fresh ones when omitted).
+        memory: The in-memory services (storage, state, notify, events, HTTP mock); a fresh
+            :class:`MemoryServices` when omitted.
+        storage, state: Shortcuts replacing ``memory.storage`` / ``memory.state``.
         services: Replace any service (``{"http": fake}``).
     """
+    memory = memory if memory is not None else MemoryServices()
+    if storage is not None:
+        memory.storage = storage
+    if state is not None:
+        memory.state = state
     loop = asyncio.get_running_loop()
-    runtime = LocalRuntime(loop)
-    buffer = LogBuffer()
-    ctx = JobContext(
+    runtime = LocalRuntime(loop, memory.events)
+    emitted_before = len(memory.events)
+    ctx, buffer, own_http = _build_context(
+        runtime=runtime,
+        runner=loop_runner(loop),
+        memory=memory,
+        services=services,
+        hosts=list(hosts or []),
+        allow_private=allow_private,
         info=ExecutionInfo(
             execution_id=str(uuid.uuid4()),
             module=module,
@@ -152,44 +489,23 @@ async def arun_step(
             attempt=attempt,
             trigger=trigger,
         ),
-        config={**(config or {}), **(secrets or {})},
+        config=config,
         secrets=secrets,
         module_config=module_config,
-        runtime=runtime,
-        log_buffer=buffer,
         previous=previous,
         event=event,
         request=request,
-        services=services,
     )
-    runner = loop_runner(loop)
-    own_http: HttpClient | None = None
-    if "http" not in (services or {}):
-        mode = allow_private or os.environ.get("AUTOPLAT_HTTP_ALLOW_PRIVATE", "off").strip().lower() or "off"
-        if mode not in ("off", "loopback", "private"):
-            raise ValueError(f"allow_private must be off, loopback or private, not {mode!r}")
-        own_http = HttpClient(
-            hosts=list(hosts or []),
-            allow_private=mode,  # type: ignore[arg-type]
-            logger=ctx.logger,
-            runner=runner,
-            secrets=[str(v) for v in ctx.secrets.values() if isinstance(v, str)],
-        )
-        ctx.http = own_http
-    if "storage" not in (services or {}):
-        ctx.storage = (storage if storage is not None else MemoryStorage()).bind(runner)
-    if "state" not in (services or {}):
-        ctx.state = (state if state is not None else MemoryState()).bind(runner)
     try:
         result = await invoke(handler, ctx)
     except Exception as exc:
         if raise_errors:
             raise
-        return StepResult(result=None, logs=buffer.entries, events=runtime.events, error=exc)
+        return StepResult(result=None, logs=buffer.entries, events=memory.events[emitted_before:], error=exc)
     finally:
         if own_http is not None:
             await own_http.aclose()
-    return StepResult(result=result, logs=buffer.entries, events=runtime.events)
+    return StepResult(result=result, logs=buffer.entries, events=memory.events[emitted_before:])
 
 
 def run_step(handler: Callable[..., Any], **kwargs: Any) -> StepResult:
@@ -197,12 +513,62 @@ def run_step(handler: Callable[..., Any], **kwargs: Any) -> StepResult:
     return asyncio.run(arun_step(handler, **kwargs))
 
 
+# --- modules --------------------------------------------------------------------------------------
+
+
 def _load_manifest(module_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(module_dir) / "manifest.json").read_text())  # type: ignore[no-any-return]
+    return json.loads((Path(module_dir) / "manifest.json").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def _manifest_name(folder: Path) -> str | None:
+    try:
+        name = _load_manifest(folder).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def find_module(module: str | Path, *, start: str | Path | None = None) -> Path:
+    """The folder of a module, given its folder (or its manifest.json) or its manifest ``name``.
+
+    A name is looked up from ``start`` (default: the current folder) upwards: in each folder, its
+    own manifest.json, then those of its direct subfolders (so ``run_job("data-sync", ...)`` finds
+    ``./data_sync/manifest.json`` or the module the test lives in).
+
+    Raises:
+        FileNotFoundError: neither a module folder nor a module of that name was found.
+    """
+    path = Path(module)
+    if path.is_file() and path.name == "manifest.json":
+        return path.parent
+    if (path / "manifest.json").is_file():
+        return path
+    name = str(module)
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if _manifest_name(folder) == name:
+            return folder
+        try:
+            children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            continue
+        for child in children:
+            if (child / "manifest.json").is_file() and _manifest_name(child) == name:
+                return child
+    raise FileNotFoundError(
+        f"no module {name!r}: not a folder with a manifest.json, and no manifest.json named {name!r} "
+        f"in {here} or its parents (or their direct subfolders)"
+    )
+
+
+def code_root(module_dir: Path, manifest: Mapping[str, Any] | None = None) -> Path:
+    """The folder handlers are imported from (the manifest's ``python.codeRoot``, default the module folder)."""
+    manifest = manifest if manifest is not None else _load_manifest(module_dir)
+    return (Path(module_dir) / ((manifest.get("python") or {}).get("codeRoot") or ".")).resolve()
 
 
 def _handler(module_dir: Path, manifest: dict[str, Any], ref: str) -> Callable[..., Any]:
-    root = str((Path(module_dir) / ((manifest.get("python") or {}).get("codeRoot") or ".")).resolve())
+    root = str(code_root(module_dir, manifest))
     if root not in sys.path:
         sys.path.insert(0, root)
     module_name, _, attr = ref.partition(":")
@@ -214,42 +580,55 @@ def _defaults(schema: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v["default"] for k, v in props.items() if isinstance(v, dict) and "default" in v}
 
 
+def _undeclared(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """As on the platform: a service the manifest does not declare is not available."""
+    declared = set((manifest.get("permissions") or {}).get("services") or [])
+    return {name: _Unavailable(name) for name in DECLARED_SERVICES if name not in declared}
+
+
+def _hosts(manifest: Mapping[str, Any]) -> list[str]:
+    return [str(h) for h in ((manifest.get("permissions") or {}).get("hosts") or [])]
+
+
 async def arun_job(
-    module_dir: str | Path,
+    module: str | Path,
     job_type: str,
     *,
     config: Mapping[str, Any] | None = None,
     module_config: Mapping[str, Any] | None = None,
     services: Mapping[str, Any] | None = None,
     event: Mapping[str, Any] | None = None,
+    request: HttpRequest | None = None,
     allow_private: AllowPrivate | None = None,
     storage: MemoryStorage | None = None,
     state: MemoryState | None = None,
+    memory: MemoryServices | None = None,
 ) -> JobResult:
     """Run every step of a job type in order, in-process, with config defaults from the manifest.
 
-    A :class:`JobError` ends the job FAILED at once (as on the platform); other exceptions too
-    (the harness does not retry: test retries on the platform with :class:`TemporalHarness`).
-    ``ctx.http`` may reach the manifest's ``permissions.hosts``; the steps share one ``storage``
-    and ``state`` (pass yours to keep them across runs, as the platform does).
+    ``module`` is the module's folder (or its manifest.json), or its manifest ``name`` looked up
+    from the current folder (see :func:`find_module`). A :class:`JobError` ends the job FAILED at
+    once (as on the platform); other exceptions too (the harness does not retry: test retries on
+    the platform with :class:`TemporalHarness`). ``ctx.http`` may reach the manifest's
+    ``permissions.hosts``; the steps share one :class:`MemoryServices` (pass yours to keep storage
+    and state across runs, as the platform does, or to mock HTTP).
     """
-    module_dir = Path(module_dir)
+    module_dir = find_module(module)
     manifest = _load_manifest(module_dir)
     job = next((j for j in manifest.get("jobs", []) if j.get("name") == job_type), None)
     if job is None:
-        raise KeyError(f"{manifest.get('name')} has no job type {job_type!r}")
+        names = ", ".join(str(j.get("name")) for j in manifest.get("jobs", []))
+        raise KeyError(f"{manifest.get('name')} has no job type {job_type!r} (it has: {names})")
     steps = job.get("steps") or [{"name": job_type, "handler": job["handler"]}]
     resolved = {**_defaults(job.get("config")), **(config or {})}
     mod_config = {**_defaults(manifest.get("config")), **(module_config or {})}
+    memory = memory if memory is not None else MemoryServices()
+    if storage is not None:
+        memory.storage = storage
+    if state is not None:
+        memory.state = state
+    merged = {**_undeclared(manifest), **(services or {})}
     previous: Any = None
-    permissions = manifest.get("permissions") or {}
-    declared = set(permissions.get("services") or [])
-    hosts = [str(h) for h in (permissions.get("hosts") or [])]
-    storage = storage if storage is not None else MemoryStorage()
-    state = state if state is not None else MemoryState()
-    # As on the platform: a service the manifest does not declare is not available.
-    undeclared = {name: _Unavailable(name) for name in ("http", "storage") if name not in declared}
-    services = {**undeclared, **(services or {})}
     outcome = JobResult(status="COMPLETED", result=None)
     for step in steps:
         result = await arun_step(
@@ -258,15 +637,16 @@ async def arun_job(
             module_config=mod_config,
             previous=previous,
             event=event,
-            services=services,
+            request=request,
+            services=merged,
             module=manifest.get("name", "module"),
             job_type=job_type,
             step=step["name"],
+            trigger="http" if request is not None else "event" if event is not None else "manual",
             raise_errors=False,
-            hosts=hosts,
+            hosts=_hosts(manifest),
             allow_private=allow_private,
-            storage=storage,
-            state=state,
+            memory=memory,
         )
         outcome.steps.append(result)
         if result.error is not None:
@@ -278,9 +658,124 @@ async def arun_job(
     return outcome
 
 
-def run_job(module_dir: str | Path, job_type: str, **kwargs: Any) -> JobResult:
+def run_job(module: str | Path, job_type: str, **kwargs: Any) -> JobResult:
     """Synchronous :func:`arun_job`."""
-    return asyncio.run(arun_job(module_dir, job_type, **kwargs))
+    return asyncio.run(arun_job(module, job_type, **kwargs))
+
+
+# --- a context for tests that call handlers themselves (the pytest plugin's autoplat_ctx) ----------
+
+
+class _LoopThread:
+    """An event loop in a thread of its own: async services and handlers run there, while the test
+    (and the sync handlers it calls) stay in the main thread, as sync handlers do on a worker."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="autoplat-harness-loop", daemon=True)
+        self._thread.start()
+        # Made on the loop's thread, so *_sync calls from an async handler get the platform's error.
+        self.runner: Runner = self.run(self._make_runner())
+
+    async def _make_runner(self) -> Runner:
+        return loop_runner(self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
+class LocalContext(JobContext):
+    """A :class:`JobContext` for tests that call handlers themselves (``autoplat_ctx``).
+
+    Call a sync handler directly (``hello(ctx)``), or any handler with :meth:`run`. Its services
+    are a :class:`MemoryServices`; set ``config``, ``secrets``, ``request``, ``event`` or
+    ``previous`` before calling. Close it when done (the fixture does).
+    """
+
+    _loop_thread: _LoopThread
+    _http_client: HttpClient | None
+    memory: MemoryServices
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        module_dir: str | Path | None = None,
+        job_type: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        secrets: Mapping[str, Any] | None = None,
+        module_config: Mapping[str, Any] | None = None,
+        request: HttpRequest | None = None,
+        event: Mapping[str, Any] | None = None,
+        previous: Any = None,
+        memory: MemoryServices | None = None,
+        allow_private: AllowPrivate | None = None,
+    ) -> LocalContext:
+        """A context for ``job_type`` of the module in ``module_dir`` (config defaults, module
+        config, allowed hosts and declared services from its manifest), or a bare one."""
+        manifest: dict[str, Any] = _load_manifest(Path(module_dir)) if module_dir is not None else {}
+        job = next((j for j in manifest.get("jobs", []) if j.get("name") == job_type), None) if job_type else None
+        if job_type and manifest and job is None:
+            raise KeyError(f"{manifest.get('name')} has no job type {job_type!r}")
+        memory = memory if memory is not None else MemoryServices()
+        thread = _LoopThread()
+        ctx, _, http_client = _build_context(
+            runtime=LocalRuntime(thread.loop, memory.events),
+            runner=thread.runner,
+            memory=memory,
+            services=_undeclared(manifest) if manifest else None,
+            hosts=_hosts(manifest) if manifest else None,
+            allow_private=allow_private,
+            info=ExecutionInfo(
+                execution_id=str(uuid.uuid4()),
+                module=str(manifest.get("name") or "test-module"),
+                job_type=job_type or "test-job",
+                module_version=manifest.get("version"),
+            ),
+            config={**_defaults((job or {}).get("config")), **(config or {})},
+            secrets=secrets,
+            module_config={**_defaults(manifest.get("config")), **(module_config or {})},
+            previous=previous,
+            event=event,
+            request=request,
+            context_class=cls,
+        )
+        assert isinstance(ctx, LocalContext)
+        ctx._loop_thread, ctx._http_client, ctx.memory = thread, http_client, memory
+        if module_dir is not None:
+            root = str(code_root(Path(module_dir), manifest))
+            if root not in sys.path:
+                sys.path.insert(0, root)
+        return ctx
+
+    def run(self, handler: Callable[..., Any]) -> Any:
+        """Call ``handler`` (sync or async) with this context, as a worker would; returns its result."""
+        return self._loop_thread.run(invoke(handler, self))
+
+    @property
+    def logs(self) -> list[dict[str, Any]]:
+        """The log lines written so far (``{"ts", "level", "message", ...}``)."""
+        return list(self.log_buffer.entries)
+
+    @property
+    def messages(self) -> list[str]:
+        """Just the messages of :attr:`logs`."""
+        return [str(entry.get("message")) for entry in self.log_buffer.entries]
+
+    @property
+    def emitted(self) -> list[dict[str, Any]]:
+        """Events emitted so far (``{"id", "name", "payload"}``)."""
+        return self.memory.events
+
+    def close(self) -> None:
+        if self._http_client is not None:
+            self._loop_thread.run(self._http_client.aclose())
+        self._loop_thread.close()
 
 
 class TemporalHarness:
@@ -359,7 +854,7 @@ class TemporalHarness:
         from registry.services.common import Actor
         from workflows.control import Runner
 
-        module_dir = Path(module_dir)
+        module_dir = find_module(module_dir)
         manifest = _load_manifest(module_dir)
         data, sha = codestore.pack_folder(module_dir)
         path = codestore.materialize(self.state_dir, manifest["name"], manifest["version"], sha, data)
