@@ -79,6 +79,7 @@ POLICY: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/api/v1/jobs/{job_id}/enable"): STAFF,
     ("POST", "/api/v1/jobs/{job_id}/disable"): STAFF,
     ("POST", "/api/v1/jobs/{job_id}/execute"): STAFF,
+    ("GET", "/api/v1/jobs/{job_id}/state"): STAFF,  # module data, like a module's storage
     # executions: everyone reads; operators cancel and retry
     ("GET", "/api/v1/executions"): EVERYONE,
     ("GET", "/api/v1/executions/stats"): EVERYONE,
