@@ -1,7 +1,14 @@
 """``autoplat dev``: Temporal dev server + API + worker in one command, with embedded defaults.
 
 The Temporal dev server is started through ``temporal-dev.sh`` (one definition of its flags);
-the API and a worker run in this process. Ctrl-C (or SIGTERM) stops everything cleanly.
+the API, a worker and the **demo source** run in this process. Ctrl-C (or SIGTERM) stops
+everything cleanly.
+
+The demo source (:func:`demo_source_app`) is what the example module's default URLs point at, so
+every example job completes on a fresh ``./run.sh``: a small JSON API on loopback
+(``127.0.0.1:8099``, ``AUTOPLAT_DEV_DEMO_PORT``) with records, a status endpoint and an inbox
+that receives the example's report webhooks. It exists in the dev stack only: ``autoplat api`` and
+``autoplat worker`` never start it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ log = logging.getLogger("autoplat.dev")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example_modules" / "data_sync"
+#: Where the example module's default URLs point (example_modules/data_sync/manifest.json).
+DEMO_PORT = 8099
 
 
 def _say(text: str = "") -> None:
@@ -44,8 +53,9 @@ async def run_dev(*, host: str, port: int, temporal_port: int, ui_port: int, exa
             loop.add_signal_handler(sig, stop.set)
 
     temporal_proc = None if external_temporal else await _start_temporal(settings, temporal_port, ui_port)
+    demo_port = int(os.environ.get("AUTOPLAT_DEV_DEMO_PORT") or DEMO_PORT)
     try:
-        return await _serve(settings, host=host, port=port, example=example, stop=stop)
+        return await _serve(settings, host=host, port=port, example=example, stop=stop, demo_port=demo_port)
     finally:
         if temporal_proc is not None and temporal_proc.returncode is None:
             temporal_proc.send_signal(signal.SIGTERM)
@@ -92,7 +102,9 @@ async def _start_temporal(settings: Any, temporal_port: int, ui_port: int) -> as
     return proc
 
 
-async def _serve(settings: Any, *, host: str, port: int, example: bool, stop: asyncio.Event) -> int:
+async def _serve(
+    settings: Any, *, host: str, port: int, example: bool, stop: asyncio.Event, demo_port: int = DEMO_PORT
+) -> int:
     import uvicorn
 
     from api.app import close_state, create_app, open_state
@@ -109,9 +121,12 @@ async def _serve(settings: Any, *, host: str, port: int, example: bool, stop: as
         worker_stop = asyncio.Event()
         worker_task = asyncio.create_task(run_worker(settings, stop=worker_stop))
         api_task = asyncio.create_task(server.serve())
+        demo = _DemoSource(demo_port)
+        await demo.start()
         while not server.started and not api_task.done():
             await asyncio.sleep(0.05)
         if api_task.done():
+            await demo.stop()
             await api_task
             return 1
         base = f"http://{host}:{port}"
@@ -122,6 +137,7 @@ async def _serve(settings: Any, *, host: str, port: int, example: bool, stop: as
         _say(f"  API docs       {base}/docs")
         _say(f"  Temporal UI    {settings.temporal_ui_url}")
         _say(f"  Temporal       {settings.temporal_address} (namespace {settings.temporal_namespace})")
+        _say(f"  Demo source    {demo.note()}")
         _say(f"  State folder   {settings.state_dir}")
         if created is not None and created[1]:
             _say(f"  Admin login    {created[0]} / {created[1]}   (printed once)")
@@ -135,7 +151,7 @@ async def _serve(settings: Any, *, host: str, port: int, example: bool, stop: as
         )
         server.should_exit = True
         worker_stop.set()
-        await asyncio.gather(api_task, worker_task, return_exceptions=True)
+        await asyncio.gather(api_task, worker_task, demo.stop(), return_exceptions=True)
         for task in done:
             if task in (api_task, worker_task) and task.exception() is not None:
                 log.error("stopped by an error", exc_info=task.exception())
@@ -167,3 +183,129 @@ async def _register_example(state: Any) -> None:
         _say(f"  example module {result}")
     except Exception as exc:  # noqa: BLE001 - the platform runs without its example
         log.warning("could not register the example module: %s", exc)
+
+
+# --- the demo source ------------------------------------------------------------------------------
+
+
+class _DemoSource:
+    """Serves :func:`demo_source_app` on loopback; a busy port is reported, never fatal."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.error: str | None = None
+        self._server: Any = None
+        self._task: asyncio.Task[Any] | None = None
+
+    async def start(self) -> None:
+        import socket
+
+        import uvicorn
+
+        # Bound here, not by uvicorn: uvicorn exits the process (SystemExit) when a port is taken.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", self.port))
+        except OSError as exc:
+            sock.close()
+            self.error = f"cannot listen on 127.0.0.1:{self.port} ({exc.strerror}); set AUTOPLAT_DEV_DEMO_PORT"
+            log.warning("demo source: %s", self.error)
+            return
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(demo_source_app(), log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started and not self._task.done():
+            await asyncio.sleep(0.02)
+
+    def note(self) -> str:
+        if self.error:
+            return f"not started: {self.error}"
+        return f"http://127.0.0.1:{self.port}/   (records, status and report inbox of the example module)"
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None and not self._task.done():
+            self._server.should_exit = True
+            with contextlib.suppress(BaseException):
+                await self._task
+
+
+def demo_source_app(*, initial_records: int = 120, per_minute: int = 2) -> Any:
+    """The dev stack's demo source: what the example module's default URLs point at.
+
+    - ``GET /records?offset=&limit=``: ``{"items": [...], "total": n}``; ``initial_records`` at start,
+      ``per_minute`` more every minute, so each scheduled sync finds new ones.
+    - ``GET /status``: ``{"status": "ok", ...}`` (``POST /status`` with ``{"status": "down"}`` turns it
+      unhealthy, to watch the example's health alert).
+    - ``POST /inbox`` receives the example's report webhooks; ``GET /inbox`` lists the last 100.
+    """
+    import json
+    import time
+    from datetime import UTC, datetime
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    started = time.monotonic()
+    state: dict[str, Any] = {"status": "ok", "inbox": []}
+
+    def total() -> int:
+        return initial_records + int((time.monotonic() - started) // 60) * per_minute
+
+    def record(i: int) -> dict[str, Any]:
+        return {"id": i, "name": f"record {i}", "value": (i * 37) % 101}
+
+    async def index(_: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "name": "autoplat demo source (dev stack only)",
+                "records": "/records?offset=0&limit=100",
+                "status": "/status",
+                "inbox": "/inbox",
+            }
+        )
+
+    async def records(request: Request) -> JSONResponse:
+        try:
+            offset = max(int(request.query_params.get("offset", 0)), 0)
+            limit = min(max(int(request.query_params.get("limit", 100)), 1), 1000)
+        except ValueError:
+            return JSONResponse({"error": "offset and limit are integers"}, status_code=400)
+        n = total()
+        return JSONResponse({"items": [record(i) for i in range(offset, min(offset + limit, n))], "total": n})
+
+    async def status(request: Request) -> JSONResponse:
+        if request.method == "POST":
+            body = await request.json()
+            state["status"] = str(body.get("status", "ok")) if isinstance(body, dict) else "ok"
+        return JSONResponse(
+            {"status": state["status"], "records": total(), "uptime_seconds": round(time.monotonic() - started, 1)}
+        )
+
+    async def inbox(request: Request) -> JSONResponse:
+        if request.method == "GET":
+            return JSONResponse({"items": list(reversed(state["inbox"]))})
+        raw = await request.body()
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        subject = body.get("subject") if isinstance(body, dict) else None
+        state["inbox"] = [
+            *state["inbox"][-99:],
+            {"received_at": datetime.now(UTC).isoformat(), "subject": subject, "body": body},
+        ]
+        log.info("demo inbox: received %s", subject or "a message")
+        return JSONResponse({"received": True}, status_code=202)
+
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/records", records),
+            Route("/status", status, methods=["GET", "POST"]),
+            Route("/inbox", inbox, methods=["GET", "POST"]),
+        ]
+    )

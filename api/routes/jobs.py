@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 
 from api.deps import PageDep, Requires, SessionDep, SettingsDep, StateDep
 from api.routes.executions import SERVED_JSON_DEPTH, execution_read
 from api.schemas.common import ERROR_RESPONSES, Page
-from api.schemas.executions import ExecutionRead
-from api.schemas.jobs import ExecuteRequest, ExecutionSummary, JobCreate, JobRead, JobUpdate
+from api.schemas.executions import ExecutionDetail, ExecutionRead
+from api.schemas.jobs import ExecuteRequest, ExecutionSummary, JobCreate, JobRead, JobStateRead, JobUpdate
 from api.state import AppState
 from registry.errors import UpstreamTimeout
 from registry.manifest import json_problem
@@ -21,8 +21,14 @@ from workflows.schedules import schedule_id
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
+_UNREAD: Any = object()
 
-async def job_read(job: Job, state: AppState, *, session: SessionDep, detail: bool = False) -> JobRead:
+
+async def job_read(
+    job: Job, state: AppState, *, session: SessionDep, detail: bool = False, last: Any = _UNREAD
+) -> JobRead:
+    """A job as answered. ``detail`` adds Temporal's view of its schedule (one call to Temporal);
+    ``last``: its latest run when the caller read it already (lists read a page's in one query)."""
     module = await session.get(Module, job.module_id)
     codec = state.secret_codec()
     config = jobs.masked_config(job, module, codec.decrypt(job.secrets)) if module else dict(job.config)
@@ -40,6 +46,7 @@ async def job_read(job: Job, state: AppState, *, session: SessionDep, detail: bo
         timezone=job.timezone,
         enabled=job.enabled,
         timeout_seconds=job.timeout_seconds,
+        max_attempts=job.retries + 1,
         retries=job.retries,
         retry_backoff=job.retry_backoff or {},
         overlap=job.overlap,
@@ -49,26 +56,28 @@ async def job_read(job: Job, state: AppState, *, session: SessionDep, detail: bo
         notifications=job.notifications or {},
         schedule_id=schedule_id(job.id) if job.schedule else None,
         revision=job.revision,
+        origin=job.origin or "api",
+        paused_reason=job.paused_reason,
         created_at=job.created_at,
         updated_at=job.updated_at,
         data_problem=f"config: {problem[0] or '/'}: {problem[1]}" if problem else None,
     )
-    if detail:
-        read.next_runs = jobs.upcoming(job) if job.enabled else []
+    read.next_runs = jobs.upcoming(job) if job.enabled else []
+    if last is _UNREAD:
         last = await jobs.last_execution(session=session, job_id=job.id)
-        if last is not None:
-            read.last_execution = ExecutionSummary(
-                id=last.id,
-                status=last.status,
-                trigger=last.trigger,
-                created_at=last.created_at,
-                finished_at=last.finished_at,
-            )
-        if job.schedule:
-            try:
-                read.schedule_state = await (await state.schedules()).describe(job.id)
-            except Exception as exc:  # noqa: BLE001 - the job is still readable while Temporal is down
-                read.schedule_state = {"error": f"Temporal unavailable: {type(exc).__name__}"}
+    if last is not None:
+        read.last_execution = ExecutionSummary(
+            id=last.id,
+            status=last.status,
+            trigger=last.trigger,
+            created_at=last.created_at,
+            finished_at=last.finished_at,
+        )
+    if detail and job.schedule:
+        try:
+            read.schedule_state = await (await state.schedules()).describe(job.id)
+        except Exception as exc:  # noqa: BLE001 - the job is still readable while Temporal is down
+            read.schedule_state = {"error": f"Temporal unavailable: {type(exc).__name__}"}
     return read
 
 
@@ -89,10 +98,11 @@ class _LazyScheduler:
 async def create_job(
     body: JobCreate, session: SessionDep, state: StateDep, actor: Actor = Requires("jobs:write")
 ) -> JobRead:
-    fields = body.model_dump(exclude_unset=True)
+    fields = body.model_dump(exclude_unset=True, exclude={"max_attempts", "retries"})
     kwargs = {k: v for k, v in fields.items() if k != "schedule"}
     if "schedule" in fields:
         kwargs["schedule"] = fields["schedule"]
+    kwargs["retries"] = body.retries_after_first()
     job = await jobs.create_job(
         session=session,
         scheduler=_LazyScheduler(state),
@@ -104,7 +114,12 @@ async def create_job(
     return await job_read(job, state, session=session, detail=True)
 
 
-@router.get("", response_model=Page[JobRead])
+@router.get(
+    "",
+    response_model=Page[JobRead],
+    # A Temporal call per job would make long lists slow: schedule_state is on GET /jobs/{id} only.
+    response_model_exclude={"items": {"__all__": {"schedule_state"}}},
+)
 async def list_jobs(
     session: SessionDep,
     state: StateDep,
@@ -119,7 +134,8 @@ async def list_jobs(
     result = await jobs.list_jobs(
         session=session, page=page, limit=limit, module=module, job_type=job_type, enabled=enabled, search=search
     )
-    items = [await job_read(j, state, session=session) for j in result.items]
+    last = await jobs.last_executions(session=session, job_ids=[j.id for j in result.items])
+    items = [await job_read(j, state, session=session, last=last.get(j.id)) for j in result.items]
     return Page(items=items, total=result.total, page=page, limit=limit)
 
 
@@ -132,7 +148,9 @@ async def get_job(job_id: str, session: SessionDep, state: StateDep, _: Actor = 
 async def update_job(
     job_id: str, body: JobUpdate, session: SessionDep, state: StateDep, actor: Actor = Requires("jobs:write")
 ) -> JobRead:
-    changes = body.model_dump(exclude_unset=True)
+    changes = body.model_dump(exclude_unset=True, exclude={"max_attempts", "retries"})
+    if body.retries_after_first() is not None:
+        changes["retries"] = body.retries_after_first()
     if "retry_backoff" in changes and changes["retry_backoff"] is not None:
         changes["retry_backoff"] = {k: v for k, v in changes["retry_backoff"].items() if v is not None}
     job = await jobs.update_job(
@@ -157,7 +175,12 @@ async def enable_job(
     job_id: str, session: SessionDep, state: StateDep, actor: Actor = Requires("jobs:write")
 ) -> JobRead:
     job = await jobs.set_enabled(
-        session=session, scheduler=_LazyScheduler(state), actor=actor, job_id=job_id, enabled=True
+        session=session,
+        scheduler=_LazyScheduler(state),
+        actor=actor,
+        job_id=job_id,
+        enabled=True,
+        crypto=state.secret_codec(),
     )
     return await job_read(job, state, session=session, detail=True)
 
@@ -174,9 +197,12 @@ async def disable_job(
 
 @router.post(
     "/{job_id}/execute",
-    response_model=ExecutionRead,
+    response_model=ExecutionDetail | ExecutionRead,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={200: {"model": ExecutionRead, "description": "With wait=true: the finished execution"}},
+    responses={
+        200: {"model": ExecutionDetail, "description": "With wait=true: the finished execution, with its logs"},
+        202: {"model": ExecutionRead, "description": "Started; Location names the execution, Link its logs"},
+    },
 )
 async def execute_job(
     job_id: str,
@@ -187,7 +213,10 @@ async def execute_job(
     wait_timeout: Annotated[float | None, Query(gt=0, le=3600, description="Seconds (default from settings)")] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
     actor: Actor = Requires("jobs:execute"),
-) -> ExecutionRead:
+) -> ExecutionDetail | ExecutionRead:
+    """Run the job now. With ``wait=true`` the answer is the finished run with its logs (like a
+    function call); without, 202 at once. Either way ``Location`` names the execution and ``Link``
+    (rel ``logs``) its logs, also live: ``/executions/{id}/logs/stream``."""
     runner = await state.runner()
     execution, created = await runner.start_job(
         job_id=job_id,
@@ -197,6 +226,7 @@ async def execute_job(
         idempotency_key=idempotency_key,
     )
     response.headers["Location"] = f"/api/v1/executions/{execution.id}"
+    response.headers["Link"] = f'</api/v1/executions/{execution.id}/logs>; rel="logs"'
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     if wait:
@@ -208,6 +238,9 @@ async def execute_job(
                 details={"execution_id": execution.id, "location": f"/api/v1/executions/{execution.id}"},
             )
         response.status_code = status.HTTP_200_OK
+        return ExecutionDetail(
+            **execution_read(execution, state.settings).model_dump(), logs=executions.parse_logs(execution.logs)
+        )
     return execution_read(execution, state.settings)
 
 
@@ -224,3 +257,13 @@ async def job_executions(
     page, limit = paging
     result = await executions.list_executions(session=session, page=page, limit=limit, job_id=job_id, status=status_)
     return Page(items=[execution_read(r, settings) for r in result.items], total=result.total, page=page, limit=limit)
+
+
+@router.get("/{job_id}/state", response_model=JobStateRead)
+async def get_job_state(job_id: str, session: SessionDep, _: Actor = Requires("jobs:write")) -> JobStateRead:
+    """The job's state document (``ctx.state``, e.g. a sync cursor), read-only. Module data may be
+    sensitive: operators and admins only, like a module's storage."""
+    job, row = await jobs.get_state(session=session, job_id=job_id)
+    if row is None:
+        return JobStateRead(job_id=job.id, value={}, version=0, updated_at=None)
+    return JobStateRead(job_id=job.id, value=dict(row.value or {}), version=row.version, updated_at=row.updated_at)

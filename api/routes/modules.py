@@ -252,7 +252,15 @@ async def install_module(name: ModuleName, session: SessionDep, state: StateDep,
 
 @router.post("/{name}/enable", response_model=ModuleRead)
 async def enable_module(name: ModuleName, session: SessionDep, state: StateDep, actor: Installer) -> ModuleRead:
-    module = await modules.enable_module(session=session, actor=actor, hooks=state.hooks, name=name)
+    """Enable: schedules resume, routes and listeners go live, and the jobs the manifest asks for
+    (``createJob``) are created if the module has none of that job type yet."""
+    module = await modules.enable_module(
+        session=session,
+        actor=actor,
+        hooks=state.hooks,
+        name=name,
+        min_interval=state.settings.min_schedule_interval_seconds,
+    )
     return module_read(module)
 
 
@@ -275,15 +283,33 @@ async def delete_module(name: ModuleName, session: SessionDep, state: StateDep, 
     await modules.delete_module(session=session, actor=actor, state_dir=state.settings.state_dir, name=name)
 
 
-@router.post("/{name}/upgrade", response_model=ModuleRead, openapi_extra=_CODE_BODY, responses=_INSTALL_FAILED)
+@router.post(
+    "/{name}/upgrade",
+    response_model=ModuleRead,
+    openapi_extra=_CODE_BODY,
+    responses={
+        **_INSTALL_FAILED,
+        409: {
+            "description": 'Not newer, dependencies, or (error code "jobs_invalid") jobs whose config the new '
+            "version refuses: details.invalid_jobs names each job and field; pause_invalid=true disables them instead"
+        },
+    },
+)
 async def upgrade_module(
     name: ModuleName,
     request: Request,
     session: SessionDep,
     state: StateDep,
     actor: Installer,
+    pause_invalid: Annotated[
+        bool,
+        Query(description="Disable the jobs the new version refuses (each with its paused_reason) instead of a 409"),
+    ] = False,
 ) -> ModuleRead:
-    """Switch to a newer version (same bodies as registration); the lifecycle state is kept."""
+    """Switch to a newer version (same bodies as registration); the lifecycle state is kept.
+
+    Every job of the module is checked against the new version first (job type present, config
+    valid against the new config schema)."""
     source = await _code_source(request)
     module = await modules.upgrade_module(
         session=session,
@@ -293,6 +319,8 @@ async def upgrade_module(
         secret_key=state.settings.encryption_key(),
         name=name,
         source=source,
+        pause_invalid=pause_invalid,
+        min_interval=state.settings.min_schedule_interval_seconds,
     )
     return module_read(module)
 

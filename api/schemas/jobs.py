@@ -3,11 +3,38 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from api.schemas.common import JsonObject, Printable, Schema, Text
 
 Overlap = Literal["skip", "buffer_one", "allow_all", "cancel_other"]
+
+#: ``retries`` is the old name (attempts after the first): accepted and answered, marked deprecated.
+_DEPRECATED_RETRIES: dict[str, Any] = {"deprecated": True}
+_RETRIES_HELP = "Deprecated: use max_attempts (retries = max_attempts - 1)"
+
+
+class _Attempts(Schema):
+    """``max_attempts`` (the manifest's ``retries.maxAttempts``), or the deprecated ``retries``."""
+
+    max_attempts: int | None = Field(
+        default=None, ge=1, le=101, description="Attempts of each step, the first included (1: no retry)"
+    )
+    retries: int | None = Field(
+        default=None, ge=0, le=100, description=_RETRIES_HELP, json_schema_extra=_DEPRECATED_RETRIES
+    )
+
+    @model_validator(mode="after")
+    def _one_name(self) -> _Attempts:
+        if self.max_attempts is not None and self.retries is not None and self.retries != self.max_attempts - 1:
+            raise ValueError("max_attempts and retries (deprecated) disagree: send max_attempts only")
+        return self
+
+    def retries_after_first(self) -> int | None:
+        """What the registry stores: attempts after the first."""
+        if self.max_attempts is not None:
+            return self.max_attempts - 1
+        return self.retries
 
 
 class RetryBackoff(Schema):
@@ -16,7 +43,7 @@ class RetryBackoff(Schema):
     maximum_interval_seconds: float | None = Field(default=None, gt=0, le=86400)
 
 
-class JobCreate(Schema):
+class JobCreate(_Attempts):
     module: str = Field(min_length=1, max_length=50)
     job_type: str = Field(min_length=1, max_length=100)
     name: Printable = Field(min_length=1, max_length=200)
@@ -29,7 +56,6 @@ class JobCreate(Schema):
     timezone: str | None = Field(default=None, max_length=64, description="IANA timezone (default UTC)")
     enabled: bool = True
     timeout_seconds: int | None = Field(default=None, ge=1, le=86400)
-    retries: int | None = Field(default=None, ge=0, le=100, description="Retries after the first attempt")
     retry_backoff: RetryBackoff | None = None
     overlap: Overlap | None = None
     catchup_window_seconds: int | None = Field(default=None, ge=10, le=7 * 86400)
@@ -40,18 +66,21 @@ class JobCreate(Schema):
     )
 
 
-class JobUpdate(Schema):
+class JobUpdate(_Attempts):
     name: Printable | None = Field(default=None, min_length=1, max_length=200)
     description: Text | None = Field(default=None, max_length=2000)
     schedule: str | None = Field(default=None, max_length=120)
     timezone: str | None = Field(default=None, max_length=64)
     enabled: bool | None = None
     timeout_seconds: int | None = Field(default=None, ge=1, le=86400)
-    retries: int | None = Field(default=None, ge=0, le=100)
     retry_backoff: RetryBackoff | None = None
     overlap: Overlap | None = None
     catchup_window_seconds: int | None = Field(default=None, ge=10, le=7 * 86400)
-    config: JsonObject | None = None
+    config: JsonObject | None = Field(
+        default=None,
+        description="The whole config (replaces the stored one). Secret fields are write-only: omitted or sent as "
+        "******** they keep their stored value; a new value replaces it",
+    )
     event_triggers: list[str] | None = None
     notifications: dict[str, list[str]] | None = None
 
@@ -78,7 +107,8 @@ class JobRead(Schema):
     timezone: str
     enabled: bool
     timeout_seconds: int
-    retries: int
+    max_attempts: int = Field(description="Attempts of each step, the first included")
+    retries: int = Field(description=_RETRIES_HELP, json_schema_extra=_DEPRECATED_RETRIES)
     retry_backoff: dict[str, Any]
     overlap: str
     catchup_window_seconds: int
@@ -89,7 +119,22 @@ class JobRead(Schema):
     revision: int
     created_at: datetime
     updated_at: datetime
-    next_runs: list[datetime] = []
-    last_execution: ExecutionSummary | None = None
-    schedule_state: dict[str, Any] | None = None
+    origin: str = Field(default="api", description="api, or manifest: created by its job type's createJob")
+    paused_reason: str | None = Field(
+        default=None, description="Why the platform disabled it (e.g. its config does not fit an upgraded module)"
+    )
+    next_runs: list[datetime] = Field(default=[], description="The next scheduled runs (none while disabled)")
+    last_execution: ExecutionSummary | None = Field(default=None, description="The latest run; null: never run")
+    schedule_state: dict[str, Any] | None = Field(
+        default=None, description="Temporal's view of the schedule; only on a single job (GET /jobs/{id}), not in lists"
+    )
     data_problem: str | None = Field(default=None, description="Set when the stored config cannot be served")
+
+
+class JobStateRead(Schema):
+    """A job's state document (``ctx.state``): what its handler keeps between runs."""
+
+    job_id: str
+    value: dict[str, Any] = Field(description="The document; {} before the first write")
+    version: int = Field(description="Bumped on every write; 0: never written")
+    updated_at: datetime | None

@@ -514,7 +514,8 @@ def _check_create_job(job: dict[str, Any], base: str, out: _Collector) -> None:
         if isinstance(tz, str) and not validate_timezone(tz):
             out.semantic_error(f"{base}/schedule/timezone", "timezone.invalid", f"unknown IANA timezone {_short(tz)}")
     config = spec.get("config")
-    schema = job.get("config") if isinstance(job.get("config"), dict) else {}
+    raw = job.get("config")
+    schema: dict[str, Any] = raw if isinstance(raw, dict) else {}
     if not isinstance(config, dict) or _schema_issues(schema):
         return
     for key in sorted(secret_keys(schema) & set(config)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.errors import Conflict, InvalidInput, NotFound
@@ -27,7 +27,7 @@ from registry.manifest import (
     validate_cron,
     validate_timezone,
 )
-from registry.models import Execution, Job, Module, ModuleStatus
+from registry.models import Execution, Job, JobState, Module, ModuleStatus
 from registry.services import audit
 from registry.services.common import Actor, Page, escape_like, paginate
 from registry.services.runs import job_type_definition, steps_of
@@ -187,7 +187,8 @@ async def create_job(
     config: dict[str, Any] | None = None,
     event_triggers: list[Any] | None = None,
     notifications: dict[str, Any] | None = None,
-    min_interval: int = MIN_SCHEDULE_INTERVAL_SECONDS,
+    min_interval: int | None = MIN_SCHEDULE_INTERVAL_SECONDS,
+    origin: str = "api",
 ) -> Job:
     mod = await _module(session, module)
     if mod.status not in _INSTALLED:
@@ -225,6 +226,7 @@ async def create_job(
         secrets=crypto.encrypt(secrets) if secrets else None,
         event_triggers=event_triggers or [],
         notifications=normalise_notifications(notifications or definition.get("notifications")),
+        origin=origin,
         created_by=actor.user_id,
     )
     session.add(job)
@@ -236,9 +238,154 @@ async def create_job(
         action="job.create",
         target_type="job",
         target_id=job.id,
-        details={"module": module, "job_type": job_type, "schedule": schedule},
+        details={"module": module, "job_type": job_type, "schedule": schedule, "origin": origin},
     )
     return job
+
+
+# --- jobs from the manifest (createJob) and the upgrade check -------------------------------------
+
+MANIFEST_ORIGIN = "manifest"
+
+
+class _NoSecrets:
+    """The codec of manifest jobs: the manifest never holds secrets (validate.py refuses them)."""
+
+    def encrypt(self, values: dict[str, Any]) -> str:
+        raise InvalidInput("createJob config cannot hold secret fields")
+
+    def decrypt(self, token: str | None) -> dict[str, Any]:
+        return {}
+
+
+async def ensure_manifest_jobs(
+    *, session: AsyncSession, module: Module, actor: Actor, min_interval: int | None = None
+) -> list[Job]:
+    """Create the job every ``createJob`` job type of ``module``'s manifest asks for, unless the
+    module already has one of that job type from the manifest. Idempotent: called on every enable
+    and on the upgrade of an enabled module. Schedules are left to the caller's lifecycle hook.
+
+    A job deleted by a user is created again on the next enable or upgrade (the manifest asks for
+    it); disable it instead to keep it from running. A name taken by another job: not created.
+    """
+    have = set(
+        await session.scalars(select(Job.job_type).where(Job.module_id == module.id, Job.origin == MANIFEST_ORIGIN))
+    )
+    created: list[Job] = []
+    for definition in module.manifest.get("jobs") or []:
+        spec = definition.get("createJob") if isinstance(definition, dict) else None
+        if not spec or definition["name"] in have:
+            continue
+        spec = spec if isinstance(spec, dict) else {}
+        name = str(spec.get("name") or definition["name"])
+        taken = await session.scalar(select(Job.id).where(Job.module_name == module.name, Job.name == name))
+        if taken is not None:
+            continue
+        schedule: Any = _UNSET
+        timezone = None
+        if "schedule" in spec:
+            schedule = (spec["schedule"] or {}).get("cron")
+            timezone = (spec["schedule"] or {}).get("timezone")
+        job = await create_job(
+            session=session,
+            scheduler=NoScheduler(),
+            crypto=_NoSecrets(),
+            actor=actor,
+            module=module.name,
+            job_type=definition["name"],
+            name=name,
+            schedule=schedule,
+            timezone=timezone,
+            enabled=bool(spec.get("enabled", True)),
+            config=dict(spec.get("config") or {}),
+            min_interval=min_interval,
+            origin=MANIFEST_ORIGIN,
+        )
+        created.append(job)
+    return created
+
+
+def config_problems(job: Job, manifest: dict[str, Any], secrets: dict[str, Any]) -> list[dict[str, str]]:
+    """Why ``job`` (with its decrypted ``secrets``) cannot run under ``manifest``: its job type is
+    gone, or its config fails the job type's config schema. Empty when it fits."""
+    definition = job_type_definition(manifest, job.job_type)
+    if definition is None:
+        return [{"field": "job_type", "message": f"job type {job.job_type!r} is not in this version"}]
+    schema = definition.get("config") or {}
+    if not schema:
+        return []
+    issues = validate_config(schema, apply_config_defaults(schema, {**(job.config or {}), **secrets}))
+    return [{"field": f"config{i.path}" if i.path else "config", "message": i.message} for i in issues]
+
+
+class JobsInvalid(Conflict):
+    """An upgrade would leave jobs whose config the new version refuses (409)."""
+
+    code = "jobs_invalid"
+
+
+async def check_jobs_against(
+    *, session: AsyncSession, module: Module, manifest: dict[str, Any], version: str, crypto: Any
+) -> list[dict[str, Any]]:
+    """Every job of ``module`` that would not fit ``manifest``, with its problems."""
+    invalid = []
+    for job in await jobs_of_module(session=session, module_id=module.id):
+        try:
+            secrets = crypto.decrypt(job.secrets)
+            problems = config_problems(job, manifest, secrets)
+        except Conflict as exc:  # secrets unreadable with the current key
+            problems = [{"field": "config", "message": exc.message}]
+        if problems:
+            invalid.append(
+                {"id": job.id, "name": job.name, "job_type": job.job_type, "enabled": job.enabled, "problems": problems}
+            )
+    return invalid
+
+
+def refuse_invalid_jobs(module: Module, version: str, invalid: list[dict[str, Any]]) -> None:
+    names = ", ".join(
+        f"{j['name']} ({'; '.join(p['field'] + ': ' + p['message'] for p in j['problems'])})" for j in invalid[:10]
+    )
+    raise JobsInvalid(
+        f"cannot upgrade module {module.name} to {version}: {len(invalid)} job(s) would not fit its config "
+        f"schema: {names}; fix them (PATCH /jobs/{{id}}) or upgrade with pause_invalid=true to disable them",
+        details={"version": version, "invalid_jobs": invalid},
+    )
+
+
+async def pause_jobs(
+    *, session: AsyncSession, actor: Actor, invalid: list[dict[str, Any]], module: Module, version: str
+) -> None:
+    """Disable each job of ``invalid`` with the reason (an upgrade asked with ``pause_invalid``)."""
+    for entry in invalid:
+        job = await get_job(session=session, job_id=entry["id"])
+        reason = f"paused by the upgrade of {module.name} to {version}: " + "; ".join(
+            f"{p['field']}: {p['message']}" for p in entry["problems"]
+        )
+        job.paused_reason = reason[:2000]
+        if job.enabled:
+            job.enabled = False
+            job.revision += 1
+        audit.record(
+            session=session,
+            actor=actor,
+            action="job.pause",
+            target_type="job",
+            target_id=job.id,
+            details={"reason": job.paused_reason, "version": version},
+        )
+    await session.flush()
+
+
+def _require_runnable(job: Job, module: Module, crypto: Any) -> None:
+    """Enabling a job whose stored config the module's current version refuses: 422, naming fields."""
+    problems = config_problems(job, module.manifest, crypto.decrypt(job.secrets))
+    if problems:
+        raise InvalidInput(
+            f"job {job.name} cannot be enabled: its config does not fit {module.name} {module.version}; "
+            "fix it with PATCH /jobs/{id} first",
+            details=[{"loc": p["field"].split("/"), "msg": p["message"]} for p in problems],
+        )
 
 
 def _backoff_from(retries: dict[str, Any]) -> dict[str, Any]:
@@ -280,6 +427,10 @@ async def update_job(
         job.secrets = crypto.encrypt(secrets) if secrets else None
     if changes.get("notifications") is not None:
         changes["notifications"] = normalise_notifications(changes["notifications"])
+    if changes.get("enabled") is True:
+        if "config" not in changes and not job.enabled:
+            _require_runnable(job, mod, crypto)
+        job.paused_reason = None
     for key in (
         "name",
         "description",
@@ -311,10 +462,14 @@ async def update_job(
 
 
 async def set_enabled(
-    *, session: AsyncSession, scheduler: JobScheduler, actor: Actor, job_id: str, enabled: bool
+    *, session: AsyncSession, scheduler: JobScheduler, actor: Actor, job_id: str, enabled: bool, crypto: Any = None
 ) -> Job:
     job = await get_job(session=session, job_id=job_id)
     mod = await _module(session, job.module_name)
+    if enabled and not job.enabled and crypto is not None:
+        _require_runnable(job, mod, crypto)
+    if enabled:
+        job.paused_reason = None
     if job.enabled != enabled:
         job.enabled = enabled
         job.revision += 1
@@ -372,10 +527,38 @@ async def list_jobs(
     return await paginate(session, stmt, page=page, limit=limit)
 
 
-async def last_execution(*, session: AsyncSession, job_id: str) -> Execution | None:
-    return await session.scalar(
-        select(Execution).where(Execution.job_id == job_id).order_by(Execution.created_at.desc()).limit(1)
+#: What a job's ``last_execution`` shows (never the run's logs, config or result).
+LAST_EXECUTION_COLUMNS = (Execution.id, Execution.job_id, Execution.status, Execution.trigger, Execution.created_at,
+                          Execution.finished_at)  # fmt: skip
+
+
+async def last_executions(*, session: AsyncSession, job_ids: list[str]) -> dict[str, Any]:
+    """The latest run of each job (its summary columns), in one query whatever the page's size
+    (index ``ix_executions_job_created``). Jobs never run are absent."""
+    if not job_ids:
+        return {}
+    latest = (
+        select(Execution.job_id, func.max(Execution.created_at).label("at"))
+        .where(Execution.job_id.in_(job_ids))
+        .group_by(Execution.job_id)
+        .subquery()
     )
+    rows = await session.execute(
+        select(*LAST_EXECUTION_COLUMNS).join(
+            latest, and_(Execution.job_id == latest.c.job_id, Execution.created_at == latest.c.at)
+        )
+    )
+    return {row.job_id: row for row in rows}
+
+
+async def last_execution(*, session: AsyncSession, job_id: str) -> Any:
+    return (await last_executions(session=session, job_ids=[job_id])).get(job_id)
+
+
+async def get_state(*, session: AsyncSession, job_id: str) -> tuple[Job, JobState | None]:
+    """A job and its state document (``ctx.state``; ``None`` before the first write)."""
+    job = await get_job(session=session, job_id=job_id)
+    return job, await session.get(JobState, job_id, populate_existing=True)
 
 
 def upcoming(job: Job, n: int = 5, after: datetime | None = None) -> list[datetime]:

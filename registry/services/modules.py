@@ -54,6 +54,7 @@ from registry.manifest import (
 )
 from registry.models import Job, Module, ModuleStatus, ModuleVersion, new_id
 from registry.services import audit, events
+from registry.services import jobs as job_service
 from registry.services.common import Actor, Page, escape_like, paginate
 from registry.services.lifecycle import LifecycleHooks
 from registry.settings import Settings
@@ -732,8 +733,14 @@ async def install_module(*, session: AsyncSession, actor: Actor, state_dir: Path
     return InstallOutcome(module=module, ok=True)
 
 
-async def enable_module(*, session: AsyncSession, actor: Actor, hooks: LifecycleHooks, name: str) -> Module:
-    """INSTALLED / DISABLED -> ENABLED; every dependency must be ENABLED at a version in range."""
+async def enable_module(
+    *, session: AsyncSession, actor: Actor, hooks: LifecycleHooks, name: str, min_interval: int | None = None
+) -> Module:
+    """INSTALLED / DISABLED -> ENABLED; every dependency must be ENABLED at a version in range.
+
+    The jobs the manifest asks for (``createJob``) are created if missing, then every job's
+    schedule follows (the hook). ``min_interval``: AUTOPLAT_MIN_SCHEDULE_INTERVAL_SECONDS for them.
+    """
     module = await _lock(session, name)
     _check(module, Action.enable)
     await _require_dependencies(session, module.name, module.manifest, "enable")
@@ -744,6 +751,7 @@ async def enable_module(*, session: AsyncSession, actor: Actor, hooks: Lifecycle
         session, actor, module, action="enable", event="enabled", audit_details={"bundle_sha256": module.bundle_sha256}
     )
     await session.flush()
+    await job_service.ensure_manifest_jobs(session=session, module=module, actor=actor, min_interval=min_interval)
     await hooks.module_enabled(session=session, module=module)
     return module
 
@@ -809,11 +817,17 @@ async def upgrade_module(
     secret_key: str,
     name: str,
     source: CodeSource,
+    pause_invalid: bool = False,
+    min_interval: int | None = None,
 ) -> Module:
     """Switch a module to a newer version, keeping its state (FAILED goes back to REGISTERED).
 
     The new code is validated like a registration and, when the module is installed, import-checked
     like an install. Old versions stay stored: executions started on them keep running their code.
+    Every job of the module is checked against the new version (its job type still exists, its
+    config passes the new config schema): any that does not fit refuses the upgrade (409
+    ``jobs_invalid`` naming the jobs and fields), unless ``pause_invalid`` disables them, each with
+    its reason. An enabled module gets the jobs its new manifest asks for (``createJob``).
 
     Raises:
         InvalidManifest / InvalidInput / PayloadTooLarge: as for a registration; also a manifest
@@ -851,6 +865,15 @@ async def upgrade_module(
         if module.status == S.ENABLED:
             await _require_dependencies(session, name, staged.manifest, "upgrade")
             await _refuse_enabled_dependents(session, module, "upgrade", new_version=staged.version)
+        invalid = await job_service.check_jobs_against(
+            session=session,
+            module=module,
+            manifest=staged.manifest,
+            version=staged.version,
+            crypto=job_service.SecretCodec(secret_key),
+        )
+        if invalid and not pause_invalid:
+            job_service.refuse_invalid_jobs(module, staged.version, invalid)
         config = _stored_config(module, secret_key=secret_key)
         folder = await asyncio.to_thread(
             codestore.materialize, state_dir, name, staged.version, staged.sha256, staged.data
@@ -879,6 +902,12 @@ async def upgrade_module(
         audit_details={"source": staged.source, "bundle_sha256": staged.sha256, "previous_bundle_sha256": previous_sha},
     )  # fmt: skip
     await session.flush()
+    if invalid:
+        await job_service.pause_jobs(
+            session=session, actor=actor, invalid=invalid, module=module, version=staged.version
+        )
+    if module.status == S.ENABLED:
+        await job_service.ensure_manifest_jobs(session=session, module=module, actor=actor, min_interval=min_interval)
     await hooks.module_upgraded(session=session, module=module, previous_version=previous)
     return module
 
@@ -1114,10 +1143,18 @@ async def ensure_module_from_path(*, state: _Platform, path: Path, enable: bool 
         if module is None:
             module = await register_module(session=session, actor=actor, state_dir=settings.state_dir, source=source)
         elif parse_version(version) > parse_version(module.version):
+            # The dev stack must come up: jobs the new version refuses are paused, with the reason.
             module = await upgrade_module(
                 session=session, actor=actor, hooks=state.hooks, state_dir=settings.state_dir,
-                secret_key=settings.encryption_key(), name=name, source=source,
+                secret_key=settings.encryption_key(), name=name, source=source, pause_invalid=True,
+                min_interval=settings.min_schedule_interval_seconds,
             )  # fmt: skip
+        elif module.status == S.ENABLED:
+            # Enabled before its manifest asked for jobs (an older platform): create them now.
+            if await job_service.ensure_manifest_jobs(
+                session=session, module=module, actor=actor, min_interval=settings.min_schedule_interval_seconds
+            ):
+                await state.hooks.module_enabled(session=session, module=module)
     if module.status in (S.REGISTERED, S.FAILED):
         async with unit_of_work(state.sessions) as session:
             outcome = await install_module(session=session, actor=actor, state_dir=settings.state_dir, name=name)
@@ -1126,5 +1163,11 @@ async def ensure_module_from_path(*, state: _Platform, path: Path, enable: bool 
             return f"{name} {module.version}: FAILED ({outcome.reason})"
     if enable and module.status in (S.INSTALLED, S.DISABLED):
         async with unit_of_work(state.sessions) as session:
-            module = await enable_module(session=session, actor=actor, hooks=state.hooks, name=name)
+            module = await enable_module(
+                session=session,
+                actor=actor,
+                hooks=state.hooks,
+                name=name,
+                min_interval=settings.min_schedule_interval_seconds,
+            )
     return f"{name} {module.version}: {module.status}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,29 @@ class Source(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
+async def demo() -> AsyncIterator[str]:
+    """The dev stack's demo source (autoplat/devserver.py) on a free port."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    from autoplat.devserver import demo_source_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(demo_source_app(), log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    async with asyncio.timeout(10):  # polled with a deadline: uvicorn has no "started" event
+        while not server.started:
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture
 def source() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Source)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -93,24 +116,86 @@ async def test_hourly_sync_refuses_loopback_unless_allowed(source):
 async def test_health_check_alerts_only_when_unhealthy(source):
     config = {"status_url": f"{source}/status"}
     healthy = await arun_job(MODULE, "health-check", config=config, allow_private="loopback")
-    assert healthy.result["healthy"] is True and healthy.events == []
+    assert healthy.result["healthy"] is True and [e["name"] for e in healthy.events] == ["health.checked"]
+    assert healthy.events[0]["payload"]["healthy"] is True
     Source.status = "degraded"
     unhealthy = await arun_job(MODULE, "health-check", config=config, allow_private="loopback")
     assert unhealthy.result["healthy"] is False
-    assert [e["name"] for e in unhealthy.events] == ["health.alert"]
+    assert [e["name"] for e in unhealthy.events] == ["health.checked", "health.alert"]
+    assert unhealthy.events[0]["payload"]["healthy"] is False
 
 
-async def test_report_and_notify_use_the_triggering_event():
-    report = await arun_job(MODULE, "daily-report", event={"name": "data.synced", "payload": {"records": 7}})
-    assert report.result["records"] == 7 and report.result["recipients"] == ["ops@example.com"]
-    alert = await arun_job(MODULE, "notify", event={"name": "health.alert", "payload": {"status": "unhealthy"}})
-    # Without a notify service (plain harness) the alert is only logged.
-    assert alert.result == {
-        "to": "ops@example.com",
-        "subject": "data-sync alert: unhealthy",
-        "detail": None,
-        "message_id": None,
-    }
+async def test_report_goes_through_the_configured_channel(demo):
+    """daily-report sends through ctx.notify: by default a webhook to the demo inbox (what the dev
+    stack serves); email without an SMTP server is said unsent in the log and the result; both runs
+    announce report.generated."""
+    import httpx
+
+    from activities.services.notify import Notifier, Sender
+    from registry.settings import Settings
+
+    settings = Settings(dev_mode=True)  # dev mode: loopback allowed, no SMTP server
+    assert settings.http_allow_private == "loopback" and settings.smtp_host is None
+    event = {"name": "data.synced", "payload": {"records": 7}}
+    async with httpx.AsyncClient() as client:
+        services = {"notify": Notifier(Sender(settings, client))}
+        hooked = await arun_job(
+            MODULE, "daily-report", event=event, config={"webhook_url": f"{demo}/inbox"}, services=services
+        )
+        mailed = await arun_job(MODULE, "daily-report", event=event, config={"channel": "email"}, services=services)
+        [received] = (await client.get(f"{demo}/inbox")).json()["items"]
+    assert hooked.status == "COMPLETED", hooked.steps[-1].error
+    assert hooked.result["sent"] is True and hooked.result["channel"] == "webhook"
+    assert received["subject"] == "data-sync report: 7 record(s)" and received["body"]["records"] == 7
+    assert [(e["name"], e["payload"]["sent"]) for e in hooked.events] == [("report.generated", True)]
+    assert mailed.status == "COMPLETED" and mailed.result["sent"] is False
+    assert mailed.result["recipients"] == ["ops@example.com"]
+    assert any("no SMTP server configured (AUTOPLAT_SMTP_HOST)" in e["message"] for e in mailed.logs)
+    assert [(e["name"], e["payload"]["sent"]) for e in mailed.events] == [("report.generated", False)]
+
+
+async def test_sync_failed_turns_job_failed_into_data_sync_failed():
+    failed = {"execution_id": "e-1", "job_id": "j-1", "error": {"message": "boom"}, "reason": None}
+    result = await arun_job(MODULE, "sync-failed", event={"name": "job.failed", "payload": failed})
+    assert result.status == "COMPLETED"
+    assert [(e["name"], e["payload"]["execution_id"]) for e in result.events] == [("data.sync.failed", "e-1")]
+
+
+def test_the_example_defaults_point_at_the_demo_source():
+    """What ./run.sh relies on: each default URL of the example is a route of the dev stack's demo
+    source, on its port; every job type the dev stack schedules or triggers asks for its job."""
+    from autoplat.devserver import DEMO_PORT, demo_source_app
+
+    manifest = json.loads((MODULE / "manifest.json").read_text())
+    paths = {route.path for route in demo_source_app().routes}
+    urls = [
+        prop["default"]
+        for job in manifest["jobs"]
+        for prop in (job.get("config") or {}).get("properties", {}).values()
+        if prop.get("format") == "uri" and "default" in prop
+    ]
+    assert len(urls) == 3
+    for url in urls:
+        parsed = urlparse(url)
+        assert (parsed.hostname, parsed.port) == ("127.0.0.1", DEMO_PORT) and parsed.path in paths, url
+    listened = {listener["job"] for listener in manifest["events"]["listeners"]}
+    scheduled = {job["name"] for job in manifest["jobs"] if job.get("schedule")}
+    assert {job["name"] for job in manifest["jobs"] if job.get("createJob")} == listened | scheduled
+
+
+async def test_the_demo_source_pages_records_and_reports_its_status(demo):
+    import httpx
+
+    async with httpx.AsyncClient(base_url=demo) as client:
+        first = (await client.get("/records", params={"offset": 0, "limit": 100})).json()
+        rest = (await client.get("/records", params={"offset": 100, "limit": 100})).json()
+        assert [r["id"] for r in first["items"]] == list(range(100)) and first["total"] == 120
+        assert [r["id"] for r in rest["items"]] == list(range(100, 120))
+        assert (await client.get("/records", params={"limit": "x"})).status_code == 400
+        assert (await client.get("/status")).json()["status"] == "ok"
+        await client.post("/status", json={"status": "down"})
+        assert (await client.get("/status")).json()["status"] == "down"
+        assert (await client.get("/")).json()["inbox"] == "/inbox"
 
 
 async def test_health_check_goes_through_the_address_policy(source):

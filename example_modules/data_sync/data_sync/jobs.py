@@ -3,14 +3,17 @@
 - ``hourly_sync`` pulls the new records from an HTTP JSON source (paged by ``batch_size``) with
   ``ctx.http``, stores them in ``ctx.storage``, keeps its cursor in ``ctx.state`` and emits
   ``data.synced`` with what it got.
+- ``sync_failed`` runs on the platform's ``job.failed`` event of an ``hourly-sync`` run (once, after
+  its last attempt) and emits ``data.sync.failed``.
 - ``daily_report`` summarises a sync (the ``data.synced`` event that triggered it, or the last
-  result it is given) for the configured recipients.
-- ``health_check`` probes the source's status endpoint and emits ``health.alert`` when unhealthy;
-  with ``status_page_url`` set it also keeps a screenshot of that page (``ctx.browser``).
+  result it is given), sends it through the configured channel (``ctx.notify``: webhook, email or
+  Slack) and emits ``report.generated``.
+- ``health_check`` probes the source's status endpoint, emits ``health.checked`` every run and
+  ``health.alert`` when unhealthy; with ``status_page_url`` set it also keeps a screenshot of that
+  page (``ctx.browser``).
 - ``notify`` turns a ``health.alert`` into an email to on-call (``ctx.notify``).
 
-``hourly_sync`` uses the platform's services; the other handlers still call HTTP with the standard
-library.
+The defaults point at the dev stack's demo source (``autoplat dev``, 127.0.0.1:8099).
 """
 
 from __future__ import annotations
@@ -83,23 +86,74 @@ def _advance(cursor: int) -> Any:
 
 
 def daily_report(ctx: JobContext) -> dict[str, Any]:
-    """Summarise a sync for the recipients (defaulting to the module's ``notify_email``)."""
+    """Summarise a sync and send it through ``channel``; emits ``report.generated``.
+
+    ``webhook`` (the default) posts the report as JSON to ``webhook_url`` (signed with the module's
+    ``webhook_secret`` when set), ``slack`` posts its text there, ``email`` mails ``recipients``
+    (default: the module's ``notify_email``). A channel that is not configured here (no SMTP server,
+    no URL) is said in the log and in the result (``sent: false``); the run still completes.
+    """
     source = (ctx.event or {}).get("payload") or ctx.previous or {}
-    recipients = ctx.config.get("recipients") or [ctx.module_config.get("notify_email")]
-    report = {
-        "channel": ctx.config["channel"],
-        "recipients": [r for r in recipients if r],
-        "records": int(source.get("records", 0)),
+    records = int(source.get("records", 0))
+    channel = ctx.config["channel"]
+    recipients = [r for r in (ctx.config.get("recipients") or [ctx.module_config.get("notify_email")]) if r]
+    subject = f"data-sync report: {records} record(s)"
+    text = f"{records} record(s) synced (trigger: {ctx.trigger}, execution {ctx.execution_id})."
+    report: dict[str, Any] = {
+        "subject": subject,
+        "records": records,
+        "channel": channel,
         "trigger": ctx.trigger,
-        "subject": f"data-sync report: {int(source.get('records', 0))} record(s)",
+        "sent": False,
+        "delivery": None,
     }
-    ctx.logger.info("report for %s: %s", ", ".join(report["recipients"]) or "nobody", report["subject"])
+    url = ctx.config.get("webhook_url")
+    if not ctx.notify:
+        ctx.logger.warning("report not sent: no notify service here; %s", subject)
+    elif channel == "email":
+        report["recipients"] = recipients
+        if not recipients:
+            ctx.logger.warning("report not sent: no recipients (config recipients or module notify_email)")
+        elif not ctx.notify.available("email"):
+            ctx.logger.warning("report not sent: no SMTP server configured (AUTOPLAT_SMTP_HOST); %s", subject)
+        else:
+            report["delivery"] = ctx.notify.email(recipients, subject, text=text)
+            report["sent"] = True
+    elif not url:
+        ctx.logger.warning("report not sent: channel %s needs webhook_url", channel)
+    elif channel == "slack":
+        report["delivery"] = ctx.notify.slack(url, f"*{subject}*\n{text}")
+        report["sent"] = True
+    else:
+        payload = {"subject": subject, "text": text, "records": records, "module": ctx.module}
+        report["delivery"] = ctx.notify.webhook(url, payload, secret=ctx.secrets.get("webhook_secret"))
+        report["sent"] = True
+    if report["sent"]:
+        ctx.logger.info("report sent by %s: %s", channel, subject)
+    ctx.emit_sync(
+        "report.generated", {"subject": subject, "records": records, "channel": channel, "sent": report["sent"]}
+    )
     return report
 
 
+def sync_failed(ctx: JobContext) -> dict[str, Any]:
+    """Turn the platform's ``job.failed`` of an ``hourly-sync`` run into ``data.sync.failed``."""
+    failed = (ctx.event or {}).get("payload") or {}
+    payload = {
+        "execution_id": failed.get("execution_id"),
+        "job_id": failed.get("job_id"),
+        "error": failed.get("error"),
+        "reason": failed.get("reason"),
+    }
+    ctx.logger.warning("sync %s failed: %s", payload["execution_id"], payload["reason"] or payload["error"])
+    ctx.emit_sync("data.sync.failed", payload)
+    return payload
+
+
 def health_check(ctx: JobContext) -> dict[str, Any]:
-    """Probe ``status_url``; an unhealthy source emits ``health.alert``."""
+    """Probe ``status_url``; emits ``health.checked`` every run, ``health.alert`` when unhealthy."""
     url = ctx.config["status_url"]
+    started = time.monotonic()
     try:
         # Through ctx.http, like every request of the module: the manifest's hosts and the
         # platform's address policy apply. One attempt: an unhealthy source is the answer.
@@ -110,7 +164,8 @@ def health_check(ctx: JobContext) -> dict[str, Any]:
         raise  # a configuration error (a refused destination), not an unhealthy source
     except Exception as exc:  # noqa: BLE001 - unreachable, failing or not JSON: that is the health
         healthy, detail = False, {"error": f"{type(exc).__name__}: {exc}"}
-    result: dict[str, Any] = {"healthy": healthy, "status_url": url, "detail": detail}
+    latency_ms = int((time.monotonic() - started) * 1000)
+    result: dict[str, Any] = {"healthy": healthy, "status_url": url, "latency_ms": latency_ms, "detail": detail}
     page = ctx.config.get("status_page_url")
     if page and ctx.browser:
         # The rendered status page, kept on the execution as artifact status.png.
@@ -118,6 +173,7 @@ def health_check(ctx: JobContext) -> dict[str, Any]:
         result["screenshot"] = ctx.browser.screenshot("status.png")
     elif page:
         ctx.logger.warning("no browser on this worker: status page not captured")
+    ctx.emit_sync("health.checked", {"healthy": healthy, "status_url": url, "latency_ms": latency_ms})
     if not healthy:
         ctx.logger.warning("source unhealthy: %s", detail)
         ctx.emit_sync("health.alert", {"status": "unhealthy", "status_url": url, "detail": detail})
