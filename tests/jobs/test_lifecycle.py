@@ -234,3 +234,117 @@ async def test_uninstall_removes_schedules_and_reinstall_enable_recreates_them(
     assert desc.schedule.state.paused is False
     r = await client.post(f"/api/v1/jobs/{job['id']}/execute?wait=true", headers=operator_headers)
     assert r.status_code == 200 and r.json()["status"] == "COMPLETED", r.text
+
+
+COUNTER = """
+async def count(ctx):
+    state = await ctx.state.get()
+    n = int(state.value.get("n", 0)) + 1
+    await ctx.state.set({"n": n})
+    ctx.logger.info("counted %d for %s", n, ctx.config.get("who"))
+    return {"n": n}
+"""
+
+
+def _counter_jobs(schema_extra: dict[str, Any] | None = None, **create: Any) -> list[dict[str, Any]]:
+    who = {"type": "string", "default": "world", **(schema_extra or {})}
+    return [
+        {
+            "name": "count",
+            "description": "counts its runs",
+            "handler": "count",
+            "schedule": {"cron": YEARLY},
+            "retries": {"maxAttempts": 4},
+            "config": {"type": "object", "properties": {"who": who}},
+            "createJob": create or True,
+        },
+        {"name": "other", "description": "no job asked", "handler": "count"},
+    ]
+
+
+async def test_jobs_from_the_manifest_and_the_upgrade_config_check(
+    client, worker, admin_headers, operator_headers, temporal_env, tmp_path
+):
+    """createJob makes one job on enable (scheduled, idempotent across disable/enable); an upgrade
+    whose config schema refuses a job is refused naming it, unless pause_invalid disables it with the
+    reason; such a job cannot be enabled until its config is fixed. Along the way: max_attempts,
+    the job's state document, wait=true answering the logs, the list filling what the detail does."""
+    services: dict[str, Any] = {}  # ctx.state needs no declaration
+    await _register(
+        client,
+        admin_headers,
+        write_module(tmp_path, name="counting", code=COUNTER, jobs=_counter_jobs(), extra=services),
+        "counting",
+    )
+    jobs = (await client.get("/api/v1/jobs", params={"module": "counting"}, headers=operator_headers)).json()
+    [made] = jobs["items"]
+    assert (made["name"], made["job_type"], made["origin"], made["enabled"]) == ("count", "count", "manifest", True)
+    assert (made["schedule"], made["max_attempts"], made["retries"]) == (YEARLY, 4, 3)
+    assert made["last_execution"] is None and len(made["next_runs"]) == 5 and "schedule_state" not in made
+    assert await _schedule(temporal_env, made["id"]) is not None
+
+    # Enabling again does not make a second one.
+    assert (await client.post(f"{MODULES}/counting/disable", headers=admin_headers)).status_code == 200
+    assert (await client.post(f"{MODULES}/counting/enable", headers=admin_headers)).status_code == 200
+    again = (await client.get("/api/v1/jobs", params={"module": "counting"}, headers=operator_headers)).json()
+    assert [j["id"] for j in again["items"]] == [made["id"]]
+
+    # wait=true answers the logs (and Link names them); the state document and the list follow.
+    r = await client.post(f"/api/v1/jobs/{made['id']}/execute?wait=true", headers=operator_headers)
+    assert r.status_code == 200 and r.json()["status"] == "COMPLETED", r.text
+    run = r.json()
+    assert any(e["message"] == "counted 1 for world" for e in run["logs"])
+    assert r.headers["Link"] == f'</api/v1/executions/{run["id"]}/logs>; rel="logs"'
+    state = (await client.get(f"/api/v1/jobs/{made['id']}/state", headers=operator_headers)).json()
+    assert (state["value"], state["version"]) == ({"n": 1}, 1)
+    [listed] = (await client.get("/api/v1/jobs", params={"module": "counting"}, headers=operator_headers)).json()[
+        "items"
+    ]
+    assert listed["last_execution"]["id"] == run["id"] and listed["last_execution"]["status"] == "COMPLETED"
+
+    # max_attempts is the name; retries (deprecated) is still accepted; both disagreeing is a 422.
+    r = await client.patch(f"/api/v1/jobs/{made['id']}", json={"retries": 1}, headers=operator_headers)
+    assert (r.json()["max_attempts"], r.json()["retries"]) == (2, 1), r.text
+    r = await client.patch(
+        f"/api/v1/jobs/{made['id']}", json={"max_attempts": 3, "retries": 5}, headers=operator_headers
+    )
+    assert r.status_code == 422, r.text
+    r = await client.patch(f"/api/v1/jobs/{made['id']}", json={"config": {"who": "a"}}, headers=operator_headers)
+    assert r.status_code == 200, r.text
+
+    # v2 wants "who" at least 3 characters: the job's "a" no longer fits. Refused, naming it.
+    v2 = write_module(
+        tmp_path,
+        name="counting",
+        version="2.0.0",
+        code=COUNTER,
+        jobs=_counter_jobs({"minLength": 3}),
+        extra=services,
+    )
+    r = await client.post(f"{MODULES}/counting/upgrade", json={"path": str(v2)}, headers=admin_headers)
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert error["code"] == "jobs_invalid" and "pause_invalid" in error["message"]
+    [bad] = error["details"]["invalid_jobs"]
+    assert (bad["id"], bad["name"], bad["problems"][0]["field"]) == (made["id"], "count", "config/who")
+    module = (await client.get(f"{MODULES}/counting", headers=admin_headers)).json()
+    assert module["version"] == "1.0.0"
+
+    r = await client.post(
+        f"{MODULES}/counting/upgrade", params={"pause_invalid": "true"}, json={"path": str(v2)}, headers=admin_headers
+    )
+    assert r.status_code == 200 and r.json()["version"] == "2.0.0", r.text
+    paused = (await client.get(f"/api/v1/jobs/{made['id']}", headers=operator_headers)).json()
+    assert paused["enabled"] is False and "upgrade of counting to 2.0.0" in paused["paused_reason"]
+    assert "config/who" in paused["paused_reason"] and paused["next_runs"] == []
+    desc = await _schedule(temporal_env, made["id"])
+    assert desc is None or desc.schedule.state.paused is True
+    # Still invalid: enabling it is refused; fixed, it runs again and the reason is gone.
+    r = await client.post(f"/api/v1/jobs/{made['id']}/enable", headers=operator_headers)
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["loc"] == ["config", "who"], r.text
+    r = await client.patch(
+        f"/api/v1/jobs/{made['id']}", json={"config": {"who": "abc"}, "enabled": True}, headers=operator_headers
+    )
+    assert r.status_code == 200 and r.json()["enabled"] is True and r.json()["paused_reason"] is None, r.text
+    audit = (await client.get("/api/v1/audit", params={"action": "job.pause"}, headers=admin_headers)).json()
+    assert [row["target_id"] for row in audit["items"]] == [made["id"]]
