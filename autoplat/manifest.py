@@ -40,6 +40,9 @@ __all__ = [
     "RouteAuth",
     "RouteMode",
     "Schedule",
+    "Series",
+    "SeriesField",
+    "SeriesRetention",
     "Service",
     "Step",
     "load_manifest",
@@ -81,7 +84,7 @@ HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 """HTTP method of a module route."""
 RouteMode = Literal["sync", "async"]
 """``sync`` answers with the job result, ``async`` with the execution id."""
-Service = Literal["http", "browser", "notify", "storage", "events"]
+Service = Literal["http", "browser", "notify", "storage", "events", "series"]
 """A platform service reachable through ``JobContext``."""
 AuthMethod = Literal["hmac-sha256"]
 """Signature scheme of a route."""
@@ -348,6 +351,54 @@ class Route(_Model):
     auth: RouteAuth | None = None
 
 
+SeriesName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+
+
+class SeriesField(_Model):
+    """A numeric field of a series.
+
+    Attributes:
+        type: ``gauge`` (a level read at a time) or ``counter`` (a cumulative total whose increase
+            over a period queries sum; a drop is read as a reset).
+        unit: Display unit, e.g. ``kWh``.
+        description: What it measures.
+    """
+
+    type: Literal["gauge", "counter"]
+    unit: Annotated[str, StringConstraints(max_length=32)] | None = None
+    description: Annotated[str, StringConstraints(max_length=5000)] | None = None
+
+
+class SeriesRetention(_Model):
+    """How long a series is kept, in days.
+
+    Attributes:
+        raw_days: Raw points (older timestamps are refused on write).
+        rollup_days: Hourly rollups (at least ``raw_days``).
+    """
+
+    raw_days: int = Field(default=400, ge=1, le=36500)
+    rollup_days: int = Field(default=1826, ge=1, le=36500)
+
+
+class Series(_Model):
+    """A time series the module writes with ``ctx.series`` (docs/series.md).
+
+    Attributes:
+        name: snake_case, unique in the module.
+        description: What it records.
+        fields: Field name -> :class:`SeriesField`.
+        labels: Dimensions every point names (e.g. ``meter``).
+        retention: How long points and rollups are kept.
+    """
+
+    name: SeriesName
+    description: Annotated[str, StringConstraints(max_length=5000)] | None = None
+    fields: dict[SeriesName, SeriesField] = Field(min_length=1, max_length=50)
+    labels: list[SeriesName] = Field(default_factory=list, max_length=10)
+    retention: SeriesRetention | None = None
+
+
 class Permissions(_Model):
     """What the module's code may reach.
 
@@ -400,6 +451,7 @@ class Manifest(_Model):
         jobs: Job types.
         events: Emitted events and listeners.
         routes: HTTP routes.
+        series: Time series (docs/series.md).
         config: JSON Schema of the module-level configuration.
         permissions: Hosts and services the code may use.
         dependencies: Module name -> npm-style semver range.
@@ -417,6 +469,7 @@ class Manifest(_Model):
     jobs: list[JobType] = Field(max_length=200)
     events: Events | None = None
     routes: list[Route] | None = None
+    series: list[Series] | None = Field(default=None, max_length=50)
     config: dict[str, Any] | None = None
     permissions: Permissions | None = None
     dependencies: dict[ModuleName, Annotated[str, StringConstraints(max_length=256)]] | None = None

@@ -15,11 +15,13 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -290,6 +292,10 @@ class ExecutionCount(Base):
     database triggers on ``executions`` (migration 0005): stats read hours, not history."""
 
     __tablename__ = "execution_counts"
+    __table_args__ = (
+        Index("ix_execution_counts_job_hour", "job_key", "hour"),
+        Index("ix_execution_counts_module_hour", "module_name", "hour"),
+    )
 
     hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     #: The job's id, or "" for runs without a job (deleted job, ad-hoc module route runs).
@@ -394,3 +400,96 @@ class Artifact(Base):
     data: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     step: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# --- time series (ctx.series, docs/series.md) -------------------------------------------------------
+_SERIES_ID = Integer
+_LABEL_SET_ID = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Series(Base):
+    """A module's declared series, as first written: ids for the points, the order of its fields.
+
+    Fields keep their index (``series_points.field``) for good: a field the manifest adds later is
+    appended. Ids are never reused (SQLite ``AUTOINCREMENT``), so a module deleted and registered
+    again never sees the points of its predecessor (they go with their partitions).
+    """
+
+    __tablename__ = "series"
+    __table_args__ = (
+        UniqueConstraint("module_id", "name", name="uq_series_module_name"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(_SERIES_ID, primary_key=True, autoincrement=True)
+    module_id: Mapped[str] = mapped_column(ForeignKey("modules.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    #: Field names in index order.
+    fields: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    raw_retention_days: Mapped[int] = mapped_column(Integer)
+    rollup_retention_days: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class SeriesLabelSet(Base):
+    """One label set of a series (``{"meter": "m1"}``), identified by the digest of its sorted JSON."""
+
+    __tablename__ = "series_label_sets"
+    __table_args__ = (
+        UniqueConstraint("series_id", "digest", name="uq_series_label_sets_series_digest"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(_LABEL_SET_ID, primary_key=True, autoincrement=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
+    digest: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[dict[str, str]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SeriesPoint(Base):
+    """One field value of one point. On PostgreSQL the table is partitioned by month of ``ts``
+    (partitions ``series_points_pYYYYMM``, made ahead by the maintenance schedule and on demand;
+    retention drops them). No foreign keys: dropping a partition is the only delete."""
+
+    __tablename__ = "series_points"
+    __table_args__ = {"postgresql_partition_by": "RANGE (ts)"}
+
+    series_id: Mapped[int] = mapped_column(_SERIES_ID, primary_key=True)
+    label_set_id: Mapped[int] = mapped_column(_LABEL_SET_ID, primary_key=True)
+    field: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    value: Mapped[float] = mapped_column(Double)
+
+
+class SeriesRollup(Base):
+    """Hourly aggregates of one field of one label set (PostgreSQL; partitioned by year of ``hour``).
+
+    ``increase`` counts the counter's increase between the hour's own points (resets handled); a
+    query adds the step from the previous hour's last value."""
+
+    __tablename__ = "series_rollups"
+    __table_args__ = {"postgresql_partition_by": "RANGE (hour)"}
+
+    series_id: Mapped[int] = mapped_column(_SERIES_ID, primary_key=True)
+    label_set_id: Mapped[int] = mapped_column(_LABEL_SET_ID, primary_key=True)
+    field: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    sum: Mapped[float] = mapped_column(Double)
+    min: Mapped[float] = mapped_column(Double)
+    max: Mapped[float] = mapped_column(Double)
+    first: Mapped[float] = mapped_column(Double)
+    last: Mapped[float] = mapped_column(Double)
+    increase: Mapped[float] = mapped_column(Double)
+
+
+class SeriesDirtyHour(Base):
+    """An hour whose points changed since it was rolled up (queries read it from the points)."""
+
+    __tablename__ = "series_dirty_hours"
+
+    series_id: Mapped[int] = mapped_column(_SERIES_ID, primary_key=True)
+    label_set_id: Mapped[int] = mapped_column(_LABEL_SET_ID, primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)

@@ -448,6 +448,7 @@ def _check_semantics(data: dict[str, Any], out: _Collector, code_root: Path | No
     _check_routes(data, out, seen_jobs, complete, module_config)
     _check_dependencies(data, out)
     _check_permissions(data, out)
+    _check_series(data, out)
     if code_root is not None:
         _check_handlers(data, jobs, code_root, out)
 
@@ -750,6 +751,47 @@ def _check_permissions(data: dict[str, Any], out: _Collector) -> None:
             services_at,
             "permissions.missing_events",
             "the module declares emitted events but not the events service",
+        )
+
+
+def _check_series(data: dict[str, Any], out: _Collector) -> None:
+    """Series: unique names, labels apart from fields (they share a CSV row), rollups kept at least
+    as long as raw points, and the series service requested."""
+    seen: set[str] = set()
+    entries = _items(data.get("series"))
+    for k, entry in entries:
+        base = f"/series/{k}"
+        name = entry.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                out.semantic_error(f"{base}/name", "series.duplicate", f"series {name!r} is declared more than once")
+            seen.add(name)
+        fields = set(_obj(entry.get("fields")))
+        for j, label in enumerate(_strings(entry.get("labels"))):
+            if label in fields or label == "ts":
+                out.semantic_error(
+                    f"{base}/labels/{j}",
+                    "series.name_clash",
+                    f"label {label!r} has the name of a field or of the timestamp column",
+                )
+        if "ts" in fields:
+            out.semantic_error(
+                json_pointer(["series", k, "fields", "ts"]), "series.name_clash", "a field may not be called 'ts'"
+            )
+        retention = _obj(entry.get("retention"))
+        raw, rollup = retention.get("rawDays", 400), retention.get("rollupDays", 1826)
+        if isinstance(raw, int) and isinstance(rollup, int) and rollup < raw:
+            out.semantic_error(
+                f"{base}/retention/rollupDays",
+                "series.retention_invalid",
+                f"hourly rollups must be kept at least as long as raw points ({rollup} < {raw} days)",
+            )
+    services = set(_strings(_obj(data.get("permissions")).get("services")))
+    if entries and "series" not in services:
+        out.warning(
+            "/series",
+            "permissions.missing_series",
+            "the module declares series but does not request the series service",
         )
 
 

@@ -1,0 +1,686 @@
+"""Time series of modules (``ctx.series``, ``GET /series``) in the registry database.
+
+PostgreSQL: ``series_points`` is partitioned by month of ``ts`` (native declarative partitioning).
+Partitions are made ahead by the maintenance schedule and on demand when a write needs one;
+retention drops whole partitions. Hourly rollups (``series_rollups``, partitioned by year) are
+kept incrementally: a write marks the (label set, hour) pairs it touched in
+``series_dirty_hours``, the rollup job recomputes those hours from the points, and a query over
+hour-aligned buckets reads the rollups, taking the hours still marked from the points — so
+answers are the same whichever source serves them. SQLite (embedded): the same tables without
+partitions or rollups; every query reads the points and uses the reference arithmetic of
+:mod:`autoplat.series`.
+
+Every function takes the series row (or the module id), so a module only reaches its own series.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from autoplat.series import (
+    Bucket,
+    Point,
+    Query,
+    SeriesDef,
+    Stats,
+    aggregate,
+    buckets_of,
+    definitions,
+    hour_aligned,
+    labels_key,
+    matches,
+)
+from registry.models import Module, Series, SeriesDirtyHour, SeriesLabelSet, SeriesPoint, SeriesRollup
+
+log = logging.getLogger(__name__)
+
+POINTS = "series_points"
+ROLLUPS = "series_rollups"
+#: Names of partitions known to exist, per database (a cache: a miss asks the catalogue).
+_KNOWN_PARTITIONS: dict[str, set[str]] = {}
+_PARTITION_LOCK = 0x5E71E5  # pg_advisory_xact_lock key: one partition maker at a time
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# --- series and label sets ------------------------------------------------------------------------
+async def module_manifest(*, session: AsyncSession, name: str) -> tuple[str, dict[str, Any]] | None:
+    """The module's id and current manifest (``None``: no such module)."""
+    row = (await session.execute(select(Module.id, Module.manifest).where(Module.name == name))).first()
+    return None if row is None else (str(row.id), dict(row.manifest or {}))
+
+
+def declared(manifest: dict[str, Any]) -> dict[str, SeriesDef]:
+    return definitions(manifest)
+
+
+async def get_series(*, session: AsyncSession, module_id: str, name: str) -> Series | None:
+    return await session.scalar(select(Series).where(Series.module_id == module_id, Series.name == name))
+
+
+async def list_series(*, session: AsyncSession, module_id: str) -> list[Series]:
+    return list(await session.scalars(select(Series).where(Series.module_id == module_id).order_by(Series.name)))
+
+
+async def ensure_series(*, session: AsyncSession, module_id: str, defn: SeriesDef) -> Series:
+    """The series row of ``defn`` (made on first write; new fields appended, retention kept current)."""
+    row = await get_series(session=session, module_id=module_id, name=defn.name)
+    if row is None:
+        values = {
+            "module_id": module_id,
+            "name": defn.name,
+            "fields": list(defn.fields),
+            "raw_retention_days": defn.raw_retention_days,
+            "rollup_retention_days": defn.rollup_retention_days,
+            "created_at": datetime.now(UTC),
+            "updated_at": datetime.now(UTC),
+        }
+        await session.execute(_insert(session, Series).values(values).on_conflict_do_nothing())
+        row = await get_series(session=session, module_id=module_id, name=defn.name)
+        assert row is not None
+    fields = list(row.fields or [])
+    added = [f for f in defn.fields if f not in fields]
+    if added or (row.raw_retention_days, row.rollup_retention_days) != (
+        defn.raw_retention_days,
+        defn.rollup_retention_days,
+    ):
+        row.fields = fields + added
+        row.raw_retention_days = defn.raw_retention_days
+        row.rollup_retention_days = defn.rollup_retention_days
+        await session.flush()
+    return row
+
+
+def digest(labels: dict[str, str]) -> str:
+    return hashlib.sha256(labels_key(labels).encode()).hexdigest()
+
+
+async def label_set_ids(
+    *, session: AsyncSession, series_id: int, label_sets: Iterable[dict[str, str]]
+) -> dict[str, int]:
+    """Ids of the label sets by digest, making the missing ones."""
+    wanted = {digest(labels): labels for labels in label_sets}
+    found: dict[str, int] = {}
+    keys = list(wanted)
+    for chunk in range(0, len(keys), 500):
+        part = keys[chunk : chunk + 500]
+        rows = await session.execute(
+            select(SeriesLabelSet.digest, SeriesLabelSet.id).where(
+                SeriesLabelSet.series_id == series_id, SeriesLabelSet.digest.in_(part)
+            )
+        )
+        found.update({d: int(i) for d, i in rows})
+    missing = [d for d in keys if d not in found]
+    if missing:
+        now = datetime.now(UTC)
+        stmt = _insert(session, SeriesLabelSet).on_conflict_do_nothing()
+        await session.execute(
+            stmt,
+            [{"series_id": series_id, "digest": d, "labels": wanted[d], "created_at": now} for d in missing],
+        )
+        for chunk in range(0, len(missing), 500):
+            rows = await session.execute(
+                select(SeriesLabelSet.digest, SeriesLabelSet.id).where(
+                    SeriesLabelSet.series_id == series_id, SeriesLabelSet.digest.in_(missing[chunk : chunk + 500])
+                )
+            )
+            found.update({d: int(i) for d, i in rows})
+    return found
+
+
+async def label_sets(
+    *, session: AsyncSession, series_id: int, filters: dict[str, str] | None = None
+) -> dict[int, dict[str, str]]:
+    """The series' label sets matching ``filters`` (equality on each named label), by id."""
+    rows = await session.execute(
+        select(SeriesLabelSet.id, SeriesLabelSet.labels).where(SeriesLabelSet.series_id == series_id)
+    )
+    return {int(i): dict(labels) for i, labels in rows if matches(labels, filters or {})}
+
+
+def _insert(session: AsyncSession, table: Any) -> Any:
+    return postgresql.insert(table) if _dialect(session) == "postgresql" else sqlite.insert(table)
+
+
+# --- partitions (PostgreSQL) ----------------------------------------------------------------------
+def month_start(ts: datetime) -> datetime:
+    ts = ts.astimezone(UTC)
+    return datetime(ts.year, ts.month, 1, tzinfo=UTC)
+
+
+def _next_month(start: datetime) -> datetime:
+    return datetime(start.year + (start.month == 12), start.month % 12 + 1, 1, tzinfo=UTC)
+
+
+def partition_bounds(table: str, ts: datetime) -> tuple[str, datetime, datetime]:
+    """Name and ``[from, to)`` of the partition of ``table`` holding ``ts``."""
+    ts = ts.astimezone(UTC)
+    if table == POINTS:
+        start = month_start(ts)
+        return f"{POINTS}_p{start:%Y%m}", start, _next_month(start)
+    start = datetime(ts.year, 1, 1, tzinfo=UTC)
+    return f"{ROLLUPS}_p{start:%Y}", start, datetime(ts.year + 1, 1, 1, tzinfo=UTC)
+
+
+def _cache(session: AsyncSession) -> set[str]:
+    bind: Any = session.get_bind()
+    return _KNOWN_PARTITIONS.setdefault(str(bind.engine.url), set())
+
+
+def forget_partitions() -> None:
+    """Forget what is cached (after a partition went missing under a write)."""
+    _KNOWN_PARTITIONS.clear()
+
+
+async def ensure_partitions(*, session: AsyncSession, table: str, times: Iterable[datetime]) -> list[str]:
+    """Make the partitions of ``table`` holding ``times`` (PostgreSQL; a no-op elsewhere).
+    Returns the names of those it created."""
+    if _dialect(session) != "postgresql":
+        return []
+    known = _cache(session)
+    needed = {}
+    for ts in times:
+        name, start, end = partition_bounds(table, ts)
+        if name not in known:
+            needed[name] = (start, end)
+    created: list[str] = []
+    if not needed:
+        return created
+    await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PARTITION_LOCK})
+    for name, (start, end) in sorted(needed.items()):
+        exists = await session.scalar(text("SELECT to_regclass(:n) IS NOT NULL"), {"n": name})
+        if not exists:
+            # Bounds are ISO literals of UTC instants: no input reaches this statement.
+            await session.execute(
+                text(
+                    f'CREATE TABLE "{name}" PARTITION OF {table} '
+                    f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+                )
+            )
+            created.append(name)
+        known.add(name)
+    return created
+
+
+async def partitions(*, session: AsyncSession, table: str) -> list[tuple[str, datetime, datetime]]:
+    """The partitions of ``table`` with their bounds, oldest first (PostgreSQL)."""
+    rows = await session.execute(
+        text(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = :t"
+        ),
+        {"t": table},
+    )
+    found = []
+    for (name,) in rows:
+        suffix = str(name).rsplit("_p", 1)[-1]
+        try:
+            ts = datetime.strptime(suffix + ("01" if table == POINTS else "0101"), "%Y%m%d").replace(tzinfo=UTC)
+        except ValueError:
+            continue  # not one of ours
+        found.append(partition_bounds(table, ts))
+    return sorted(found, key=lambda p: p[1])
+
+
+# --- writes ---------------------------------------------------------------------------------------
+def hour_of(ts: datetime) -> datetime:
+    return ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+async def write_points(
+    *, session: AsyncSession, series: Series, points: Sequence[tuple[datetime, dict[str, str], dict[str, float]]]
+) -> int:
+    """Insert or replace points (one transaction: all or nothing); returns the rows written.
+
+    Partitions must exist (:func:`ensure_partitions`). Idempotent per (label set, timestamp,
+    field): writing a point again replaces the values it names."""
+    index = {name: i for i, name in enumerate(series.fields or [])}
+    ids = await label_set_ids(session=session, series_id=series.id, label_sets=[p[1] for p in points])
+    ls_col: list[int] = []
+    field_col: list[int] = []
+    ts_col: list[datetime] = []
+    value_col: list[float] = []
+    dirty: set[tuple[int, datetime]] = set()
+    for ts, labels, values in points:
+        label_set = ids[digest(labels)]
+        for name, value in values.items():
+            ls_col.append(label_set)
+            field_col.append(index[name])
+            ts_col.append(ts)
+            value_col.append(value)
+        dirty.add((label_set, hour_of(ts)))
+    if _dialect(session) == "postgresql":
+        await session.execute(
+            text(
+                "INSERT INTO series_points (series_id, label_set_id, field, ts, value) "
+                "SELECT :s, l, f, t, v FROM unnest(CAST(:ls AS bigint[]), CAST(:fs AS smallint[]), "
+                "CAST(:ts AS timestamptz[]), CAST(:vs AS float8[])) AS x(l, f, t, v) "
+                "ON CONFLICT (series_id, label_set_id, field, ts) DO UPDATE SET value = EXCLUDED.value"
+            ),
+            {"s": series.id, "ls": ls_col, "fs": field_col, "ts": ts_col, "vs": value_col},
+        )
+        marks = sorted(dirty)
+        await session.execute(
+            text(
+                "INSERT INTO series_dirty_hours (series_id, label_set_id, hour) "
+                "SELECT :s, l, h FROM unnest(CAST(:ls AS bigint[]), CAST(:hs AS timestamptz[])) AS x(l, h) "
+                "ON CONFLICT DO NOTHING"
+            ),
+            {"s": series.id, "ls": [m[0] for m in marks], "hs": [m[1] for m in marks]},
+        )
+    else:
+        stmt = sqlite.insert(SeriesPoint)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[SeriesPoint.series_id, SeriesPoint.label_set_id, SeriesPoint.field, SeriesPoint.ts],
+            set_={"value": stmt.excluded.value},
+        )
+        await session.execute(
+            stmt,
+            [
+                {"series_id": series.id, "label_set_id": ls, "field": f, "ts": t, "value": v}
+                for ls, f, t, v in zip(ls_col, field_col, ts_col, value_col, strict=True)
+            ],
+        )
+    return len(value_col)
+
+
+# --- reads ----------------------------------------------------------------------------------------
+@dataclass
+class Source:
+    """Which table answered a bucketed query (reported by the API)."""
+
+    name: str = "raw"
+
+
+def _raw_start(series: Series, start: datetime, now: datetime) -> datetime:
+    return max(start, now - timedelta(days=series.raw_retention_days))
+
+
+async def raw_points(
+    *,
+    session: AsyncSession,
+    series: Series,
+    query: Query,
+    label_ids: dict[int, dict[str, str]],
+    limit: int,
+    now: datetime,
+) -> list[Point]:
+    """Points in the query's range (at most ``limit``), by label set then time."""
+    index = {name: i for i, name in enumerate(series.fields or [])}
+    names = {index[f]: f for f in query.fields if f in index}
+    if not names or not label_ids:
+        return []
+    stmt = (
+        select(SeriesPoint.label_set_id, SeriesPoint.ts, SeriesPoint.field, SeriesPoint.value)
+        .where(
+            SeriesPoint.series_id == series.id,
+            SeriesPoint.field.in_(list(names)),
+            SeriesPoint.ts >= _raw_start(series, query.start, now),
+            SeriesPoint.ts < query.end,
+        )
+        .order_by(SeriesPoint.label_set_id, SeriesPoint.ts, SeriesPoint.field)
+        .limit((limit + 1) * len(names))
+    )
+    if query.labels:
+        stmt = stmt.where(SeriesPoint.label_set_id.in_(list(label_ids)))
+    out: list[Point] = []
+    current: tuple[int, datetime] | None = None
+    for ls, ts, fld, value in await session.execute(stmt):
+        if ls not in label_ids:
+            continue
+        ts = _utc(ts)
+        if current != (ls, ts):
+            if len(out) >= limit:
+                out.append(Point(ts=ts, labels={}, values={}))  # one more than the limit: the caller refuses
+                break
+            current = (ls, ts)
+            out.append(Point(ts=ts, labels=dict(label_ids[ls]), values={}))
+        out[-1].values[names[fld]] = value
+    return out
+
+
+async def latest_points(
+    *, session: AsyncSession, series: Series, label_ids: dict[int, dict[str, str]], fields: list[str]
+) -> list[Point]:
+    """The newest point of each label set: its timestamp and the values written at it."""
+    index = {name: i for i, name in enumerate(series.fields or [])}
+    names = {index[f]: f for f in fields if f in index}
+    if not names or not label_ids:
+        return []
+    if _dialect(session) == "postgresql":
+        rows = await session.execute(
+            text(
+                "SELECT q.label_set_id, q.field, q.ts, q.value "
+                "FROM unnest(CAST(:ls AS bigint[])) AS l(id) CROSS JOIN unnest(CAST(:fs AS smallint[])) AS f(idx) "
+                "CROSS JOIN LATERAL (SELECT label_set_id, field, ts, value FROM series_points "
+                "WHERE series_id = :s AND label_set_id = l.id AND field = f.idx ORDER BY ts DESC LIMIT 1) AS q"
+            ),
+            {"s": series.id, "ls": list(label_ids), "fs": list(names)},
+        )
+        found = [(int(r[0]), int(r[1]), _utc(r[2]), float(r[3])) for r in rows]
+    else:
+        # SQLite: the bare columns of an aggregate query come from the row holding max(ts).
+        rows = await session.execute(
+            select(SeriesPoint.label_set_id, SeriesPoint.field, func.max(SeriesPoint.ts), SeriesPoint.value)
+            .where(SeriesPoint.series_id == series.id, SeriesPoint.field.in_(list(names)))
+            .group_by(SeriesPoint.label_set_id, SeriesPoint.field)
+        )
+        found = []
+        for ls, fld, ts, value in rows:
+            if int(ls) in label_ids:
+                when = ts if isinstance(ts, datetime) else datetime.fromisoformat(str(ts))
+                found.append((int(ls), int(fld), _utc(when), float(value)))
+    newest: dict[int, tuple[datetime, dict[str, float]]] = {}
+    for ls, fld, ts, value in found:
+        held = newest.get(ls)
+        if held is None or ts > held[0]:
+            newest[ls] = (ts, {names[fld]: value})
+        elif ts == held[0]:
+            held[1][names[fld]] = value
+    points = [Point(ts=ts, labels=dict(label_ids[ls]), values=values) for ls, (ts, values) in newest.items()]
+    return sorted(points, key=lambda p: labels_key(p.labels))
+
+
+async def bucket_points(
+    *,
+    session: AsyncSession,
+    series: Series,
+    query: Query,
+    label_ids: dict[int, dict[str, str]],
+    now: datetime,
+    source: Source | None = None,
+    use_rollups: bool | None = None,
+) -> list[Bucket]:
+    """Aggregates per bucket (``query.edges`` set by :func:`autoplat.series.check_size`).
+
+    On PostgreSQL hour-aligned buckets are read from the rollups (``use_rollups=False`` forces the
+    points, for comparisons); otherwise from the points."""
+    index = {name: i for i, name in enumerate(series.fields or [])}
+    names = {index[f]: f for f in query.fields if f in index and f in query.aggs}
+    if not names or not label_ids:
+        return []
+    wanted = {a for f in names.values() for a in query.aggs[f]}
+    keyed: dict[int, dict[str, str]] = dict(label_ids)
+    if _dialect(session) != "postgresql":
+        stats = await _sqlite_stats(session, series, query, keyed, names, wanted, now)
+    else:
+        rollups = hour_aligned(query.edges) if use_rollups is None else use_rollups
+        if source is not None:
+            source.name = "rollup" if rollups else "raw"
+        stats = await _pg_stats(session, series, query, keyed, names, wanted, now, rollups)
+    labels_of: dict[Any, dict[str, str]] = keyed
+    return buckets_of(query, stats, labels_of)
+
+
+async def _sqlite_stats(
+    session: AsyncSession,
+    series: Series,
+    query: Query,
+    label_ids: dict[int, dict[str, str]],
+    names: dict[int, str],
+    wanted: set[str],
+    now: datetime,
+) -> dict[tuple[Any, int], Stats]:
+    start = _raw_start(series, query.edges[0], now)
+    stmt = (
+        select(SeriesPoint.label_set_id, SeriesPoint.field, SeriesPoint.ts, SeriesPoint.value)
+        .where(
+            SeriesPoint.series_id == series.id,
+            SeriesPoint.field.in_(list(names)),
+            SeriesPoint.ts >= start,
+            SeriesPoint.ts < query.edges[-1],
+        )
+        .order_by(SeriesPoint.label_set_id, SeriesPoint.field, SeriesPoint.ts)
+    )
+    readings: dict[tuple[int, str], list[tuple[datetime, float]]] = {}
+    for ls, fld, ts, value in await session.execute(stmt):
+        if ls in label_ids:
+            readings.setdefault((int(ls), names[fld]), []).append((_utc(ts), float(value)))
+    previous: dict[tuple[int, str], float] = {}
+    if "increase" in wanted:
+        rows = await session.execute(
+            select(SeriesPoint.label_set_id, SeriesPoint.field, func.max(SeriesPoint.ts), SeriesPoint.value)
+            .where(SeriesPoint.series_id == series.id, SeriesPoint.field.in_(list(names)), SeriesPoint.ts < start)
+            .group_by(SeriesPoint.label_set_id, SeriesPoint.field)
+        )
+        previous = {(int(ls), names[fld]): float(v) for ls, fld, _, v in rows if ls in label_ids}
+    return aggregate(readings, previous, query.edges)
+
+
+_INC = "CASE WHEN {prev} IS NULL THEN 0 WHEN {v} >= {prev} THEN {v} - {prev} ELSE {v} END"
+
+#: In-hour aggregates of the points of the (label set, hour) pairs in ``d`` (the rollup job's
+#: computation, also used by queries for hours not rolled up yet).
+_HOURLY_FROM_POINTS = f"""
+SELECT x.series_id, x.label_set_id, x.field, x.hour AS ts, count(*) AS n, sum(x.value) AS s,
+       min(x.value) AS lo, max(x.value) AS hi,
+       (array_agg(x.value ORDER BY x.ts))[1] AS first, (array_agg(x.value ORDER BY x.ts DESC))[1] AS last,
+       sum({_INC.format(prev="x.prev", v="x.value")}) AS inc
+FROM (
+  SELECT p.series_id, p.label_set_id, p.field, d.hour, p.ts, p.value,
+         lag(p.value) OVER (PARTITION BY p.label_set_id, p.field, d.hour ORDER BY p.ts) AS prev
+  FROM d JOIN series_points p ON p.series_id = d.series_id AND p.label_set_id = d.label_set_id
+       AND p.ts >= d.hour AND p.ts < d.hour + interval '1 hour' {{field_filter}}
+) AS x
+GROUP BY x.series_id, x.label_set_id, x.field, x.hour
+"""
+
+#: The last point before the range of each (label set, field): a counter's first step.
+_PREVIOUS = """
+SELECT q.label_set_id, q.field, q.ts, q.value
+FROM unnest(CAST(:ls AS bigint[])) AS l(id) CROSS JOIN unnest(CAST(:fs AS smallint[])) AS f(idx)
+CROSS JOIN LATERAL (SELECT label_set_id, field, ts, value FROM series_points
+   WHERE series_id = :s AND label_set_id = l.id AND field = f.idx AND ts < :start ORDER BY ts DESC LIMIT 1) AS q
+"""
+
+
+def _outer(wanted: set[str], value: str, first: str, last: str, inc: str) -> str:
+    cols = ["sum(n)", f"sum({value})", "min(lo)", "max(hi)"]
+    cols.append(f"(array_agg({first} ORDER BY ts))[1]" if "first" in wanted else "NULL")
+    cols.append(f"(array_agg({last} ORDER BY ts DESC))[1]" if "last" in wanted else "NULL")
+    cols.append(f"sum({inc})" if "increase" in wanted else "NULL")
+    return ", ".join(cols)
+
+
+async def _pg_stats(
+    session: AsyncSession,
+    series: Series,
+    query: Query,
+    label_ids: dict[int, dict[str, str]],
+    names: dict[int, str],
+    wanted: set[str],
+    now: datetime,
+    rollups: bool,
+) -> dict[tuple[Any, int], Stats]:
+    start, end = query.edges[0], query.edges[-1]
+    params: dict[str, Any] = {
+        "s": series.id,
+        "ls": list(label_ids),
+        "fs": list(names),
+        "start": start,
+        "end": end,
+        "edges": list(query.edges),
+        "rawstart": _raw_start(series, start, now),
+        "rstart": max(start, now - timedelta(days=series.rollup_retention_days)),
+    }
+    increase = "increase" in wanted
+    filters = "series_id = :s AND label_set_id = ANY(CAST(:ls AS bigint[])) AND field = ANY(CAST(:fs AS smallint[]))"
+    if not rollups:
+        previous = f"UNION ALL SELECT label_set_id, field, ts, value FROM ({_PREVIOUS}) AS pv" if increase else ""
+        window = ", lag(value) OVER (PARTITION BY label_set_id, field ORDER BY ts) AS prev" if increase else ""
+        sql = f"""
+WITH pts AS (
+  SELECT label_set_id, field, ts, value FROM series_points
+  WHERE {filters} AND ts >= :rawstart AND ts < :end
+  {previous}
+), w AS (SELECT label_set_id, field, ts, value, 1 AS n, value AS lo, value AS hi{window} FROM pts)
+SELECT label_set_id, field, width_bucket(ts, CAST(:edges AS timestamptz[])) AS b,
+       {_outer(wanted, "value", "value", "value", _INC.format(prev="prev", v="value"))}
+FROM w WHERE ts >= :start GROUP BY 1, 2, 3
+"""
+    else:
+        previous = (
+            f"UNION ALL SELECT label_set_id, field, ts, 0, 0, value, value, value, value, 0 FROM ({_PREVIOUS}) AS pv"
+            if increase
+            else ""
+        )
+        window = ", lag(last) OVER (PARTITION BY label_set_id, field ORDER BY ts) AS prev" if increase else ""
+        hourly = _HOURLY_FROM_POINTS.format(field_filter="AND p.field = ANY(CAST(:fs AS smallint[]))")
+        sql = f"""
+WITH d AS (
+  SELECT series_id, label_set_id, hour FROM series_dirty_hours
+  WHERE series_id = :s AND label_set_id = ANY(CAST(:ls AS bigint[])) AND hour >= :start AND hour < :end
+), h AS (
+  SELECT r.label_set_id, r.field, r.hour AS ts, r.count AS n, r.sum AS s, r.min AS lo, r.max AS hi,
+         r.first, r.last, r.increase AS inc
+  FROM series_rollups r
+  WHERE r.series_id = :s AND r.label_set_id = ANY(CAST(:ls AS bigint[])) AND r.field = ANY(CAST(:fs AS smallint[]))
+    AND r.hour >= :rstart AND r.hour < :end
+    AND NOT EXISTS (SELECT 1 FROM d WHERE d.label_set_id = r.label_set_id AND d.hour = r.hour)
+  UNION ALL
+  SELECT label_set_id, field, ts, n, s, lo, hi, first, last, inc FROM ({hourly}) AS fresh
+  {previous}
+), w AS (SELECT *{window} FROM h)
+SELECT label_set_id, field, width_bucket(ts, CAST(:edges AS timestamptz[])) AS b,
+       {_outer(wanted, "s", "first", "last", "inc + " + _INC.format(prev="prev", v="first"))}
+FROM w WHERE ts >= :start GROUP BY 1, 2, 3
+"""
+    out: dict[tuple[Any, int], Stats] = {}
+    for ls, fld, b, n, s, lo, hi, first, last, inc in await session.execute(text(sql), params):
+        if not 1 <= b < len(query.edges) or not n:
+            continue
+        out[((int(ls), names[int(fld)]), int(b) - 1)] = Stats(
+            count=int(n),
+            sum=float(s),
+            min=float(lo),
+            max=float(hi),
+            first=None if first is None else float(first),
+            last=None if last is None else float(last),
+            increase=float(inc or 0.0),
+        )
+    return out
+
+
+# --- maintenance ----------------------------------------------------------------------------------
+async def roll_up(*, session: AsyncSession, limit: int = 5000) -> int:
+    """Recompute up to ``limit`` marked hours from their points (PostgreSQL); returns how many.
+    Claims marks with ``SKIP LOCKED``, so concurrent runs share the work; a write during the run
+    marks its hour again, for the next one."""
+    if _dialect(session) != "postgresql":
+        return 0
+    claimed = (
+        await session.execute(
+            text(
+                "DELETE FROM series_dirty_hours WHERE (series_id, label_set_id, hour) IN ("
+                "SELECT series_id, label_set_id, hour FROM series_dirty_hours ORDER BY hour LIMIT :n "
+                "FOR UPDATE SKIP LOCKED) RETURNING series_id, label_set_id, hour"
+            ),
+            {"n": limit},
+        )
+    ).all()
+    if not claimed:
+        return 0
+    params = {
+        "ss": [int(r[0]) for r in claimed],
+        "ls": [int(r[1]) for r in claimed],
+        "hs": [r[2] for r in claimed],
+    }
+    await ensure_partitions(session=session, table=ROLLUPS, times=set(params["hs"]))
+    claim = (
+        "WITH d AS (SELECT * FROM unnest(CAST(:ss AS int[]), CAST(:ls AS bigint[]), CAST(:hs AS timestamptz[])) "
+        "AS c(series_id, label_set_id, hour)) "
+    )
+    await session.execute(
+        text(
+            claim + "DELETE FROM series_rollups r USING d WHERE r.series_id = d.series_id "
+            "AND r.label_set_id = d.label_set_id AND r.hour = d.hour"
+        ),
+        params,
+    )
+    await session.execute(
+        text(
+            claim
+            + "INSERT INTO series_rollups (series_id, label_set_id, field, hour, count, sum, min, max, first, last, "
+            "increase) SELECT series_id, label_set_id, field, ts, n, s, lo, hi, first, last, inc FROM ("
+            + _HOURLY_FROM_POINTS.format(field_filter="")
+            + ") AS fresh"
+        ),
+        params,
+    )
+    return len(claimed)
+
+
+async def drop_expired(*, session: AsyncSession, now: datetime | None = None) -> dict[str, list[str]]:
+    """Retention. PostgreSQL: drop the partitions whose end is older than the longest retention of
+    any series (raw points, rollups); reads clip each series to its own. SQLite: delete each
+    series' points older than its raw retention. Returns what went, by table."""
+    now = now or datetime.now(UTC)
+    raw_days, rollup_days = (
+        await session.execute(select(func.max(Series.raw_retention_days), func.max(Series.rollup_retention_days)))
+    ).one()
+    dropped: dict[str, list[str]] = {POINTS: [], ROLLUPS: []}
+    if _dialect(session) != "postgresql":
+        for row in await list_all(session=session):
+            result = await session.execute(
+                delete(SeriesPoint).where(
+                    SeriesPoint.series_id == row.id,
+                    SeriesPoint.ts < now - timedelta(days=row.raw_retention_days),
+                )
+            )
+            if result.rowcount:  # type: ignore[attr-defined]
+                dropped[POINTS].append(f"{row.name}: {result.rowcount} points")  # type: ignore[attr-defined]
+        return dropped
+    from autoplat.series import DEFAULT_RAW_RETENTION_DAYS, DEFAULT_ROLLUP_RETENTION_DAYS
+
+    limits = {
+        POINTS: now - timedelta(days=int(raw_days or DEFAULT_RAW_RETENTION_DAYS)),
+        ROLLUPS: now - timedelta(days=int(rollup_days or DEFAULT_ROLLUP_RETENTION_DAYS)),
+    }
+    for table, cutoff in limits.items():
+        for name, _start, end in await partitions(session=session, table=table):
+            if end <= cutoff:
+                await session.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
+                _cache(session).discard(name)
+                dropped[table].append(name)
+    return dropped
+
+
+async def list_all(*, session: AsyncSession) -> list[Series]:
+    return list(await session.scalars(select(Series).order_by(Series.id)))
+
+
+async def prepare_ahead(*, session: AsyncSession, now: datetime | None = None, months: int = 2) -> list[str]:
+    """Make this month's and the next ``months`` months' partitions (and their rollup years)."""
+    now = now or datetime.now(UTC)
+    times = [month_start(now)]
+    for _ in range(months):
+        times.append(_next_month(times[-1]))
+    created = await ensure_partitions(session=session, table=POINTS, times=times)
+    created += await ensure_partitions(session=session, table=ROLLUPS, times=times)
+    return created
+
+
+async def pending_hours(*, session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).select_from(SeriesDirtyHour)) or 0)
+
+
+async def rollup_count(*, session: AsyncSession, series_id: int) -> int:
+    return int(
+        await session.scalar(select(func.count()).select_from(SeriesRollup).where(SeriesRollup.series_id == series_id))
+        or 0
+    )
