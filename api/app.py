@@ -57,6 +57,11 @@ def _routers() -> list[Any]:
     return routers
 
 
+def app_from_environment() -> FastAPI:
+    """The API built from ``AUTOPLAT_*`` settings: the factory ``autoplat api --workers N`` serves."""
+    return create_app(Settings())
+
+
 def create_app(settings: Settings, *, state: AppState | None = None) -> FastAPI:
     """Build the API. Pass ``state`` to share already-open resources (tests, ``autoplat dev``)."""
     settings.check_secure()

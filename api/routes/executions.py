@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
 
 from api.deps import PageDep, Requires, SessionDep, SettingsDep, StateDep
 from api.schemas.common import ERROR_RESPONSES, Page
-from api.schemas.executions import ExecutionDetail, ExecutionRead, LogsRead
+from api.schemas.executions import ExecutionDetail, ExecutionRead, ExecutionSummary, LogsRead
 from registry.errors import ServiceUnavailable
 from registry.manifest import json_problem
 from registry.models import Execution, ExecutionStatus
@@ -54,11 +55,15 @@ def execution_read(row: Execution, settings: Settings) -> ExecutionRead:
 SERVED_JSON_DEPTH = 200
 
 
-def _servable(row: Execution) -> tuple[dict[str, Any], str | None]:
-    """The row's JSON columns, each replaced by null when it can't be served (too deep, not finite,
-    lone surrogates: written by an older version or around the API), with the reason: one bad row
-    must never fail a list for everyone."""
-    values = {"steps": row.steps or [], "config": row.config, "result": row.result, "error": row.error}
+def _servable(
+    row: Execution, names: Collection[str] = ("steps", "config", "result", "error")
+) -> tuple[dict[str, Any], str | None]:
+    """The row's JSON columns (``names``), each replaced by null when it can't be served (too deep,
+    not finite, lone surrogates: written by an older version or around the API), with the reason:
+    one bad row must never fail a list for everyone."""
+    values = {name: getattr(row, name) for name in names}
+    if "steps" in values:
+        values["steps"] = values["steps"] or []
     problems = []
     for name, value in values.items():
         problem = json_problem(value, max_depth=SERVED_JSON_DEPTH)
@@ -98,7 +103,66 @@ def execution_detail(row: Execution, settings: Settings) -> ExecutionDetail:
     return ExecutionDetail(**_fields(row, settings), logs=executions.parse_logs(row.logs))
 
 
-@router.get("", response_model=Page[ExecutionRead])
+#: The JSON columns a list leaves out unless asked: with them, a page of 50 can weigh megabytes.
+HEAVY_FIELDS = ("steps", "config", "result", "error")
+
+
+def execution_summary(row: Execution, settings: Settings, include: frozenset[str]) -> ExecutionSummary:
+    fields: dict[str, Any] = {
+        "id": row.id,
+        "job_id": row.job_id,
+        "module": row.module_name,
+        "module_version": row.module_version,
+        "job_type": row.job_type,
+        "workflow_id": row.workflow_id,
+        "run_id": row.run_id,
+        "status": row.status,
+        "status_reason": row.status_reason,
+        "trigger": row.trigger,
+        "event_id": row.event_id,
+        "idempotency_key": row.idempotency_key,
+        "attempt": row.attempt,
+        "created_at": row.created_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "duration_ms": row.duration_ms,
+        "temporal_url": temporal_url(settings, row),
+    }
+    if include:
+        values, problem = _servable(row, include)
+        fields.update(values)
+        fields["data_problem"] = problem
+    return ExecutionSummary(**fields)
+
+
+def parse_include(include: str | None) -> frozenset[str]:
+    asked = frozenset(part.strip() for part in (include or "").split(",") if part.strip())
+    unknown = sorted(asked - set(HEAVY_FIELDS))
+    if unknown:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", "include"),
+                    "msg": f"unknown field {name!r}: one or more of {', '.join(HEAVY_FIELDS)}",
+                    "type": "value_error",
+                }
+                for name in unknown
+            ]
+        )
+    return asked
+
+
+IncludeQ = Annotated[
+    str | None,
+    Query(
+        max_length=100,
+        description="Heavy fields to add to each item, comma-separated: steps, config, result, error "
+        "(left out by default; the detail has them all)",
+    ),
+]
+
+
+@router.get("", response_model=Page[ExecutionSummary], response_model_exclude_unset=True)
 async def list_executions(
     session: SessionDep,
     settings: SettingsDep,
@@ -114,14 +178,17 @@ async def list_executions(
     since: datetime | None = None,
     until: datetime | None = None,
     sort: SortQ = "-created_at",
+    include: IncludeQ = None,
     _: Actor = Requires("executions:read"),
-) -> Page[ExecutionRead]:
+) -> Page[ExecutionSummary]:
     page, limit = paging
+    fields = parse_include(include)
     result = await executions.list_executions(
         session=session,
         page=page,
         limit=limit,
         sort=sort,
+        heavy=fields,
         job_id=job_id,
         module=module,
         job_type=job_type,
@@ -131,7 +198,18 @@ async def list_executions(
         since=since,
         until=until,
     )
-    return Page(items=[execution_read(r, settings) for r in result.items], total=result.total, page=page, limit=limit)
+    return summaries_page(result, settings, fields)
+
+
+def summaries_page(result: Any, settings: Settings, include: frozenset[str]) -> Page[ExecutionSummary]:
+    return Page(
+        items=[execution_summary(r, settings, include) for r in result.items],
+        total=result.total,
+        page=result.page,
+        limit=result.limit,
+        total_exact=result.total_exact,
+        has_more=result.has_more,
+    )
 
 
 @router.get("/stats")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from registry.manifest import json_problem
 
@@ -43,6 +43,16 @@ class Page(BaseModel, Generic[T]):
     total: int
     page: int
     limit: int
+    total_exact: bool = Field(
+        default=True, description="False when `total` is an estimate (executions: more than 10,000 rows match)"
+    )
+    has_more: bool = Field(default=False, description="Whether a next page has items (always exact)")
+
+    @model_validator(mode="after")
+    def _more(self) -> Page[T]:
+        if "has_more" not in self.model_fields_set:
+            self.has_more = self.page * self.limit < self.total
+        return self
 
 
 class ErrorDetail(BaseModel):

@@ -8,6 +8,36 @@ from pydantic import Field
 from api.schemas.common import Schema
 
 
+class ExecutionSummary(Schema):
+    """An execution in a list: its heavy JSON columns only when asked (``include=``)."""
+
+    id: str
+    job_id: str | None
+    module: str
+    module_version: str | None
+    job_type: str
+    workflow_id: str
+    run_id: str | None
+    status: str
+    status_reason: str | None
+    trigger: str
+    event_id: str | None
+    idempotency_key: str | None
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: int | None
+    temporal_url: str | None = None
+    steps: list[Any] | None = Field(default=None, description="Only with include=steps")
+    config: dict[str, Any] | None = Field(default=None, description="Only with include=config")
+    result: Any = Field(default=None, description="Only with include=result")
+    error: dict[str, Any] | None = Field(default=None, description="Only with include=error")
+    data_problem: str | None = Field(
+        default=None, description="Set when a stored JSON value (steps, config, result, error) cannot be served"
+    )
+
+
 class ExecutionRead(Schema):
     id: str
     job_id: str | None

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
+from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from registry.errors import NotFound
-from registry.models import Execution, ExecutionStatus
-from registry.services.common import Page, paginate
+from registry.models import Execution, ExecutionCount, ExecutionStatus
+from registry.services.common import Page, paginate_large
 
 SORTS = {
     "created_at": Execution.created_at,
@@ -62,63 +64,166 @@ def _filtered(
     return stmt
 
 
+#: Columns a list never needs; the JSON ones are read only when asked.
+_HEAVY = {"steps": Execution.steps, "config": Execution.config, "result": Execution.result, "error": Execution.error}
+
+
 async def list_executions(
-    *, session: AsyncSession, page: int, limit: int, sort: str = "-created_at", **filters: Any
+    *,
+    session: AsyncSession,
+    page: int,
+    limit: int,
+    sort: str = "-created_at",
+    heavy: Collection[str] = tuple(_HEAVY),
+    **filters: Any,
 ) -> Page[Execution]:
+    """A page of executions, newest first by default. Logs are never read; the JSON columns only
+    those in ``heavy``. Counting stops at 10,000 matching rows (``paginate_large``)."""
     descending = sort.startswith("-")
     column = SORTS.get(sort.lstrip("-+"), Execution.created_at)
     order = column.desc() if descending else column.asc()
-    stmt = _filtered(select(Execution), **filters).order_by(order, Execution.id)
-    return await paginate(session, stmt, page=page, limit=limit)
+    skipped = [Execution.logs, *(c for name, c in _HEAVY.items() if name not in heavy)]
+    stmt = _filtered(select(Execution).options(*(defer(c, raiseload=True) for c in skipped)), **filters)
+    return await paginate_large(session, stmt.order_by(order, Execution.id), page=page, limit=limit)
 
 
-async def stats(*, session: AsyncSession, **filters: Any) -> dict[str, Any]:
-    """Counts by status, success rate, mean and p95 duration, overall and per job."""
-    counts_stmt = _filtered(select(Execution.status, func.count()), **filters).group_by(Execution.status)
-    counts = {status: int(n) for status, n in (await session.execute(counts_stmt)).all()}
-    # Aggregates stay in the database: only two numbers come back, whatever the history's size.
-    timed = _filtered(select(Execution.duration_ms), **filters).where(Execution.duration_ms.is_not(None))
-    sub = timed.subquery()
-    n, mean = (await session.execute(select(func.count(), func.avg(sub.c.duration_ms)))).one()
-    p95: float | None = None
-    if n:
-        # Nearest rank: the smallest duration with at least 95 % of the runs at or below it.
-        rank = max(0, math.ceil(0.95 * int(n)) - 1)
-        value = await session.scalar(timed.order_by(Execution.duration_ms).offset(rank).limit(1))
-        p95 = float(value) if value is not None else None
-    per_job_rows = (
-        await session.execute(
-            _filtered(
-                select(
-                    Execution.job_id,
-                    Execution.module_name,
-                    Execution.job_type,
-                    Execution.status,
-                    func.count(),
-                    func.avg(Execution.duration_ms),
-                ),
-                **filters,
-            ).group_by(Execution.job_id, Execution.module_name, Execution.job_type, Execution.status)
-        )
-    ).all()
+#: p95 duration is exact over this many most recent timed runs matching the filter.
+P95_WINDOW = 1_000
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    """Naive datetimes are UTC, as everywhere in the API."""
+    if at is None:
+        return None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def _hour_floor(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _hour_ceil(at: datetime) -> datetime:
+    floor = _hour_floor(at)
+    return floor if floor == at else floor + timedelta(hours=1)
+
+
+async def stats(
+    *,
+    session: AsyncSession,
+    job_id: str | None = None,
+    module: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> dict[str, Any]:
+    """Counts by status, success rate, mean and p95 duration, overall and per job.
+
+    Whole hours come from ``execution_counts`` (kept by triggers), the partial hours at the edges of
+    ``[since, until)`` from ``executions`` (at most two hours of rows): exact counts and means at any
+    history size. The p95 is exact over the ``P95_WINDOW`` most recent timed runs in the range."""
+    since, until = _utc(since), _utc(until)
+    groups: dict[tuple[str | None, str, str, str], list[int]] = {}
+
+    def add(job: str | None, module_name: str, job_type: str, status: str, n: int, dn: int, ds: int) -> None:
+        entry = groups.setdefault((job or None, module_name, job_type, status), [0, 0, 0])
+        entry[0] += int(n)
+        entry[1] += int(dn or 0)
+        entry[2] += int(ds or 0)
+
+    # Whole hours: [first_hour, last_hour).
+    first_hour = _hour_ceil(since) if since else None
+    last_hour = _hour_floor(until) if until else None
+    if first_hour is None or last_hour is None or first_hour < last_hour:
+        counted = select(
+            ExecutionCount.job_key,
+            ExecutionCount.module_name,
+            ExecutionCount.job_type,
+            ExecutionCount.status,
+            func.sum(ExecutionCount.n),
+            func.sum(ExecutionCount.duration_n),
+            func.sum(ExecutionCount.duration_sum),
+        ).group_by(ExecutionCount.job_key, ExecutionCount.module_name, ExecutionCount.job_type, ExecutionCount.status)
+        if job_id:
+            counted = counted.where(ExecutionCount.job_key == job_id)
+        if module:
+            counted = counted.where(ExecutionCount.module_name == module)
+        if first_hour is not None:
+            counted = counted.where(ExecutionCount.hour >= first_hour)
+        if last_hour is not None:
+            counted = counted.where(ExecutionCount.hour < last_hour)
+        for row in (await session.execute(counted)).all():
+            add(*row)
+        edges = [(since, first_hour), (last_hour, until)] if first_hour and last_hour else []
+        if since and not last_hour:
+            edges = [(since, first_hour)]
+        if until and not first_hour:
+            edges = [(last_hour, until)]
+    else:
+        edges = [(since, until)]  # the range lies within one hour
+    for lo, hi in edges:
+        if lo is None or hi is None or lo >= hi:
+            continue
+        raw = _filtered(
+            select(
+                Execution.job_id,
+                Execution.module_name,
+                Execution.job_type,
+                Execution.status,
+                func.count(),
+                func.count(Execution.duration_ms),
+                func.coalesce(func.sum(Execution.duration_ms), 0),
+            ),
+            job_id=job_id,
+            module=module,
+            since=lo,
+            until=hi,
+        ).group_by(Execution.job_id, Execution.module_name, Execution.job_type, Execution.status)
+        for row in (await session.execute(raw)).all():
+            add(*row)
+
+    counts: dict[str, int] = {}
+    timed_n = timed_sum = 0
     per_job: dict[str, dict[str, Any]] = {}
-    for job_id, module, job_type, status, n, _avg in per_job_rows:
-        key = job_id or f"{module}.{job_type}"
+    for (job, module_name, job_type, status), (n, dn, ds) in groups.items():
+        if n <= 0:
+            continue
+        counts[status] = counts.get(status, 0) + n
+        timed_n += dn
+        timed_sum += ds
+        key = job or f"{module_name}.{job_type}"
         entry = per_job.setdefault(
-            key, {"job_id": job_id, "module": module, "job_type": job_type, "total": 0, "by_status": {}}
+            key, {"job_id": job, "module": module_name, "job_type": job_type, "total": 0, "by_status": {}}
         )
-        entry["total"] += int(n)
-        entry["by_status"][status] = int(n)
+        entry["total"] += n
+        entry["by_status"][status] = entry["by_status"].get(status, 0) + n
     for entry in per_job.values():
         entry["success_rate"] = _rate(entry["by_status"])
+    p95, sample = await _p95(session, job_id=job_id, module=module, since=since, until=until)
     return {
         "total": sum(counts.values()),
         "by_status": {s.value: counts.get(s.value, 0) for s in ExecutionStatus},
         "success_rate": _rate(counts),
-        "mean_duration_ms": float(mean) if mean is not None else None,
+        "mean_duration_ms": timed_sum / timed_n if timed_n else None,
         "p95_duration_ms": p95,
+        "p95_sample": sample,
         "per_job": sorted(per_job.values(), key=lambda e: -e["total"]),
     }
+
+
+async def _p95(session: AsyncSession, **filters: Any) -> tuple[float | None, int]:
+    """Nearest-rank p95 of the durations of the most recent ``P95_WINDOW`` timed runs."""
+    recent = (
+        _filtered(select(Execution.duration_ms.label("d")), **filters)
+        .where(Execution.duration_ms.is_not(None))
+        .order_by(Execution.created_at.desc())
+        .limit(P95_WINDOW)
+        .subquery()
+    )
+    n = int(await session.scalar(select(func.count()).select_from(recent)) or 0)
+    if not n:
+        return None, 0
+    rank = max(0, math.ceil(0.95 * n) - 1)
+    value = await session.scalar(select(recent.c.d).order_by(recent.c.d).offset(rank).limit(1))
+    return (float(value) if value is not None else None), n
 
 
 def _rate(counts: dict[str, int]) -> float | None:

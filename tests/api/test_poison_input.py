@@ -221,7 +221,7 @@ async def test_an_execution_that_cannot_be_served_never_breaks_the_list(client, 
         session.add(
             Execution(module_name="m", job_type="j", workflow_id="wf-deep", trigger="manual", result=deep_result)
         )
-    r = await client.get("/api/v1/executions", headers=operator_headers)
+    r = await client.get("/api/v1/executions", params={"include": "result"}, headers=operator_headers)
     assert r.status_code == 200, r.text
     rows = {e["workflow_id"]: e for e in r.json()["items"]}
     assert rows["wf-ok"]["result"] == {"ok": 1} and rows["wf-ok"]["data_problem"] is None

@@ -78,7 +78,7 @@ async def test_emitted_events_start_listeners_and_are_correlated(
         async def consumed(event_id: str = event_id) -> list[dict[str, Any]]:
             page = await client.get(
                 "/api/v1/executions",
-                params={"job_id": consume, "trigger": "event", "status": "COMPLETED"},
+                params={"job_id": consume, "trigger": "event", "status": "COMPLETED", "include": "result"},
                 headers=operator_headers,
             )
             return [e for e in page.json()["items"] if e["event_id"] == event_id]

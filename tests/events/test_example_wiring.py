@@ -31,7 +31,7 @@ async def test_health_alert_event_triggers_the_notify_job(worker, client, sessio
     async def triggered() -> list[dict[str, Any]]:
         page = await client.get(
             "/api/v1/executions",
-            params={"job_id": job_id, "trigger": "event", "status": "COMPLETED"},
+            params={"job_id": job_id, "trigger": "event", "status": "COMPLETED", "include": "result"},
             headers=operator_headers,
         )
         return page.json()["items"]

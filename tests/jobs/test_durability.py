@@ -347,6 +347,22 @@ async def test_execution_filters_and_stats(
     assert bad_trigger.status_code == 422
     listed = (await client.get("/api/v1/executions", params={"sort": "created_at"}, headers=operator_headers)).json()
     assert [i["id"] for i in listed["items"]] == [a["id"], b["id"], c["id"], d["id"]]
+    # Lists leave the heavy JSON columns out unless asked, and say whether a next page exists.
+    assert not {"steps", "config", "result", "error"} & set(listed["items"][0])
+    assert listed["total_exact"] is True and listed["has_more"] is False
+    two = await client.get(
+        "/api/v1/executions",
+        params={"limit": 2, "include": "result,steps", "sort": "created_at"},
+        headers=operator_headers,
+    )
+    first = two.json()["items"][0]
+    assert first["result"] == a["result"] and first["steps"] == a["steps"] and "config" not in first
+    assert (two.json()["total"], two.json()["has_more"]) == (4, True)
+    last = await client.get("/api/v1/executions", params={"limit": 2, "page": 2}, headers=operator_headers)
+    assert (last.json()["total"], last.json()["has_more"], len(last.json()["items"])) == (4, False, 2)
+    bad_include = await client.get("/api/v1/executions", params={"include": "logs"}, headers=operator_headers)
+    assert bad_include.status_code == 422 and bad_include.json()["error"]["code"] == "validation_error"
+    assert bad_include.json()["error"]["details"][0]["loc"] == ["query", "include"]
 
     r = await client.get("/api/v1/executions/stats", headers=operator_headers)
     assert r.status_code == 200, r.text

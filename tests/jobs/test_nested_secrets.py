@@ -119,7 +119,7 @@ async def test_nested_secrets_never_leave_in_clear(
         "/api/v1/jobs",
         f"/api/v1/jobs/{job['id']}",
         f"/api/v1/jobs/{job['id']}/executions",
-        "/api/v1/executions",
+        "/api/v1/executions?include=steps,config,result,error",
         f"/api/v1/executions/{run['id']}",
         f"/api/v1/executions/{run['id']}/logs",
         "/api/v1/audit",

@@ -49,7 +49,7 @@ async def _create(client: Any, headers: dict[str, str], **extra: Any) -> dict[st
 
 
 async def _scheduled_runs(client: Any, headers: dict[str, str], job_id: str, **filters: Any) -> list[dict[str, Any]]:
-    params = {"job_id": job_id, "trigger": "schedule", "limit": 200, **filters}
+    params = {"job_id": job_id, "trigger": "schedule", "limit": 200, "include": "result,config", **filters}
     return (await client.get("/api/v1/executions", params=params, headers=headers)).json()["items"]
 
 

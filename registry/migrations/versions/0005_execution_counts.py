@@ -107,6 +107,8 @@ def upgrade() -> None:
         sa.Column("duration_sum", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("hour", "job_key", "module_name", "job_type", "status", name=op.f("pk_execution_counts")),
     )
+    op.create_index("ix_execution_counts_job_hour", "execution_counts", ["job_key", "hour"])
+    op.create_index("ix_execution_counts_module_hour", "execution_counts", ["module_name", "hour"])
     if op.get_bind().dialect.name == "postgresql":
         op.execute(PG_FUNCTION)
         for statement in PG_TRIGGERS:
