@@ -7,7 +7,7 @@ after that, every ``run`` message loads a handler from its code folder and calls
 
 * ``ctx.http`` runs here (an :class:`autoplat.http.HttpClient` with the manifest's hosts and the
   worker's address policy, which the worker sends);
-* ``ctx.storage``, ``ctx.state``, ``ctx.notify``, ``ctx.browser`` and ``ctx.emit`` are calls
+* ``ctx.storage``, ``ctx.state``, ``ctx.series``, ``ctx.notify``, ``ctx.browser`` and ``ctx.emit`` are calls
   answered by the worker, which checks them as it checks in-process calls;
 * log lines (``ctx.logger``, and ``print``) are sent to the worker as they happen, so they are
   kept even when this process dies.
@@ -36,12 +36,20 @@ from autoplat._sync import loop_runner
 from autoplat._wire import FrameTooLarge, dumps, frame
 from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer
 from autoplat.errors import Cancelled, JobError
+from autoplat.series import Bucket, Point, SeriesBase, SeriesError
 from autoplat.storage import Document, JobStateBase, StateConflict, StateSnapshot, StorageBase, StorageError
 
 #: Largest message the worker sends (a run's config, previous result and event are in it).
 MAX_INBOUND = 64 * 1024 * 1024
 #: Exceptions of the worker's services re-raised here as the SDK's own classes.
-_KNOWN: dict[str, type[Exception]] = {"JobError": JobError, "StorageError": StorageError, "Cancelled": Cancelled}
+_KNOWN: dict[str, type[Exception]] = {
+    "JobError": JobError,
+    "StorageError": StorageError,
+    "SeriesError": SeriesError,
+    "Cancelled": Cancelled,
+}
+#: Largest ``write_many`` call sent to the worker (its messages are capped by the output limit).
+MAX_SERIES_CALL_BYTES = 4 * 1024 * 1024
 
 
 class ServiceError(Exception):
@@ -166,6 +174,51 @@ class _RemoteState(JobStateBase):
         if not isinstance(value, Mapping):
             raise StorageError("the job state is a JSON object (a dict)")
         return int(await self._child.call("state", "set", [dict(value)], {"expected_version": expected_version}))
+
+
+class _RemoteSeries(SeriesBase):
+    """``ctx.series`` answered by the worker, which knows the module and checks every call."""
+
+    def __init__(self, child: Child) -> None:
+        super().__init__(runner=child.runner)
+        self._child = child
+
+    async def write_many(self, series: str, points: Any) -> int:
+        if isinstance(points, str | bytes | Mapping):
+            raise SeriesError("points must be a list of points")
+        items = list(points)
+        if len(items) > self.max_batch:
+            raise SeriesError(
+                f"{len(items)} points in one call: at most {self.max_batch} per call; split the batch "
+                "(writes are idempotent, a retried step writes no duplicates)",
+                details={"limit": self.max_batch, "count": len(items)},
+            )
+        message = dumps(items)
+        if len(message) > MAX_SERIES_CALL_BYTES:
+            raise SeriesError(
+                f"the batch is {len(message)} bytes of JSON: at most {MAX_SERIES_CALL_BYTES} per call; split it",
+                details={"limit_bytes": MAX_SERIES_CALL_BYTES},
+            )
+        return int(await self._child.call("series", "write_many", [series, json.loads(message)], {}))
+
+    async def range(self, series: str, start: Any, end: Any, **kwargs: Any) -> list[Point]:
+        found = await self._child.call("series", "range", [series, _iso(start), _iso(end)], kwargs)
+        return [_point(p) for p in found]
+
+    async def rollup(self, series: str, start: Any, end: Any, **kwargs: Any) -> list[Bucket]:
+        found = await self._child.call("series", "rollup", [series, _iso(start), _iso(end)], kwargs)
+        return [Bucket(ts=datetime.fromisoformat(b["ts"]), labels=b["labels"], values=b["values"]) for b in found]
+
+    async def latest(self, series: str, **kwargs: Any) -> list[Point]:
+        return [_point(p) for p in await self._child.call("series", "latest", [series], kwargs)]
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _point(data: Mapping[str, Any]) -> Point:
+    return Point(ts=datetime.fromisoformat(data["ts"]), labels=data["labels"], values=data["values"])
 
 
 class _Output(io.TextIOBase):
@@ -351,6 +404,8 @@ class Child:
             services["storage"] = _RemoteStorage(self)
         if "state" in provided:
             services["state"] = _RemoteState(self)
+        if "series" in provided:
+            services["series"] = _RemoteSeries(self)
         ctx = JobContext(
             info=info,
             config=message.get("config"),

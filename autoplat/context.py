@@ -200,6 +200,8 @@ class JobContext:
             SSRF guard, retries on 429 / 5xx, each request in the execution log.
         storage: The module's private documents (:class:`autoplat.storage.StorageBase`).
         state: This job's state between runs, versioned (:class:`autoplat.storage.JobStateBase`).
+        series: The module's time series (:class:`autoplat.series.SeriesBase`): ``write``,
+            ``write_many``, ``range``, ``rollup``, ``latest``. See docs/series.md.
         browser: One isolated browser context for this step (Playwright on the system
             Chromium): ``navigate``, ``fill``, ``click``, ``wait_for``, ``text``, ``table``,
             ``screenshot`` / ``pdf`` saved as execution artifacts. Closed when the step ends.
@@ -207,7 +209,7 @@ class JobContext:
         notify: ``email(to, subject, text, html)``, ``webhook(url, payload, ...)``,
             ``slack(url, text)`` and ``channel(name, subject, text)``. See docs/notifications.md.
 
-    http, storage and state methods have ``*_sync`` twins for sync handlers (docs/services.md);
+    http, storage, state and series methods have ``*_sync`` twins for sync handlers (docs/services.md);
     browser and notify methods are awaitable in ``async def`` handlers and blocking in plain
     ``def`` handlers. A service used without being declared in the manifest's
     ``permissions.services`` fails the step (no retry).
@@ -244,6 +246,7 @@ class JobContext:
         self.notify: Any = services.get("notify") or _Unavailable("notify")
         self.storage: Any = services.get("storage") or _Unavailable("storage")
         self.state: Any = services.get("state") or _Unavailable("state")
+        self.series: Any = services.get("series") or _Unavailable("series")
 
     # identity -------------------------------------------------------------------------------
     @property

@@ -137,6 +137,17 @@ class Settings(BaseSettings):
     #: Largest JSON value of one module storage document / of one job's state (bytes).
     storage_max_value_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
 
+    # --- time series (docs/series.md) ---
+    #: Most points one series read answers (``GET /series/query``, ``ctx.series``); more is a 422
+    #: naming this limit and a coarser step.
+    series_max_points: int = Field(default=100_000, ge=100, le=10_000_000)
+    #: How far ahead of the platform's clock a written timestamp may be (seconds).
+    series_max_future_seconds: int = Field(default=86400, ge=0, le=366 * 86400)
+    #: Interval of the series rollup schedule (seconds).
+    series_rollup_interval_seconds: int = Field(default=300, ge=10)
+    #: Interval of the series retention schedule: partitions ahead, dropping expired ones (seconds).
+    series_retention_interval_seconds: int = Field(default=3600, ge=60)
+
     # --- module code containment (docs/configuration.md, "Handler isolation") ---
     #: ``process``: handlers run in confined child processes of the worker (the default);
     #: ``inline``: in the worker's own interpreter (trusted development only).

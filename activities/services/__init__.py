@@ -1,4 +1,5 @@
-"""Platform services for jobs: HTTP, browser, notifications, module storage / job state, live logs.
+"""Platform services for jobs: HTTP, browser, notifications, module storage / job state, live logs,
+time series.
 
 Each service lives in a submodule of this package that defines ``provider(deps)``, returning an
 object with:
@@ -25,7 +26,7 @@ from autoplat.context import JobContext
 
 log = logging.getLogger(__name__)
 
-SUBMODULES = ("http", "storage", "notify", "browser", "logs")
+SUBMODULES = ("http", "storage", "notify", "browser", "logs", "series")
 
 
 class Services:
