@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import Redis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors, limits
 from api.state import AppState
@@ -155,18 +156,7 @@ def _version() -> str:
 
 def _install_middleware(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(limits.BodyLimit, settings=settings)  # first: inside request_id, audit and CORS
-
-    @app.middleware("http")
-    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        incoming = request.headers.get("x-request-id", "")
-        rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        request.state.request_id = rid
-        request.state.actor = None
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = rid
-        if request.method in _MUTATING and response.status_code >= 400 and request.url.path.startswith(API_PREFIX):
-            await _audit_failure(request, response.status_code)
-        return response
+    app.add_middleware(RequestContext)
 
     if settings.cors_origins:
         app.add_middleware(
@@ -177,6 +167,37 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key", "Last-Event-ID"],
             expose_headers=["X-Request-ID", "Retry-After", "Location"],
         )
+
+
+class RequestContext:
+    """ASGI middleware: the request id (``X-Request-ID``, kept when the client sent a sane one) and
+    the audit of refused mutating calls. Plain ASGI, not ``@app.middleware``: every request pays
+    for it, and a ``BaseHTTPMiddleware`` costs a task and a stream per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
+        rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        state["actor"] = None
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+        if scope["method"] in _MUTATING and status >= 400 and scope["path"].startswith(API_PREFIX):
+            await _audit_failure(Request(scope), status)
 
 
 async def _audit_failure(request: Request, status: int) -> None:

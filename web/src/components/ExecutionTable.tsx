@@ -2,7 +2,7 @@ import { Link } from "react-router";
 import type { Schemas } from "../api/client";
 import { Duration, StatusBadge, Time } from "./ui";
 
-export function ExecutionTable({ items, showJob = true }: { items: Schemas["ExecutionRead"][]; showJob?: boolean }) {
+export function ExecutionTable({ items, showJob = true }: { items: Schemas["ExecutionSummary"][]; showJob?: boolean }) {
   return (
     <div className="table-wrap">
       <table>
