@@ -7,12 +7,16 @@ module enabled after the worker started runs without a restart.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import case, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -28,6 +32,7 @@ from activities.types import (
     FinishInput,
     RunPlan,
     StartInput,
+    StepEnd,
     StepInput,
     step_outcome,
 )
@@ -36,12 +41,13 @@ from autoplat._loader import HandlerNotFound, load_handler
 from autoplat._sync import to_completion
 from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer
 from autoplat.errors import Cancelled, JobError
-from registry.db import unit_of_work
+from registry.db import is_unavailable, unit_of_work
 from registry.models import Execution, ExecutionStatus, Job, Module, ModuleVersion
 from registry.services import events, runs
 from registry.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: "No result": the step does not end its run (see ``_step_finished``).
 _NOTHING: Any = object()
@@ -63,25 +69,61 @@ class _Prepared:
     trigger: str
     #: The job type's ``limits`` (memoryMb, cpuSeconds) from its manifest.
     limits: dict[str, Any]
+    #: Which run of the step's handler this is (1 for the first).
+    run: int
+
+
+class _Spent(Exception):
+    """The step's attempts are used up before this attempt could run its handler (raised by
+    ``_prepare`` once the step's end is written); ``error`` is what the workflow gets."""
+
+    def __init__(self, error: ApplicationError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+@dataclass
+class _Beat:
+    """What every heartbeat of a step tells the step's next attempt: which run of the handler was
+    going on, since when, and that it was still going at the time of the heartbeat. An attempt
+    that finds its predecessor was still running past its timeout knows Temporal's start-to-close
+    timeout ended it (see :meth:`JobActivities._overran`)."""
+
+    run: int = 0
+    started: float = 0.0
+
+    def details(self) -> list[Any]:
+        if not self.run:
+            return []
+        return [{_BEAT: 1, "run": self.run, "started": self.started, "at": time.time()}]
+
+
+#: Key of the platform's heartbeat details (the first detail of every step heartbeat).
+_BEAT = "autoplat_step_beat"
 
 
 class _StepRuntime:
-    def __init__(self, activities: JobActivities, inp: StepInput, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, activities: JobActivities, inp: StepInput, loop: asyncio.AbstractEventLoop, beat: _Beat) -> None:
         self._activities = activities
         self._inp = inp
         self._loop = loop
+        self._beat = beat
+        #: How many events the step emitted so far: the n-th emit of a step is the same event in
+        #: every attempt (its id derives from the execution, the step and n).
+        self._emitted = 0
 
     def heartbeat(self, *details: Any) -> None:
         if self._loop is _running_loop():
-            activity.heartbeat(*details)
+            activity.heartbeat(*self._beat.details(), *details)
         else:
-            self._loop.call_soon_threadsafe(lambda: activity.heartbeat(*details))
+            self._loop.call_soon_threadsafe(lambda: activity.heartbeat(*self._beat.details(), *details))
 
     def is_cancelled(self) -> bool:
         return self._activities.cancelled.get(self._inp.execution_id, False)
 
     async def emit(self, name: str, payload: dict[str, Any]) -> str:
-        return await self._activities.emit(self._inp, name, payload)
+        self._emitted += 1
+        return await self._activities.emit(self._inp, name, payload, sequence=self._emitted)
 
     def run_coroutine(self, coro: Awaitable[Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(_await(coro), self._loop).result()
@@ -167,6 +209,11 @@ class JobActivities:
         reached the workflow: a worker lost just after the commit, then a cancel or a failure),
         answer that outcome so the workflow reports what the row says."""
         async with unit_of_work(self.sessions) as session:
+            if inp.step_end is not None:
+                execution = await session.get(Execution, inp.execution_id, with_for_update=True)
+                if execution is not None:
+                    _write_pending(execution, inp.step_end)
+                    await session.flush()
             finished = await runs.finish_by_id(
                 session=session,
                 execution_id=inp.execution_id,
@@ -197,29 +244,37 @@ class JobActivities:
             self.settings.execution_log_limit, self.log_sink(inp.execution_id) if self.log_sink else None
         )
         self.cancelled.pop(inp.execution_id, None)
-        beater = asyncio.create_task(self._heartbeats())
+        beat = _Beat()
+        beater = asyncio.create_task(self._heartbeats(beat))
         try:
-            return await self._run_step(inp, info, buffer)
+            return await self._run_step(inp, info, buffer, beat)
         finally:
             beater.cancel()
 
-    async def _run_step(self, inp: StepInput, info: activity.Info, buffer: LogBuffer) -> Any:
+    async def _run_step(self, inp: StepInput, info: activity.Info, buffer: LogBuffer, beat: _Beat) -> Any:
         ctx: JobContext | None = None
         outcome = "FAILED"
         error_text: str | None = None
         early: dict[str, Any] | None = None
         value: Any = None
         finalized = False
+        pending: StepEnd | None = None
+        run = info.attempt
         try:
             try:
                 prepared = await self._prepare(inp, info)
                 if not isinstance(prepared, _Prepared):
                     early = prepared
                     return early
+                run = prepared.run
                 code_root = await self._code_root(prepared.version, inp)
-            except SQLAlchemyError as exc:
-                # The registry is unreachable: an infrastructure failure, retried by Temporal
-                # without counting against the handler's retries.
+            except _Spent as spent:
+                early = {}  # its end is written: the step's attempts are used up
+                raise spent.error from None
+            except (SQLAlchemyError, OSError) as exc:
+                # The registry is unreachable: a platform-side failure, retried by Temporal (for
+                # as long as the run's timeout allows) without counting against the job's attempts.
+                early = {}  # nothing ran: nothing to write (the registry is down anyway)
                 raise ApplicationError(
                     f"registry unavailable: {type(exc).__name__}", type="PlatformUnavailable"
                 ) from None
@@ -239,7 +294,7 @@ class JobActivities:
                     job_id=inp.job_id,
                     module_version=inp.module_version,
                     step=inp.step,
-                    attempt=info.attempt,
+                    attempt=run,
                     trigger=prepared.trigger,
                     workflow_id=info.workflow_id,
                     run_id=info.workflow_run_id,
@@ -247,7 +302,7 @@ class JobActivities:
                 config=prepared.config,
                 secrets=prepared.module_secrets | prepared.secrets,
                 module_config=prepared.module_config,
-                runtime=_StepRuntime(self, inp, loop),
+                runtime=_StepRuntime(self, inp, loop, beat),
                 log_buffer=buffer,
                 previous=inp.previous,
                 event=inp.event,
@@ -256,6 +311,7 @@ class JobActivities:
             if self.services is not None:
                 for name, service in (await self.services(inp, ctx)).items():
                     setattr(ctx, name, service)
+            beat.run, beat.started = run, time.time()
             if fn is not None:
                 value = await self._run_with_heartbeats(invoke(fn, ctx), inp)
             else:
@@ -268,23 +324,24 @@ class JobActivities:
                     "status": ctx.response.status,
                     "headers": ctx.response.headers,
                 }
+            _check_result(value)
             outcome = "COMPLETED"
         except asyncio.CancelledError:
             outcome = "CANCELLED"
-            buffer.add(_entry("WARNING", "step cancelled", inp, info.attempt))
+            buffer.add(_entry("WARNING", "step cancelled", inp, run))
             raise
         except ApplicationError as exc:
+            if early is not None:
+                raise  # raised before the step ran (see above)
             error_text = exc.message
-            if exc.type in ("AttemptsExhausted", "PlatformUnavailable"):
-                raise
             if exc.type == "StepTimeout":
                 outcome = "TIMED_OUT"
-            buffer.add(_entry("ERROR", f"{exc.type}: {exc.message}", inp, info.attempt))
+            buffer.add(_entry("ERROR", f"{exc.type}: {exc.message}", inp, run))
             failures = await self._count_failure(inp, exc.non_retryable)
             raise self._budgeted(exc, failures, inp) from None
         except JobError as exc:
             error_text = exc.message
-            buffer.add(_entry("ERROR", f"JobError: {exc.message}", inp, info.attempt))
+            buffer.add(_entry("ERROR", f"JobError: {exc.message}", inp, run))
             await self._count_failure(inp, True)
             raise ApplicationError(exc.message, exc.details, type="JobError", non_retryable=True) from None
         except Cancelled as exc:
@@ -295,7 +352,7 @@ class JobActivities:
                 (exc.type_name, exc.traceback_text) if isinstance(exc, HandlerFailed) else (type(exc).__name__, None)
             )
             error_text = f"{name}: {exc}"
-            buffer.add(_entry("ERROR", error_text, inp, info.attempt, exc=exc, trace=trace))
+            buffer.add(_entry("ERROR", error_text, inp, run, exc=exc, trace=trace))
             failures = await self._count_failure(inp, False)
             raise self._budgeted(ApplicationError(error_text, type=name), failures, inp) from None
         finally:
@@ -303,10 +360,10 @@ class JobActivities:
                 completes = inp.finishes_run and outcome == "COMPLETED"
                 # Release the step's services and keep its logs and status whatever happens, even
                 # when cancellation is delivered again meanwhile (the cleanup is bounded).
-                (finalized, stored), interrupted = await to_completion(
+                (finalized, stored, pending), interrupted = await to_completion(
                     self._end_step(
                         inp,
-                        info.attempt,
+                        run,
                         ctx,
                         outcome,
                         error_text,
@@ -320,8 +377,8 @@ class JobActivities:
                     # When the write completed the run, the step's success stands (Temporal accepts
                     # a completion after a cancel request), so the workflow and the row agree.
                     raise asyncio.CancelledError
-        if inp.starts_run or inp.finishes_run:
-            return step_outcome(value, finalized=finalized)
+        if inp.starts_run or inp.finishes_run or pending is not None:
+            return step_outcome(value, finalized=finalized, pending=pending)
         return value
 
     async def _prepare(self, inp: StepInput, info: activity.Info) -> _Prepared | dict[str, Any]:
@@ -331,68 +388,104 @@ class JobActivities:
         The first step of a run started with its plan also starts the run (RUNNING, or SKIPPED when
         its job or module changed since it was requested), and a last step whose run is already
         COMPLETED (its completion was lost on the way to Temporal) is not run again: both answer
-        the workflow's step envelope instead of a :class:`_Prepared`."""
-        async with unit_of_work(self.sessions) as session:
-            execution = await session.get(Execution, inp.execution_id, with_for_update=True)
-            if execution is None and inp.starts_run:
-                # A run started with its plan has a row committed before its workflow started.
-                raise JobError(f"execution {inp.execution_id} is not in the registry")
-            if execution is not None and ExecutionStatus(execution.status).is_final:
-                if inp.finishes_run and execution.status == ExecutionStatus.COMPLETED.value:
-                    return step_outcome(execution.result, finalized=True)
-                if inp.starts_run:
-                    return step_outcome(None, skipped=execution.status_reason or "already finished")
-            job = await session.get(Job, inp.job_id) if inp.job_id else None
-            module = await session.scalar(select(Module).where(Module.name == inp.module))
-            version = await runs.module_version(session, module.id, inp.module_version) if module is not None else None
-            definition = runs.job_type_definition(version.manifest, inp.job_type) if version is not None else None
-            starting = inp.starts_run and execution is not None and execution.status != ExecutionStatus.RUNNING.value
-            if starting:
-                assert execution is not None
-                reason = runs.skip_reason(inp.job_id, job, inp.module, module)
-                if reason is None and version is None:
-                    reason = f"module {inp.module} {inp.module_version} is no longer registered"
-                elif reason is None and definition is None:
-                    reason = f"job type {inp.job_type} does not exist in {inp.module} {inp.module_version}"
-                if reason is not None:
-                    runs.finish(session=session, execution=execution, status=ExecutionStatus.SKIPPED, reason=reason)
-                    return step_outcome(None, skipped=reason)
-            if module is None or version is None:
-                raise JobError(f"module {inp.module} {inp.module_version} is no longer registered")
-            failures = self._mark_running(execution, inp, info.attempt)
-            if failures >= inp.max_attempts:
-                # Only infrastructure retries remain (the handler's own budget is spent).
-                raise ApplicationError(
-                    f"step {inp.step} already failed {failures} time(s)",
-                    type="AttemptsExhausted",
-                    non_retryable=True,
-                )
-            run_secrets = self._run_secrets(execution)
-            secrets = {**self._job_secrets(job), **run_secrets}
-            override = {**(inp.config_override or {}), **run_secrets}
-            config, masked = runs.resolve_config(definition or {}, job, override or None, secrets)
-            if starting:
-                assert execution is not None
-                execution.run_id = info.workflow_run_id
-                execution.module_version = inp.module_version
-                execution.config = masked
-                runs.mark_started(session, execution, datetime.now(UTC))
-            from registry.manifest import secret_parts
-            from registry.services.modules import config_schema, resolved_config
+        the workflow's step envelope instead of a :class:`_Prepared`.
 
-            module_config = resolved_config(module=module, secret_key=self.settings.encryption_key())
-            module_secrets = secret_parts(config_schema(module), module_config)
-            job_schema = (definition or {}).get("config") or {}
-            return _Prepared(
-                version=version,
-                config=config,
-                # Only the secret parts of values holding one (a nested password, not its host).
-                secrets=secret_parts(job_schema, config) if job_schema else secrets,
-                module_config=module_config,
-                module_secrets=module_secrets,
-                trigger=execution.trigger if execution else inp.trigger,
-                limits=dict((definition or {}).get("limits") or {}),
-            )
+        Raises:
+            _Spent: The step's attempts are used up (its last one ran past its timeout, or failed,
+                and Temporal's retry came anyway); its end is written.
+        """
+        spent: _Spent | None = None
+        async with unit_of_work(self.sessions) as session:
+            prepared = await self._prepare_in(session, inp, info)
+            if isinstance(prepared, _Spent):
+                spent = prepared
+        if spent is not None:
+            raise spent
+        assert not isinstance(prepared, _Spent)
+        return prepared
+
+    async def _prepare_in(
+        self, session: AsyncSession, inp: StepInput, info: activity.Info
+    ) -> _Prepared | dict[str, Any] | _Spent:
+        execution = await session.get(Execution, inp.execution_id, with_for_update=True)
+        if execution is not None and inp.pending_end is not None:
+            _write_pending(execution, inp.pending_end)
+        if execution is None and inp.starts_run:
+            # A run started with its plan has a row committed before its workflow started.
+            raise JobError(f"execution {inp.execution_id} is not in the registry")
+        if execution is not None and ExecutionStatus(execution.status).is_final:
+            if inp.finishes_run and execution.status == ExecutionStatus.COMPLETED.value:
+                return step_outcome(execution.result, finalized=True)
+            if inp.starts_run:
+                return step_outcome(None, skipped=execution.status_reason or "already finished")
+        job = await session.get(Job, inp.job_id) if inp.job_id else None
+        module = await session.scalar(select(Module).where(Module.name == inp.module))
+        version = await runs.module_version(session, module.id, inp.module_version) if module is not None else None
+        definition = runs.job_type_definition(version.manifest, inp.job_type) if version is not None else None
+        starting = inp.starts_run and execution is not None and execution.status != ExecutionStatus.RUNNING.value
+        if starting:
+            assert execution is not None
+            reason = runs.skip_reason(inp.job_id, job, inp.module, module)
+            if reason is None and version is None:
+                reason = f"module {inp.module} {inp.module_version} is no longer registered"
+            elif reason is None and definition is None:
+                reason = f"job type {inp.job_type} does not exist in {inp.module} {inp.module_version}"
+            if reason is not None:
+                runs.finish(session=session, execution=execution, status=ExecutionStatus.SKIPPED, reason=reason)
+                return step_outcome(None, skipped=reason)
+        if module is None or version is None:
+            raise JobError(f"module {inp.module} {inp.module_version} is no longer registered")
+        overran = self._overran(inp, info)
+        if overran is not None and execution is not None:
+            _end_overrun(execution, inp, overran)
+        failures = _failures(execution, inp)
+        if failures >= inp.max_attempts:
+            # The handler's own budget is spent; only platform-side retries were left.
+            return _spend(execution, inp, failures)
+        run = self._mark_running(execution, inp, info.attempt)
+        run_secrets = self._run_secrets(execution)
+        secrets = {**self._job_secrets(job), **run_secrets}
+        override = {**(inp.config_override or {}), **run_secrets}
+        config, masked = runs.resolve_config(definition or {}, job, override or None, secrets)
+        if starting:
+            assert execution is not None
+            execution.run_id = info.workflow_run_id
+            execution.module_version = inp.module_version
+            execution.config = masked
+            runs.mark_started(session, execution, datetime.now(UTC))
+        from registry.manifest import secret_parts
+        from registry.services.modules import config_schema, resolved_config
+
+        module_config = resolved_config(module=module, secret_key=self.settings.encryption_key())
+        module_secrets = secret_parts(config_schema(module), module_config)
+        job_schema = (definition or {}).get("config") or {}
+        return _Prepared(
+            version=version,
+            config=config,
+            # Only the secret parts of values holding one (a nested password, not its host).
+            secrets=secret_parts(job_schema, config) if job_schema else secrets,
+            module_config=module_config,
+            module_secrets=module_secrets,
+            trigger=execution.trigger if execution else inp.trigger,
+            limits=dict((definition or {}).get("limits") or {}),
+            run=run,
+        )
+
+    @staticmethod
+    def _overran(inp: StepInput, info: activity.Info) -> int | None:
+        """The run of the handler that Temporal's start-to-close timeout ended, if the previous
+        attempt was one: its heartbeats show it still running past the step's timeout, so the step's
+        own clock could not stop it (a handler ignoring cancellation, a stalled worker loop)."""
+        details = info.heartbeat_details
+        beat = details[0] if details and isinstance(details[0], dict) else None
+        if info.attempt < 2 or beat is None or beat.get(_BEAT) != 1:
+            return None
+        try:
+            ran = float(beat["at"]) - float(beat["started"])
+            run = int(beat["run"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return run if ran >= inp.timeout_seconds else None
 
     async def _in_process(self, code_root: Path, key: str, inp: StepInput, ctx: JobContext, limits: RunLimits) -> Any:
         """Run the step's handler in one of the pool's confined processes."""
@@ -431,7 +524,7 @@ class JobActivities:
         finally:
             self.cancelled.pop(inp.execution_id, None)
 
-    async def _heartbeats(self) -> None:
+    async def _heartbeats(self, beat: _Beat) -> None:
         """Heartbeat for the whole step (loading code included), so slow preparation is not
         mistaken for a lost worker, and cancellation is delivered while the handler runs."""
         timeout = activity.info().heartbeat_timeout
@@ -441,7 +534,7 @@ class JobActivities:
         while True:
             # Sleep first: a short step never pays a heartbeat round trip to the server.
             await asyncio.sleep(interval)
-            activity.heartbeat()
+            activity.heartbeat(*beat.details())
 
     def _budgeted(self, exc: ApplicationError, failures: int, inp: StepInput) -> ApplicationError:
         """Handler failures count against the job's retries; the rest of the Temporal budget is
@@ -483,29 +576,43 @@ class JobActivities:
 
     @staticmethod
     def _mark_running(execution: Execution | None, inp: StepInput, attempt: int) -> int:
-        """Mark the step RUNNING on the (locked) row; returns its handler failures so far."""
+        """Mark the step RUNNING on the (locked) row; returns the number of this run of its handler
+        (``attempts``: runs of the handler, not Temporal's attempts, which also count retries of
+        platform-side failures before the handler ran)."""
         if execution is None:
-            return 0
-        steps = [dict(s) for s in (execution.steps or [])]
-        while len(steps) <= inp.step_index:
-            steps.append({"name": inp.step, "status": "PENDING", "attempts": 0, "failures": 0})
+            return attempt
+        steps = _steps(execution, inp)
         step = steps[inp.step_index]
-        step.update(status="RUNNING", attempts=attempt, started_at=datetime.now(UTC).isoformat())
+        run = int(step.get("attempts") or 0) + 1
+        step.update(status="RUNNING", attempts=run, started_at=datetime.now(UTC).isoformat())
+        step.pop("finished_at", None)
         execution.steps = steps
-        execution.attempt = max(execution.attempt or 0, attempt)
-        return int(step.get("failures", 0))
+        execution.attempt = max(execution.attempt or 0, run)
+        return run
 
     async def _count_failure(self, inp: StepInput, final: bool) -> int:
-        async with unit_of_work(self.sessions) as session:
-            execution = await session.get(Execution, inp.execution_id, with_for_update=True)
-            if execution is None:
-                return 0
-            steps = [dict(s) for s in (execution.steps or [])]
-            if inp.step_index >= len(steps):
-                return 0
-            steps[inp.step_index]["failures"] = int(steps[inp.step_index].get("failures", 0)) + 1
-            execution.steps = steps
-            return int(steps[inp.step_index]["failures"])
+        """Count a handler failure against the job's attempts (retried while the registry is
+        unreachable, until the attempt's deadline: then a platform-side failure, not counted)."""
+
+        async def count() -> int:
+            async with unit_of_work(self.sessions) as session:
+                execution = await session.get(Execution, inp.execution_id, with_for_update=True)
+                if execution is None:
+                    return 0
+                steps = [dict(s) for s in (execution.steps or [])]
+                if inp.step_index >= len(steps):
+                    return 0
+                steps[inp.step_index]["failures"] = int(steps[inp.step_index].get("failures", 0)) + 1
+                execution.steps = steps
+                return int(steps[inp.step_index]["failures"])
+
+        try:
+            return await _while_unavailable(count, what=f"counting a failure of execution {inp.execution_id}")
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            log.error("could not count a failure of execution %s: the registry is unavailable", inp.execution_id)
+            raise ApplicationError(f"registry unavailable: {type(exc).__name__}", type="PlatformUnavailable") from None
 
     async def _end_step(
         self,
@@ -516,7 +623,7 @@ class JobActivities:
         error: str | None,
         buffer: LogBuffer,
         result: Any,
-    ) -> tuple[bool, Any]:
+    ) -> tuple[bool, Any, StepEnd | None]:
         """A step's cleanup: release its services, then keep its logs and status (and, given the
         last step's ``result``, end the run): see :meth:`_step_finished`."""
         if ctx is not None and self.release is not None:
@@ -534,26 +641,43 @@ class JobActivities:
         error: str | None,
         buffer: LogBuffer,
         result: Any = _NOTHING,
-    ) -> tuple[bool, Any]:
+    ) -> tuple[bool, Any, StepEnd | None]:
         """Keep the step's logs and status whatever happened (success, failure, timeout, cancel);
         given the ``result`` of a run's last step, also end the run COMPLETED in the same
-        transaction. Returns whether the run's row is final, and the result an earlier attempt
-        stored when that attempt had already completed the run (``_NOTHING`` otherwise).
+        transaction. Returns whether the run's row is final, the result an earlier attempt
+        stored when that attempt had already completed the run (``_NOTHING`` otherwise), and the
+        step's end when it could not be written (the workflow hands it to the run's next write).
 
         Only the step's latest attempt ends the run (an attempt Temporal gave up on, still running
         somewhere, must not); a run already COMPLETED answers its stored result. Reads only the
-        columns it needs and appends the logs in SQL (the stored logs are never read back). Tried
-        twice, as a connection that died meanwhile is replaced on the second try; then once more
-        without the result (a value the database refuses must not cost the step its logs)."""
+        columns it needs and appends the logs in SQL (the stored logs are never read back). While
+        the registry is unreachable the write is retried until the attempt's deadline; a value the
+        database refuses is dropped and the write tried again without it (it must not cost the step
+        its logs)."""
         text = buffer.text()  # JSON lines: control characters are escaped
-        tries = (result, result, _NOTHING) if result is not _NOTHING else (_NOTHING, _NOTHING)
-        for number, value in enumerate(tries, start=1):
+        value = result
+        while True:
             try:
-                return await self._write_step_end(inp, attempt, outcome, error, text, value)
-            except Exception:  # noqa: BLE001 - never hide the step's own outcome behind a mirror error
-                if number == len(tries):
-                    log.exception("could not persist logs of execution %s", inp.execution_id)
-        return False, _NOTHING
+                finalized, stored = await _while_unavailable(
+                    functools.partial(self._write_step_end, inp, attempt, outcome, error, text, value),
+                    what=f"writing the end of step {inp.step} of execution {inp.execution_id}",
+                )
+                return finalized, stored, None
+            except Exception as exc:  # noqa: BLE001 - never hide the step's own outcome behind a mirror error
+                if not is_unavailable(exc) and value is not _NOTHING:
+                    log.warning("result of execution %s refused (%s): step ended without it", inp.execution_id, exc)
+                    value = _NOTHING
+                    continue
+                log.exception(
+                    "could not write the end of step %s of execution %s: handed to the workflow",
+                    inp.step,
+                    inp.execution_id,
+                )
+                return (
+                    False,
+                    _NOTHING,
+                    StepEnd(step_index=inp.step_index, status=outcome, attempt=attempt, error=error, logs=text),
+                )
 
     async def _write_step_end(
         self, inp: StepInput, attempt: int, outcome: str, error: str | None, text: str, result: Any
@@ -598,23 +722,153 @@ class JobActivities:
                 await runs.update_execution(session, inp.execution_id, values)
             return False, _NOTHING
 
-    async def emit(self, inp: StepInput, name: str, payload: dict[str, Any]) -> str:
+    async def emit(self, inp: StepInput, name: str, payload: dict[str, Any], *, sequence: int | None = None) -> str:
+        """Store an event the step emits. The ``sequence``-th emit of a step has an id derived from
+        the execution, the step and ``sequence`` (not the attempt), so a retried step that emits
+        again stores nothing new: its n-th event is the one its earlier attempt stored."""
         from registry.services.events import check_payload, validate_name
 
         validate_name(name)
         # The same checks as POST /events: a module cannot store what the API would refuse.
         check_payload(payload, max_bytes=self.settings.event_payload_max_bytes)
+        event_id = emit_id(inp.execution_id, inp.step_index, sequence) if sequence is not None else None
         async with unit_of_work(self.sessions) as session:
-            event = events.record(
+            event, _ = await events.record_once(
                 session=session,
                 name=name,
                 payload=payload,
                 source=inp.module,
                 module_name=inp.module,
                 execution_id=inp.execution_id,
+                event_id=event_id,
             )
-            event_id = event.id
-        return event_id
+            return event.id
+
+
+#: Namespace of the ids of events that steps emit (``emit_id``).
+_EMIT_NAMESPACE = uuid.UUID("3f5b1c2e-8a4d-5e6f-9b7a-0c1d2e3f4a5b")
+
+
+def emit_id(execution_id: str, step_index: int, sequence: int) -> str:
+    """The id of a step's ``sequence``-th emitted event: the same in every attempt of the step."""
+    return str(uuid.uuid5(_EMIT_NAMESPACE, f"{execution_id}:{step_index}:{sequence}"))
+
+
+def _write_deadline() -> float:
+    """When this attempt must have answered Temporal (its start-to-close timeout), less a margin."""
+    info = activity.info()
+    timeout = info.start_to_close_timeout
+    if timeout is None:
+        return time.time() + 30.0
+    return info.started_time.timestamp() + timeout.total_seconds() - 2.0
+
+
+async def _while_unavailable(write: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """``write()``, tried again with backoff while the registry is unreachable, until the attempt's
+    deadline (a write that cannot happen in time raises the last error)."""
+    deadline = _write_deadline()
+    delay = 0.2
+    warned = False
+    while True:
+        try:
+            return await write()
+        except Exception as exc:
+            if not is_unavailable(exc) or time.time() + delay >= deadline:
+                raise
+            if not warned:
+                log.warning("registry unavailable while %s (%s): retrying", what, type(exc).__name__)
+                warned = True
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+def _steps(execution: Execution, inp: StepInput) -> list[dict[str, Any]]:
+    """A copy of the row's steps, long enough to hold ``inp``'s."""
+    steps = [dict(s) for s in (execution.steps or [])]
+    while len(steps) <= inp.step_index:
+        steps.append({"name": inp.step, "status": "PENDING", "attempts": 0, "failures": 0})
+    return steps
+
+
+def _failures(execution: Execution | None, inp: StepInput) -> int:
+    if execution is None or inp.step_index >= len(execution.steps or []):
+        return 0
+    return int((execution.steps or [])[inp.step_index].get("failures") or 0)
+
+
+def _append_logs(execution: Execution, text: str) -> None:
+    if text:
+        execution.logs = f"{execution.logs}\n{text}" if execution.logs else text
+
+
+def _end_overrun(execution: Execution, inp: StepInput, run: int) -> None:
+    """Record that run ``run`` of the step was ended by Temporal's timeout (it ran past its own):
+    a failure of the step, TIMED_OUT, once."""
+    steps = _steps(execution, inp)
+    step = steps[inp.step_index]
+    if step.get("status") != "RUNNING" or int(step.get("attempts") or 0) != run:
+        return  # already recorded, or another run's end
+    message = f"step {inp.step} timed out after {inp.timeout_seconds}s (it did not stop; Temporal ended it)"
+    step.update(
+        status="TIMED_OUT",
+        finished_at=datetime.now(UTC).isoformat(),
+        error=message,
+        failures=int(step.get("failures") or 0) + 1,
+        last_failure="StepTimeout",
+    )
+    execution.steps = steps
+    entry = _entry("ERROR", f"StepTimeout: {message}", inp, run)
+    _append_logs(execution, json.dumps(entry, default=str))
+
+
+def _spend(execution: Execution | None, inp: StepInput, failures: int) -> _Spent:
+    """The step's attempts are used up: its row says how it last ended (a run whose end was never
+    written ended FAILED), and the workflow gets that outcome, non-retryable."""
+    timed_out = False
+    if execution is not None:
+        steps = _steps(execution, inp)
+        step = steps[inp.step_index]
+        if step.get("status") not in ("FAILED", "TIMED_OUT"):
+            step.update(status="FAILED", finished_at=datetime.now(UTC).isoformat())
+            execution.steps = steps
+        timed_out = step.get("status") == "TIMED_OUT"
+        message = str(step.get("error") or f"step {inp.step} already failed {failures} time(s)")
+    else:
+        message = f"step {inp.step} already failed {failures} time(s)"
+    kind = "StepTimeout" if timed_out else "AttemptsExhausted"
+    return _Spent(ApplicationError(message, type=kind, non_retryable=True))
+
+
+def _write_pending(execution: Execution, end: StepEnd) -> None:
+    """Write the end of an earlier step that its own activity could not write."""
+    steps = [dict(s) for s in (execution.steps or [])]
+    if end.step_index < len(steps) and int(steps[end.step_index].get("attempts") or 0) <= end.attempt:
+        steps[end.step_index].update(status=end.status, attempts=end.attempt, finished_at=datetime.now(UTC).isoformat())
+        if end.error:
+            steps[end.step_index]["error"] = end.error[:2000]
+        execution.steps = steps
+    _append_logs(execution, end.logs)
+
+
+#: Largest result Temporal accepts (its default blob size limit).
+_MAX_RESULT = 2 * 1024 * 1024
+
+
+def _check_result(value: Any) -> None:
+    """Refuse, once and for good, a step value that Temporal cannot carry: it would fail the same
+    way on every attempt, after the handler's work was done."""
+    try:
+        payload = activity.payload_converter().to_payloads([value])[0]
+    except Exception as exc:  # noqa: BLE001 - the converter's refusal, whatever its type
+        raise ApplicationError(
+            f"the step's result cannot be stored: {exc}", type="ResultNotSerializable", non_retryable=True
+        ) from None
+    if len(payload.data) > _MAX_RESULT:
+        raise ApplicationError(
+            f"the step's result is {len(payload.data)} bytes as JSON; the limit is {_MAX_RESULT}",
+            type="ResultTooLarge",
+            non_retryable=True,
+        )
 
 
 #: A result larger than this (JSON) is not written by the step: the workflow's ``mirror_finish``

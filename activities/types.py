@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,10 +12,16 @@ RECONCILE = "autoplat.reconcile"
 NOTIFY = "autoplat.notify"
 
 #: Error types that never retry (business failures and broken module code).
-NON_RETRYABLE = ["JobError", "HandlerNotFound", "AttemptsExhausted", "Cancelled"]
-#: Extra attempts granted beyond the job's retries for infrastructure failures (a worker lost
-#: mid-step): handler failures are counted separately against the job's own budget.
+NON_RETRYABLE = ["JobError", "HandlerNotFound", "AttemptsExhausted", "Cancelled", "ResultNotSerializable"]
+#: Slack for infrastructure retries in the bounds of a whole run (``workflow_timeout``): a step's
+#: platform-side failures (registry unreachable, worker lost) are retried, separately from the
+#: job's own attempts, for as long as the run's timeout allows (``workflows/job.py``).
 INFRA_ATTEMPTS = 3
+#: A step's activity may run this long past its timeout (Temporal's start-to-close timeout is the
+#: step's timeout plus this): the time to stop the handler at its timeout (a handler process gets
+#: ``activities.handlers.STOP_GRACE_SECONDS``, then is killed) and to write the step's end, so the
+#: step's own clock ends it and records TIMED_OUT before Temporal's timeout fires.
+STEP_GRACE_SECONDS = 10
 
 
 @dataclass
@@ -96,16 +103,37 @@ class StepInput:
     #: The last step: when it succeeds, it writes the COMPLETED mirror row in the transaction that
     #: keeps its logs, and the workflow needs no ``mirror_finish``.
     finishes_run: bool = False
+    #: The end of the previous step, when that step could not write it (the registry was down
+    #: until its activity's deadline): written by this step before it runs.
+    pending_end: StepEnd | None = None
+
+
+@dataclass
+class StepEnd:
+    """A step's end (status, logs) that its activity could not write: the workflow hands it on."""
+
+    step_index: int
+    status: str
+    attempt: int
+    error: str | None = None
+    #: The step's log, as JSON lines.
+    logs: str = ""
 
 
 #: Key of the envelope a step returns when it starts or finishes the run (see :func:`step_outcome`).
 STEP_ENVELOPE = "__autoplat_step__"
 
 
-def step_outcome(value: Any, *, finalized: bool = False, skipped: str | None = None) -> dict[str, Any]:
-    """What a step that starts or finishes its run returns: its value, whether the mirror row is
-    already final (the workflow then writes nothing more) and, when the run was skipped, why."""
-    return {STEP_ENVELOPE: 1, "value": value, "finalized": finalized, "skipped": skipped}
+def step_outcome(
+    value: Any, *, finalized: bool = False, skipped: str | None = None, pending: StepEnd | None = None
+) -> dict[str, Any]:
+    """What a step that starts or finishes its run returns (or any step whose end could not be
+    written): its value, whether the mirror row is already final (the workflow then writes nothing
+    more), when the run was skipped, why, and the step's end when its activity could not write it."""
+    envelope = {STEP_ENVELOPE: 1, "value": value, "finalized": finalized, "skipped": skipped}
+    if pending is not None:
+        envelope["pending"] = dataclasses.asdict(pending)
+    return envelope
 
 
 def open_step_outcome(result: Any) -> tuple[Any, bool, str | None]:
@@ -116,6 +144,13 @@ def open_step_outcome(result: Any) -> tuple[Any, bool, str | None]:
     return result, False, None
 
 
+def pending_end(result: Any) -> StepEnd | None:
+    """The step end a step's result hands on to the workflow, if any."""
+    if isinstance(result, dict) and result.get(STEP_ENVELOPE) == 1 and isinstance(result.get("pending"), dict):
+        return StepEnd(**result["pending"])
+    return None
+
+
 @dataclass
 class FinishInput:
     execution_id: str
@@ -124,6 +159,8 @@ class FinishInput:
     error: dict[str, Any] | None = None
     reason: str | None = None
     attempt: int | None = None
+    #: The last step's end, when its activity could not write it: written with the run's end.
+    step_end: StepEnd | None = None
 
 
 @dataclass

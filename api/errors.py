@@ -10,10 +10,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from registry import errors as e
+from registry.db import is_unavailable
 
 log = logging.getLogger("autoplat.api")
 
@@ -47,6 +49,10 @@ _HTTP_CODES = {
 }
 
 
+#: What a 503 asks clients to wait before trying again (seconds).
+RETRY_AFTER_SECONDS = 5
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 
@@ -76,6 +82,8 @@ def install_error_handlers(app: FastAPI) -> None:
         headers: dict[str, str] = {}
         if isinstance(exc, e.RateLimited):
             headers["Retry-After"] = str(exc.retry_after)
+        if status == 503:
+            headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         if status == 401:
             headers["WWW-Authenticate"] = "Bearer"
         return error_response(status, exc.code, exc.message, exc.details, headers or None)
@@ -108,6 +116,24 @@ def install_error_handlers(app: FastAPI) -> None:
                 headers["Allow"] = ", ".join(sorted(allowed))
         details = getattr(exc, "details", None)  # api.limits.BodyTooLarge says which limit
         return error_response(exc.status_code, code, message, details, headers or None)
+
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        """The registry database down or unreachable: 503, for every request that needs it."""
+        if not is_unavailable(exc):
+            return await _unexpected(request, exc)
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return error_response(
+            503,
+            "unavailable",
+            "the registry database is unavailable; try again shortly",
+            None,
+            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    # Database errors are handled inside the middleware stack (a handler for Exception runs
+    # outside it, after the middleware failed): the response is a normal one.
+    for kind in (sa_exc.DBAPIError, sa_exc.DisconnectionError, sa_exc.TimeoutError, OSError):
+        app.add_exception_handler(kind, _database)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -357,7 +357,18 @@ class Child:
             sys.stdout.flush()
             sys.stderr.flush()
             response = {"status": ctx.response.status, "headers": ctx.response.headers}
-            data = frame({"op": "done", "ok": True, "value": value, "response": response})
+            try:
+                data = frame({"op": "done", "ok": True, "value": value, "response": response})
+            except (TypeError, ValueError) as exc:
+                # The handler's work is done and its value can never be stored: retrying would only
+                # repeat it (the worker fails the step once, for good).
+                error = {
+                    "kind": "application",
+                    "type": "ResultNotSerializable",
+                    "message": f"the step's result cannot be stored: {exc}",
+                    "non_retryable": True,
+                }
+                data = frame({"op": "done", "ok": False, "error": error})
         except HandlerNotFound as exc:
             data = self._failure("not_found", exc)
         except MemoryError as exc:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -20,13 +21,50 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     else:
         # No server-side prepared statements: psycopg's prepare bookkeeping cost more client CPU per
         # job run than it saved the server, and they break behind PgBouncer in transaction mode.
-        kwargs.update(pool_size=10, max_overflow=20, connect_args={"prepare_threshold": None})
+        # While the server is down or unreachable, a connection attempt fails within
+        # CONNECT_TIMEOUT_SECONDS and a request waits at most POOL_TIMEOUT_SECONDS for a pooled
+        # connection: callers get a prompt "unavailable" (is_unavailable) instead of hanging.
+        kwargs.update(
+            pool_size=10,
+            max_overflow=20,
+            pool_timeout=POOL_TIMEOUT_SECONDS,
+            connect_args={"prepare_threshold": None, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
+        )
     engine = create_async_engine(url, **kwargs)
     if url.startswith("sqlite"):
         _configure_sqlite(engine.sync_engine)
     else:
         _ping_idle_connections(engine.sync_engine)
     return engine
+
+
+#: How long opening a connection to PostgreSQL may take.
+CONNECT_TIMEOUT_SECONDS = 5
+#: How long a caller waits for a pooled connection when all are in use.
+POOL_TIMEOUT_SECONDS = 10.0
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot be reached right now (down, restarting, the
+    connection lost or the pool exhausted), as opposed to a statement it refused: the first is
+    retried by workers and answered 503 by the API, the second is a bug or bad input."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) and not _is_statement_error(exc)
+    if isinstance(exc, sa_exc.DisconnectionError | sa_exc.TimeoutError):
+        return True
+    return isinstance(exc, ConnectionError | TimeoutError) or (
+        isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | PermissionError)
+    )
+
+
+def _is_statement_error(exc: sa_exc.DBAPIError) -> bool:
+    """An OperationalError the server raised about the statement itself (a lock timeout, a
+    cancelled query, disk full), not about the connection."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    # Class 08: connection exceptions; 57P0x: the server is shutting down or starting up.
+    return bool(sqlstate) and not (str(sqlstate).startswith("08") or str(sqlstate).startswith("57P"))
 
 
 #: A pooled connection unused for longer than this is tested before it is handed out.

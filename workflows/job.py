@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -19,27 +19,31 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 with workflow.unsafe.imports_passed_through():
     from activities.types import (
-        INFRA_ATTEMPTS,
         MIRROR_FINISH,
         MIRROR_START,
         NON_RETRYABLE,
         NOTIFY,
+        STEP_GRACE_SECONDS,
         FinishInput,
         JobInput,
         NotifyInput,
         RunPlan,
         StartInput,
+        StepEnd,
         StepInput,
         open_step_outcome,
+        pending_end,
     )
     from autoplat._sync import to_completion
 
 _LOCAL_TIMEOUT = timedelta(seconds=30)
-# Bounded: a mirror write that keeps failing fails the run (the sweeper then records it) instead of
-# leaving it pending until the workflow times out.
-_LOCAL_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10), maximum_attempts=10
-)
+# Mirror writes retry while the registry is unreachable, for as long as the run's timeout allows
+# (``_until_deadline``); a write that still fails then fails the run (the sweeper records it).
+_LOCAL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
+#: Kept back from the run's deadline for the writes that end the run.
+_END_RESERVE = timedelta(seconds=30)
+#: The bound of platform-side retries of a run started without a timeout.
+_UNBOUNDED_RUN_RETRIES = timedelta(minutes=30)
 
 
 def classify(exc: BaseException) -> str:
@@ -57,6 +61,22 @@ def classify(exc: BaseException) -> str:
                 return "CANCELLED"
         cause = cause.__cause__
     return "FAILED"
+
+
+def _deadline() -> datetime:
+    """When the run's own timeout ends it (a run started without one gets a generous bound)."""
+    info = workflow.info()
+    if info.execution_timeout:
+        return info.workflow_start_time + info.execution_timeout
+    if info.run_timeout:
+        return info.start_time + info.run_timeout
+    return info.start_time + _UNBOUNDED_RUN_RETRIES
+
+
+def _until_deadline(at_least: timedelta, *, reserve: timedelta = _END_RESERVE) -> timedelta:
+    """What is left of the run's time, less ``reserve`` (for the writes that end it), and never
+    below ``at_least``."""
+    return max(_deadline() - workflow.now() - reserve, at_least)
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
@@ -106,6 +126,7 @@ class JobWorkflow:
                     ),
                     result_type=RunPlan,
                     start_to_close_timeout=_LOCAL_TIMEOUT,
+                    schedule_to_close_timeout=_until_deadline(_LOCAL_TIMEOUT),
                     retry_policy=_LOCAL_RETRY,
                 )
             )
@@ -113,6 +134,8 @@ class JobWorkflow:
                 return {"execution_id": plan.execution_id, "status": "SKIPPED", "reason": plan.skip_reason}
 
         previous: Any = None
+        #: A step's end its activity could not write, handed to the next write of the run.
+        unwritten: StepEnd | None = None
         finalized = False
         status, error, result = "COMPLETED", None, None
         failure: BaseException | None = None
@@ -120,6 +143,7 @@ class JobWorkflow:
             if cancelled_at_start:
                 raise asyncio.CancelledError  # recorded below as CANCELLED, before any step
             for index, step in enumerate(plan.steps):
+                attempt_timeout = timedelta(seconds=step.timeout_seconds + STEP_GRACE_SECONDS)
                 starts_run = job.plan is not None and index == 0
                 finishes_run = index == len(plan.steps) - 1
                 outcome = await workflow.execute_activity(
@@ -143,8 +167,13 @@ class JobWorkflow:
                         config_override=job.config_override,
                         starts_run=starts_run,
                         finishes_run=finishes_run,
+                        pending_end=unwritten,
                     ),
-                    start_to_close_timeout=timedelta(seconds=step.timeout_seconds + 5),
+                    start_to_close_timeout=attempt_timeout,
+                    # The job's attempts are counted by the step itself (handler failures only);
+                    # platform-side failures (the registry unreachable, a worker lost) retry with
+                    # backoff for as long as the run's own timeout allows.
+                    schedule_to_close_timeout=_until_deadline(attempt_timeout),
                     heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
                     retry_policy=RetryPolicy(
                         initial_interval=timedelta(seconds=plan.retry_initial_seconds),
@@ -154,15 +183,15 @@ class JobWorkflow:
                             if plan.retry_max_interval_seconds
                             else None
                         ),
-                        maximum_attempts=step.max_attempts + INFRA_ATTEMPTS,
+                        maximum_attempts=0,
                         non_retryable_error_types=NON_RETRYABLE,
                     ),
                     cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 )
-                # Steps that start or finish the run answer an envelope; the others their value.
-                previous, finalized, skipped = (
-                    open_step_outcome(outcome) if starts_run or finishes_run else (outcome, False, None)
-                )
+                # Steps that start or finish the run answer an envelope, and so does a step whose
+                # end could not be written; the others their value.
+                unwritten = pending_end(outcome)
+                previous, finalized, skipped = open_step_outcome(outcome)
                 if skipped is not None:
                     # The first step found the job or module changed since the run was requested
                     # and recorded the run as SKIPPED.
@@ -179,8 +208,11 @@ class JobWorkflow:
             ended, _ = await to_completion(
                 workflow.execute_local_activity(
                     MIRROR_FINISH,
-                    FinishInput(execution_id=plan.execution_id, status=status, result=result, error=error),
+                    FinishInput(
+                        execution_id=plan.execution_id, status=status, result=result, error=error, step_end=unwritten
+                    ),
                     start_to_close_timeout=_LOCAL_TIMEOUT,
+                    schedule_to_close_timeout=_until_deadline(_END_RESERVE, reserve=timedelta(0)),
                     retry_policy=_LOCAL_RETRY,
                 )
             )

@@ -56,6 +56,26 @@ def record(
     return event
 
 
+async def record_once(*, session: AsyncSession, event_id: str | None, **fields: Any) -> tuple[Event, bool]:
+    """:func:`record` and flush, unless an event with ``event_id`` is stored already: that one is
+    answered instead (also when a concurrent insert of the same id wins the race). Returns
+    (event, created). Used for events a retried step emits again (``ctx.emit``)."""
+    if event_id is not None:
+        existing = await session.scalar(select(Event).where(Event.id == event_id))
+        if existing is not None:
+            return existing, False
+    try:
+        async with session.begin_nested():
+            event = record(session=session, event_id=event_id, **fields)
+            await session.flush()
+    except IntegrityError:
+        existing = await session.scalar(select(Event).where(Event.id == event_id)) if event_id else None
+        if existing is None:
+            raise
+        return existing, False
+    return event, True
+
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*\Z")
 #: Name prefixes only the platform emits (job lifecycle, module lifecycle, alerts, incidents,
 #: schedules): a client or a module sending them could fake what listeners and auditors trust.
