@@ -34,6 +34,8 @@ ANONYMOUS = "anonymous"
 POLICY: dict[tuple[str, str], frozenset[str] | str] = {
     ("GET", "/health/live"): PUBLIC,
     ("GET", "/health/ready"): PUBLIC,
+    ("GET", "/health"): PUBLIC,  # for people: version, uptime, each dependency ok/down (no reasons)
+    ("GET", "/api/v1"): PUBLIC,  # the API's index: version and links
     # auth: the public doors, and self-service for every signed-in user
     ("POST", "/api/v1/auth/login"): PUBLIC,
     ("POST", "/api/v1/auth/refresh"): PUBLIC,
@@ -106,6 +108,7 @@ HIDDEN: dict[tuple[str, str], str] = {
     ("GET", "/openapi.json"): "public: the API's own description",
     ("GET", "/docs"): "public: static Swagger UI page (the calls it makes carry the token)",
     ("GET", "/redoc"): "public: static ReDoc page",
+    ("GET", "/api/v1/"): "public: the API's index (GET /api/v1) with a trailing slash",
     ("GET", "/{path}"): "public: the console's static files and SPA shell (tests/console)",
     ("HEAD", "/{path}"): "public: the console's static files",
     ("HEAD", "/openapi.json"): "public: the API's own description",

@@ -125,7 +125,8 @@ async def test_the_import_check_honours_code_root(tmp_path):
     assert await check_handlers(tmp_path, {"jobs": []}) == {}
 
 
-async def test_the_example_module_validates_installs_and_enables(api, example_dir):
+async def test_the_example_module_validates_installs_and_enables(temporal_settings, api, example_dir):
+    # Temporal: enabling creates the manifest's jobs, and their schedules.
     data = json.loads((example_dir / "manifest.json").read_text())
     report = validate_manifest(data, code_root=example_dir)
     assert report.valid and report.warnings == [], report.to_dict()
@@ -133,7 +134,7 @@ async def test_the_example_module_validates_installs_and_enables(api, example_di
     assert r.json() == {"valid": True, "errors": [], "warnings": []}
 
     module = await api.register(example_dir)
-    assert (module["name"], module["version"], module["job_types"]) == ("data-sync", "1.1.0", 8)
+    assert (module["name"], module["version"], module["job_types"]) == ("data-sync", "1.2.0", 9)
     assert module["config"] == {"notify_email": "ops@example.com"}
     assert (await api.act("data-sync", "install"))["status"] == "INSTALLED"
     assert (await api.act("data-sync", "enable"))["status"] == "ENABLED"
@@ -145,6 +146,7 @@ async def test_the_example_module_validates_installs_and_enables(api, example_di
         "daily-report": "0 0 * * *",
         "health-check": "*/5 * * * *",
         "notify": None,
+        "sync-failed": None,
         "hello": None,
         "echo": None,
         "status": None,
@@ -152,7 +154,18 @@ async def test_the_example_module_validates_installs_and_enables(api, example_di
     }
     assert jobs["hourly-sync"]["defaults"] == {"source_url": "http://127.0.0.1:8099/records", "batch_size": 100}
     assert jobs["hourly-sync"]["secret_fields"] == ["api_token"]
-    assert jobs["daily-report"]["defaults"] == {"recipients": [], "channel": "email"}
+    assert jobs["daily-report"]["defaults"] == {
+        "recipients": [],
+        "channel": "webhook",
+        "webhook_url": "http://127.0.0.1:8099/inbox",
+    }
     assert jobs["health-check"]["defaults"] == {"status_url": "http://127.0.0.1:8099/status", "timeout_seconds": 10}
     assert [lst["pattern"] for lst in jobs["notify"]["listeners"]] == ["health.alert"]
     assert [lst["pattern"] for lst in jobs["daily-report"]["listeners"]] == ["data.synced"]
+    assert [lst["pattern"] for lst in jobs["sync-failed"]["listeners"]] == ["job.failed"]
+    # Enabling made the jobs the manifest asks for: the scheduled and the listening job types.
+    r = await api.client.get("/api/v1/jobs", params={"module": "data-sync", "limit": 50}, headers=api.headers)
+    made = {j["job_type"]: j for j in r.json()["items"]}
+    assert sorted(made) == ["daily-report", "health-check", "hourly-sync", "notify", "sync-failed"]
+    assert {j["origin"] for j in made.values()} == {"manifest"}
+    assert made["health-check"]["schedule"] == "*/5 * * * *" and made["notify"]["schedule"] is None

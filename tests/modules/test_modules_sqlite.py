@@ -14,7 +14,7 @@ from sqlalchemy import select
 from registry.db import create_engine, create_session_factory, unit_of_work
 from registry.errors import InvalidTransition
 from registry.migrate import upgrade
-from registry.models import AuditLog, Module
+from registry.models import AuditLog, Job, Module
 from registry.services import modules
 from registry.services.common import Actor
 from registry.services.lifecycle import NoHooks
@@ -28,8 +28,8 @@ async def test_example_module_and_concurrent_transitions_on_sqlite(tmp_path: Pat
     try:
         settings = Settings(database_url=url, state_dir=tmp_path / "state", jwt_secret=secrets.token_urlsafe(48))
         state = SimpleNamespace(settings=settings, sessions=create_session_factory(engine), hooks=NoHooks())
-        assert await modules.ensure_module_from_path(state=state, path=example_dir) == "data-sync 1.1.0: ENABLED"
-        assert await modules.ensure_module_from_path(state=state, path=example_dir) == "data-sync 1.1.0: ENABLED"
+        assert await modules.ensure_module_from_path(state=state, path=example_dir) == "data-sync 1.2.0: ENABLED"
+        assert await modules.ensure_module_from_path(state=state, path=example_dir) == "data-sync 1.2.0: ENABLED"
 
         actor = Actor.system("test")
 
@@ -57,5 +57,9 @@ async def test_example_module_and_concurrent_transitions_on_sqlite(tmp_path: Pat
         assert len(trail) == 1 + sum(results)
         assert all(t == ("module.enable" if i % 2 == 0 else "module.disable") for i, t in enumerate(trail))
         assert module.status == ("ENABLED" if trail[-1] == "module.enable" else "DISABLED")
+        # The manifest's jobs were made once, whatever the enables since (createJob is idempotent).
+        async with state.sessions() as session:
+            made = list(await session.scalars(select(Job.job_type).where(Job.origin == "manifest")))
+        assert sorted(made) == ["daily-report", "health-check", "hourly-sync", "notify", "sync-failed"]
     finally:
         await engine.dispose()
