@@ -47,6 +47,7 @@ def _routers() -> list[Any]:
         "storage",
         "schedule_preview",
         "upcoming_runs",
+        "series",
     ):
         try:
             module = __import__(f"api.routes.{name}", fromlist=["router"])

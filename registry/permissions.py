@@ -13,11 +13,14 @@ from collections.abc import Iterable
 
 from registry.models import Role
 
-RESOURCES = ("modules", "jobs", "executions", "events", "users", "audit")
+RESOURCES = ("modules", "jobs", "executions", "events", "users", "audit", "series")
 #: Installing code: see the module docstring.
 INSTALL = "modules:install"
 #: Roles holding :data:`INSTALL` unless the setting says otherwise.
 DEFAULT_INSTALL_ROLES: tuple[str, ...] = (Role.admin.value,)
+
+#: Time series are read by every role (``series:read``); modules write them from their jobs only.
+SERIES_READ = "series:read"
 
 ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
     Role.admin: frozenset({"*:*"}),
@@ -25,8 +28,10 @@ ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
         f"{resource}:{action}"
         for resource in ("modules", "jobs", "executions", "events")
         for action in ("read", "write", "execute")
-    ),
-    Role.viewer: frozenset(f"{resource}:read" for resource in ("modules", "jobs", "executions", "events")),
+    )
+    | {SERIES_READ},
+    Role.viewer: frozenset(f"{resource}:read" for resource in ("modules", "jobs", "executions", "events"))
+    | {SERIES_READ},
 }
 
 

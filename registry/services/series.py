@@ -55,7 +55,7 @@ def _dialect(session: AsyncSession) -> str:
 
 
 def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 # --- series and label sets ------------------------------------------------------------------------
@@ -684,3 +684,142 @@ async def rollup_count(*, session: AsyncSession, series_id: int) -> int:
         await session.scalar(select(func.count()).select_from(SeriesRollup).where(SeriesRollup.series_id == series_id))
         or 0
     )
+
+
+# --- the query API --------------------------------------------------------------------------------
+@dataclass
+class SeriesInfo:
+    """A declared series with what has been written to it (``GET /series``)."""
+
+    defn: SeriesDef
+    label_sets: int
+    label_values: dict[str, list[str]]
+
+
+@dataclass
+class QueryResult:
+    """What ``GET /series/query`` answers: points (raw, latest) or buckets, grouped by label set."""
+
+    module: str
+    defn: SeriesDef
+    query: Query
+    source: str
+    points: list[Point]
+    buckets: list[Bucket]
+
+
+async def _module_series(*, session: AsyncSession, module: str) -> tuple[str, dict[str, SeriesDef]]:
+    from registry.errors import NotFound
+
+    found = await module_manifest(session=session, name=module)
+    if found is None:
+        raise NotFound(f"module {module!r} not found", details={"module": module})
+    return found[0], declared(found[1])
+
+
+async def describe(*, session: AsyncSession, module: str, max_values: int = 1000) -> list[SeriesInfo]:
+    """The module's declared series with their label values (at most ``max_values`` per label)."""
+    module_id, series_defs = await _module_series(session=session, module=module)
+    rows = {row.name: row for row in await list_series(session=session, module_id=module_id)}
+    out = []
+    for name, defn in series_defs.items():
+        sets: dict[int, dict[str, str]] = {}
+        if name in rows:
+            sets = await label_sets(session=session, series_id=rows[name].id)
+        values: dict[str, list[str]] = {}
+        for label in defn.labels:
+            values[label] = sorted({s[label] for s in sets.values() if label in s})[:max_values]
+        out.append(SeriesInfo(defn=defn, label_sets=len(sets), label_values=values))
+    return out
+
+
+async def run_query(
+    *,
+    session: AsyncSession,
+    module: str,
+    series: str,
+    start: Any,
+    end: Any,
+    step: str,
+    tz: str,
+    labels: dict[str, str],
+    fields: list[str] | None,
+    agg: list[str] | None,
+    latest: bool,
+    max_points: int,
+    now: datetime | None = None,
+) -> QueryResult:
+    """One ``GET /series/query``: checked (422 naming the problem), refused past ``max_points``
+    (422 naming the limit and a coarser step), then answered from the rollups or the points."""
+    from autoplat.series import TooManyPoints, build_query, check_size, suggest_step
+    from registry.errors import InvalidInput, NotFound
+
+    now = now or datetime.now(UTC)
+    module_id, series_defs = await _module_series(session=session, module=module)
+    defn = series_defs.get(series)
+    if defn is None:
+        raise NotFound(
+            f"module {module!r} declares no series {series!r}",
+            details={"module": module, "series": series, "declared": sorted(series_defs)},
+        )
+    try:
+        query = build_query(
+            defn,
+            start=start if start is not None else now - timedelta(days=1),
+            end=end if end is not None else now,
+            step=step,
+            tz=tz,
+            labels=labels,
+            fields=fields or None,
+            agg=_parse_aggs(agg) if agg else None,
+        )
+        if latest and step != "raw":
+            raise ValueError("latest=true answers the newest point of each label set: leave step out")
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    row = await get_series(session=session, module_id=module_id, name=series)
+    ids = await label_sets(session=session, series_id=row.id, filters=query.labels) if row is not None else {}
+    result = QueryResult(module=module, defn=defn, query=query, source="raw", points=[], buckets=[])
+    try:
+        if latest:
+            result.source = "latest"
+            if row is not None:
+                result.points = await latest_points(session=session, series=row, label_ids=ids, fields=query.fields)
+        elif query.step == "raw":
+            if row is not None:
+                found = await raw_points(
+                    session=session, series=row, query=query, label_ids=ids, limit=max_points, now=now
+                )
+                if len(found) > max_points:
+                    raise TooManyPoints(max_points, None, suggest_step(query, len(ids), max_points))
+                result.points = found
+        else:
+            check_size(query, len(ids), max_points)
+            if row is not None:
+                source = Source()
+                result.buckets = await bucket_points(
+                    session=session, series=row, query=query, label_ids=ids, now=now, source=source
+                )
+                result.source = source.name
+    except TooManyPoints as exc:
+        raise InvalidInput(str(exc), details={"limit": exc.limit, "suggested_step": exc.step}) from None
+    return result
+
+
+def _parse_aggs(values: list[str]) -> dict[str, list[str]] | list[str]:
+    """``agg=avg`` (every field) or ``agg=energy_kwh:increase`` (one field); not both kinds."""
+    per_field: dict[str, list[str]] = {}
+    plain: list[str] = []
+    for value in values:
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if ":" in part:
+                name, _, agg = part.partition(":")
+                per_field.setdefault(name, []).append(agg)
+            else:
+                plain.append(part)
+    if per_field and plain:
+        raise ValueError("give agg either as names for every field (agg=avg) or per field (agg=power_w:avg), not both")
+    return per_field or plain

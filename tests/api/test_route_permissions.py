@@ -63,6 +63,9 @@ POLICY: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/api/v1/modules/{name}/disable"): STAFF,
     ("GET", "/api/v1/modules/{name}/storage"): STAFF,
     ("GET", "/api/v1/modules/{name}/storage/{key}"): STAFF,
+    # time series: every role reads (series:read); modules write them from their jobs only
+    ("GET", "/api/v1/series"): EVERYONE,
+    ("GET", "/api/v1/series/query"): EVERYONE,
     ("POST", "/api/v1/modules"): ADMIN,
     ("POST", "/api/v1/modules/{name}/install"): ADMIN,
     ("POST", "/api/v1/modules/{name}/enable"): ADMIN,
