@@ -1,5 +1,6 @@
-"""The platform's own periodic work, as a Temporal schedule: reconcile schedules, sweep the
-execution mirror, apply event retention."""
+"""The platform's own periodic work, as Temporal schedules: reconcile schedules, sweep the
+execution mirror, apply event retention; and for time series, roll up the hours written and
+keep partitions ahead / drop the expired ones (the same workflow type, given a task)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,28 @@ with workflow.unsafe.imports_passed_through():
 
 MAINTENANCE_SCHEDULE_ID = "autoplat-maintenance"
 MAINTENANCE_WORKFLOW = "autoplat.maintenance"
+#: The activity of activities/services/series.py (its name only: no DB code in workflow files).
+SERIES_MAINTENANCE = "autoplat.series_maintenance"
+#: Series schedules: id -> (task, settings attribute of its interval in seconds).
+SERIES_SCHEDULES = {
+    "autoplat-series-rollup": ("series-rollup", "series_rollup_interval_seconds"),
+    "autoplat-series-retention": ("series-retention", "series_retention_interval_seconds"),
+}
 
 
 @workflow.defn(name=MAINTENANCE_WORKFLOW)
 class MaintenanceWorkflow:
     @workflow.run
-    async def run(self) -> dict[str, Any]:
+    async def run(self, task: str | None = None) -> dict[str, Any]:
+        if task in ("series-rollup", "series-retention"):
+            return await workflow.execute_activity(
+                SERIES_MAINTENANCE,
+                task.removeprefix("series-"),
+                start_to_close_timeout=timedelta(minutes=10),
+                heartbeat_timeout=timedelta(minutes=3),
+                retry_policy=RetryPolicy(maximum_attempts=3),
+                result_type=dict,
+            )
         return await workflow.execute_activity(
             RECONCILE,
             start_to_close_timeout=timedelta(minutes=10),
@@ -54,9 +71,25 @@ async def ensure_maintenance_schedule(client: Any, settings: Any) -> None:
         ),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
     )
-    try:
-        await client.create_schedule(MAINTENANCE_SCHEDULE_ID, schedule)
-    except Exception as exc:
-        if not _already_exists(exc):
-            raise
-        await client.get_schedule_handle(MAINTENANCE_SCHEDULE_ID).update(lambda _: ScheduleUpdate(schedule=schedule))
+    schedules = {MAINTENANCE_SCHEDULE_ID: schedule}
+    for schedule_id, (task, interval) in SERIES_SCHEDULES.items():
+        schedules[schedule_id] = Schedule(
+            action=ScheduleActionStartWorkflow(
+                MAINTENANCE_WORKFLOW,
+                task,
+                id=f"{schedule_id}-run",
+                task_queue=settings.task_queue,
+                execution_timeout=timedelta(minutes=15),
+            ),
+            spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=getattr(settings, interval)))]),
+            policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+        )
+    for schedule_id, wanted in schedules.items():
+        try:
+            await client.create_schedule(schedule_id, wanted)
+        except Exception as exc:
+            if not _already_exists(exc):
+                raise
+            await client.get_schedule_handle(schedule_id).update(
+                lambda _, wanted=wanted: ScheduleUpdate(schedule=wanted)  # type: ignore[misc]
+            )
