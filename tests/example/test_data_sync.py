@@ -159,6 +159,8 @@ async def test_sync_failed_turns_job_failed_into_data_sync_failed():
     result = await arun_job(MODULE, "sync-failed", event={"name": "job.failed", "payload": failed})
     assert result.status == "COMPLETED"
     assert [(e["name"], e["payload"]["execution_id"]) for e in result.events] == [("data.sync.failed", "e-1")]
+    by_hand = await arun_job(MODULE, "sync-failed")
+    assert by_hand.status == "COMPLETED" and by_hand.result == {"announced": False} and by_hand.events == []
 
 
 def test_the_example_defaults_point_at_the_demo_source():

@@ -139,6 +139,9 @@ def daily_report(ctx: JobContext) -> dict[str, Any]:
 def sync_failed(ctx: JobContext) -> dict[str, Any]:
     """Turn the platform's ``job.failed`` of an ``hourly-sync`` run into ``data.sync.failed``."""
     failed = (ctx.event or {}).get("payload") or {}
+    if not failed.get("execution_id"):
+        ctx.logger.info("no job.failed event to announce (started by hand?): nothing emitted")
+        return {"announced": False}
     payload = {
         "execution_id": failed.get("execution_id"),
         "job_id": failed.get("job_id"),
@@ -147,7 +150,7 @@ def sync_failed(ctx: JobContext) -> dict[str, Any]:
     }
     ctx.logger.warning("sync %s failed: %s", payload["execution_id"], payload["reason"] or payload["error"])
     ctx.emit_sync("data.sync.failed", payload)
-    return payload
+    return {"announced": True, **payload}
 
 
 def health_check(ctx: JobContext) -> dict[str, Any]:
