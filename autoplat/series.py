@@ -86,10 +86,11 @@ class SeriesDef:
         )
 
     def as_dict(self) -> dict[str, Any]:
+        """As a manifest entry."""
         return {
             "name": self.name,
             "description": self.description,
-            "fields": dict(self.fields),
+            "fields": {name: {"type": kind} for name, kind in self.fields.items()},
             "labels": list(self.labels),
             "retention": {"rawDays": self.raw_retention_days, "rollupDays": self.rollup_retention_days},
         }
@@ -520,7 +521,7 @@ class TooManyPoints(ValueError):
 
     def __init__(self, limit: int, count: int | None, step: str | None) -> None:
         hint = f"; use a coarser step (e.g. step={step})" if step else "; narrow the time range or the labels"
-        found = f" ({count} or more)" if count is not None else ""
+        found = f" (about {count})" if count is not None else ""
         super().__init__(f"the query would return more than {limit} points{found}{hint}")
         self.limit = limit
         self.count = count

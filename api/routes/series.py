@@ -84,8 +84,11 @@ async def list_series(
         module=module,
         items=[
             SeriesRead(
-                **{k: v for k, v in i.defn.as_dict().items() if k != "name"},
                 name=i.defn.name,
+                description=i.defn.description,
+                fields=dict(i.defn.fields),
+                labels=list(i.defn.labels),
+                retention={"rawDays": i.defn.raw_retention_days, "rollupDays": i.defn.rollup_retention_days},
                 label_sets=i.label_sets,
                 label_values=i.label_values,
             )
