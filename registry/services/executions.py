@@ -8,12 +8,12 @@ from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
-from registry.errors import NotFound
-from registry.models import Execution, ExecutionCount, ExecutionStatus
+from registry.errors import Conflict, NotFound
+from registry.models import Artifact, Execution, ExecutionCount, ExecutionStatus
 from registry.services.common import Page, paginate_large
 
 SORTS = {
@@ -244,3 +244,64 @@ def parse_logs(text: str) -> list[dict[str, Any]]:
         except ValueError:
             entries.append({"level": "INFO", "message": line})
     return entries
+
+
+# --- deleting runs: one by an admin, old ones by the maintenance schedule --------------------------
+
+#: Statuses after which a run can be deleted (a running one must be cancelled first).
+_FINAL = tuple(s.value for s in ExecutionStatus if s.is_final)
+
+
+async def _drop(session: AsyncSession, ids: list[str]) -> list[str]:
+    """Delete the runs and their artifacts' rows; returns the artifact files to remove once committed."""
+    files = list(
+        await session.scalars(
+            select(Artifact.path).where(
+                Artifact.execution_id.in_(ids), Artifact.storage == "fs", Artifact.path.is_not(None)
+            )
+        )
+    )
+    await session.execute(delete(Artifact).where(Artifact.execution_id.in_(ids)))
+    await session.execute(delete(Execution).where(Execution.id.in_(ids)))
+    return [f for f in files if f]
+
+
+async def delete_execution(*, session: AsyncSession, execution_id: str) -> tuple[Execution, list[str]]:
+    """Delete one finished run with its artifacts. Returns the row as it was and the artifact files
+    (relative to AUTOPLAT_ARTIFACTS_DIR) to remove after the commit.
+
+    Raises:
+        NotFound: no such execution.
+        Conflict: the run is not final yet (cancel it, or wait for it to end).
+    """
+    execution = await session.get(Execution, execution_id, with_for_update=True)
+    if execution is None:
+        raise NotFound(f"execution {execution_id} not found")
+    if execution.status not in _FINAL:
+        raise Conflict(
+            f"execution {execution_id} is {execution.status}: cancel it or wait until it ends before deleting it",
+            details={"current_state": execution.status, "final_states": list(_FINAL)},
+        )
+    files = await _drop(session, [execution_id])
+    session.expunge(execution)
+    return execution, files
+
+
+async def delete_finished_before(
+    *, session: AsyncSession, days: int, limit: int = 1000, now: datetime | None = None
+) -> tuple[int, list[str]]:
+    """Delete up to ``limit`` final runs created more than ``days`` ago (oldest first) with their
+    artifacts: one batch of the retention (the caller repeats while a batch is full). Returns the
+    count and the artifact files to remove after the commit. Runs not final are never deleted."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
+    ids = list(
+        await session.scalars(
+            select(Execution.id)
+            .where(Execution.created_at < cutoff, Execution.status.in_(_FINAL))
+            .order_by(Execution.created_at)
+            .limit(limit)
+        )
+    )
+    if not ids:
+        return 0, []
+    return len(ids), await _drop(session, ids)
