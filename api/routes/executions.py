@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, BackgroundTasks, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
 
@@ -19,7 +19,8 @@ from api.schemas.executions import ExecutionDetail, ExecutionRead, ExecutionSumm
 from registry.errors import ServiceUnavailable
 from registry.manifest import json_problem
 from registry.models import Execution, ExecutionStatus
-from registry.services import executions
+from registry.services import audit, executions
+from registry.services.artifacts import remove_artifact_files
 from registry.services.common import Actor
 from registry.services.logstream import LogMerge, log_channel
 from registry.settings import Settings
@@ -351,3 +352,31 @@ async def retry_execution(
     runner = await state.runner()
     row = await runner.retry(execution_id=execution_id, actor=actor)
     return execution_read(row, state.settings)
+
+
+@router.delete(
+    "/{execution_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={409: {"description": "The run is not final yet: cancel it, or wait until it ends"}},
+)
+async def delete_execution(
+    execution_id: str,
+    session: SessionDep,
+    state: StateDep,
+    background: BackgroundTasks,
+    actor: Actor = Requires("executions:delete"),
+) -> None:
+    """Delete a finished run with its logs and artifacts (admins; audited). Temporal keeps its own
+    history of the run for the namespace's retention period."""
+    row, files = await executions.delete_execution(session=session, execution_id=execution_id)
+    audit.record(
+        session=session,
+        actor=actor,
+        action="execution.delete",
+        target_type="execution",
+        target_id=execution_id,
+        details={"job_id": row.job_id, "module": row.module_name, "job_type": row.job_type, "status": row.status},
+    )
+    if files and state.settings.artifacts_dir is not None:
+        # After the response, so after the commit: a rollback never leaves a row without its file.
+        background.add_task(remove_artifact_files, state.settings.artifacts_dir, files)

@@ -8,7 +8,9 @@ API and worker host must see the same folder, e.g. a shared volume). Rows are ke
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -21,6 +23,8 @@ from sqlalchemy.orm import undefer
 
 from registry.errors import InvalidInput, NotFound, PayloadTooLarge
 from registry.models import Artifact, Execution
+
+log = logging.getLogger(__name__)
 
 #: File-name safe: no path separators, no leading dot.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -150,3 +154,15 @@ async def get_artifact(
             raise NotFound(f"the file of artifact {name!r} is missing") from None
         return ArtifactData(row, data)
     return ArtifactData(row, row.data or b"")
+
+
+def remove_artifact_files(artifacts_dir: Path, relatives: list[str]) -> None:
+    """Remove artifact files whose rows are gone (deleted runs); missing files are fine."""
+    for relative in relatives:
+        try:
+            path = _fs_path(artifacts_dir, relative)
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # the run's folder, once empty
+        except (OSError, InvalidInput):
+            log.warning("could not remove artifact file %s", relative, exc_info=True)

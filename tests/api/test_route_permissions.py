@@ -95,6 +95,7 @@ POLICY: dict[tuple[str, str], frozenset[str] | str] = {
     ("GET", "/api/v1/executions/{execution_id}/artifacts/{name}"): EVERYONE,
     ("POST", "/api/v1/executions/{execution_id}/cancel"): STAFF,
     ("POST", "/api/v1/executions/{execution_id}/retry"): STAFF,
+    ("DELETE", "/api/v1/executions/{execution_id}"): ADMIN,  # deleting history: admins only, audited
     # events: everyone reads; operators send and prune
     ("GET", "/api/v1/events"): EVERYONE,
     ("GET", "/api/v1/events/recent"): EVERYONE,
