@@ -16,7 +16,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "creating .venv (first run)..."
   "$python" -m venv .venv
   echo "  upgrading pip..."
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v -E "^WARNING: Location" || true
 fi
 stamp=".venv/.autoplat-$extra"
 want="$(sha256sum pyproject.toml | cut -c1-16)"
