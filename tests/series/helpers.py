@@ -19,6 +19,6 @@ def flat(buckets: list[Any]) -> list[tuple[Any, ...]]:
 
 def assert_same(ours: list[Any], expected: list[Any], what: Any = None) -> None:
     a, b = flat(ours), flat(expected)
-    assert len(a) == len(b) > 0, what
+    assert len(a) == len(b) > 0, (what, sorted(set(a) ^ set(b))[:6])
     assert [r[:4] for r in a] == [r[:4] for r in b], what
     assert [r[4] for r in a] == pytest.approx([r[4] for r in b], rel=1e-9, abs=1e-9), what
