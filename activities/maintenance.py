@@ -1,4 +1,4 @@
-"""The maintenance activity: reconciler + sweeper, event retention, expired module documents."""
+"""The maintenance activity: reconciler + sweeper, event and execution retention, expired module documents."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ class MaintenanceActivities:
 
             async with unit_of_work(self.deps.sessions) as session:
                 result["events_deleted"] = await delete_older_than(session=session, days=settings.event_retention_days)
+        if settings.execution_retention_days > 0:
+            result["executions_deleted"] = await self._execution_retention(settings)
         from registry.db import unit_of_work
         from registry.services.storage import purge_expired
 
@@ -43,6 +45,30 @@ class MaintenanceActivities:
         for line in report.lines():
             log.info("maintenance: %s", line)
         return result
+
+    #: Runs deleted per transaction, and at most per maintenance run (the rest waits for the next).
+    RETENTION_BATCH = 1000
+    RETENTION_MAX = 50_000
+
+    async def _execution_retention(self, settings: Any) -> int:
+        """Delete finished runs older than AUTOPLAT_EXECUTION_RETENTION_DAYS, a batch per transaction."""
+        from registry.db import unit_of_work
+        from registry.services.artifacts import remove_artifact_files
+        from registry.services.executions import delete_finished_before
+
+        deleted = 0
+        while deleted < self.RETENTION_MAX:
+            async with unit_of_work(self.deps.sessions) as session:
+                n, files = await delete_finished_before(
+                    session=session, days=settings.execution_retention_days, limit=self.RETENTION_BATCH
+                )
+            if files and settings.artifacts_dir is not None:
+                remove_artifact_files(settings.artifacts_dir, files)  # committed: the rows are gone
+            deleted += n
+            activity.heartbeat(deleted)
+            if n < self.RETENTION_BATCH:
+                break
+        return deleted
 
 
 def provider(deps: Any) -> MaintenanceActivities:

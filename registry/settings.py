@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     event_payload_max_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
     #: Events older than this are deleted by the maintenance schedule (0 keeps them forever).
     event_retention_days: int = Field(default=30, ge=0)
+    #: Finished executions (with logs and artifacts) older than this are deleted by the maintenance
+    #: schedule (0 keeps them forever). Temporal's own history follows the namespace's retention.
+    execution_retention_days: int = Field(default=90, ge=0)
 
     # --- services: HTTP, module storage, live logs (docs/services.md) ---
     #: Private destinations ctx.http may reach: ``off``, ``loopback`` (127.0.0.0/8, ::1) or ``private``
