@@ -698,7 +698,7 @@ def jobs_run(
     api: ApiOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run a job now (``--wait``: like a function call)."""
+    """Run a job now (--wait: like a function call)."""
     client = Api.open(api)
     job_id = _job_id(client, job)
     body = {"config": _json_arg(config, "config")} if config is not None else {}
@@ -830,7 +830,7 @@ def logs(
     api: ApiOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """An execution's log lines (``--follow``: live, over the API's SSE stream)."""
+    """An execution's log lines (--follow: live, over the API's SSE stream)."""
     client = Api.open(api)
     if not follow:
         body = client.request("GET", f"/executions/{execution}/logs")
@@ -839,6 +839,7 @@ def logs(
         return
     status: str | None = None
     with client.stream(f"/executions/{execution}/logs/stream") as response:
+        typer.secho(f"-- following execution {execution}", err=True, fg="green")
         for event in sse_events(response):
             data = json.loads(event["data"])
             if event.get("event") == "end":
@@ -899,8 +900,7 @@ def events_tail(
         headers = {"Last-Event-ID": str(cursor)} if cursor is not None else {}
         try:
             with client.stream("/events/stream", headers=headers, params=params) as response:
-                if not as_json:
-                    typer.secho(f"-- listening on {client.base_url}", err=True, fg="green")
+                typer.secho(f"-- listening on {client.base_url}", err=True, fg="green")
                 for event in sse_events(response):
                     data = json.loads(event["data"])
                     cursor = int(data.get("seq", cursor or 0))

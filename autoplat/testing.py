@@ -427,8 +427,9 @@ def _build_context(
             logger=ctx.logger,
             runner=runner,
             secrets=[str(v) for v in ctx.secrets.values() if isinstance(v, str)],
-            **({"backoff": mock.backoff} if mock is not None else {}),
         )
+        if mock is not None:
+            own_http.backoff = mock.backoff
         ctx.http = own_http
     return ctx, buffer, own_http
 
