@@ -103,13 +103,19 @@ class JobTypeRead(Schema):
     defaults: dict[str, Any] = Field(description="Config defaults from the schema (secrets masked)")
     secret_fields: list[str]
     timeout_seconds: int
-    retries: int = Field(description="Retries after the first attempt (maxAttempts - 1)")
+    max_attempts: int = Field(description="Attempts of each step, the first included (the manifest's maxAttempts)")
+    retries: int = Field(
+        description="Deprecated: use max_attempts (retries = max_attempts - 1)", json_schema_extra={"deprecated": True}
+    )
     retry_policy: RetryPolicyRead
     overlap: str
     catchup_window_seconds: int
     task_queue: str | None
     notifications: dict[str, Any]
     listeners: list[dict[str, Any]] = Field(description="Manifest listeners that start this job type")
+    create_job: bool | dict[str, Any] = Field(
+        default=False, description="The manifest's createJob: a job of this type is made when the module is enabled"
+    )
 
 
 class ModuleConfigRead(Schema):
