@@ -1,13 +1,16 @@
 """Events benchmark: events accepted per second with three listening jobs, and event → run start latency.
 
-    .venv/bin/python -m bench.events_throughput [--events 300] [--concurrency 20] [--low-load-events 30] [--json]
+    .venv/bin/python -m bench.events_throughput [--events 300] [--concurrency 20] [--low-load-events 30]
+                                                [--listeners 3] [--api-workers 2] [--json]
 
 Runs the platform as in production, three processes on this box: the API (``autoplat api``, with
-its outbox dispatcher) and a worker (``autoplat worker``) as subprocesses, against a Temporal dev
-server and a fresh PostgreSQL database of the benchmark's own; this process only drives HTTP.
+its outbox dispatcher; ``--api-workers`` processes) and a worker (``autoplat worker``) as
+subprocesses, against a Temporal dev server and a fresh PostgreSQL database of the benchmark's own;
+this process only drives HTTP.
 
 * **accepted/s**: ``POST /api/v1/events`` with ``--concurrency`` requests in flight, each event
-  matched by three enabled jobs (job-level event triggers); an event counts when its 201 arrives.
+  matched by ``--listeners`` enabled jobs (job-level event triggers; 0: ingest alone); an event
+  counts when its 201 arrives. Accept latency p50 / p95 is the POST's round trip.
 * **delivered/s**: events whose three runs have all completed (mirror rows COMPLETED), divided by
   the time from the first POST to the last completion.
 * **event → start latency**: from just before the POST to the handler's own ``time.time()`` (it
@@ -56,10 +59,12 @@ class Options:
     events: int
     concurrency: int
     low_load_events: int
+    listeners: int
+    api_workers: int
     as_json: bool
 
 
-async def add_listening_jobs(sessions: Any) -> list[str]:
+async def add_listening_jobs(sessions: Any, listeners: int) -> list[str]:
     from sqlalchemy import select
 
     from registry.db import unit_of_work
@@ -69,7 +74,7 @@ async def add_listening_jobs(sessions: Any) -> list[str]:
     async with unit_of_work(sessions) as session:
         module = await session.scalar(select(Module).where(Module.name == MODULE))
         assert module is not None
-        for n in range(LISTENERS):
+        for n in range(listeners):
             job = Job(
                 module_id=module.id,
                 module_name=MODULE,
@@ -143,14 +148,14 @@ async def starts_of(sessions: Any, event_ids: list[str]) -> dict[str, list[float
     return found
 
 
-async def all_started(sessions: Any, event_ids: list[str], timeout: float) -> dict[str, list[float]]:
+async def all_started(sessions: Any, event_ids: list[str], timeout: float, listeners: int) -> dict[str, list[float]]:
     deadline = time.monotonic() + timeout
     while True:
         found = await starts_of(sessions, event_ids)
-        if all(len(v) >= LISTENERS for v in found.values()):
+        if all(len(v) >= listeners for v in found.values()):
             return found
         if time.monotonic() > deadline:
-            missing = sum(LISTENERS - len(v) for v in found.values())
+            missing = sum(listeners - len(v) for v in found.values())
             raise RuntimeError(f"{missing} runs did not complete within {timeout}s")
         await asyncio.sleep(0.02)
 
@@ -215,7 +220,7 @@ async def run(opts: Options) -> dict[str, Any]:
         engine = create_engine(settings.effective_database_url)
         sessions = create_session_factory(engine)
         await put_module(sessions, settings.state_dir, workdir / "modules")
-        job_ids = await add_listening_jobs(sessions)
+        job_ids = await add_listening_jobs(sessions, opts.listeners)
         token = await operator_token(sessions, settings)
         env = {
             **os.environ,
@@ -231,24 +236,29 @@ async def run(opts: Options) -> dict[str, Any]:
         }
         cli = [sys.executable, "-m", "autoplat.cli"]
         api_log, worker_log = workdir / "api.log", workdir / "worker.log"
-        procs.append(spawn([*cli, "api", "--port", str(api_port)], env, api_log))
+        api = [*cli, "api", "--port", str(api_port), "--workers", str(opts.api_workers)]
+        procs.append(spawn(api, env, api_log))
         procs.append(spawn([*cli, "worker"], env, worker_log))
         base = f"http://127.0.0.1:{api_port}"
         await wait_ready(base, procs[0], api_log)
         headers = {"Authorization": f"Bearer {token}"}
 
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http:
+            accept_ms: list[float] = []
 
             async def post(n: int) -> tuple[str, float]:
                 sent = time.time()
+                t0 = time.perf_counter()
                 r = await http.post("/api/v1/events", json={"name": "bench.tick", "payload": {"n": n}})
+                accept_ms.append((time.perf_counter() - t0) * 1000)
                 if r.status_code != 201:
                     raise RuntimeError(f"POST /events answered {r.status_code}: {r.text}")
                 return r.json()["id"], sent
 
             # Warm-up: connections, code loading on the worker, prepared statements.
             warm = [await post(-1 - n) for n in range(5)]
-            await all_started(sessions, [e for e, _ in warm], timeout=60)
+            await all_started(sessions, [e for e, _ in warm], timeout=60, listeners=opts.listeners)
+            accept_ms.clear()
 
             # Under load.
             sem = asyncio.Semaphore(opts.concurrency)
@@ -260,8 +270,9 @@ async def run(opts: Options) -> dict[str, Any]:
             t0 = time.time()
             posted = await asyncio.gather(*(bounded(n) for n in range(opts.events)))
             accepted_wall = time.time() - t0
-            starts = await all_started(sessions, [e for e, _ in posted], timeout=300)
-            delivered_wall = max(max(v) for v in starts.values()) - t0
+            accept = stats(accept_ms)
+            starts = await all_started(sessions, [e for e, _ in posted], timeout=300, listeners=opts.listeners)
+            delivered_wall = max((max(v) for v in starts.values() if v), default=t0) - t0
             sent_at = dict(posted)
             loaded = [(s - sent_at[e]) * 1000 for e, v in starts.items() for s in v]
 
@@ -271,7 +282,7 @@ async def run(opts: Options) -> dict[str, Any]:
             for n in range(opts.low_load_events):
                 event_id, sent = await post(10_000 + n)
                 low_sent[event_id] = sent
-                found = await all_started(sessions, [event_id], timeout=60)
+                found = await all_started(sessions, [event_id], timeout=60, listeners=opts.listeners)
                 low.extend((s - sent) * 1000 for s in found[event_id])
             low_segments = await segments(sessions, low_sent)
 
@@ -290,22 +301,28 @@ async def run(opts: Options) -> dict[str, Any]:
                 )
             )
             total = await session.scalar(select(func.count()).select_from(Execution))
-        expected = (len(warm) + opts.events + opts.low_load_events) * LISTENERS
+        expected = (len(warm) + opts.events + opts.low_load_events) * opts.listeners
         await engine.dispose()
         return {
             "command": "python -m bench.events_throughput " + " ".join(sys.argv[1:]),
             "machine": machine() | {"code": code_version()},
-            "listeners": LISTENERS,
+            "listeners": opts.listeners,
+            "api_workers": opts.api_workers,
             "jobs": job_ids,
             "under_load": {
                 "events": opts.events,
                 "concurrency": opts.concurrency,
                 "accepted_per_s": round(opts.events / accepted_wall, 1),
-                "delivered_events_per_s": round(opts.events / delivered_wall, 1),
-                "runs_per_s": round(opts.events * LISTENERS / delivered_wall, 1),
-                "event_to_start": stats(loaded),
+                "accept": accept,
+                "delivered_events_per_s": round(opts.events / delivered_wall, 1) if loaded else None,
+                "runs_per_s": round(opts.events * opts.listeners / delivered_wall, 1) if loaded else None,
+                "event_to_start": stats(loaded) if loaded else None,
             },
-            "low_load": {"events": opts.low_load_events, "event_to_start": stats(low), "segments_ms": low_segments},
+            "low_load": {
+                "events": opts.low_load_events,
+                "event_to_start": stats(low) if low else None,
+                "segments_ms": low_segments,
+            },
             "exactly_once": {"executions": int(total or 0), "expected": expected, "duplicate_pairs": int(dup or 0)},
         }
     finally:
@@ -323,20 +340,29 @@ async def run(opts: Options) -> dict[str, Any]:
 
 def render(report: dict[str, Any]) -> str:
     load, low, once = report["under_load"], report["low_load"], report["exactly_once"]
-    return "\n".join(
-        [
-            f"events benchmark — {report['listeners']} listening jobs per event, code {report['machine']['code']}",
-            f"under load ({load['events']} events, {load['concurrency']} in flight):",
-            f"  accepted        {load['accepted_per_s']} events/s (201 from POST /api/v1/events)",
+    lines = [
+        f"events benchmark — {report['listeners']} listening jobs per event, {report['api_workers']} API processes, "
+        f"code {report['machine']['code']}",
+        f"under load ({load['events']} events, {load['concurrency']} in flight):",
+        f"  accepted        {load['accepted_per_s']} events/s (201 from POST /api/v1/events), "
+        f"accept p50 {load['accept']['p50_ms']} ms, p95 {load['accept']['p95_ms']} ms",
+    ]
+    if load["event_to_start"]:
+        lines += [
             f"  delivered       {load['delivered_events_per_s']} events/s = {load['runs_per_s']} runs/s completed",
             f"  event -> start  p50 {load['event_to_start']['p50_ms']} ms, p95 {load['event_to_start']['p95_ms']} ms",
+        ]
+    if low["event_to_start"]:
+        lines += [
             f"low load ({low['events']} events, one at a time):",
             f"  event -> start  p50 {low['event_to_start']['p50_ms']} ms, p95 {low['event_to_start']['p95_ms']} ms",
             *(f"    {k}: {v} ms (median)" for k, v in low.get("segments_ms", {}).items()),
-            f"exactly once: {once['executions']} executions for {once['expected']} (event, job) pairs, "
-            f"{once['duplicate_pairs']} duplicated",
         ]
+    lines.append(
+        f"exactly once: {once['executions']} executions for {once['expected']} (event, job) pairs, "
+        f"{once['duplicate_pairs']} duplicated"
     )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,9 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=300, help="events posted under load (default 300)")
     parser.add_argument("--concurrency", type=int, default=20, help="POSTs in flight (default 20)")
     parser.add_argument("--low-load-events", type=int, default=30, help="sequential events (default 30)")
+    parser.add_argument("--listeners", type=int, default=3, help="jobs listening to every event (default 3)")
+    parser.add_argument("--api-workers", type=int, default=2, help="API processes (default 2)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    opts = Options(args.events, args.concurrency, args.low_load_events, args.json)
+    opts = Options(args.events, args.concurrency, args.low_load_events, args.listeners, args.api_workers, args.json)
     report = asyncio.run(run(opts))
     print(json.dumps(report, indent=2) if opts.as_json else render(report))  # noqa: T201
     once = report["exactly_once"]

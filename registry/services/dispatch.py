@@ -166,21 +166,32 @@ def apply_mapping(mapping: dict[str, str] | None, payload: Any) -> dict[str, Any
     return out or None
 
 
-async def targets_for(*, session: AsyncSession, event: Event) -> list[Target]:
-    """Enabled jobs of enabled modules that listen to ``event`` (manifest listeners and job triggers)."""
+@dataclass
+class Listeners:
+    """Enabled jobs of enabled modules: what events can start. Read once per batch of events."""
+
+    modules: dict[str, Module]
+    jobs: list[Job]
+
+
+async def load_listeners(session: AsyncSession) -> Listeners:
     modules = {
         m.name: m for m in await session.scalars(select(Module).where(Module.status == ModuleStatus.ENABLED.value))
     }
     if not modules:
-        return []
+        return Listeners(modules={}, jobs=[])
     jobs = list(
         await session.scalars(
             select(Job).where(Job.module_name.in_(modules), Job.enabled.is_(True)).order_by(Job.created_at, Job.id)
         )
     )
+    return Listeners(modules=modules, jobs=jobs)
+
+
+def _matching(listeners: Listeners, event: Event) -> dict[str, Target]:
     targets: dict[str, Target] = {}
-    for job in jobs:
-        module = modules[job.module_name]
+    for job in listeners.jobs:
+        module = listeners.modules[job.module_name]
         for listener in ((module.manifest or {}).get("events") or {}).get("listeners") or []:
             if (
                 listener.get("job") == job.job_type
@@ -196,6 +207,12 @@ async def targets_for(*, session: AsyncSession, event: Event) -> list[Target]:
             isinstance(p, str) and event_pattern_matches(p, event.name) for p in job.event_triggers or []
         ):
             targets[job.id] = Target(job=job, module=module)
+    return targets
+
+
+async def targets_for(*, session: AsyncSession, event: Event, listeners: Listeners | None = None) -> list[Target]:
+    """Enabled jobs of enabled modules that listen to ``event`` (manifest listeners and job triggers)."""
+    targets = _matching(listeners or await load_listeners(session), event)
     if not targets or not event.execution_id:
         return list(targets.values())
     # The guards below only concern events emitted by runs that someone listens to (most job.*
@@ -227,17 +244,17 @@ def event_input(event: Event) -> dict[str, Any]:
     }
 
 
-async def _claim(session: AsyncSession, now: datetime) -> Event | None:
+async def _claim(session: AsyncSession, now: datetime, size: int) -> list[Event]:
     query = (
         select(Event)
         .where(Event.dispatch_status == "PENDING", Event.next_attempt_at <= now)
         .order_by(Event.seq)
-        .limit(1)
+        .limit(size)
     )
     if session.get_bind().dialect.name == "postgresql":
-        # Two API processes never work on one event at once; each takes the next free one.
+        # Two API processes never work on one event at once; each takes the next free ones.
         query = query.with_for_update(skip_locked=True)
-    return await session.scalar(query)
+    return list(await session.scalars(query))
 
 
 async def _deliveries(session: AsyncSession, event: Event, jobs: list[Job]) -> dict[str, EventDelivery]:
@@ -269,18 +286,29 @@ async def _deliveries(session: AsyncSession, event: Event, jobs: list[Job]) -> d
     return found
 
 
-async def _dispatch_one(session: AsyncSession, event: Event, start: StartFn, report: DispatchReport) -> None:
+@dataclass
+class _Pending:
+    """One claimed event on its way: the starts it needs, then their outcomes."""
+
+    event: Event
+    targets: list[Target]
+    starts: list[tuple[EventDelivery, StartRequest]] = field(default_factory=list)
+
+
+async def _prepare(
+    session: AsyncSession, event: Event, listeners: Listeners, report: DispatchReport
+) -> _Pending | None:
+    """The starts ``event`` needs (delivery rows created); None when it is settled already."""
     try:
-        targets = await targets_for(session=session, event=event)
+        targets = await targets_for(session=session, event=event, listeners=listeners)
     except ChainTooLong as exc:
         log.warning("event %s (%s): %s", event.id, event.name, exc)
         event.dispatch_status = "DISPATCHED"
         event.dispatched_at = datetime.now(UTC)
         event.dispatch_error = str(exc)
         report.dispatched += 1
-        return
-    error: str | None = None
-    pending: list[tuple[EventDelivery, StartRequest]] = []
+        return None
+    pending = _Pending(event=event, targets=targets)
     deliveries = await _deliveries(session, event, [target.job for target in targets]) if targets else {}
     for target in targets:
         delivery = deliveries[target.job.id]
@@ -302,13 +330,15 @@ async def _dispatch_one(session: AsyncSession, event: Event, start: StartFn, rep
             module=target.module,
             execution_id=execution_id,
         )
-        pending.append((delivery, request))
-    # The starts of one event's jobs go out together (they only talk to Temporal, not the session).
-    outcomes = await asyncio.gather(*(start(request) for _, request in pending), return_exceptions=True)
-    for (delivery, request), outcome in zip(pending, outcomes, strict=True):
-        if isinstance(outcome, BaseException):
-            if not isinstance(outcome, Exception):
-                raise outcome  # cancellation and the like are not start failures
+        pending.starts.append((delivery, request))
+    return pending
+
+
+def _finish(pending: _Pending, outcomes: list[BaseException | None], report: DispatchReport) -> None:
+    error: str | None = None
+    event = pending.event
+    for (delivery, request), outcome in zip(pending.starts, outcomes, strict=True):
+        if outcome is not None:
             # Any start failure means "retry this event later".
             error = f"{delivery.workflow_id}: {type(outcome).__name__}: {outcome}"[:2000]
             log.warning("could not start %s for event %s: %s", delivery.workflow_id, event.id, outcome)
@@ -319,7 +349,7 @@ async def _dispatch_one(session: AsyncSession, event: Event, start: StartFn, rep
     if error is None:
         event.dispatch_status = "DISPATCHED"
         event.dispatched_at = now
-        event.dispatch_error = None if targets else "no subscribers"
+        event.dispatch_error = None if pending.targets else "no subscribers"
         report.dispatched += 1
     else:
         event.dispatch_attempts = (event.dispatch_attempts or 0) + 1
@@ -327,6 +357,27 @@ async def _dispatch_one(session: AsyncSession, event: Event, start: StartFn, rep
         event.dispatch_error = error
         report.failed += 1
         report.errors.append(error)
+
+
+#: Events claimed (and committed) together by one dispatch loop.
+BATCH_SIZE = 25
+#: Workflow starts in flight at once for one batch.
+STARTS_IN_FLIGHT = 16
+
+
+async def _start_all(start: StartFn, requests: list[StartRequest]) -> list[BaseException | None]:
+    """Every start's outcome (None = started), in order; the starts go out together, bounded."""
+    gate = asyncio.Semaphore(STARTS_IN_FLIGHT)
+
+    async def one(request: StartRequest) -> None:
+        async with gate:
+            await start(request)
+
+    outcomes = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            raise outcome  # cancellation and the like are not start failures
+    return [o if isinstance(o, BaseException) else None for o in outcomes]
 
 
 async def dispatch_pending(
@@ -337,7 +388,7 @@ async def dispatch_pending(
     publish: PublishFn | None = None,
     concurrency: int = 1,
 ) -> DispatchReport:
-    """Dispatch up to ``limit`` due events, oldest first; each in its own transaction.
+    """Dispatch up to ``limit`` due events, oldest first, in batches of ``BATCH_SIZE`` (a transaction each).
 
     Safe to run concurrently (in one or several processes) and to repeat: see the module docstring.
     ``publish`` relays to live subscribers the events recorded by runs (``ctx.emit``, ``job.*``),
@@ -347,17 +398,29 @@ async def dispatch_pending(
 
     async def worker() -> None:
         while report.events < limit:
-            live: dict[str, Any] | None = None
+            live: list[dict[str, Any]] = []
             async with unit_of_work(sessions) as session:
-                event = await _claim(session, datetime.now(UTC))
-                if event is None:
+                batch = await _claim(session, datetime.now(UTC), min(BATCH_SIZE, limit - report.events))
+                if not batch:
                     return
-                report.events += 1
-                if publish is not None and event.execution_id is not None and not event.dispatch_attempts:
-                    live = events.as_dict(event)
-                await _dispatch_one(session, event, start, report)
-            if live is not None and publish is not None:
-                await publish(live)
+                report.events += len(batch)
+                # One read of the listeners per batch; an event without any costs no query at all.
+                listeners = await load_listeners(session)
+                prepared = []
+                for event in batch:
+                    if publish is not None and event.execution_id is not None and not event.dispatch_attempts:
+                        live.append(events.as_dict(event))
+                    pending = await _prepare(session, event, listeners, report)
+                    if pending is not None:
+                        prepared.append(pending)
+                # The starts of the whole batch go out together (they only talk to Temporal).
+                outcomes = await _start_all(start, [request for p in prepared for _, request in p.starts])
+                for pending in prepared:
+                    _finish(pending, outcomes[: len(pending.starts)], report)
+                    outcomes = outcomes[len(pending.starts) :]
+            if publish is not None:
+                for data in live:
+                    await publish(data)
 
     # Claims skip locked rows on PostgreSQL, so several loops (and processes) share the outbox;
     # SQLite has one writer and runs one.

@@ -60,16 +60,20 @@ async def record_once(*, session: AsyncSession, event_id: str | None, **fields: 
     """:func:`record` and flush, unless an event with ``event_id`` is stored already: that one is
     answered instead (also when a concurrent insert of the same id wins the race). Returns
     (event, created). Used for events a retried step emits again (``ctx.emit``)."""
-    if event_id is not None:
-        existing = await session.scalar(select(Event).where(Event.id == event_id))
-        if existing is not None:
-            return existing, False
+    if event_id is None:
+        # A fresh id cannot collide: no savepoint (two round trips) needed.
+        event = record(session=session, **fields)
+        await session.flush()
+        return event, True
+    existing = await session.scalar(select(Event).where(Event.id == event_id))
+    if existing is not None:
+        return existing, False
     try:
         async with session.begin_nested():
             event = record(session=session, event_id=event_id, **fields)
             await session.flush()
     except IntegrityError:
-        existing = await session.scalar(select(Event).where(Event.id == event_id)) if event_id else None
+        existing = await session.scalar(select(Event).where(Event.id == event_id))
         if existing is None:
             raise
         return existing, False
@@ -177,10 +181,14 @@ async def accept(
     validate_name(name)
     validate_source(source)
     check_payload(payload, max_bytes=max_payload_bytes)
-    if event_id is not None:
-        existing = await session.scalar(select(Event).where(Event.id == event_id))
-        if existing is not None:
-            return existing, False
+    if event_id is None:
+        # A fresh id cannot collide: no savepoint (two round trips) needed.
+        event = record(session=session, name=name, payload=payload, source=source, occurred_at=occurred_at)
+        await session.flush()
+        return event, True
+    existing = await session.scalar(select(Event).where(Event.id == event_id))
+    if existing is not None:
+        return existing, False
     try:
         async with session.begin_nested():
             event = record(
@@ -193,8 +201,6 @@ async def accept(
             )
             await session.flush()
     except IntegrityError:
-        if event_id is None:
-            raise
         existing = await session.scalar(select(Event).where(Event.id == event_id))
         if existing is None:
             raise
