@@ -216,7 +216,12 @@ def module_validate(
 @module_app.command("register")
 def module_register(
     path: Annotated[Path, typer.Argument(help="Module folder (with manifest.json)")],
-    api_url: Annotated[str, typer.Option(envvar="AUTOPLAT_API_URL", help="API base URL")] = "http://127.0.0.1:8000",
+    api_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AUTOPLAT_API_URL", help="API base URL (default: your login's, else http://127.0.0.1:8000)"
+        ),
+    ] = None,
     token: Annotated[str | None, typer.Option(envvar="AUTOPLAT_TOKEN", help="Access token")] = None,
     user: Annotated[str | None, typer.Option(envvar="AUTOPLAT_USER", help="Login (if no token)")] = None,
     password: Annotated[str | None, typer.Option(envvar="AUTOPLAT_PASSWORD", help="Password (if no token)")] = None,
@@ -224,13 +229,24 @@ def module_register(
     install: Annotated[bool, typer.Option(help="Install after registering")] = True,
     enable: Annotated[bool, typer.Option(help="Enable after installing")] = False,
 ) -> None:
-    """Register (and optionally install and enable) a module with a running API."""
+    """Register (and optionally install and enable) a module with a running API.
+
+    Without --token or --user, the session of `autoplat login` is used."""
     from autoplat.client import register_module
 
+    if token is None and user is None:
+        from autoplat.cli_ops import Api, CliError
+
+        try:
+            session = Api.open(api_url)
+            token, api_url = session._access_token(), session.base_url
+        except CliError as exc:
+            typer.secho(f"error: {exc.message}", fg="red", err=True)
+            raise typer.Exit(exc.code) from exc
     try:
         result = register_module(
             path.resolve(),
-            api_url=api_url,
+            api_url=api_url or "http://127.0.0.1:8000",
             token=token,
             user=user,
             password=password,

@@ -131,6 +131,15 @@ async def test_operator_cli_end_to_end(worker, server, sessions, settings, make_
     code, _, err = await cli("modules", "show", "no-such-module")
     assert code == 3 and "not_found" in err and "Traceback" not in err
 
+    # A module from `module init`, registered with the session of `autoplat login`, runs on the platform.
+    code, _, err = await cli("module", "init", "first-mod", str(tmp_path / "first-mod"))
+    assert code == 0, err
+    code, out, err = await cli("module", "register", str(tmp_path / "first-mod"), "--upload", "--enable")
+    assert (code, out.strip()) == (0, "first-mod 0.1.0: ENABLED"), err
+    await cli.json("jobs", "create", "first-mod", "hello", "--schedule", "none")
+    hello = await cli.json("jobs", "run", "hello", "--wait")
+    assert (hello["status"], hello["result"]) == ("COMPLETED", {"message": "Hello, world!"})
+
     # Jobs: create, run and wait; the exit code says how the run ended.
     ok_job = await cli.json("jobs", "create", "cli-demo", "ok", "--name", "ok-job", "--config", '{"n": 2}')
     await cli.json("jobs", "create", "cli-demo", "boom", "--name", "boom-job")
