@@ -53,6 +53,12 @@ class MemorySeries(SeriesBase):
         data = manifest.to_json_dict() if hasattr(manifest, "to_json_dict") else manifest
         return cls(definitions(data), **kwargs)
 
+    def declare_from(self, manifest: Mapping[str, Any]) -> MemorySeries:
+        """Add the series ``manifest`` declares (those already known stay as they are)."""
+        for name, defn in definitions(manifest).items():
+            self.declared.setdefault(name, defn)
+        return self
+
     def _now(self) -> datetime:
         return self._fixed_now or super()._now()
 

@@ -57,6 +57,7 @@ from typing import Any
 import httpx
 
 from autoplat._invoke import invoke
+from autoplat._series_memory import MemorySeries
 from autoplat._sync import Runner, loop_runner
 from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer, _Unavailable
 from autoplat.errors import JobError
@@ -69,6 +70,7 @@ __all__ = [
     "LocalContext",
     "LocalRuntime",
     "MemoryNotify",
+    "MemorySeries",
     "MemoryServices",
     "MemoryState",
     "MemoryStorage",
@@ -84,7 +86,7 @@ __all__ = [
 ]
 
 #: Services gated by the manifest's ``permissions.services`` (``state`` and ``emit`` are not).
-DECLARED_SERVICES = ("http", "storage", "notify", "browser")
+DECLARED_SERVICES = ("http", "storage", "notify", "browser", "series")
 
 
 class LocalRuntime:
@@ -332,6 +334,8 @@ class MemoryServices:
     storage: MemoryStorage = field(default_factory=MemoryStorage)
     state: MemoryState = field(default_factory=MemoryState)
     notify: MemoryNotify = field(default_factory=MemoryNotify)
+    #: ``ctx.series``: knows the series of the manifest of the job run (or declare them yourself).
+    series: MemorySeries = field(default_factory=MemorySeries)
     http: MockHttp | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -341,6 +345,7 @@ class MemoryServices:
             "storage": self.storage.bind(runner),
             "state": self.state.bind(runner),
             "notify": self.notify,
+            "series": self.series.bind(runner),
         }
 
 
@@ -628,6 +633,7 @@ async def arun_job(
         memory.storage = storage
     if state is not None:
         memory.state = state
+    memory.series.declare_from(manifest)
     merged = {**_undeclared(manifest), **(services or {})}
     previous: Any = None
     outcome = JobResult(status="COMPLETED", result=None)
@@ -724,6 +730,7 @@ class LocalContext(JobContext):
         if job_type and manifest and job is None:
             raise KeyError(f"{manifest.get('name')} has no job type {job_type!r}")
         memory = memory if memory is not None else MemoryServices()
+        memory.series.declare_from(manifest)
         thread = _LoopThread()
         ctx, _, http_client = _build_context(
             runtime=LocalRuntime(thread.loop, memory.events),

@@ -257,3 +257,30 @@ async def test_sqlite_backend_matches_the_reference(sqlite_sessions: Any) -> Non
     async with unit_of_work(sqlite_sessions) as session:
         dropped = await store.drop_expired(session=session, now=NOW + timedelta(days=30, hours=-60))
     assert dropped["series_points"] and (await db.range("meter", at(-30), at(-12))) == []
+
+
+async def test_the_harness_records_writes_and_answers_from_the_manifest(tmp_path: Path) -> None:
+    from autoplat.testing import MemoryServices, arun_job
+    from tests.jobs.helpers import write_module
+
+    code = """
+from datetime import datetime, timedelta, timezone
+
+def record(ctx):
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    labels = {"site": "a", "meter": "m1"}
+    points = [(start + timedelta(hours=h), labels, {"energy_kwh": 10.0 * h}) for h in range(48)]
+    ctx.series.write_many_sync("meter", points)
+    days = ctx.series.rollup_sync("meter", start, start + timedelta(days=2), step="1d")
+    return [b.values["energy_kwh"]["increase"] for b in days]
+"""
+    jobs = [{"name": "record", "description": "record", "handler": "record"}]
+    series = {"series": [METER.as_dict() | {"retention": {"rawDays": 3650}}], "permissions": {"services": ["series"]}}
+    folder = write_module(tmp_path, name="meters", code=code, jobs=jobs, extra=series)
+    memory = MemoryServices()
+    result = await arun_job(folder, "record", memory=memory)
+    assert result.status == "COMPLETED" and result.result == [230.0, 240.0]
+    assert len(memory.series.written("meter")) == 48
+    undeclared = write_module(tmp_path, name="meters", code=code, jobs=jobs, extra={"series": series["series"]})
+    refused = await arun_job(undeclared, "record")
+    assert refused.status == "FAILED" and "ctx.series is not available" in str(refused.steps[0].error)
