@@ -756,6 +756,8 @@ def emit_id(execution_id: str, step_index: int, sequence: int) -> str:
 
 def _write_deadline() -> float:
     """When this attempt must have answered Temporal (its start-to-close timeout), less a margin."""
+    if not activity.in_activity():
+        return time.time() + 30.0
     info = activity.info()
     timeout = info.start_to_close_timeout
     if timeout is None:

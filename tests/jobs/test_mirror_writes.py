@@ -401,11 +401,11 @@ async def test_an_attempt_temporal_gave_up_on_does_not_end_the_run(module, tempo
     acts = JobActivities(settings=temporal_settings, sessions=sessions)
     inp = _step(module, "exec-stale")
     stale = await acts._step_finished(inp, 1, "COMPLETED", None, LogBuffer(1000), {"from": 1})
-    assert stale == (False, _NOTHING)
+    assert stale == (False, _NOTHING, None)
     async with sessions() as s:
         assert (await s.get(Execution, "exec-stale")).status == "RUNNING"
     latest = await acts._step_finished(inp, 2, "COMPLETED", None, LogBuffer(1000), {"from": 2})
-    assert latest == (True, _NOTHING)
+    assert latest == (True, _NOTHING, None)
     async with sessions() as s:
         row = await s.get(Execution, "exec-stale")
     assert row.status == "COMPLETED" and row.result == {"from": 2}
@@ -441,7 +441,7 @@ async def test_mirror_finish_reports_a_run_its_last_step_completed(module, tempo
     await _running_row(sessions, "exec-adopted", attempts=1)
     acts = JobActivities(settings=temporal_settings, sessions=sessions)
     inp = _step(module, "exec-adopted")
-    assert await acts._step_finished(inp, 1, "COMPLETED", None, LogBuffer(1000), {"ok": True}) == (True, _NOTHING)
+    assert await acts._step_finished(inp, 1, "COMPLETED", None, LogBuffer(1000), {"ok": True}) == (True, _NOTHING, None)
     env = ActivityEnvironment()
     ended = await env.run(acts.mirror_finish, FinishInput(execution_id="exec-adopted", status="CANCELLED"))
     assert ended == {"status": "COMPLETED", "result": {"ok": True}}
