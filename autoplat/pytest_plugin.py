@@ -23,7 +23,8 @@ Fixtures (one set per test, sharing the same in-memory services):
 ``autoplat_services``
     The :class:`~autoplat.testing.MemoryServices`; its parts are also fixtures:
     ``autoplat_storage``, ``autoplat_state``, ``autoplat_notify`` (``.sent``), ``autoplat_events``
-    (emitted events), ``autoplat_http`` (a :class:`~autoplat.testing.MockHttp`: ``.add(host, json=...)``).
+    (emitted events), ``autoplat_series``, ``autoplat_http`` (a :class:`~autoplat.testing.MockHttp`:
+    ``.add(host, json=...)``).
 ``autoplat_module``
     The module folder the test lives in (``None`` outside one).
 """
@@ -108,6 +109,12 @@ def autoplat_notify(autoplat_services: MemoryServices) -> Any:
 def autoplat_events(autoplat_services: MemoryServices) -> list[dict[str, Any]]:
     """What ``ctx.emit`` published: ``[{"id", "name", "payload"}, ...]``."""
     return autoplat_services.events
+
+
+@pytest.fixture
+def autoplat_series(autoplat_services: MemoryServices) -> Any:
+    """The in-memory ``ctx.series`` (it knows the series the module's manifest declares)."""
+    return autoplat_services.series
 
 
 @pytest.fixture

@@ -586,10 +586,23 @@ def _defaults(schema: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v["default"] for k, v in props.items() if isinstance(v, dict) and "default" in v}
 
 
+class _NotSimulated:
+    """``ctx.browser`` when declared: the local harness has no browser of its own."""
+
+    def __getattr__(self, item: str) -> Any:
+        raise RuntimeError(
+            "the local test harness does not simulate ctx.browser: pass services={'browser': fake}, "
+            "or test on a worker with Chromium (TemporalHarness)"
+        )
+
+
 def _undeclared(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """As on the platform: a service the manifest does not declare is not available."""
     declared = set((manifest.get("permissions") or {}).get("services") or [])
-    return {name: _Unavailable(name) for name in DECLARED_SERVICES if name not in declared}
+    services: dict[str, Any] = {name: _Unavailable(name) for name in DECLARED_SERVICES if name not in declared}
+    if "browser" in declared:
+        services["browser"] = _NotSimulated()
+    return services
 
 
 def _hosts(manifest: Mapping[str, Any]) -> list[str]:

@@ -29,12 +29,19 @@ def fetch_sync(ctx):
 
 def store(ctx):
     ctx.storage.put_sync("k", 1)
+
+def browse(ctx):
+    ctx.browser.navigate("https://api.example.com/")
 """
-PERMISSIONS = {"services": ["http", "storage", "notify", "events"], "hosts": ["api.example.com", "hooks.example.com"]}
+PERMISSIONS = {
+    "services": ["http", "storage", "notify", "events", "browser"],
+    "hosts": ["api.example.com", "hooks.example.com"],
+}
 JOBS = [
     {"name": "fetch", "description": "async", "handler": "fetch"},
     {"name": "fetch-sync", "description": "sync", "handler": "fetch_sync"},
     {"name": "store", "description": "no storage declared", "handler": "store"},
+    {"name": "browse", "description": "uses the browser", "handler": "browse"},
 ]
 
 
@@ -106,6 +113,10 @@ def test_run_job_gives_every_declared_service_and_refuses_the_others(
     assert autoplat_run_job("fetch-sync", module=folder).result == 2
     assert asyncio.run(autoplat_state.get()).value == {"runs": 2}  # state kept between runs
     assert [n["to"] for n in autoplat_notify.sent[1:]] == [["ops@example.com"], ["ops@example.com"]]
+
+    # A declared browser is not simulated here, and the message says what to do instead.
+    browsed = autoplat_run_job("browse", module=folder)
+    assert browsed.status == "FAILED" and "does not simulate ctx.browser" in str(browsed.error)
 
     # A manifest without storage in permissions.services: ctx.storage is refused, as on the platform.
     bare = write_module(tmp_path, name="plug-bare", code=CODE, jobs=JOBS, package="plug_bare")
