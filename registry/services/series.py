@@ -748,9 +748,11 @@ async def run_query(
     latest: bool,
     max_points: int,
     now: datetime | None = None,
+    use_rollups: bool | None = None,
 ) -> QueryResult:
     """One ``GET /series/query``: checked (422 naming the problem), refused past ``max_points``
-    (422 naming the limit and a coarser step), then answered from the rollups or the points."""
+    (422 naming the limit and a coarser step), then answered from the rollups or the points
+    (``use_rollups=False`` forces the points: the benchmark's baseline)."""
     from autoplat.series import TooManyPoints, build_query, check_size, suggest_step
     from registry.errors import InvalidInput, NotFound
 
@@ -798,7 +800,13 @@ async def run_query(
             if row is not None:
                 source = Source()
                 result.buckets = await bucket_points(
-                    session=session, series=row, query=query, label_ids=ids, now=now, source=source
+                    session=session,
+                    series=row,
+                    query=query,
+                    label_ids=ids,
+                    now=now,
+                    source=source,
+                    use_rollups=use_rollups,
                 )
                 result.source = source.name
     except TooManyPoints as exc:
