@@ -465,17 +465,27 @@ async def _sqlite_stats(
 _INC = "CASE WHEN {prev} IS NULL THEN 0 WHEN {v} >= {prev} THEN {v} - {prev} ELSE {v} END"
 
 #: In-hour aggregates of the points of the (label set, hour) pairs in ``d`` (the rollup job's
-#: computation, also used by queries for hours not rolled up yet).
+#: computation, also used by queries for hours not rolled up yet). Runs of consecutive hours are
+#: read as one range of the index (gaps and islands), not hour by hour.
+_HOUR = "date_bin('1 hour', p.ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
 _HOURLY_FROM_POINTS = f"""
 SELECT x.series_id, x.label_set_id, x.field, x.hour AS ts, count(*) AS n, sum(x.value) AS s,
        min(x.value) AS lo, max(x.value) AS hi,
        (array_agg(x.value ORDER BY x.ts))[1] AS first, (array_agg(x.value ORDER BY x.ts DESC))[1] AS last,
        sum({_INC.format(prev="x.prev", v="x.value")}) AS inc
 FROM (
-  SELECT p.series_id, p.label_set_id, p.field, d.hour, p.ts, p.value,
-         lag(p.value) OVER (PARTITION BY p.label_set_id, p.field, d.hour ORDER BY p.ts) AS prev
-  FROM d JOIN series_points p ON p.series_id = d.series_id AND p.label_set_id = d.label_set_id
-       AND p.ts >= d.hour AND p.ts < d.hour + interval '1 hour' {{field_filter}}
+  SELECT p.series_id, p.label_set_id, p.field, {_HOUR} AS hour, p.ts, p.value,
+         lag(p.value) OVER (PARTITION BY p.label_set_id, p.field, {_HOUR} ORDER BY p.ts) AS prev
+  FROM (
+    SELECT series_id, label_set_id, min(hour) AS lo, max(hour) + interval '1 hour' AS hi
+    FROM (SELECT series_id, label_set_id, hour,
+                 hour - row_number() OVER (PARTITION BY series_id, label_set_id ORDER BY hour) * interval '1 hour'
+                   AS island
+          FROM d) AS runs
+    GROUP BY series_id, label_set_id, island
+  ) AS r
+  JOIN series_points p ON p.series_id = r.series_id AND p.label_set_id = r.label_set_id
+       AND p.ts >= r.lo AND p.ts < r.hi {{field_filter}}
 ) AS x
 GROUP BY x.series_id, x.label_set_id, x.field, x.hour
 """
@@ -587,7 +597,8 @@ async def roll_up(*, session: AsyncSession, limit: int = 5000) -> int:
         await session.execute(
             text(
                 "DELETE FROM series_dirty_hours WHERE (series_id, label_set_id, hour) IN ("
-                "SELECT series_id, label_set_id, hour FROM series_dirty_hours ORDER BY hour LIMIT :n "
+                "SELECT series_id, label_set_id, hour FROM series_dirty_hours "
+                "ORDER BY series_id, label_set_id, hour LIMIT :n "
                 "FOR UPDATE SKIP LOCKED) RETURNING series_id, label_set_id, hour"
             ),
             {"n": limit},
