@@ -132,7 +132,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     # Database errors are handled inside the middleware stack (a handler for Exception runs
     # outside it, after the middleware failed): the response is a normal one.
-    for kind in (sa_exc.DBAPIError, sa_exc.DisconnectionError, sa_exc.TimeoutError, OSError):
+    for kind in (sa_exc.DBAPIError, sa_exc.DisconnectionError, sa_exc.TimeoutError):
         app.add_exception_handler(kind, _database)
 
     @app.exception_handler(Exception)

@@ -3,8 +3,6 @@ id derived from the execution, the step and n, never from the attempt (docs/even
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 
 from registry.models import Event
