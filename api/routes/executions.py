@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Collection
 from datetime import datetime
@@ -16,7 +18,6 @@ from sse_starlette import EventSourceResponse
 from api.deps import PageDep, Requires, SessionDep, SettingsDep, StateDep
 from api.schemas.common import ERROR_RESPONSES, Page
 from api.schemas.executions import ExecutionDetail, ExecutionRead, ExecutionSummary, LogsRead
-from registry.errors import ServiceUnavailable
 from registry.manifest import json_problem
 from registry.models import Execution, ExecutionStatus
 from registry.services import audit, executions
@@ -24,6 +25,8 @@ from registry.services.artifacts import remove_artifact_files
 from registry.services.common import Actor
 from registry.services.logstream import LogMerge, log_channel
 from registry.settings import Settings
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/executions", tags=["executions"], responses=ERROR_RESPONSES)
 
@@ -267,16 +270,21 @@ async def stream_logs(
 ) -> EventSourceResponse:
     """The execution's log as server-sent events: ``log`` events (one entry each, JSON) — first what
     is stored, then live lines while steps run — and a final ``end`` event (``{"status"}``) once
-    the execution is closed."""
+    the execution is closed.
+
+    Without Redis the stream still serves what is stored: a finished run's whole log, and for a
+    running one a ``notice`` event (live lines unavailable), then each step's lines as it stores
+    them (when it ends), and the ``end`` event."""
     async with state.sessions() as session:
         await executions.get_execution(session=session, execution_id=execution_id)
-    pubsub = state.redis.pubsub()
+    pubsub: Any = state.redis.pubsub()
     try:
         # Subscribe before reading what is stored: pub/sub drops what nobody listens to.
         await pubsub.subscribe(log_channel(state.settings.redis_prefix, execution_id))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any Redis failure: serve the stored log instead
+        log.warning("log stream of %s without live lines: redis %s", execution_id, type(exc).__name__)
         await pubsub.aclose()
-        raise ServiceUnavailable(f"the live log stream is unavailable: {type(exc).__name__}") from exc
+        pubsub = None
 
     async def snapshot() -> tuple[str, list[dict[str, Any]]]:
         async with state.sessions() as session:
@@ -301,9 +309,16 @@ async def stream_logs(
             status_, stored = await snapshot()
             for entry in merge.stored(stored):
                 yield event(entry)
+            if pubsub is None and not closed(status_):
+                notice = {"message": "live log lines are unavailable (Redis is down): stored lines follow as steps end"}
+                yield {"event": "notice", "data": json.dumps(notice)}
             checked = time.monotonic()
             while not closed(status_):
-                raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LOG_STREAM_STATUS_SECONDS)
+                if pubsub is None:
+                    await asyncio.sleep(LOG_STREAM_STATUS_SECONDS)
+                    raw = None
+                else:
+                    raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LOG_STREAM_STATUS_SECONDS)
                 if raw is not None:
                     try:
                         entry = json.loads(raw["data"])
@@ -319,7 +334,10 @@ async def stream_logs(
                     for entry in merge.stored(stored):
                         yield event(entry)
             # Closed: deliver what is still in flight, then whatever only the stored log has.
-            while (raw := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)) is not None:
+            while (
+                pubsub is not None
+                and (raw := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)) is not None
+            ):
                 try:
                     entry = json.loads(raw["data"])
                 except (TypeError, ValueError):
@@ -331,7 +349,8 @@ async def stream_logs(
                 yield event(entry)
             yield {"event": "end", "data": json.dumps({"status": status_})}
         finally:
-            await pubsub.aclose()
+            if pubsub is not None:
+                await pubsub.aclose()
 
     return EventSourceResponse(generate(), ping=LOG_STREAM_KEEPALIVE_SECONDS)
 

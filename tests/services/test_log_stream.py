@@ -191,3 +191,42 @@ async def test_publisher_sends_entries_in_order(settings):
     await stream.close()
     await pubsub.aclose()
     await redis.aclose()
+
+
+async def test_without_redis_the_stream_serves_the_stored_log(
+    worker, server, module, app_state, operator_headers, tmp_path, monkeypatch
+):
+    """Redis down: a finished run's stream is its stored log and ``end`` (not a 503); a running
+    run's says live lines are unavailable, then delivers each step's lines once stored, and ends."""
+    from redis.asyncio import Redis
+
+    dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    async with httpx.AsyncClient(base_url=server, timeout=30) as http:
+        failed = await _start(http, operator_headers, "fail", {})
+        gate = tmp_path / "gate-redisless"
+        running = await _start(http, operator_headers, "talk-async", {"gate": str(gate)})
+
+        async def ended(execution_id: str) -> bool:
+            row = await http.get(f"/api/v1/executions/{execution_id}", headers=operator_headers)
+            return row.json()["status"] == "FAILED"
+
+        await eventually(lambda: ended(failed), timeout=30, what="the failing run to end")
+        monkeypatch.setattr(app_state, "redis", dead)
+        try:
+            async with http.stream("GET", f"/api/v1/executions/{failed}/logs/stream", headers=operator_headers) as r:
+                assert r.status_code == 200
+                events = await Stream(r).rest()
+            assert _messages(events)[0] == "before the failure"
+            assert [e["event"] for e in events][-1] == "end" and json.loads(events[-1]["data"]) == {"status": "FAILED"}
+
+            async with http.stream("GET", f"/api/v1/executions/{running}/logs/stream", headers=operator_headers) as r:
+                assert r.status_code == 200
+                stream = Stream(r)
+                notice = await stream.take()
+                assert notice["event"] == "notice" and "unavailable" in json.loads(notice["data"])["message"]
+                gate.write_text("open")
+                rest = await stream.rest()
+            assert _messages(rest) == ["first line", "second line"]
+            assert json.loads(rest[-1]["data"]) == {"status": "COMPLETED"}
+        finally:
+            await dead.aclose()
