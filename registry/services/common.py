@@ -62,7 +62,9 @@ async def paginate_large(
     if not has_more and (rows or page == 1):
         # The last page: the total is known without counting.
         return Page(items=rows, total=offset + len(rows), page=page, limit=limit)
-    bounded = stmt.order_by(None).with_only_columns(literal_column("1")).limit(cap + 1).subquery()
+    bounded = (
+        stmt.order_by(None).with_only_columns(literal_column("1"), maintain_column_froms=True).limit(cap + 1).subquery()
+    )
     counted = int(await session.scalar(select(func.count()).select_from(bounded)) or 0)
     if counted <= cap:
         return Page(items=rows[:limit], total=counted, page=page, limit=limit, has_more=has_more)
@@ -76,7 +78,11 @@ async def _estimated_rows(session: AsyncSession, stmt: Select[Any]) -> int | Non
     bind = session.get_bind()
     if bind.dialect.name != "postgresql":
         return None
-    compiled = stmt.order_by(None).with_only_columns(literal_column("1")).compile(dialect=bind.dialect)
+    compiled = (
+        stmt.order_by(None)
+        .with_only_columns(literal_column("1"), maintain_column_froms=True)
+        .compile(dialect=bind.dialect)
+    )
     conn = await session.connection()
     try:
         async with conn.begin_nested():

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from registry.db import create_engine, create_session_factory, unit_of_work
 from registry.migrate import upgrade
@@ -155,7 +155,7 @@ async def test_counts_kept_by_triggers_match_the_rows_for_every_range(any_sessio
 
 async def test_counts_stop_at_the_cap_and_estimate_above_it(sessions):
     """A list never counts more than the cap: above it the total is the planner's estimate, flagged."""
-    from registry.services.common import paginate_large
+    from registry.services.common import EXACT_COUNT_CAP, paginate_large
 
     module = f"cap-{uuid.uuid4().hex[:8]}"
     await add_runs(sessions, module, [1] * 12)
@@ -169,3 +169,8 @@ async def test_counts_stop_at_the_cap_and_estimate_above_it(sessions):
     assert capped.total >= 9  # at least what was counted: the estimate never answers fewer
     # The last page knows its total without counting.
     assert (last.total, last.total_exact, last.has_more, len(last.items)) == (12, True, False, 2)
+    # Without any filter too (the count's FROM must not depend on a WHERE clause).
+    async with sessions() as session:
+        unfiltered = await paginate_large(session, select(Execution).order_by(Execution.id), page=1, limit=1)
+        everything = await session.scalar(select(func.count()).select_from(Execution))
+    assert unfiltered.has_more and unfiltered.total == min(everything, EXACT_COUNT_CAP) or not unfiltered.total_exact
