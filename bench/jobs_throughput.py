@@ -1,6 +1,7 @@
 """Jobs throughput benchmark: the platform's manual runs against a bare Temporal baseline, same run.
 
-    .venv/bin/python -m bench.jobs_throughput [--runs 300] [--concurrency 20] [--isolation process|inline] [--json]
+    .venv/bin/python -m bench.jobs_throughput [--runs 300] [--concurrency 20] [--isolation process|inline]
+                                              [--http] [--json]
 
 Starts its own Temporal dev server (free ports, SQLite file with the speed pragmas) and its own
 PostgreSQL database, then measures:
@@ -12,6 +13,11 @@ PostgreSQL database, then measures:
   DB, run by the platform worker in-process and triggered by ``Runner.start_job`` (what
   ``POST /jobs/{id}/execute`` does); completion = the run's workflow result returned, which happens
   after the workflow has written the COMPLETED mirror row (checked for every run at the end).
+
+* **platform over HTTP** (``--http``, the production shape): the API (``autoplat api``) and a worker
+  (``autoplat worker``) as two subprocesses with a database of their own; a run is
+  ``POST /api/v1/jobs/{id}/execute?wait=true`` from this process (trigger = just before the request,
+  completion = the answer, the finished execution). Compared with the same bare baseline.
 
 Both are measured under load (``--concurrency``) and at low load (concurrency 1, sequential), and a
 per-run profile is taken: Temporal server RPCs by operation (from the server's Prometheus
@@ -598,6 +604,8 @@ class Options:
     profile: bool = False
     #: Where the platform runs handlers (AUTOPLAT_HANDLER_ISOLATION).
     isolation: str = "process"
+    #: Also measure the production shape: API over HTTP and a separate worker process.
+    http: bool = False
 
 
 async def bench_baseline(client: Any, probe: Probe, opts: Options) -> tuple[Phase, Phase, dict[str, Any]]:
@@ -770,6 +778,89 @@ async def bench_platform(
         drop_database(db_name)
 
 
+async def bench_http(server: DevServer, workdir: Path, opts: Options) -> tuple[Phase, Phase, dict[str, Any]]:
+    """The production shape: runs through ``POST /jobs/{id}/execute?wait=true`` of an API process,
+    handled by a separate worker process."""
+    import httpx
+
+    from bench.events_throughput import JWT_SECRET, operator_token, spawn, wait_ready
+    from registry.db import create_engine, create_session_factory
+    from registry.migrate import upgrade
+    from registry.settings import Settings
+
+    db_name, db_url = create_database()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        settings = Settings(
+            dev_mode=False,
+            database_url=db_url,
+            jwt_secret=JWT_SECRET,
+            state_dir=workdir / "state-http",
+            task_queue=f"bench-http-{uuid.uuid4().hex[:8]}",
+            temporal_address=server.address,
+            redis_prefix=f"bench-{uuid.uuid4().hex[:8]}",
+            maintenance_schedule=False,
+            handler_isolation=opts.isolation,
+        )
+        await upgrade(settings.effective_database_url)
+        engine = create_engine(settings.effective_database_url)
+        sessions = create_session_factory(engine)
+        await put_module(sessions, settings.state_dir, workdir / "modules-http")
+        job_id = await create_job(sessions)
+        token = await operator_token(sessions, settings)
+        await engine.dispose()
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "AUTOPLAT_DEV_MODE": "false",
+            "AUTOPLAT_DATABASE_URL": db_url,
+            "AUTOPLAT_JWT_SECRET": JWT_SECRET,
+            "AUTOPLAT_STATE_DIR": str(settings.state_dir),
+            "AUTOPLAT_TEMPORAL_ADDRESS": server.address,
+            "AUTOPLAT_TASK_QUEUE": settings.task_queue,
+            "AUTOPLAT_REDIS_PREFIX": settings.redis_prefix,
+            "AUTOPLAT_MAINTENANCE_SCHEDULE": "false",
+            "AUTOPLAT_HANDLER_ISOLATION": opts.isolation,
+        }
+        (port,) = free_ports(1)
+        cli = [sys.executable, "-m", "autoplat.cli"]
+        api_log = workdir / "api-http.log"
+        procs.append(spawn([*cli, "api", "--port", str(port)], env, api_log))
+        procs.append(spawn([*cli, "worker"], env, workdir / "worker-http.log"))
+        base = f"http://127.0.0.1:{port}"
+        await wait_ready(base, procs[0], api_log)
+        limits = httpx.Limits(max_connections=opts.concurrency, max_keepalive_connections=opts.concurrency)
+        async with httpx.AsyncClient(
+            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=120, limits=limits
+        ) as http:
+
+            async def one() -> Sample:
+                trigger = time.time()
+                r = await http.post(f"/api/v1/jobs/{job_id}/execute", params={"wait": "true"})
+                done = time.time()
+                body = r.json()
+                if r.status_code != 200 or body.get("status") != "COMPLETED":
+                    raise RuntimeError(f"execute answered {r.status_code}: {r.text[:300]}")
+                return Sample(trigger=trigger, started=float(body["result"]), done=done)
+
+            await drive(opts.warmup, min(opts.concurrency, opts.warmup), one)
+            samples, wall = await drive(opts.runs, opts.concurrency, one)
+            loaded = summarise("platform over HTTP", samples, opts.concurrency, wall)
+            samples, wall = await drive(opts.low_load_runs, 1, one)
+            low = summarise("platform over HTTP (low load)", samples, 1, wall)
+        return loaded, low, {"api": "1 process", "worker": "1 process"}
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        drop_database(db_name)
+
+
 def code_version() -> str:
     """The commit measured, marked ``+dirty`` when the working tree has changes."""
     root = Path(__file__).resolve().parent.parent
@@ -839,6 +930,7 @@ async def run(opts: Options) -> dict[str, Any]:
         base_loaded.profile["history"] = base_shape
         plat_loaded, plat_low, plat_shape, mirror = await bench_platform(client, server, workdir, opts)
         plat_loaded.profile["history"] = plat_shape
+        http_phases = await bench_http(server, workdir, opts) if opts.http else None
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -861,6 +953,14 @@ async def run(opts: Options) -> dict[str, Any]:
         "machine": info,
         "phases": [asdict(p) for p in (base_loaded, plat_loaded, base_low, plat_low)],
         "mirror": mirror,
+        "http": None
+        if http_phases is None
+        else {
+            "phases": [asdict(http_phases[0]), asdict(http_phases[1])],
+            "throughput_ratio": round(http_phases[0].throughput / base_loaded.throughput, 3)
+            if base_loaded.throughput
+            else 0.0,
+        },
         "targets": targets,
         "total_seconds": round(time.perf_counter() - began, 1),
     }
@@ -969,6 +1069,18 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"    {value:>6}  {label}")
     mirror = report["mirror"]
     lines.append(f"mirror rows: {mirror['completed']} COMPLETED of {mirror['rows']} rows for {mirror['runs']} runs")
+    if report.get("http"):
+        h, h_low = report["http"]["phases"]
+        lines += [
+            "",
+            "production shape: API (HTTP, execute?wait=true) and worker as separate processes, vs the same baseline",
+            f"  throughput {h['throughput']} runs/s = {report['http']['throughput_ratio']:.2f}x baseline; "
+            f"trigger->start p50 / p95 {h['start_p50_ms']} / {h['start_p95_ms']} ms; "
+            f"trigger->completion p50 / p95 {h['done_p50_ms']} / {h['done_p95_ms']} ms",
+            f"  low load: trigger->start p50 / p95 {h_low['start_p50_ms']} / {h_low['start_p95_ms']} ms "
+            f"(baseline {base_low['start_p50_ms']} / {base_low['start_p95_ms']} ms); "
+            f"trigger->completion p50 {h_low['done_p50_ms']} ms (baseline {base_low['done_p50_ms']} ms)",
+        ]
     lines.append("")
     t = report["targets"]
     lines.append(
@@ -1002,6 +1114,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
         default="process",
         help="where the platform runs handlers: confined processes (the default) or the worker itself",
     )
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="also measure the production shape: the API over HTTP and a worker, as two processes",
+    )
     ns = parser.parse_args(argv)
     if ns.runs < 1 or ns.concurrency < 1 or ns.low_load_runs < 1 or ns.warmup < 1:
         parser.error("--runs, --concurrency, --low-load-runs and --warmup must be at least 1")
@@ -1014,6 +1131,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         strict=ns.strict,
         profile=ns.profile,
         isolation=ns.isolation,
+        http=ns.http,
     )
 
 
