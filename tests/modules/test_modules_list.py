@@ -77,7 +77,9 @@ async def test_job_types_shape(api):
         "defaults": {"url": "http://127.0.0.1/x", "batch": 10},
         "secret_fields": ["token"],
         "timeout_seconds": 120,
+        "max_attempts": 3,
         "retries": 2,
+        "create_job": False,
         "retry_policy": {
             "max_attempts": 3,
             "initial_interval_seconds": 2,
