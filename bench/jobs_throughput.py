@@ -244,6 +244,9 @@ class SqlCounter:
         def _statement(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
             verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "?"
             self.counts[verb] += 1
+            if os.environ.get("BENCH_SQL_LOG"):
+                with open(os.environ["BENCH_SQL_LOG"], "a") as out:
+                    out.write(" ".join(statement.split()) + "\n")
 
         @event.listens_for(engine.sync_engine, "commit")
         def _commit(conn):  # type: ignore[no-untyped-def]
