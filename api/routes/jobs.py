@@ -10,7 +10,7 @@ from api.deps import PageDep, Requires, SessionDep, SettingsDep, StateDep
 from api.routes.executions import SERVED_JSON_DEPTH, execution_read
 from api.schemas.common import ERROR_RESPONSES, Page
 from api.schemas.executions import ExecutionDetail, ExecutionRead
-from api.schemas.jobs import ExecuteRequest, ExecutionSummary, JobCreate, JobRead, JobStateRead, JobUpdate
+from api.schemas.jobs import ExecuteRequest, JobCreate, JobRead, JobStateRead, JobUpdate, LastExecution
 from api.state import AppState
 from registry.errors import UpstreamTimeout
 from registry.manifest import json_problem
@@ -66,7 +66,7 @@ async def job_read(
     if last is _UNREAD:
         last = await jobs.last_execution(session=session, job_id=job.id)
     if last is not None:
-        read.last_execution = ExecutionSummary(
+        read.last_execution = LastExecution(
             id=last.id,
             status=last.status,
             trigger=last.trigger,

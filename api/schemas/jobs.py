@@ -89,7 +89,7 @@ class ExecuteRequest(Schema):
     config: JsonObject | None = Field(default=None, description="Config override for this run only")
 
 
-class ExecutionSummary(Schema):
+class LastExecution(Schema):
     id: str
     status: str
     trigger: str
@@ -124,7 +124,7 @@ class JobRead(Schema):
         default=None, description="Why the platform disabled it (e.g. its config does not fit an upgraded module)"
     )
     next_runs: list[datetime] = Field(default=[], description="The next scheduled runs (none while disabled)")
-    last_execution: ExecutionSummary | None = Field(default=None, description="The latest run; null: never run")
+    last_execution: LastExecution | None = Field(default=None, description="The latest run; null: never run")
     schedule_state: dict[str, Any] | None = Field(
         default=None, description="Temporal's view of the schedule; only on a single job (GET /jobs/{id}), not in lists"
     )
