@@ -26,14 +26,16 @@ async def test_list_paginates(client, admin_headers, make_user):
     r = await client.get(USERS, params={"page": 1, "limit": 2}, headers=admin_headers)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"items", "total", "page", "limit"}
+    assert set(body) == {"items", "total", "page", "limit", "total_exact", "has_more"}
     assert (body["total"], body["page"], body["limit"], len(body["items"])) == (5, 1, 2, 2)
+    assert body["total_exact"] is True and body["has_more"] is True
 
     seen = [u["id"] for u in body["items"]]
     for page, expected in ((2, 2), (3, 1), (4, 0)):
         r = await client.get(USERS, params={"page": page, "limit": 2}, headers=admin_headers)
         assert r.json()["total"] == 5 and r.json()["page"] == page
         assert len(r.json()["items"]) == expected
+        assert r.json()["has_more"] is (page == 2)
         seen += [u["id"] for u in r.json()["items"]]
     assert len(seen) == len(set(seen)) == 5
     assert {u.id for u in created} <= set(seen)

@@ -17,7 +17,7 @@ async def test_the_list_is_a_summary_and_the_detail_has_the_full_manifest(api):
     r = await api.client.get(MODULES, headers=api.headers)
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == {"items", "total", "page", "limit"}
+    assert set(body) == {"items", "total", "page", "limit", "total_exact", "has_more"}
     (item,) = body["items"]
     assert "manifest" not in item and "config" not in item
     assert item["name"] == "demo-mod" and item["version"] == "1.0.0" and item["bundle_sha256"]
