@@ -283,6 +283,11 @@ async def write_points(
             ),
             {"s": series.id, "ls": [m[0] for m in marks], "hs": [m[1] for m in marks]},
         )
+        ends = _run_ends(dirty)
+        await session.execute(
+            text(_MARK_NEXT),
+            {"s": series.id, "ls": [e[0] for e in ends], "ts": [e[1] for e in ends], "fs": list(range(len(index)))},
+        )
     else:
         stmt = sqlite.insert(SeriesPoint)
         stmt = stmt.on_conflict_do_update(
@@ -297,6 +302,16 @@ async def write_points(
             ],
         )
     return len(value_col)
+
+
+def _run_ends(hours: set[tuple[int, datetime]]) -> list[tuple[int, datetime]]:
+    """The hour after each run of consecutive written hours, per label set."""
+    ends = []
+    for label_set, hour in sorted(hours):
+        after = hour + timedelta(hours=1)
+        if (label_set, after) not in hours:
+            ends.append((label_set, after))
+    return ends
 
 
 # --- reads ----------------------------------------------------------------------------------------
@@ -464,9 +479,11 @@ async def _sqlite_stats(
 
 _INC = "CASE WHEN {prev} IS NULL THEN 0 WHEN {v} >= {prev} THEN {v} - {prev} ELSE {v} END"
 
-#: In-hour aggregates of the points of the (label set, hour) pairs in ``d`` (the rollup job's
-#: computation, also used by queries for hours not rolled up yet). Runs of consecutive hours are
-#: read as one range of the index (gaps and islands), not hour by hour.
+#: Hourly aggregates of the points of the (label set, hour) pairs in ``d`` (the rollup job's
+#: computation, also used by queries for hours not rolled up yet). An hour's ``inc`` is its
+#: counter's increase including the step from the reading before its first point (in an earlier
+#: hour), so the increase over any run of hours is a plain sum. Runs of consecutive hours are read
+#: as one range of the index (gaps and islands), not hour by hour.
 _HOUR = "date_bin('1 hour', p.ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
 _HOURLY_FROM_POINTS = f"""
 SELECT x.series_id, x.label_set_id, x.field, x.hour AS ts, count(*) AS n, sum(x.value) AS s,
@@ -474,20 +491,38 @@ SELECT x.series_id, x.label_set_id, x.field, x.hour AS ts, count(*) AS n, sum(x.
        (array_agg(x.value ORDER BY x.ts))[1] AS first, (array_agg(x.value ORDER BY x.ts DESC))[1] AS last,
        sum({_INC.format(prev="x.prev", v="x.value")}) AS inc
 FROM (
-  SELECT p.series_id, p.label_set_id, p.field, {_HOUR} AS hour, p.ts, p.value,
-         lag(p.value) OVER (PARTITION BY p.label_set_id, p.field, {_HOUR} ORDER BY p.ts) AS prev
+  SELECT y.*, coalesce(y.lagged, (
+           SELECT q.value FROM series_points q
+           WHERE q.series_id = y.series_id AND q.label_set_id = y.label_set_id AND q.field = y.field AND q.ts < y.lo
+           ORDER BY q.ts DESC LIMIT 1)) AS prev
   FROM (
-    SELECT series_id, label_set_id, min(hour) AS lo, max(hour) + interval '1 hour' AS hi
-    FROM (SELECT series_id, label_set_id, hour,
-                 hour - row_number() OVER (PARTITION BY series_id, label_set_id ORDER BY hour) * interval '1 hour'
-                   AS island
-          FROM d) AS runs
-    GROUP BY series_id, label_set_id, island
-  ) AS r
-  JOIN series_points p ON p.series_id = r.series_id AND p.label_set_id = r.label_set_id
-       AND p.ts >= r.lo AND p.ts < r.hi {{field_filter}}
+    SELECT p.series_id, p.label_set_id, p.field, {_HOUR} AS hour, p.ts, p.value, r.lo,
+           lag(p.value) OVER (PARTITION BY p.label_set_id, p.field, r.lo ORDER BY p.ts) AS lagged
+    FROM (
+      SELECT series_id, label_set_id, min(hour) AS lo, max(hour) + interval '1 hour' AS hi
+      FROM (SELECT series_id, label_set_id, hour,
+                   hour - row_number() OVER (PARTITION BY series_id, label_set_id ORDER BY hour) * interval '1 hour'
+                     AS island
+            FROM d) AS runs
+      GROUP BY series_id, label_set_id, island
+    ) AS r
+    JOIN series_points p ON p.series_id = r.series_id AND p.label_set_id = r.label_set_id
+         AND p.ts >= r.lo AND p.ts < r.hi {{field_filter}}
+  ) AS y
 ) AS x
 GROUP BY x.series_id, x.label_set_id, x.field, x.hour
+"""
+
+#: After a write: the hour of the next point following each run of written hours is marked too
+#: (its first step counts from a value that may have changed).
+_MARK_NEXT = """
+INSERT INTO series_dirty_hours (series_id, label_set_id, hour)
+SELECT :s, e.l, date_bin('1 hour', q.ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+FROM unnest(CAST(:ls AS bigint[]), CAST(:ts AS timestamptz[])) AS e(l, t)
+CROSS JOIN unnest(CAST(:fs AS smallint[])) AS f(idx)
+CROSS JOIN LATERAL (SELECT ts FROM series_points
+   WHERE series_id = :s AND label_set_id = e.l AND field = f.idx AND ts >= e.t ORDER BY ts LIMIT 1) AS q
+ON CONFLICT DO NOTHING
 """
 
 #: The last point before the range of each (label set, field): a counter's first step.
@@ -544,12 +579,6 @@ SELECT label_set_id, field, width_bucket(ts, CAST(:edges AS timestamptz[])) AS b
 FROM w WHERE ts >= :start GROUP BY 1, 2, 3
 """
     else:
-        previous = (
-            f"UNION ALL SELECT label_set_id, field, ts, 0, 0, value, value, value, value, 0 FROM ({_PREVIOUS}) AS pv"
-            if increase
-            else ""
-        )
-        window = ", lag(last) OVER (PARTITION BY label_set_id, field ORDER BY ts) AS prev" if increase else ""
         hourly = _HOURLY_FROM_POINTS.format(field_filter="AND p.field = ANY(CAST(:fs AS smallint[]))")
         sql = f"""
 WITH d AS (
@@ -564,11 +593,10 @@ WITH d AS (
     AND NOT EXISTS (SELECT 1 FROM d WHERE d.label_set_id = r.label_set_id AND d.hour = r.hour)
   UNION ALL
   SELECT label_set_id, field, ts, n, s, lo, hi, first, last, inc FROM ({hourly}) AS fresh
-  {previous}
-), w AS (SELECT *{window} FROM h)
+)
 SELECT label_set_id, field, width_bucket(ts, CAST(:edges AS timestamptz[])) AS b,
-       {_outer(wanted, "s", "first", "last", "inc + " + _INC.format(prev="prev", v="first"))}
-FROM w WHERE ts >= :start GROUP BY 1, 2, 3
+       {_outer(wanted, "s", "first", "last", "inc")}
+FROM h GROUP BY 1, 2, 3
 """
     out: dict[tuple[Any, int], Stats] = {}
     for ls, fld, b, n, s, lo, hi, first, last, inc in await session.execute(text(sql), params):

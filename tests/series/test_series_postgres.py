@@ -88,17 +88,20 @@ async def test_partitions_rollups_and_retention(sessions: Any, settings: Any, ca
         assert await store.pending_hours(session=session) == 0
     await _compare(sessions, db, start + timedelta(days=1), now)
 
-    # A late correction and a reset inside rolled-up hours: those hours are read from the points
+    # Late corrections and a reset inside rolled-up hours: those hours are read from the points
     # until the next rollup, and the answers stay equal.
     await db.write_many(
         "meter",
         [
             (start + timedelta(days=20, minutes=15), {"meter": "m0"}, {"energy_kwh": 1.0, "power_w": 999.0}),
             (start + timedelta(days=40, minutes=7), {"meter": "m2"}, {"power_w": -5.0}),
+            # The last reading of an hour: the next hour's first step changes too.
+            (start + timedelta(days=30, minutes=45), {"meter": "m1"}, {"energy_kwh": 2.0}),
         ],
     )
     await _compare(sessions, db, start + timedelta(days=1), now)
-    assert (await env.run(service.series_maintenance, "rollup"))["hours_rolled_up"] == 2
+    # The three hours written, and the three hours after them (their first step changed).
+    assert (await env.run(service.series_maintenance, "rollup"))["hours_rolled_up"] == 6
     await _compare(sessions, db, start + timedelta(days=1), now)
     assert (await env.run(service.series_maintenance, "rollup"))["hours_rolled_up"] == 0  # idempotent
 
