@@ -4,6 +4,26 @@
  */
 
 export interface paths {
+    "/api/v1": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The API's index: version and where things are
+         * @description What the README's API link answers: the version and links to the docs, console and health.
+         */
+        get: operations["index_api_v1_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/audit": {
         parameters: {
             query?: never;
@@ -274,7 +294,12 @@ export interface paths {
         get: operations["get_execution_api_v1_executions__execution_id__get"];
         put?: never;
         post?: never;
-        delete?: never;
+        /**
+         * Delete Execution
+         * @description Delete a finished run with its logs and artifacts (admins; audited). Temporal keeps its own
+         *     history of the run for the namespace's retention period.
+         */
+        delete: operations["delete_execution_api_v1_executions__execution_id__delete"];
         options?: never;
         head?: never;
         patch?: never;
@@ -360,6 +385,10 @@ export interface paths {
          * @description The execution's log as server-sent events: ``log`` events (one entry each, JSON) — first what
          *     is stored, then live lines while steps run — and a final ``end`` event (``{"status"}``) once
          *     the execution is closed.
+         *
+         *     Without Redis the stream still serves what is stored: a finished run's whole log, and for a
+         *     running one a ``notice`` event (live lines unavailable), then each step's lines as it stores
+         *     them (when it ends), and the ``end`` event.
          */
         get: operations["stream_logs_api_v1_executions__execution_id__logs_stream_get"];
         put?: never;
@@ -484,7 +513,12 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Execute Job */
+        /**
+         * Execute Job
+         * @description Run the job now. With ``wait=true`` the answer is the finished run with its logs (like a
+         *     function call); without, 202 at once. Either way ``Location`` names the execution and ``Link``
+         *     (rel ``logs``) its logs, also live: ``/executions/{id}/logs/stream``.
+         */
         post: operations["execute_job_api_v1_jobs__job_id__execute_post"];
         delete?: never;
         options?: never;
@@ -501,6 +535,27 @@ export interface paths {
         };
         /** Job Executions */
         get: operations["job_executions_api_v1_jobs__job_id__executions_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/jobs/{job_id}/state": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Job State
+         * @description The job's state document (``ctx.state``, e.g. a sync cursor), read-only. Module data may be
+         *     sensitive: operators and admins only, like a module's storage.
+         */
+        get: operations["get_job_state_api_v1_jobs__job_id__state_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -598,7 +653,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Enable Module */
+        /**
+         * Enable Module
+         * @description Enable: schedules resume, routes and listeners go live, and the jobs the manifest asks for
+         *     (``createJob``) are created if the module has none of that job type yet.
+         */
         post: operations["enable_module_api_v1_modules__name__enable_post"];
         delete?: never;
         options?: never;
@@ -712,6 +771,9 @@ export interface paths {
         /**
          * Upgrade Module
          * @description Switch to a newer version (same bodies as registration); the lifecycle state is kept.
+         *
+         *     Every job of the module is checked against the new version first (job type present, config
+         *     valid against the new config schema).
          */
         post: operations["upgrade_module_api_v1_modules__name__upgrade_post"];
         delete?: never;
@@ -794,6 +856,46 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/series": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Series
+         * @description The module's declared series, with the label values written so far.
+         */
+        get: operations["list_series_api_v1_series_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/series/query": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Query Series
+         * @description Points, the latest point per label set, or buckets of a module's series (see docs/series.md).
+         */
+        get: operations["query_series_api_v1_series_query_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/upcoming-runs": {
         parameters: {
             query?: never;
@@ -862,6 +964,28 @@ export interface paths {
         put?: never;
         /** Revoke Sessions */
         post: operations["revoke_sessions_api_v1_users__user_id__revoke_sessions_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Health for people: version, uptime and each dependency
+         * @description Always 200 (``/health/ready`` is the probe that answers 503): ``status`` is ``ok``,
+         *     ``degraded`` (Redis down: live streams wait) or ``down``; each dependency says ``ok`` or
+         *     ``down`` with how long its check took. Why one is down goes to the log, not to this public page.
+         */
+        get: operations["health_health_get"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -1308,21 +1432,88 @@ export interface components {
             /** Workflow Id */
             workflow_id: string;
         };
-        /** ExecutionSummary */
+        /**
+         * ExecutionSummary
+         * @description An execution in a list: its heavy JSON columns only when asked (``include=``).
+         */
         ExecutionSummary: {
+            /** Attempt */
+            attempt: number;
+            /**
+             * Config
+             * @description Only with include=config
+             */
+            config?: {
+                [key: string]: unknown;
+            } | null;
             /**
              * Created At
              * Format: date-time
              */
             created_at: string;
+            /**
+             * Data Problem
+             * @description Set when a stored JSON value (steps, config, result, error) cannot be served
+             */
+            data_problem?: string | null;
+            /** Duration Ms */
+            duration_ms: number | null;
+            /**
+             * Error
+             * @description Only with include=error
+             */
+            error?: {
+                [key: string]: unknown;
+            } | null;
+            /** Event Id */
+            event_id: string | null;
             /** Finished At */
-            finished_at?: string | null;
+            finished_at: string | null;
             /** Id */
             id: string;
+            /** Idempotency Key */
+            idempotency_key: string | null;
+            /** Job Id */
+            job_id: string | null;
+            /** Job Type */
+            job_type: string;
+            /** Module */
+            module: string;
+            /** Module Version */
+            module_version: string | null;
+            /**
+             * Result
+             * @description Only with include=result
+             */
+            result?: unknown;
+            /** Run Id */
+            run_id: string | null;
+            /** Started At */
+            started_at: string | null;
             /** Status */
             status: string;
+            /** Status Reason */
+            status_reason: string | null;
+            /**
+             * Steps
+             * @description Only with include=steps
+             */
+            steps?: unknown[] | null;
+            /** Temporal Url */
+            temporal_url?: string | null;
             /** Trigger */
             trigger: string;
+            /** Workflow Id */
+            workflow_id: string;
+        };
+        /** GroupRead */
+        GroupRead: {
+            /** Labels */
+            labels: {
+                [key: string]: string;
+            };
+            /** Points */
+            points: components["schemas"]["PointRead"][];
         };
         /** HourCount */
         HourCount: {
@@ -1359,6 +1550,11 @@ export interface components {
             event_triggers?: string[];
             /** Job Type */
             job_type: string;
+            /**
+             * Max Attempts
+             * @description Attempts of each step, the first included (1: no retry)
+             */
+            max_attempts?: number | null;
             /** Module */
             module: string;
             /** Name */
@@ -1374,7 +1570,8 @@ export interface components {
             overlap?: ("skip" | "buffer_one" | "allow_all" | "cancel_other") | null;
             /**
              * Retries
-             * @description Retries after the first attempt
+             * @deprecated
+             * @description Deprecated: use max_attempts (retries = max_attempts - 1)
              */
             retries?: number | null;
             retry_backoff?: components["schemas"]["RetryBackoff"] | null;
@@ -1419,13 +1616,20 @@ export interface components {
             id: string;
             /** Job Type */
             job_type: string;
-            last_execution?: components["schemas"]["ExecutionSummary"] | null;
+            /** @description The latest run; null: never run */
+            last_execution?: components["schemas"]["LastExecution"] | null;
+            /**
+             * Max Attempts
+             * @description Attempts of each step, the first included
+             */
+            max_attempts: number;
             /** Module */
             module: string;
             /** Name */
             name: string;
             /**
              * Next Runs
+             * @description The next scheduled runs (none while disabled)
              * @default []
              */
             next_runs: string[];
@@ -1433,9 +1637,24 @@ export interface components {
             notifications: {
                 [key: string]: unknown;
             };
+            /**
+             * Origin
+             * @description api, or manifest: created by its job type's createJob
+             * @default api
+             */
+            origin: string;
             /** Overlap */
             overlap: string;
-            /** Retries */
+            /**
+             * Paused Reason
+             * @description Why the platform disabled it (e.g. its config does not fit an upgraded module)
+             */
+            paused_reason?: string | null;
+            /**
+             * Retries
+             * @deprecated
+             * @description Deprecated: use max_attempts (retries = max_attempts - 1)
+             */
             retries: number;
             /** Retry Backoff */
             retry_backoff: {
@@ -1447,7 +1666,10 @@ export interface components {
             schedule: string | null;
             /** Schedule Id */
             schedule_id: string | null;
-            /** Schedule State */
+            /**
+             * Schedule State
+             * @description Temporal's view of the schedule; only on a single job (GET /jobs/{id}), not in lists
+             */
             schedule_state?: {
                 [key: string]: unknown;
             } | null;
@@ -1461,12 +1683,42 @@ export interface components {
              */
             updated_at: string;
         };
+        /**
+         * JobStateRead
+         * @description A job's state document (``ctx.state``): what its handler keeps between runs.
+         */
+        JobStateRead: {
+            /** Job Id */
+            job_id: string;
+            /** Updated At */
+            updated_at: string | null;
+            /**
+             * Value
+             * @description The document; {} before the first write
+             */
+            value: {
+                [key: string]: unknown;
+            };
+            /**
+             * Version
+             * @description Bumped on every write; 0: never written
+             */
+            version: number;
+        };
         /** JobTypeRead */
         JobTypeRead: {
             /** Catchup Window Seconds */
             catchup_window_seconds: number;
             /** Config Schema */
             config_schema: {
+                [key: string]: unknown;
+            };
+            /**
+             * Create Job
+             * @description The manifest's createJob: a job of this type is made when the module is enabled
+             * @default false
+             */
+            create_job: boolean | {
                 [key: string]: unknown;
             };
             /**
@@ -1489,6 +1741,11 @@ export interface components {
             listeners: {
                 [key: string]: unknown;
             }[];
+            /**
+             * Max Attempts
+             * @description Attempts of each step, the first included (the manifest's maxAttempts)
+             */
+            max_attempts: number;
             /** Name */
             name: string;
             /** Notifications */
@@ -1499,7 +1756,8 @@ export interface components {
             overlap: string;
             /**
              * Retries
-             * @description Retries after the first attempt (maxAttempts - 1)
+             * @deprecated
+             * @description Deprecated: use max_attempts (retries = max_attempts - 1)
              */
             retries: number;
             retry_policy: components["schemas"]["RetryPolicyRead"];
@@ -1528,7 +1786,10 @@ export interface components {
         JobUpdate: {
             /** Catchup Window Seconds */
             catchup_window_seconds?: number | null;
-            /** Config */
+            /**
+             * Config
+             * @description The whole config (replaces the stored one). Secret fields are write-only: omitted or sent as ******** they keep their stored value; a new value replaces it
+             */
             config?: {
                 [key: string]: unknown;
             } | null;
@@ -1538,6 +1799,11 @@ export interface components {
             enabled?: boolean | null;
             /** Event Triggers */
             event_triggers?: string[] | null;
+            /**
+             * Max Attempts
+             * @description Attempts of each step, the first included (1: no retry)
+             */
+            max_attempts?: number | null;
             /** Name */
             name?: string | null;
             /** Notifications */
@@ -1546,7 +1812,11 @@ export interface components {
             } | null;
             /** Overlap */
             overlap?: ("skip" | "buffer_one" | "allow_all" | "cancel_other") | null;
-            /** Retries */
+            /**
+             * Retries
+             * @deprecated
+             * @description Deprecated: use max_attempts (retries = max_attempts - 1)
+             */
             retries?: number | null;
             retry_backoff?: components["schemas"]["RetryBackoff"] | null;
             /** Schedule */
@@ -1555,6 +1825,22 @@ export interface components {
             timeout_seconds?: number | null;
             /** Timezone */
             timezone?: string | null;
+        };
+        /** LastExecution */
+        LastExecution: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Finished At */
+            finished_at?: string | null;
+            /** Id */
+            id: string;
+            /** Status */
+            status: string;
+            /** Trigger */
+            trigger: string;
         };
         /** LoginRequest */
         LoginRequest: {
@@ -1794,6 +2080,12 @@ export interface components {
         };
         /** Page[AuditRead] */
         Page_AuditRead_: {
+            /**
+             * Has More
+             * @description Whether a next page has items (always exact)
+             * @default false
+             */
+            has_more: boolean;
             /** Items */
             items: components["schemas"]["AuditRead"][];
             /** Limit */
@@ -1802,9 +2094,21 @@ export interface components {
             page: number;
             /** Total */
             total: number;
+            /**
+             * Total Exact
+             * @description False when `total` is an estimate (executions: more than 10,000 rows match)
+             * @default true
+             */
+            total_exact: boolean;
         };
         /** Page[EventRead] */
         Page_EventRead_: {
+            /**
+             * Has More
+             * @description Whether a next page has items (always exact)
+             * @default false
+             */
+            has_more: boolean;
             /** Items */
             items: components["schemas"]["EventRead"][];
             /** Limit */
@@ -1813,9 +2117,21 @@ export interface components {
             page: number;
             /** Total */
             total: number;
+            /**
+             * Total Exact
+             * @description False when `total` is an estimate (executions: more than 10,000 rows match)
+             * @default true
+             */
+            total_exact: boolean;
         };
         /** Page[ExecutionRead] */
         Page_ExecutionRead_: {
+            /**
+             * Has More
+             * @description Whether a next page has items (always exact)
+             * @default false
+             */
+            has_more: boolean;
             /** Items */
             items: components["schemas"]["ExecutionRead"][];
             /** Limit */
@@ -1824,9 +2140,44 @@ export interface components {
             page: number;
             /** Total */
             total: number;
+            /**
+             * Total Exact
+             * @description False when `total` is an estimate (executions: more than 10,000 rows match)
+             * @default true
+             */
+            total_exact: boolean;
+        };
+        /** Page[ExecutionSummary] */
+        Page_ExecutionSummary_: {
+            /**
+             * Has More
+             * @description Whether a next page has items (always exact)
+             * @default false
+             */
+            has_more: boolean;
+            /** Items */
+            items: components["schemas"]["ExecutionSummary"][];
+            /** Limit */
+            limit: number;
+            /** Page */
+            page: number;
+            /** Total */
+            total: number;
+            /**
+             * Total Exact
+             * @description False when `total` is an estimate (executions: more than 10,000 rows match)
+             * @default true
+             */
+            total_exact: boolean;
         };
         /** Page[JobRead] */
         Page_JobRead_: {
+            /**
+             * Has More
+             * @description Whether a next page has items (always exact)
+             * @default false
+             */
+            has_more: boolean;
             /** Items */
             items: components["schemas"]["JobRead"][];
             /** Limit */
@@ -1835,9 +2186,21 @@ export interface components {
             page: number;
             /** Total */
             total: number;
+            /**
+             * Total Exact
+             * @description False when `total` is an estimate (executions: more than 10,000 rows match)
+             * @default true
+             */
+            total_exact: boolean;
         };
         /** Page[JobTypeRead] */
         Page_JobTypeRead_: {
+            /**
+             * Has More
+             * @description Whether a next page has items (always exact)
+             * @default false
+             */
+            has_more: boolean;
             /** Items */
             items: components["schemas"]["JobTypeRead"][];
             /** Limit */
@@ -1846,9 +2209,21 @@ export interface components {
             page: number;
             /** Total */
             total: number;
+            /**
+             * Total Exact
+             * @description False when `total` is an estimate (executions: more than 10,000 rows match)
+             * @default true
+             */
+            total_exact: boolean;
         };
         /** Page[ModuleSummary] */
         Page_ModuleSummary_: {
+            /**
+             * Has More
+             * @description Whether a next page has items (always exact)
+             * @default false
+             */
+            has_more: boolean;
             /** Items */
             items: components["schemas"]["ModuleSummary"][];
             /** Limit */
@@ -1857,9 +2232,21 @@ export interface components {
             page: number;
             /** Total */
             total: number;
+            /**
+             * Total Exact
+             * @description False when `total` is an estimate (executions: more than 10,000 rows match)
+             * @default true
+             */
+            total_exact: boolean;
         };
         /** Page[ModuleVersionRead] */
         Page_ModuleVersionRead_: {
+            /**
+             * Has More
+             * @description Whether a next page has items (always exact)
+             * @default false
+             */
+            has_more: boolean;
             /** Items */
             items: components["schemas"]["ModuleVersionRead"][];
             /** Limit */
@@ -1868,9 +2255,21 @@ export interface components {
             page: number;
             /** Total */
             total: number;
+            /**
+             * Total Exact
+             * @description False when `total` is an estimate (executions: more than 10,000 rows match)
+             * @default true
+             */
+            total_exact: boolean;
         };
         /** Page[UserRead] */
         Page_UserRead_: {
+            /**
+             * Has More
+             * @description Whether a next page has items (always exact)
+             * @default false
+             */
+            has_more: boolean;
             /** Items */
             items: components["schemas"]["UserRead"][];
             /** Limit */
@@ -1879,6 +2278,12 @@ export interface components {
             page: number;
             /** Total */
             total: number;
+            /**
+             * Total Exact
+             * @description False when `total` is an estimate (executions: more than 10,000 rows match)
+             * @default true
+             */
+            total_exact: boolean;
         };
         /** PasswordChange */
         PasswordChange: {
@@ -1891,6 +2296,21 @@ export interface components {
         PasswordChanged: {
             /** Revoked Sessions */
             revoked_sessions: number;
+        };
+        /** PointRead */
+        PointRead: {
+            /**
+             * Ts
+             * Format: date-time
+             */
+            ts: string;
+            /**
+             * Values
+             * @description Raw and latest: field -> value; with a step: field -> {aggregation -> value}
+             */
+            values: {
+                [key: string]: unknown;
+            };
         };
         /** RefreshRequest */
         RefreshRequest: {
@@ -1952,6 +2372,90 @@ export interface components {
             next_runs: string[];
             /** Timezone */
             timezone: string;
+        };
+        /** SeriesList */
+        SeriesList: {
+            /** Items */
+            items: components["schemas"]["SeriesRead"][];
+            /** Module */
+            module: string;
+        };
+        /** SeriesQueryRead */
+        SeriesQueryRead: {
+            /**
+             * Aggregations
+             * @description Per field, with a step
+             */
+            aggregations: {
+                [key: string]: string[];
+            };
+            /** Fields */
+            fields: {
+                [key: string]: string;
+            };
+            /**
+             * From
+             * Format: date-time
+             * @description Start of the first bucket (or of the range)
+             */
+            from: string;
+            /** Groups */
+            groups: components["schemas"]["GroupRead"][];
+            /** Module */
+            module: string;
+            /** Series */
+            series: string;
+            /**
+             * Source
+             * @description What answered: points, hourly rollups, latest
+             * @enum {string}
+             */
+            source: "raw" | "rollup" | "latest";
+            /** Step */
+            step: string;
+            /**
+             * To
+             * Format: date-time
+             * @description End of the last bucket (or of the range)
+             */
+            to: string;
+            /** Tz */
+            tz: string;
+        };
+        /** SeriesRead */
+        SeriesRead: {
+            /** Description */
+            description: string;
+            /**
+             * Fields
+             * @description Field name -> gauge or counter
+             */
+            fields: {
+                [key: string]: string;
+            };
+            /**
+             * Label Sets
+             * @description Label sets written so far
+             */
+            label_sets: number;
+            /**
+             * Label Values
+             * @description Values written so far, per label (at most 1000 each)
+             */
+            label_values: {
+                [key: string]: string[];
+            };
+            /** Labels */
+            labels: string[];
+            /** Name */
+            name: string;
+            /**
+             * Retention
+             * @description rawDays and rollupDays
+             */
+            retention: {
+                [key: string]: number;
+            };
         };
         /** SessionsRevoked */
         SessionsRevoked: {
@@ -2107,6 +2611,28 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    index_api_v1_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+        };
+    };
     list_audit_api_v1_audit_get: {
         parameters: {
             query?: {
@@ -3545,6 +4071,8 @@ export interface operations {
         parameters: {
             query?: {
                 event_id?: string | null;
+                /** @description Heavy fields to add to each item, comma-separated: steps, config, result, error (left out by default; the detail has them all) */
+                include?: string | null;
                 job_id?: string | null;
                 job_type?: string | null;
                 /** @description Page size */
@@ -3570,7 +4098,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Page_ExecutionRead_"];
+                    "application/json": components["schemas"]["Page_ExecutionSummary_"];
                 };
             };
             /** @description Bad request */
@@ -3711,6 +4239,96 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Request body over the size limit (checked before parsing) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_execution_api_v1_executions__execution_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                execution_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role lacks the permission */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The run is not final yet: cancel it, or wait until it ends */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Request body over the size limit (checked before parsing) */
             413: {
@@ -5104,16 +5722,16 @@ export interface operations {
             };
         };
         responses: {
-            /** @description With wait=true: the finished execution */
+            /** @description With wait=true: the finished execution, with its logs */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ExecutionRead"];
+                    "application/json": components["schemas"]["ExecutionDetail"];
                 };
             };
-            /** @description Successful Response */
+            /** @description Started; Location names the execution, Link its logs */
             202: {
                 headers: {
                     [name: string]: unknown;
@@ -5219,6 +5837,100 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Page_ExecutionRead_"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role lacks the permission */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body over the size limit (checked before parsing) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_job_state_api_v1_jobs__job_id__state_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobStateRead"];
                 };
             };
             /** @description Bad request */
@@ -6564,7 +7276,10 @@ export interface operations {
     };
     upgrade_module_api_v1_modules__name__upgrade_post: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Disable the jobs the new version refuses (each with its paused_reason) instead of a 409 */
+                pause_invalid?: boolean;
+            };
             header?: never;
             path: {
                 /** @description Module name */
@@ -6643,14 +7358,12 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Conflict with the current state */
+            /** @description Not newer, dependencies, or (error code "jobs_invalid") jobs whose config the new version refuses: details.invalid_jobs names each job and field; pause_invalid=true disables them instead */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
+                content?: never;
             };
             /** @description Request body over the size limit (checked before parsing) */
             413: {
@@ -6990,6 +7703,216 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["SchedulePreview"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role lacks the permission */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body over the size limit (checked before parsing) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_series_api_v1_series_get: {
+        parameters: {
+            query: {
+                /** @description Module name */
+                module: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SeriesList"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role lacks the permission */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body over the size limit (checked before parsing) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    query_series_api_v1_series_query_get: {
+        parameters: {
+            query: {
+                /** @description Aggregations (avg, min, max, sum, count, first, last, increase) for every field, or field:aggregation; default avg for gauges, increase for counters */
+                agg?: string[] | null;
+                /** @description Fields to answer (default: all) */
+                field?: string[] | null;
+                /** @description csv: a streamed export */
+                format?: "json" | "csv";
+                /** @description ISO 8601 with offset (default: to - 24 h) */
+                from?: string | null;
+                /** @description Label filter name:value (repeatable, all must match) */
+                label?: string[] | null;
+                /** @description The newest point of each label set */
+                latest?: boolean;
+                /** @description Module name */
+                module: string;
+                /** @description Series name */
+                series: string;
+                /** @description One of raw, 1m, 5m, 1h, 1d, 1w, 1mo */
+                step?: string;
+                /** @description ISO 8601 with offset (default: now) */
+                to?: string | null;
+                /** @description IANA timezone of day, week and month buckets */
+                tz?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SeriesQueryRead"];
                 };
             };
             /** @description Bad request */
@@ -7729,6 +8652,28 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    health_health_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
                 };
             };
         };
