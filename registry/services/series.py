@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -535,7 +536,9 @@ CROSS JOIN LATERAL (SELECT label_set_id, field, ts, value FROM series_points
 
 
 def _outer(wanted: set[str], value: str, first: str, last: str, inc: str) -> str:
-    cols = ["sum(n)", f"sum({value})", "min(lo)", "max(hi)"]
+    # Only what is asked for: on a year of hours each aggregate costs.
+    cols = ["sum(n)", f"sum({value})" if wanted & {"avg", "sum"} else "NULL"]
+    cols += ["min(lo)" if "min" in wanted else "NULL", "max(hi)" if "max" in wanted else "NULL"]
     cols.append(f"(array_agg({first} ORDER BY ts))[1]" if "first" in wanted else "NULL")
     cols.append(f"(array_agg({last} ORDER BY ts DESC))[1]" if "last" in wanted else "NULL")
     cols.append(f"sum({inc})" if "increase" in wanted else "NULL")
@@ -604,9 +607,9 @@ FROM h GROUP BY 1, 2, 3
             continue
         out[((int(ls), names[int(fld)]), int(b) - 1)] = Stats(
             count=int(n),
-            sum=float(s),
-            min=float(lo),
-            max=float(hi),
+            sum=float(s or 0.0),
+            min=float(lo if lo is not None else math.inf),
+            max=float(hi if hi is not None else -math.inf),
             first=None if first is None else float(first),
             last=None if last is None else float(last),
             increase=float(inc or 0.0),
