@@ -199,7 +199,7 @@ class _RemoteSeries(SeriesBase):
                 f"the batch is {len(message)} bytes of JSON: at most {MAX_SERIES_CALL_BYTES} per call; split it",
                 details={"limit_bytes": MAX_SERIES_CALL_BYTES},
             )
-        return int(await self._child.call("series", "write_many", [series, json.loads(message)], {}))
+        return int(await self._child.call("series", "write_many", [series, items], {}))
 
     async def range(self, series: str, start: Any, end: Any, **kwargs: Any) -> list[Point]:
         found = await self._child.call("series", "range", [series, _iso(start), _iso(end)], kwargs)

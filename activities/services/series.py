@@ -50,7 +50,10 @@ class DbSeries(SeriesBase):
         self._sessions = sessions
         self._module = module
         self._owner: tuple[str, dict[str, SeriesDef]] | None = None
+        #: Kept for the step's later batches: series rows, label set ids, partitions made.
         self._rows: dict[str, Series] = {}
+        self._label_sets: dict[str, dict[str, int]] = {}
+        self._partitions: set[tuple[str, str]] = set()
 
     async def _resolve(self) -> tuple[str, dict[str, SeriesDef]]:
         if self._owner is None:
@@ -79,22 +82,30 @@ class DbSeries(SeriesBase):
 
     async def _store(self, defn: SeriesDef, points: list[tuple[datetime, dict[str, str], dict[str, float]]]) -> None:
         times = {p[0] for p in points}
+        needed = {(t, store.partition_bounds(t, ts)[0]) for t in (store.POINTS, store.ROLLUPS) for ts in times}
         for attempt in (1, 2):
-            async with unit_of_work(self._sessions) as session:
-                # Partitions first, in their own short transaction (DDL locks the parent table).
-                await store.ensure_partitions(session=session, table=store.POINTS, times=times)
-                await store.ensure_partitions(session=session, table=store.ROLLUPS, times=times)
+            if not needed <= self._partitions:
+                async with unit_of_work(self._sessions) as session:
+                    # Partitions first, in their own short transaction (DDL locks the parent table).
+                    await store.ensure_partitions(session=session, table=store.POINTS, times=times)
+                    await store.ensure_partitions(session=session, table=store.ROLLUPS, times=times)
+                self._partitions |= needed
             try:
                 async with unit_of_work(self._sessions) as session:
-                    row = await self._row(session, defn, create=True)
+                    row = self._rows.get(defn.name) or await self._row(session, defn, create=True)
                     assert row is not None
-                    await store.write_points(session=session, series=row, points=points)
+                    # A copy: ids made in a transaction that rolls back must not be kept.
+                    known = dict(self._label_sets.get(defn.name, {}))
+                    await store.write_points(session=session, series=row, points=points, known_label_sets=known)
+                self._rows[defn.name] = row
+                self._label_sets[defn.name] = known
                 return
             except DBAPIError as exc:
                 # A partition dropped under this worker's cache (retention elsewhere): make it again.
                 if attempt == 2 or "no partition" not in str(exc.orig):
                     raise
                 store.forget_partitions()
+                self._partitions.clear()
 
     async def _label_ids(self, session: AsyncSession, row: Series, labels: dict[str, str]) -> dict[int, dict[str, str]]:
         return await store.label_sets(session=session, series_id=row.id, filters=labels)

@@ -244,14 +244,24 @@ def hour_of(ts: datetime) -> datetime:
 
 
 async def write_points(
-    *, session: AsyncSession, series: Series, points: Sequence[tuple[datetime, dict[str, str], dict[str, float]]]
+    *,
+    session: AsyncSession,
+    series: Series,
+    points: Sequence[tuple[datetime, dict[str, str], dict[str, float]]],
+    known_label_sets: dict[str, int] | None = None,
 ) -> int:
     """Insert or replace points (one transaction: all or nothing); returns the rows written.
 
     Partitions must exist (:func:`ensure_partitions`). Idempotent per (label set, timestamp,
-    field): writing a point again replaces the values it names."""
+    field): writing a point again replaces the values it names. ``known_label_sets`` (digest ->
+    id) is a cache the caller keeps between batches; new ids are added to it."""
     index = {name: i for i, name in enumerate(series.fields or [])}
-    ids = await label_set_ids(session=session, series_id=series.id, label_sets=[p[1] for p in points])
+    known = known_label_sets if known_label_sets is not None else {}
+    wanted = {digest(p[1]): p[1] for p in points}
+    missing = [labels for d, labels in wanted.items() if d not in known]
+    if missing:
+        known.update(await label_set_ids(session=session, series_id=series.id, label_sets=missing))
+    ids = known
     ls_col: list[int] = []
     field_col: list[int] = []
     ts_col: list[datetime] = []
