@@ -176,14 +176,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         "start": month_start,
                         "end": month_end,
                         "step": "1h",
-                        "labels": {"meter": "m042"},
+                        "labels": ["meter:m042"],
                         "agg": None,
                     },
                     "monthly_year": {
                         "start": year_start,
                         "end": year_end,
                         "step": "1mo",
-                        "labels": {},
+                        "labels": [],
                         "agg": ["energy_kwh:increase"],
                     },
                 }

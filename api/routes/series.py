@@ -11,7 +11,7 @@ import csv
 import io
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
@@ -20,14 +20,14 @@ from pydantic import BaseModel, Field
 from api.deps import Requires, SessionDep, SettingsDep
 from api.schemas.common import ERROR_RESPONSES
 from autoplat.series import STEPS
-from registry.errors import InvalidInput
 from registry.services import series as store
 from registry.services.common import Actor
 
 router = APIRouter(prefix="/series", tags=["series"], responses=ERROR_RESPONSES)
 
 NAME = r"^[a-z][a-z0-9_]{0,62}$"
-LABEL_FILTER = r"^[a-z][a-z0-9_]{0,62}:[^\x00-\x1f]{1,200}$"
+Step = Literal["raw", "1m", "5m", "1h", "1d", "1w", "1mo"]
+assert get_args(Step) == STEPS
 
 
 class SeriesRead(BaseModel):
@@ -109,7 +109,7 @@ async def query_series(
     end: Annotated[
         str | None, Query(alias="to", max_length=64, description="ISO 8601 with offset (default: now)")
     ] = None,
-    step: Annotated[str, Query(max_length=8, description=f"One of {', '.join(STEPS)}")] = "raw",
+    step: Annotated[Step, Query(description="raw, or buckets: 1m, 5m, 1h, 1d, 1w (from Monday), 1mo")] = "raw",
     tz: Annotated[str, Query(max_length=64, description="IANA timezone of day, week and month buckets")] = "UTC",
     label: Annotated[
         list[str] | None, Query(max_length=10, description="Label filter name:value (repeatable, all must match)")
@@ -128,12 +128,6 @@ async def query_series(
     _: Actor = Requires("series:read"),
 ) -> Any:
     """Points, the latest point per label set, or buckets of a module's series (see docs/series.md)."""
-    filters: dict[str, str] = {}
-    for item in label or []:
-        name, sep, value = item.partition(":")
-        if not sep or not value:
-            raise InvalidInput(f"label filter {item[:80]!r} is not name:value", details={"label": item[:80]})
-        filters[name] = value
     result = await store.run_query(
         session=session,
         module=module,
@@ -142,7 +136,7 @@ async def query_series(
         end=end,
         step=step,
         tz=tz,
-        labels=filters,
+        labels=label or [],
         fields=field,
         agg=agg,
         latest=latest,

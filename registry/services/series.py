@@ -794,7 +794,7 @@ async def run_query(
     end: Any,
     step: str,
     tz: str,
-    labels: dict[str, str],
+    labels: list[str],
     fields: list[str] | None,
     agg: list[str] | None,
     latest: bool,
@@ -802,9 +802,10 @@ async def run_query(
     now: datetime | None = None,
     use_rollups: bool | None = None,
 ) -> QueryResult:
-    """One ``GET /series/query``: checked (422 naming the problem), refused past ``max_points``
-    (422 naming the limit and a coarser step), then answered from the rollups or the points
-    (``use_rollups=False`` forces the points: the benchmark's baseline)."""
+    """One ``GET /series/query`` (``labels``: ``name:value`` filters): checked (422 naming the
+    problem), refused past ``max_points`` (422 naming the limit and a coarser step), then answered
+    from the rollups or the points (``use_rollups=False`` forces the points: the benchmark's
+    baseline)."""
     from autoplat.series import TooManyPoints, build_query, check_size, suggest_step
     from registry.errors import InvalidInput, NotFound
 
@@ -816,6 +817,12 @@ async def run_query(
             f"module {module!r} declares no series {series!r}",
             details={"module": module, "series": series, "declared": sorted(series_defs)},
         )
+    filters: dict[str, str] = {}
+    for item in labels:
+        name, sep, value = item.partition(":")
+        if not sep or not value:
+            raise InvalidInput(f"label filter {item[:80]!r} is not name:value", details={"label": item[:80]})
+        filters[name] = value
     try:
         query = build_query(
             defn,
@@ -823,7 +830,7 @@ async def run_query(
             end=end if end is not None else now,
             step=step,
             tz=tz,
-            labels=labels,
+            labels=filters,
             fields=fields or None,
             agg=_parse_aggs(agg) if agg else None,
         )
