@@ -171,3 +171,43 @@ async def test_a_result_that_cannot_be_stored_fails_the_first_attempt(
     messages = [e["message"] for e in row["logs"]]
     assert "returning an object" in messages
     assert any("ResultNotSerializable" in m and "Opaque" in m for m in messages), messages
+
+
+@pytest.mark.parametrize(
+    ("timeout_type", "expected"),
+    [("START_TO_CLOSE", "TIMED_OUT"), ("SCHEDULE_TO_CLOSE", "TIMED_OUT"), ("HEARTBEAT", "TIMED_OUT")],
+)
+def test_temporal_ending_a_step_by_its_own_timeout_is_timed_out(timeout_type: str, expected: str) -> None:
+    """When Temporal's clock ends a step (an activity timeout, not the step's own StepTimeout: a
+    handler that ignores cancellation past the run's deadline), the run is TIMED_OUT, never FAILED.
+    The end-to-end tests above reach this path only when the run's deadline cuts retries off."""
+    from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutType
+    from temporalio.exceptions import TimeoutError as TemporalTimeout
+
+    from workflows.job import classify
+
+    failure = ActivityError(
+        "activity timed out",
+        scheduled_event_id=5,
+        started_event_id=6,
+        identity="worker",
+        activity_type="m.step",
+        activity_id="1",
+        retry_state=RetryState.TIMEOUT,
+    )
+    failure.__cause__ = TemporalTimeout("activity timeout", type=TimeoutType[timeout_type], last_heartbeat_details=[])
+    assert classify(failure) == expected
+    # A handler's own error stays a failure, and the step's own timeout a timeout.
+    failed = ActivityError(
+        "activity failed",
+        scheduled_event_id=5,
+        started_event_id=6,
+        identity="worker",
+        activity_type="m.step",
+        activity_id="1",
+        retry_state=RetryState.MAXIMUM_ATTEMPTS_REACHED,
+    )
+    failed.__cause__ = ApplicationError("boom", type="ValueError")
+    assert classify(failed) == "FAILED"
+    failed.__cause__ = ApplicationError("step timed out", type="StepTimeout")
+    assert classify(failed) == "TIMED_OUT"
