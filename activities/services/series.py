@@ -134,7 +134,7 @@ class DbSeries(SeriesBase):
             if row is None:
                 return []
             ids = await self._label_ids(session, row, labels)
-            return await store.latest_points(session=session, series=row, label_ids=ids, fields=fields)
+            return await store.latest_points(session=session, series=row, label_ids=ids, fields=fields, now=self._now())
 
 
 class SeriesService:

@@ -381,9 +381,16 @@ async def raw_points(
 
 
 async def latest_points(
-    *, session: AsyncSession, series: Series, label_ids: dict[int, dict[str, str]], fields: list[str]
+    *,
+    session: AsyncSession,
+    series: Series,
+    label_ids: dict[int, dict[str, str]],
+    fields: list[str],
+    now: datetime | None = None,
 ) -> list[Point]:
-    """The newest point of each label set: its timestamp and the values written at it."""
+    """The newest point of each label set within the series' retention: its timestamp and the
+    values written at it."""
+    oldest = (now or datetime.now(UTC)) - timedelta(days=series.raw_retention_days)
     index = {name: i for i, name in enumerate(series.fields or [])}
     names = {index[f]: f for f in fields if f in index}
     if not names or not label_ids:
@@ -394,16 +401,17 @@ async def latest_points(
                 "SELECT q.label_set_id, q.field, q.ts, q.value "
                 "FROM unnest(CAST(:ls AS bigint[])) AS l(id) CROSS JOIN unnest(CAST(:fs AS smallint[])) AS f(idx) "
                 "CROSS JOIN LATERAL (SELECT label_set_id, field, ts, value FROM series_points "
-                "WHERE series_id = :s AND label_set_id = l.id AND field = f.idx ORDER BY ts DESC LIMIT 1) AS q"
+                "WHERE series_id = :s AND label_set_id = l.id AND field = f.idx AND ts >= :oldest "
+                "ORDER BY ts DESC LIMIT 1) AS q"
             ),
-            {"s": series.id, "ls": list(label_ids), "fs": list(names)},
+            {"s": series.id, "ls": list(label_ids), "fs": list(names), "oldest": oldest},
         )
         found = [(int(r[0]), int(r[1]), _utc(r[2]), float(r[3])) for r in rows]
     else:
         # SQLite: the bare columns of an aggregate query come from the row holding max(ts).
         rows = await session.execute(
             select(SeriesPoint.label_set_id, SeriesPoint.field, func.max(SeriesPoint.ts), SeriesPoint.value)
-            .where(SeriesPoint.series_id == series.id, SeriesPoint.field.in_(list(names)))
+            .where(SeriesPoint.series_id == series.id, SeriesPoint.field.in_(list(names)), SeriesPoint.ts >= oldest)
             .group_by(SeriesPoint.label_set_id, SeriesPoint.field)
         )
         found = []
@@ -845,7 +853,9 @@ async def run_query(
         if latest:
             result.source = "latest"
             if row is not None:
-                result.points = await latest_points(session=session, series=row, label_ids=ids, fields=query.fields)
+                result.points = await latest_points(
+                    session=session, series=row, label_ids=ids, fields=query.fields, now=now
+                )
         elif query.step == "raw":
             if row is not None:
                 found = await raw_points(
