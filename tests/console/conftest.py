@@ -37,6 +37,7 @@ import time
 
 def greet(ctx):
     name = ctx.config.get("name", "world")
+    ctx.state.update_sync(lambda s: {**s, "greeted": s.get("greeted", 0) + 1})
     ctx.logger.info("greeting " + name)
     ctx.logger.info("token given: " + str(bool(ctx.config.get("api_token"))))
     return {"greeting": "hello " + name}

@@ -76,6 +76,11 @@ async def test_every_page_is_accessible_and_fits_desktop_and_phone(
             await expect(page.locator(".preview ol.next-runs li")).to_have_count(5)
         if name == "events":
             await expect(page.locator(".chart canvas")).to_have_count(1)
+        if name == "job":
+            # The job's state document (ctx.state), read-only, as the handler left it.
+            state = page.get_by_role("region", name="State")
+            await expect(state).to_contain_text("Version 1")
+            await expect(state).to_contain_text('"greeted": 1')
         found[name] = await axe_violations(page)
         await shoot(page, name)
 

@@ -24,6 +24,13 @@ export default function JobDetail() {
     queryFn: () => unwrap(api.GET("/api/v1/jobs/{job_id}/executions", { params: { path: { job_id: id }, query: { page, limit: LIMIT } } })),
     refetchInterval: 3_000,
   });
+  // The state document (ctx.state) is module data: operators and admins only, like storage.
+  const jobState = useQuery({
+    queryKey: ["jobs", "state", id],
+    queryFn: () => unwrap(api.GET("/api/v1/jobs/{job_id}/state", { params: { path: { job_id: id } } })),
+    enabled: can("jobs:write"),
+    refetchInterval: 10_000,
+  });
   const [override, setOverride] = useState("");
   const path = { params: { path: { job_id: id } } };
   const run = useMutation({
@@ -129,6 +136,25 @@ export default function JobDetail() {
           </details>
         ) : null}
       </Card>
+      {can("jobs:write") ? (
+        <Card title="State">
+          <ErrorBox error={jobState.error} />
+          {jobState.data ? (
+            jobState.data.version === 0 ? (
+              <p className="muted">No state yet: the handler has not written ctx.state.</p>
+            ) : (
+              <>
+                <p className="muted">
+                  Version {jobState.data.version}, written <Time value={jobState.data.updated_at} />
+                </p>
+                <Json value={jobState.data.value} label="Job state" />
+              </>
+            )
+          ) : (
+            <Loading />
+          )}
+        </Card>
+      ) : null}
       <Card title="Run history">
         <ErrorBox error={runs.error} />
         {runs.data ? (
