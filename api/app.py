@@ -48,6 +48,7 @@ def _routers() -> list[Any]:
         "schedule_preview",
         "upcoming_runs",
         "series",
+        "alerts",
     ):
         try:
             module = __import__(f"api.routes.{name}", fromlist=["router"])
@@ -116,10 +117,13 @@ def _event_dispatcher(state: AppState) -> Any:
     async def publish(data: dict[str, Any]) -> None:
         await publish_live(state.redis, state.settings.redis_prefix, data)
 
+    from registry.services.alerts_eval import dispatch_observer
+
     return Dispatcher(
         sessions=state.sessions,
         start=temporal_starter(state.temporal, state.settings.task_queue),
         publish=publish,
+        observe=dispatch_observer(state.temporal, state.settings.task_queue),
     )
 
 

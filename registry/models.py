@@ -493,3 +493,101 @@ class SeriesDirtyHour(Base):
     series_id: Mapped[int] = mapped_column(_SERIES_ID, primary_key=True)
     label_set_id: Mapped[int] = mapped_column(_LABEL_SET_ID, primary_key=True)
     hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+
+
+# --- alerting (docs/alerting.md) ------------------------------------------------------------------
+class AlertRule(Base):
+    """A condition on a series, on events or on job outcomes that opens incidents when it holds."""
+
+    __tablename__ = "alert_rules"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    severity: Mapped[str] = mapped_column(String(16))
+    labels: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
+    message: Mapped[str] = mapped_column(Text)
+    #: ``series``, ``event`` or ``job``; ``condition`` holds that source's fields.
+    source: Mapped[str] = mapped_column(String(16))
+    condition: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    interval_seconds: Mapped[int] = mapped_column(Integer, default=60)
+    cooldown_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    active: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    routes: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    escalation: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    resolve_after_minutes: Mapped[float | None] = mapped_column(Double)
+    last_evaluated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_by: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class AlertState(Base):
+    """What evaluation remembers of one (rule, label set): consecutive breaches, firing or not."""
+
+    __tablename__ = "alert_states"
+
+    rule_id: Mapped[str] = mapped_column(ForeignKey("alert_rules.id", ondelete="CASCADE"), primary_key=True)
+    group_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
+    breaches: Mapped[int] = mapped_column(Integer, default=0)
+    firing: Mapped[bool] = mapped_column(Boolean, default=False)
+    value: Mapped[float | None] = mapped_column(Double)
+    last_opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When the condition first held in the current run of breaches (evaluation lag).
+    since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Incident(Base):
+    """One incident of a (rule, label set) or of a module's dedup key: a Temporal workflow's mirror.
+
+    Every write comes from the incident workflow's activities, one at a time, so ``timeline``
+    (transitions with actor, time and note) is appended without races."""
+
+    __tablename__ = "incidents"
+    __table_args__ = (Index("ix_incidents_status_opened", "status", "opened_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    rule_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    rule_name: Mapped[str] = mapped_column(String(200))
+    module_name: Mapped[str | None] = mapped_column(String(50))
+    dedup_key: Mapped[str | None] = mapped_column(String(200))
+    group_key: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
+    severity: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(String(500))
+    message: Mapped[str] = mapped_column(Text)
+    value: Mapped[float | None] = mapped_column(Double)
+    workflow_id: Mapped[str] = mapped_column(String(255))
+    run_id: Mapped[str] = mapped_column(String(64))
+    fire_count: Mapped[int] = mapped_column(Integer, default=1)
+    escalated: Mapped[bool] = mapped_column(Boolean, default=False)
+    condition_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_fired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    timeline: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+
+
+class IncidentNotification(Base):
+    """One notification of one incident transition to one channel; ``key`` is its idempotency key
+    (unique), sent as ``X-Autoplat-Delivery`` / ``Message-ID``."""
+
+    __tablename__ = "incident_notifications"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), index=True)
+    transition: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(100))
+    #: ``sending`` (an attempt is out), ``sent`` or ``failed`` (final).
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from registry.models import Role
 
-RESOURCES = ("modules", "jobs", "executions", "events", "users", "audit", "series")
+RESOURCES = ("modules", "jobs", "executions", "events", "users", "audit", "series", "alerts")
 #: Installing code: see the module docstring.
 INSTALL = "modules:install"
 #: Roles holding :data:`INSTALL` unless the setting says otherwise.
@@ -21,6 +21,9 @@ DEFAULT_INSTALL_ROLES: tuple[str, ...] = (Role.admin.value,)
 
 #: Time series are read by every role (``series:read``); modules write them from their jobs only.
 SERIES_READ = "series:read"
+#: Alerting (docs/alerting.md): every role reads rules and incidents; operators and admins write
+#: rules and acknowledge / resolve / dismiss incidents.
+ALERTS_READ, ALERTS_WRITE = "alerts:read", "alerts:write"
 
 ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
     Role.admin: frozenset({"*:*"}),
@@ -29,9 +32,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
         for resource in ("modules", "jobs", "executions", "events")
         for action in ("read", "write", "execute")
     )
-    | {SERIES_READ},
+    | {SERIES_READ, ALERTS_READ, ALERTS_WRITE},
     Role.viewer: frozenset(f"{resource}:read" for resource in ("modules", "jobs", "executions", "events"))
-    | {SERIES_READ},
+    | {SERIES_READ, ALERTS_READ},
 }
 
 

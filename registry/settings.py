@@ -151,6 +151,13 @@ class Settings(BaseSettings):
     #: Interval of the series retention schedule: partitions ahead, dropping expired ones (seconds).
     series_retention_interval_seconds: int = Field(default=3600, ge=60)
 
+    # --- alerting (docs/alerting.md) ---
+    #: How often the alert evaluator runs (seconds); each series / job rule is evaluated when its
+    #: own interval (default ``alerts_default_interval_seconds``) has passed.
+    alerts_tick_seconds: int = Field(default=10, ge=1, le=3600)
+    #: Evaluation interval of a rule that names none (seconds).
+    alerts_default_interval_seconds: int = Field(default=60, ge=1, le=86400)
+
     # --- module code containment (docs/configuration.md, "Handler isolation") ---
     #: ``process``: handlers run in confined child processes of the worker (the default);
     #: ``inline``: in the worker's own interpreter (trusted development only).

@@ -21,7 +21,11 @@ SERIES_MAINTENANCE = "autoplat.series_maintenance"
 SERIES_SCHEDULES = {
     "autoplat-series-rollup": ("series-rollup", "series_rollup_interval_seconds"),
     "autoplat-series-retention": ("series-retention", "series_retention_interval_seconds"),
+    # Alerting: one evaluator run per tick evaluates every due series / job rule (docs/alerting.md).
+    "autoplat-alerts-evaluate": ("alerts-evaluate", "alerts_tick_seconds"),
 }
+#: The alert evaluator activity (activities/alerts.py).
+ALERTS_EVALUATE = "autoplat.alerts.evaluate"
 
 
 @workflow.defn(name=MAINTENANCE_WORKFLOW)
@@ -35,6 +39,13 @@ class MaintenanceWorkflow:
                 start_to_close_timeout=timedelta(minutes=10),
                 heartbeat_timeout=timedelta(minutes=3),
                 retry_policy=RetryPolicy(maximum_attempts=3),
+                result_type=dict,
+            )
+        if task == "alerts-evaluate":
+            return await workflow.execute_activity(
+                ALERTS_EVALUATE,
+                start_to_close_timeout=timedelta(minutes=5),
+                retry_policy=RetryPolicy(maximum_attempts=2),
                 result_type=dict,
             )
         return await workflow.execute_activity(

@@ -55,7 +55,7 @@ def activity_providers(deps: WorkerDeps) -> list[Any]:
 def _optional_providers() -> list[Callable[[WorkerDeps], Any]]:
     """Activity classes contributed by later capabilities (services, events, maintenance)."""
     found: list[Callable[[WorkerDeps], Any]] = []
-    for name in ("activities.services", "activities.maintenance", "activities.events"):
+    for name in ("activities.services", "activities.maintenance", "activities.events", "activities.alerts"):
         try:
             module = __import__(name, fromlist=["provider"])
         except ModuleNotFoundError as exc:
@@ -74,6 +74,9 @@ def workflow_classes() -> list[type]:
         classes.append(MaintenanceWorkflow)
     except ModuleNotFoundError:
         pass
+    from workflows.incident import IncidentWorkflow  # alerting (docs/alerting.md)
+
+    classes.append(IncidentWorkflow)
     return classes
 
 

@@ -60,6 +60,9 @@ class StartRequest:
 StartFn = Callable[[StartRequest], Awaitable[None]]
 #: Relays an event (``events.as_dict``) to live subscribers; must not raise (see ``publish_live``).
 PublishFn = Callable[[dict[str, Any]], Awaitable[Any]]
+#: Looks at each claimed batch inside its transaction (alerting: event and job-outcome rules,
+#: registry/services/alerts_eval.py). Raising puts the batch's events back for a retry.
+ObserveFn = Callable[[AsyncSession, list[Event]], Awaitable[None]]
 
 
 @dataclass
@@ -380,6 +383,23 @@ async def _start_all(start: StartFn, requests: list[StartRequest]) -> list[BaseE
     return [o if isinstance(o, BaseException) else None for o in outcomes]
 
 
+async def _observe(observe: ObserveFn, session: AsyncSession, batch: list[Event], report: DispatchReport) -> None:
+    """Run the alerting hook on a batch; when it fails, the batch's events are retried later
+    (their job deliveries are idempotent, and so are the incident signals)."""
+    try:
+        async with session.begin_nested():
+            await observe(session, batch)
+    except Exception as exc:  # noqa: BLE001 - any failure means "retry this batch later"
+        log.warning("alert rules could not look at %d events: %s", len(batch), exc)
+        now = datetime.now(UTC)
+        for event in batch:
+            event.dispatch_status = "PENDING"
+            event.dispatch_attempts = (event.dispatch_attempts or 0) + 1
+            event.next_attempt_at = now + backoff(event.dispatch_attempts)
+            event.dispatch_error = f"alert rules: {type(exc).__name__}: {exc}"[:2000]
+        report.errors.append(f"alert rules: {exc}")
+
+
 async def dispatch_pending(
     *,
     sessions: async_sessionmaker[AsyncSession],
@@ -387,6 +407,7 @@ async def dispatch_pending(
     limit: int = 100,
     publish: PublishFn | None = None,
     concurrency: int = 1,
+    observe: ObserveFn | None = None,
 ) -> DispatchReport:
     """Dispatch up to ``limit`` due events, oldest first, in batches of ``BATCH_SIZE`` (a transaction each).
 
@@ -418,6 +439,9 @@ async def dispatch_pending(
                 for pending in prepared:
                     _finish(pending, outcomes[: len(pending.starts)], report)
                     outcomes = outcomes[len(pending.starts) :]
+                # --- alerting hook (observe): kept apart from job dispatch ---
+                if observe is not None:
+                    await _observe(observe, session, batch, report)
             if publish is not None:
                 for data in live:
                     await publish(data)
@@ -481,10 +505,12 @@ class Dispatcher:
         interval: float = 1.0,
         limit: int = 100,
         publish: PublishFn | None = None,
+        observe: ObserveFn | None = None,
     ) -> None:
         self.sessions = sessions
         self.start_fn = start
         self.publish = publish
+        self.observe = observe
         self.interval = interval
         self.limit = limit
         bind = sessions.kw.get("bind")
@@ -516,6 +542,7 @@ class Dispatcher:
                     limit=self.limit,
                     publish=self.publish,
                     concurrency=self.concurrency,
+                    observe=self.observe,
                 )
                 if report.events >= self.limit:
                     continue  # more are due: go on at once

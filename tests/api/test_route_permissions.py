@@ -66,6 +66,20 @@ POLICY: dict[tuple[str, str], frozenset[str] | str] = {
     # time series: every role reads (series:read); modules write them from their jobs only
     ("GET", "/api/v1/series"): EVERYONE,
     ("GET", "/api/v1/series/query"): EVERYONE,
+    # alerting: every role reads rules and incidents (alerts:read); operators and admins write rules
+    # and acknowledge / resolve / dismiss incidents (alerts:write)
+    ("GET", "/api/v1/alerts/rules"): EVERYONE,
+    ("POST", "/api/v1/alerts/rules"): STAFF,
+    ("POST", "/api/v1/alerts/rules/preview"): EVERYONE,
+    ("GET", "/api/v1/alerts/rules/{rule_id}"): EVERYONE,
+    ("PATCH", "/api/v1/alerts/rules/{rule_id}"): STAFF,
+    ("DELETE", "/api/v1/alerts/rules/{rule_id}"): STAFF,
+    ("GET", "/api/v1/alerts/incidents"): EVERYONE,
+    ("GET", "/api/v1/alerts/incidents/counts"): EVERYONE,
+    ("GET", "/api/v1/alerts/incidents/{incident_id}"): EVERYONE,
+    ("POST", "/api/v1/alerts/incidents/{incident_id}/acknowledge"): STAFF,
+    ("POST", "/api/v1/alerts/incidents/{incident_id}/resolve"): STAFF,
+    ("POST", "/api/v1/alerts/incidents/{incident_id}/dismiss"): STAFF,
     ("POST", "/api/v1/modules"): ADMIN,
     ("POST", "/api/v1/modules/{name}/install"): ADMIN,
     ("POST", "/api/v1/modules/{name}/enable"): ADMIN,
