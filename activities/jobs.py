@@ -41,6 +41,7 @@ from autoplat._loader import HandlerNotFound, load_handler
 from autoplat._sync import to_completion
 from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer
 from autoplat.errors import Cancelled, JobError
+from registry import metrics
 from registry.db import is_unavailable, unit_of_work
 from registry.models import Execution, ExecutionStatus, Job, Module, ModuleVersion
 from registry.services import events, runs
@@ -167,6 +168,7 @@ class JobActivities:
     # --- mirror ---------------------------------------------------------------------------------
     @activity.defn(name=MIRROR_START)
     async def mirror_start(self, inp: StartInput) -> RunPlan:
+        since = datetime.now(UTC)
         async with unit_of_work(self.sessions) as session:
             result = await runs.start_run(
                 session=session,
@@ -182,6 +184,7 @@ class JobActivities:
                 attempt=inp.attempt,
             )
             execution = result.execution
+            metrics.count_start(session, execution, since=since, workflow_id=inp.workflow_id)
             if result.skip_reason is not None:
                 return RunPlan(execution_id=execution.id, skip_reason=result.skip_reason)
             assert result.module is not None
@@ -223,6 +226,8 @@ class JobActivities:
                 reason=inp.reason,
                 attempt=inp.attempt or 0,
             )
+            if finished:
+                await _count_finish(session, inp.execution_id)
             if finished is None:
                 log.warning("mirror_finish: execution %s not found", inp.execution_id)
             elif not finished and inp.status != ExecutionStatus.COMPLETED.value:
@@ -357,6 +362,7 @@ class JobActivities:
             raise self._budgeted(ApplicationError(error_text, type=name), failures, inp) from None
         finally:
             if early is None:
+                metrics.step_ended(module=inp.module, job_type=inp.job_type, outcome=outcome, attempt=run)
                 completes = inp.finishes_run and outcome == "COMPLETED"
                 # Release the step's services and keep its logs and status whatever happens, even
                 # when cancellation is delivered again meanwhile (the cleanup is bounded).
@@ -431,7 +437,8 @@ class JobActivities:
             elif reason is None and definition is None:
                 reason = f"job type {inp.job_type} does not exist in {inp.module} {inp.module_version}"
             if reason is not None:
-                runs.finish(session=session, execution=execution, status=ExecutionStatus.SKIPPED, reason=reason)
+                if runs.finish(session=session, execution=execution, status=ExecutionStatus.SKIPPED, reason=reason):
+                    metrics.count_end(session, metrics.run_labels(execution, "SKIPPED"))
                 return step_outcome(None, skipped=reason)
         if module is None or version is None:
             raise JobError(f"module {inp.module} {inp.module_version} is no longer registered")
@@ -452,7 +459,9 @@ class JobActivities:
             execution.run_id = info.workflow_run_id
             execution.module_version = inp.module_version
             execution.config = masked
-            runs.mark_started(session, execution, datetime.now(UTC))
+            since = datetime.now(UTC)
+            runs.mark_started(session, execution, since)
+            metrics.count_start(session, execution, since=since, workflow_id=info.workflow_id or "")
         from registry.manifest import secret_parts
         from registry.services.modules import config_schema, resolved_config
 
@@ -717,6 +726,7 @@ class JobActivities:
                 ended = {**values, **finish.values}
                 if await runs.update_execution(session, inp.execution_id, ended, unless_final=True):
                     finish.record(session, inp.execution_id)
+                    metrics.count_end(session, finish.payload)
                     return True, _NOTHING
             if values:
                 await runs.update_execution(session, inp.execution_id, values)
@@ -747,6 +757,20 @@ class JobActivities:
 
 #: Namespace of the ids of events that steps emit (``emit_id``).
 _EMIT_NAMESPACE = uuid.UUID("3f5b1c2e-8a4d-5e6f-9b7a-0c1d2e3f4a5b")
+
+
+async def _count_finish(session: AsyncSession, execution_id: str) -> None:
+    """Run metrics of a run :meth:`JobActivities.mirror_finish` ended (failures, cancels: the rarer
+    path, so one more read of four columns)."""
+    row = (
+        await session.execute(
+            select(
+                Execution.module_name, Execution.job_type, Execution.trigger, Execution.status, Execution.duration_ms
+            ).where(Execution.id == execution_id)
+        )
+    ).first()
+    if row is not None:
+        metrics.count_end(session, dict(row._mapping, module=row.module_name))
 
 
 def emit_id(execution_id: str, step_index: int, sequence: int) -> str:

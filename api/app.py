@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors, limits
 from api.state import AppState
+from registry import metrics
 from registry.db import create_engine, create_session_factory, unit_of_work
 from registry.ratelimit import LoginLimiter
 from registry.services import audit
@@ -48,6 +50,7 @@ def _routers() -> list[Any]:
         "schedule_preview",
         "upcoming_runs",
         "series",
+        "workers",
         "alerts",
     ):
         try:
@@ -74,6 +77,7 @@ def create_app(settings: Settings, *, state: AppState | None = None) -> FastAPI:
         owned = state is None
         app_state = state or open_state(settings)
         app.state.autoplat = app_state
+        metrics.watch_engine(app_state.engine, "api")
         dispatcher = _event_dispatcher(app_state)
         # POST /events calls notify() on it right after its commit.
         app.state.event_dispatcher = dispatcher
@@ -99,8 +103,10 @@ def create_app(settings: Settings, *, state: AppState | None = None) -> FastAPI:
     _install_middleware(app, settings)
 
     from api.routes import health
+    from api.routes import metrics as metrics_routes
 
     app.include_router(health.router)
+    app.include_router(metrics_routes.router)
     for router in _routers():
         app.include_router(router, prefix=API_PREFIX)
     from api.console import install_console
@@ -200,9 +206,35 @@ class RequestContext:
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            _count_request(scope, status, time.perf_counter() - started)
         if scope["method"] in _MUTATING and status >= 400 and scope["path"].startswith(API_PREFIX):
             await _audit_failure(Request(scope), status)
+
+
+def _count_request(scope: Scope, status: int, seconds: float) -> None:
+    """API request metrics (registry/metrics.py), labelled by route template, never the raw path."""
+    template = route_template(scope)
+    method = scope["method"] if scope["method"] in _METHODS else "other"
+    metrics.API_REQUESTS.labels(template, method, str(status or 500)).inc()
+    metrics.API_REQUEST_DURATION.labels(template, method).observe(seconds)
+
+
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template (``/api/v1/jobs/{job_id}``); ``unmatched`` when none matched."""
+    route = scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if not template:
+        return "unmatched"
+    if scope["path"].startswith(API_PREFIX) and not template.startswith(API_PREFIX):
+        template = API_PREFIX + template
+    return str(template)
 
 
 async def _audit_failure(request: Request, status: int) -> None:

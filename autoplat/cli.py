@@ -116,6 +116,12 @@ def api(
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=False)
         return
     # Several processes need an import string: each builds its app from the same environment.
+    # Their metrics are shared through files, so a scrape of any one sees the sums of all
+    # (docs/observability.md); a fresh folder per start, as prometheus-client requires.
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="autoplat-metrics-")
     uvicorn.run(
         "api.app:app_from_environment",
         factory=True,
@@ -128,11 +134,18 @@ def api(
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Port of the worker's /metrics (0: none; default AUTOPLAT_WORKER_METRICS_PORT, 9464)"),
+    ] = None,
+) -> None:
     """Run a Temporal worker for every module job type (hot-pluggable)."""
     from workflows.worker import run_worker
 
     settings = _settings()
+    if metrics_port is not None:
+        settings.worker_metrics_port = metrics_port
     asyncio.run(run_worker(settings))
     _exit(0)
 

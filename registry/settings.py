@@ -158,6 +158,32 @@ class Settings(BaseSettings):
     #: Evaluation interval of a rule that names none (seconds).
     alerts_default_interval_seconds: int = Field(default=60, ge=1, le=86400)
 
+    # --- observability (docs/observability.md) ---
+    #: ``GET /metrics`` of the API: ``off``, ``token`` (``Authorization: Bearer <metrics_token>``) or
+    #: ``open``. Unset: ``token`` when a token is set, ``open`` in dev mode, ``off`` otherwise.
+    metrics: Literal["off", "token", "open"] | None = None
+    metrics_token: SecretStr | None = None
+    #: Port of a worker's own ``/metrics`` (platform and Temporal SDK metrics); 0: none. A port
+    #: already taken (a second worker on the host) is logged and skipped.
+    worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
+    #: Address a worker's metrics port binds (``0.0.0.0`` for a scraper on another host).
+    worker_metrics_host: str = "127.0.0.1"
+    #: ``text`` (human lines) or ``json`` (one object per line) for the API's and workers' logs.
+    log_format: Literal["text", "json"] = "text"
+
+    @model_validator(mode="after")
+    def _metrics_token_needed(self) -> Settings:
+        if self.metrics == "token" and not (self.metrics_token and self.metrics_token.get_secret_value()):
+            raise ValueError("AUTOPLAT_METRICS=token needs AUTOPLAT_METRICS_TOKEN")
+        return self
+
+    def metrics_mode(self) -> Literal["off", "token", "open"]:
+        if self.metrics is not None:
+            return self.metrics
+        if self.metrics_token is not None:
+            return "token"
+        return "open" if self.dev_mode else "off"
+
     # --- module code containment (docs/configuration.md, "Handler isolation") ---
     #: ``process``: handlers run in confined child processes of the worker (the default);
     #: ``inline``: in the worker's own interpreter (trusted development only).

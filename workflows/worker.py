@@ -15,6 +15,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.jobs import JobActivities
+from registry import metrics
 from registry.db import create_engine, create_session_factory
 from registry.settings import Settings
 from workflows.job import JobWorkflow
@@ -88,7 +89,9 @@ def build_worker(client: Client, deps: WorkerDeps, *, task_queue: str | None = N
     providers = activity_providers(deps)
     # The job activities get the services factory / log sink of the service providers, if any.
     jobs = next(p for p in providers if isinstance(p, JobActivities))
+    metrics.watch_engine(deps.engine, "worker")
     if jobs.pool is not None:
+        metrics.watch_handler_pool(jobs.pool)
         deps.closers.append(jobs.pool.close)
         jobs.pool.prewarm()
     for provider in providers:
@@ -111,6 +114,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     """Run until SIGTERM/SIGINT (or ``stop``), then shut down gracefully: running steps finish."""
     from workflows.client import ensure_search_attributes
 
+    serve_metrics(settings)  # before the client: the Temporal runtime must export its metrics
     client = await _connect_with_retry(settings)
     await ensure_search_attributes(client, settings.temporal_namespace)
     deps = WorkerDeps.open(settings)
@@ -132,6 +136,24 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         startup.cancel()
     finally:
         await deps.close()
+
+
+def serve_metrics(settings: Settings) -> int | None:
+    """The worker's ``/metrics`` (docs/observability.md): the platform's metrics and the Temporal
+    SDK's (its runtime exports them on a loopback port of its own; they are re-exported here).
+    Returns the bound port; None when off or when the port is taken (logged, the worker still runs)."""
+    if not settings.worker_metrics_port:
+        return None
+    try:
+        port = int(metrics.serve(settings.worker_metrics_port, settings.worker_metrics_host).server_address[1])
+    except OSError as exc:
+        log.warning(
+            "worker metrics not served on %s:%s: %s", settings.worker_metrics_host, settings.worker_metrics_port, exc
+        )
+        return None
+    metrics.install_temporal_runtime(metrics.free_port())
+    log.info("worker metrics on http://%s:%s/metrics", settings.worker_metrics_host, port)
+    return port
 
 
 async def _connect_with_retry(settings: Settings, attempts: int = 60) -> Client:

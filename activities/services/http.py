@@ -29,6 +29,7 @@ from autoplat.http import (
     ResponseTooLarge,
     masked_values,
 )
+from registry import metrics
 
 HTTP = "autoplat.http"
 
@@ -66,7 +67,8 @@ class HttpService:
     def __init__(self, deps: Any) -> None:
         self.deps = deps
         settings = deps.settings
-        self.transport = GuardedTransport(AddressPolicy(settings.http_allow_private))
+        # Counted by host and status (registry/metrics.py); the guard stays innermost.
+        self.transport = metrics.counting_transport(GuardedTransport(AddressPolicy(settings.http_allow_private)))
         #: A registered version's hosts, or why it may call none (its manifest never changes).
         self._hosts: dict[tuple[str, str | None], list[str] | str] = {}
 

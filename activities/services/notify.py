@@ -41,6 +41,7 @@ from activities.types import NOTIFY, NotifyInput, StepInput
 from autoplat.context import JobContext
 from autoplat.errors import JobError
 from autoplat.http import AddressPolicy
+from registry import metrics
 from registry.errors import DomainError
 from registry.settings import Settings
 
@@ -401,7 +402,18 @@ class Sender:
     def allow_private(self) -> str:
         return self.settings.http_allow_private
 
-    async def deliver(
+    async def deliver(self, spec: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Deliver to one channel spec (below), counted by channel type and outcome."""
+        kind = str(spec.get("type") or "webhook")
+        try:
+            answer = await self._deliver(spec, **kwargs)
+        except BaseException:
+            metrics.NOTIFICATIONS.labels(kind if kind in CHANNEL_TYPES else "other", "failed").inc()
+            raise
+        metrics.NOTIFICATIONS.labels(kind if kind in CHANNEL_TYPES else "other", "sent").inc()
+        return answer
+
+    async def _deliver(
         self,
         spec: Mapping[str, Any],
         *,

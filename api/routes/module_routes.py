@@ -27,6 +27,7 @@ from activities.types import INFRA_ATTEMPTS
 from api.deps import client_ip, principal_for, read_body
 from api.errors import error_response
 from api.state import AppState
+from registry import metrics
 from registry.errors import AuthenticationFailed, NotFound, ServiceUnavailable, UpstreamTimeout
 from registry.models import Execution, ExecutionStatus, Module
 from registry.security import decode_token
@@ -292,11 +293,32 @@ _METHODS = list(routes.METHODS)
 
 @router.api_route("/{module}", methods=_METHODS, include_in_schema=False)
 async def serve_root(request: Request, module: str) -> Response:
-    return await _serve(request, module)
+    return await _counted(request, module)
 
 
 @router.api_route("/{module}/{path:path}", methods=_METHODS, include_in_schema=False)
 async def serve(request: Request, module: str, path: str) -> Response:
     """Call a module route; see docs/routes.md."""
     del path  # re-read from the raw path, undecoded
-    return await _serve(request, module)
+    return await _counted(request, module)
+
+
+async def _counted(request: Request, module: str) -> Response:
+    """:func:`_serve` with the route call metrics (an unknown module counts as ``unknown``: the
+    label must not take any name a caller sends)."""
+    started = metrics.monotonic()
+    code = 500
+    try:
+        response = await _serve(request, module)
+        code = response.status_code
+        return response
+    except Exception as exc:
+        from api.errors import status_for
+        from registry.errors import DomainError
+
+        code = status_for(exc) if isinstance(exc, DomainError) else getattr(exc, "status_code", 500)
+        raise
+    finally:
+        label = "unknown" if code == 404 else metrics.module_label(module)
+        metrics.ROUTE_CALLS.labels(label, str(code)).inc()
+        metrics.ROUTE_CALL_DURATION.labels(label).observe(metrics.monotonic() - started)

@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from activities.types import JobInput
+from registry import metrics
 from registry.db import unit_of_work
 from registry.manifest import event_pattern_matches
 from registry.models import Event, EventDelivery, Execution, Job, Module, ModuleStatus
@@ -348,7 +349,9 @@ def _finish(pending: _Pending, outcomes: list[BaseException | None], report: Dis
             continue
         delivery.execution_id = request.execution_id
         report.started += 1
+        _count_started(event)
     now = datetime.now(UTC)
+    metrics.EVENTS_DISPATCHED.labels("retry" if error is not None else "dispatched").inc()
     if error is None:
         event.dispatch_status = "DISPATCHED"
         event.dispatched_at = now
@@ -360,6 +363,16 @@ def _finish(pending: _Pending, outcomes: list[BaseException | None], report: Dis
         event.dispatch_error = error
         report.failed += 1
         report.errors.append(error)
+
+
+def _count_started(event: Event) -> None:
+    """Metrics of one event-triggered workflow start: received → started (the workflow exists)."""
+    metrics.EVENT_RUNS_STARTED.inc()
+    received = event.received_at
+    if received is not None:
+        if received.tzinfo is None:
+            received = received.replace(tzinfo=UTC)
+        metrics.EVENT_DISPATCH_LAG.observe(max((datetime.now(UTC) - received).total_seconds(), 0.0))
 
 
 #: Events claimed (and committed) together by one dispatch loop.

@@ -130,6 +130,7 @@ HIDDEN: dict[tuple[str, str], str] = {
     ("GET", "/{path}"): "public: the console's static files and SPA shell (tests/console)",
     ("HEAD", "/{path}"): "public: the console's static files",
     ("HEAD", "/openapi.json"): "public: the API's own description",
+    ("GET", "/metrics"): "guarded by AUTOPLAT_METRICS / AUTOPLAT_METRICS_TOKEN, not user roles (tests/observability)",
     **{
         (method, path): "module routes: the role each route declares in its manifest (tests/routes)"
         for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
