@@ -230,9 +230,19 @@ async def execution_stats(
 
 @router.get("/{execution_id}", response_model=ExecutionDetail)
 async def get_execution(
-    execution_id: str, session: SessionDep, settings: SettingsDep, _: Actor = Requires("executions:read")
+    execution_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    state: StateDep,
+    _: Actor = Requires("executions:read"),
 ) -> ExecutionDetail:
-    return execution_detail(await executions.get_execution(session=session, execution_id=execution_id), settings)
+    row = await executions.get_execution(session=session, execution_id=execution_id)
+    detail = execution_detail(row, settings)
+    # --- why is it waiting (docs/observability.md): only for a run that runs no handler now ---
+    from api.routes.workers import waiting_for
+
+    detail.waiting = await waiting_for(state, session, row)
+    return detail
 
 
 @router.get("/{execution_id}/logs", response_model=LogsRead)

@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import Field
 
 from api.schemas.common import Schema
+from api.schemas.observability import WaitingRead
 
 
 class ExecutionSummary(Schema):
@@ -68,6 +69,8 @@ class ExecutionRead(Schema):
 
 class ExecutionDetail(ExecutionRead):
     logs: list[dict[str, Any]] = []
+    #: Why a run that is not final runs no handler now (docs/observability.md); null otherwise.
+    waiting: WaitingRead | None = None
 
 
 class LogsRead(Schema):

@@ -103,6 +103,7 @@ POLICY: dict[tuple[str, str], frozenset[str] | str] = {
     ("GET", "/api/v1/executions"): EVERYONE,
     ("GET", "/api/v1/executions/stats"): EVERYONE,
     ("GET", "/api/v1/executions/{execution_id}"): EVERYONE,
+    ("GET", "/api/v1/workers"): EVERYONE,  # workers polling the task queues (issue 19)
     ("GET", "/api/v1/executions/{execution_id}/logs"): EVERYONE,
     ("GET", "/api/v1/executions/{execution_id}/logs/stream"): EVERYONE,
     ("GET", "/api/v1/executions/{execution_id}/artifacts"): EVERYONE,
