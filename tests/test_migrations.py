@@ -136,3 +136,29 @@ async def test_schema_diff_detects_drift(fresh_pg: str):
     diff = schema_diff(fresh_pg)
     assert [d[0] for d in diff] == ["add_column"]
     assert diff[0][3].name == "full_name"
+
+
+def triggers_on_executions(url: str) -> set[str]:
+    engine = sa.create_engine(sync_url(url))
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                query = "SELECT tgname FROM pg_trigger WHERE tgrelid = 'executions'::regclass AND NOT tgisinternal"
+            else:
+                query = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'executions'"
+            return {row[0] for row in conn.execute(sa.text(query))}
+    finally:
+        engine.dispose()
+
+
+async def test_execution_count_triggers_survive_every_later_migration(fresh_db: str):
+    """SQLite drops a table's triggers when batch mode rebuilds it: at head (and after stepping
+    down to 0005 and up again) the triggers that keep execution_counts must all be there."""
+    from registry.execution_counts import TRIGGERS
+
+    await upgrade(fresh_db)
+    assert triggers_on_executions(fresh_db) == set(TRIGGERS)
+    await downgrade(fresh_db, "0005")
+    assert triggers_on_executions(fresh_db) == set(TRIGGERS)
+    await upgrade(fresh_db)
+    assert triggers_on_executions(fresh_db) == set(TRIGGERS)
