@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -111,6 +112,7 @@ class Trigger(enum.StrEnum):
     event = "event"
     api = "api"
     http = "http"
+    backfill = "backfill"
 
 
 class User(Base):
@@ -245,6 +247,19 @@ class Job(Base):
     origin: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
     #: Why the platform disabled it (e.g. its config does not fit an upgraded module); cleared on enable.
     paused_reason: Mapped[str | None] = mapped_column(Text)
+    #: Daylight-saving policy of the schedule (docs/schedules.md): ``shift``/``skip`` a nonexistent
+    #: wall time, ``first``/``both``/``skip`` a repeated one.
+    dst_nonexistent: Mapped[str] = mapped_column(String(8), default="shift", server_default="shift")
+    dst_ambiguous: Mapped[str] = mapped_column(String(8), default="first", server_default="first")
+    #: Temporal schedule jitter: each action starts up to this many seconds after its nominal time.
+    jitter_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: The schedule is paused (kept in Temporal, fires nothing) by ``POST /jobs/{id}/pause``.
+    schedule_paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    schedule_pause_note: Mapped[str | None] = mapped_column(Text)
+    schedule_paused_by: Mapped[str | None] = mapped_column(String(320))
+    schedule_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The slot ledger is settled (every nominal time before this has its outcome stored).
+    slots_settled_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_by: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -260,6 +275,8 @@ class Execution(Base):
         Index("ix_executions_module_created", "module_name", "created_at"),
         Index("ix_executions_created", "created_at"),
         UniqueConstraint("job_id", "idempotency_key", name="uq_executions_job_idempotency"),
+        #: One run per (schedule, nominal time): schedule, catch-up and backfill runs of a slot.
+        UniqueConstraint("job_id", "nominal_at", name="uq_executions_job_nominal"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -285,6 +302,44 @@ class Execution(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     duration_ms: Mapped[int | None] = mapped_column(Integer)
+    #: The nominal fire time of a scheduled or backfilled run (the slot it ran), else None.
+    nominal_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ScheduleSlot(Base):
+    """The slot ledger: one nominal fire time of a scheduled job and its outcome, stored once
+    settled (``ran`` / ``skipped`` / ``missed``; docs/schedules.md)."""
+
+    __tablename__ = "schedule_slots"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    nominal_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    execution_id: Mapped[str | None] = mapped_column(String(36))
+    #: The daylight-saving policy applied to this slot (``shifted from 03:30``), if any.
+    dst: Mapped[str | None] = mapped_column(String(200))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Backfill(Base):
+    """A backfill of a job's past slots, run by a maintenance workflow at a bounded rate."""
+
+    __tablename__ = "backfills"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    from_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    to_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    overlap: Mapped[str] = mapped_column(String(16))
+    #: ``running``, ``completed`` or ``cancelled``.
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    slots: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    started: Mapped[int] = mapped_column(Integer, default=0)
+    workflow_id: Mapped[str] = mapped_column(String(255))
+    requested_by: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class ExecutionCount(Base):

@@ -1,8 +1,10 @@
 """The reconciler and the sweeper: make Temporal match the registry, and the mirror match Temporal.
 
 Reconciler (schedules, both ways): a ``job-*`` schedule with no enabled scheduled job is deleted,
-a missing one is created, a stale one (job revision, module version, cron, timezone or paused
-state differ) is rebuilt. Sweeper (executions): a row still PENDING/RUNNING whose workflow has
+a missing one is created, a stale one (job revision, module version, cron, timezone, DST calendars
+or paused state differ) is rebuilt; a paused schedule stays paused (its state is the registry's).
+Re-creating a schedule never runs a slot twice: a slot's run has one workflow id and one execution.
+Sweeper (executions): a row still PENDING/RUNNING whose workflow has
 closed without writing its end (terminated from the Web UI, workflow timeout, worker lost) gets
 the status Temporal reports.
 """
@@ -24,7 +26,14 @@ from registry.db import unit_of_work
 from registry.models import Execution, ExecutionStatus, Job, Module
 from registry.services import runs
 from registry.settings import Settings
-from workflows.schedules import SCHEDULE_PREFIX, ScheduleManager, desired_state, memo_for
+from workflows.schedules import (
+    SCHEDULE_PREFIX,
+    ScheduleManager,
+    desired_state,
+    dst_schedule_id,
+    dst_spec,
+    memo_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +104,12 @@ async def reconcile_schedules(
             wanted.discard(sid)
             continue
         steps = len(runs.steps_of(definition, module.name, job.job_type))
+        plan = dst_spec(job)
+        companion = dst_schedule_id(job.id) if plan["exact"] else None
+        if companion:
+            wanted.add(companion)
         try:
-            if sid not in existing:
+            if sid not in existing or (companion and companion not in existing):
                 await manager.apply(job, module, steps)
                 report.created.append(sid)
                 continue
@@ -107,8 +120,10 @@ async def reconcile_schedules(
                 if isinstance(action, ScheduleActionStartWorkflow)
                 else {}
             )
+            # Paused state is the registry's (module status, POST /jobs/{id}/pause): a schedule
+            # paused or resumed around the API is put back.
             stale = (
-                memo != memo_for(job, module)
+                memo != memo_for(job, module, plan)
                 or desc.schedule.state.paused != (state == "paused")
                 or (isinstance(action, ScheduleActionStartWorkflow) and action.task_queue != task_queue)
             )

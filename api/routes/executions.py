@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/executions", tags=["executions"], responses=ERROR_RESPONSES)
 
-TriggerQ = Literal["schedule", "manual", "event", "api", "http"]
+TriggerQ = Literal["schedule", "manual", "event", "api", "http", "backfill"]
 SortQ = Literal[
     "created_at",
     "-created_at",

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from activities.types import RunPlan, StepPlan
 from registry.manifest import apply_config_defaults, mask_secrets
 from registry.models import Execution, ExecutionStatus, Job, Module, ModuleStatus, ModuleVersion
-from registry.services import events
+from registry.services import events, slots
 
 _EXECUTION_NS = uuid.UUID("5b0e4a4e-3f5e-4f6b-9a0e-2c1f7f8d9a10")
 
@@ -138,6 +138,24 @@ async def start_run(
     execution = await session.scalar(select(Execution).where(Execution.workflow_id == workflow_id).with_for_update())
     now = datetime.now(UTC)
     job = await session.get(Job, job_id) if job_id else None
+    # A slot run (schedule, catch-up, backfill: ``sched-<job>-<nominal time>``) records its slot;
+    # a second start of a slot that already has a run answers that run and runs nothing.
+    nominal = slots.nominal_of(workflow_id, job_id) if trigger in ("schedule", "backfill") else None
+    if execution is None and nominal is not None and job is not None and trigger == "schedule" and job.schedule:
+        if not slots.is_policy_slot(job.schedule, job.timezone, nominal, slots.job_dst(job)):
+            # Temporal fired a time the job's daylight-saving policy does not run: no run, no row.
+            transient = Execution(
+                id=execution_id or execution_id_for(workflow_id), job_id=job_id, workflow_id=workflow_id
+            )
+            return StartResult(
+                execution=transient, skip_reason=f"{nominal.isoformat()} is not a slot under the DST policy"
+            )
+    if execution is None and nominal is not None and job is not None:
+        taken = await session.scalar(
+            select(Execution).where(Execution.job_id == job_id, Execution.nominal_at == nominal)
+        )
+        if taken is not None:
+            return StartResult(execution=taken, skip_reason=f"slot {nominal.isoformat()} already has run {taken.id}")
     if execution is None:
         execution = Execution(
             id=execution_id or execution_id_for(workflow_id),
@@ -151,6 +169,7 @@ async def start_run(
             input={"request": request} if request else None,
             status=ExecutionStatus.PENDING.value,
             created_at=now,
+            nominal_at=nominal if job is not None else None,
         )
         session.add(execution)
         try:
@@ -158,9 +177,19 @@ async def start_run(
                 await session.flush()
         except IntegrityError:
             execution = await session.scalar(select(Execution).where(Execution.workflow_id == workflow_id))
+            if execution is None and nominal is not None:
+                taken = await session.scalar(
+                    select(Execution).where(Execution.job_id == job_id, Execution.nominal_at == nominal)
+                )
+                assert taken is not None
+                return StartResult(
+                    execution=taken, skip_reason=f"slot {nominal.isoformat()} already has run {taken.id}"
+                )
             assert execution is not None
-    execution.run_id = run_id
-    execution.attempt = max(execution.attempt or 0, attempt)
+    if not ExecutionStatus(execution.status).is_final:
+        # (A start of a run that ended already, e.g. a slot started again, leaves its row as is.)
+        execution.run_id = run_id
+        execution.attempt = max(execution.attempt or 0, attempt)
 
     module = await session.scalar(select(Module).where(Module.name == module_name))
     reason = skip_reason(job_id, job, module_name, module)
