@@ -43,7 +43,7 @@ async def _detail(client: Any, headers: dict[str, str], incident_id: str) -> dic
 
 
 async def test_series_rule_opens_notifies_acknowledges_and_resolves(
-    client, sessions, temporal_settings, temporal_env, operator_headers, viewer_headers
+    temporal_settings, temporal_env, client, sessions, operator_headers, viewer_headers
 ):
     from workflows.maintenance import ensure_maintenance_schedule
 
@@ -179,8 +179,9 @@ WORKER_MAIN = (
 
 
 async def test_a_worker_killed_mid_send_sends_once_per_delivery_id(
-    client, sessions, temporal_settings, temporal_env, operator_headers, viewer_headers, tmp_path
+    temporal_settings, temporal_env, client, sessions, operator_headers, viewer_headers, tmp_path
 ):
+    # (temporal_settings first: the API's dispatcher takes the test's task queue when it starts.)
     from workflows.client import connect
     from workflows.worker import WorkerDeps, build_worker
 
@@ -225,7 +226,7 @@ async def test_a_worker_killed_mid_send_sends_once_per_delivery_id(
                     headers=operator_headers,
                 )  # fmt: skip
                 assert r.status_code in (201, 202), r.text
-            await asyncio.wait_for(hook.arrived.wait(), timeout=25)  # a fresh interpreter is slow on a busy box
+            await asyncio.wait_for(hook.arrived.wait(), timeout=60)  # a fresh interpreter is slow on a busy box
             [incident] = await _incidents(client, viewer_headers, status="firing")
             assert incident["message"] == "m1 raised level 7" and incident["labels"] == {"meter": "m1"}
             row = (await _detail(client, viewer_headers, incident["id"]))["notifications"]
