@@ -10,8 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from registry.errors import Conflict, InvalidInput, NotFound
 from registry.manifest import (
@@ -533,20 +534,21 @@ LAST_EXECUTION_COLUMNS = (Execution.id, Execution.job_id, Execution.status, Exec
 
 
 async def last_executions(*, session: AsyncSession, job_ids: list[str]) -> dict[str, Any]:
-    """The latest run of each job (its summary columns), in one query whatever the page's size
-    (index ``ix_executions_job_created``). Jobs never run are absent."""
+    """The latest run of each job (its summary columns), in one query whatever the page's size:
+    per job, one backward step down ``ix_executions_job_created`` (a ``max()`` grouped by job would
+    read every run of the page's jobs). Jobs never run are absent."""
     if not job_ids:
         return {}
+    run = aliased(Execution)
     latest = (
-        select(Execution.job_id, func.max(Execution.created_at).label("at"))
-        .where(Execution.job_id.in_(job_ids))
-        .group_by(Execution.job_id)
-        .subquery()
+        select(run.id)
+        .where(run.job_id == Job.id)
+        .order_by(run.created_at.desc(), run.id.desc())
+        .limit(1)
+        .scalar_subquery()
     )
     rows = await session.execute(
-        select(*LAST_EXECUTION_COLUMNS).join(
-            latest, and_(Execution.job_id == latest.c.job_id, Execution.created_at == latest.c.at)
-        )
+        select(*LAST_EXECUTION_COLUMNS).where(Execution.id.in_(select(latest).where(Job.id.in_(job_ids))))
     )
     return {row.job_id: row for row in rows}
 

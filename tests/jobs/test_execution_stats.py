@@ -174,3 +174,36 @@ async def test_counts_stop_at_the_cap_and_estimate_above_it(sessions):
         unfiltered = await paginate_large(session, select(Execution).order_by(Execution.id), page=1, limit=1)
         everything = await session.scalar(select(func.count()).select_from(Execution))
     assert unfiltered.has_more and unfiltered.total == min(everything, EXACT_COUNT_CAP) or not unfiltered.total_exact
+
+
+async def test_last_executions_answer_one_row_per_job_even_on_ties(sessions):
+    from registry.services.jobs import last_executions
+
+    module = f"last-{uuid.uuid4().hex[:8]}"
+    at = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+    async with unit_of_work(sessions) as session:
+        mod = Module(name=module, version="1.0.0", display_name=module, manifest={}, status="ENABLED")
+        session.add(mod)
+        await session.flush()
+        jobs = [Job(module_id=mod.id, module_name=module, job_type="t", name=f"j{n}", config={}) for n in range(3)]
+        session.add_all(jobs)
+        await session.flush()
+        for n, (job, minutes) in enumerate([(jobs[0], 1), (jobs[0], 5), (jobs[0], 5), (jobs[1], 2)]):
+            session.add(
+                Execution(
+                    module_name=module,
+                    job_type="t",
+                    job_id=job.id,
+                    workflow_id=f"last-{module}-{n}",
+                    trigger="manual",
+                    status="COMPLETED",
+                    created_at=at + timedelta(minutes=minutes),
+                )
+            )
+        ids = [j.id for j in jobs]
+    async with sessions() as session:
+        latest = await last_executions(session=session, job_ids=ids)
+    # Two runs of j0 share its latest time: one of them, once; j2 never ran.
+    assert set(latest) == {ids[0], ids[1]}
+    assert latest[ids[0]].created_at == at + timedelta(minutes=5)
+    assert latest[ids[1]].created_at == at + timedelta(minutes=2)
