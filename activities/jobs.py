@@ -41,7 +41,7 @@ from autoplat._loader import HandlerNotFound, load_handler
 from autoplat._sync import to_completion
 from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer
 from autoplat.errors import Cancelled, JobError
-from registry import metrics
+from registry import logformat, metrics
 from registry.db import is_unavailable, unit_of_work
 from registry.models import Execution, ExecutionStatus, Job, Module, ModuleVersion
 from registry.services import events, runs
@@ -251,10 +251,15 @@ class JobActivities:
         self.cancelled.pop(inp.execution_id, None)
         beat = _Beat()
         beater = asyncio.create_task(self._heartbeats(beat))
+        # Every log line of the step names its run (AUTOPLAT_LOG_FORMAT=json, registry/logformat.py).
+        bound = logformat.bind(
+            execution_id=inp.execution_id, job_id=inp.job_id, module=inp.module, job_type=inp.job_type
+        )
         try:
             return await self._run_step(inp, info, buffer, beat)
         finally:
             beater.cancel()
+            logformat.unbind(bound)
 
     async def _run_step(self, inp: StepInput, info: activity.Info, buffer: LogBuffer, beat: _Beat) -> Any:
         ctx: JobContext | None = None

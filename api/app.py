@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors, limits
 from api.state import AppState
-from registry import metrics
+from registry import logformat, metrics
 from registry.db import create_engine, create_session_factory, unit_of_work
 from registry.ratelimit import LoginLimiter
 from registry.services import audit
@@ -207,9 +207,11 @@ class RequestContext:
             await send(message)
 
         started = time.perf_counter()
+        bound = logformat.bind(request_id=rid)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            logformat.unbind(bound)
             _count_request(scope, status, time.perf_counter() - started)
         if scope["method"] in _MUTATING and status >= 400 and scope["path"].startswith(API_PREFIX):
             await _audit_failure(Request(scope), status)

@@ -109,11 +109,19 @@ def api(
     import uvicorn
 
     from api.app import create_app
+    from registry.logformat import logging_config
 
     settings = _settings()
     asyncio.run(_bootstrap(settings, migrate=migrate_first))
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=False)
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="info",
+            log_config=logging_config(settings.log_format),
+            proxy_headers=False,
+        )
         return
     # Several processes need an import string: each builds its app from the same environment.
     # Their metrics are shared through files, so a scrape of any one sees the sums of all
@@ -129,6 +137,7 @@ def api(
         host=host,
         port=port,
         log_level="info",
+        log_config=logging_config(settings.log_format),
         proxy_headers=False,
     )
 
@@ -146,6 +155,9 @@ def worker(
     settings = _settings()
     if metrics_port is not None:
         settings.worker_metrics_port = metrics_port
+    from registry.logformat import configure
+
+    configure(settings.log_format)
     asyncio.run(run_worker(settings))
     _exit(0)
 

@@ -330,6 +330,8 @@ def watch_handler_pool(pool: Any) -> None:
     """Report a worker's handler processes (``activities.handlers.HandlerPool``)."""
 
     def read(p: Any) -> Iterable[tuple[str, str, float]]:
+        if getattr(p, "_closed", False):
+            return
         limit = float(p.settings.handler_max_processes)
         yield "autoplat_handler_processes_in_use", "worker", float(getattr(p, "_busy", 0))
         yield "autoplat_handler_processes_limit", "worker", limit

@@ -15,7 +15,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.jobs import JobActivities
-from registry import metrics
+from registry import logformat, metrics
 from registry.db import create_engine, create_session_factory
 from registry.settings import Settings
 from workflows.job import JobWorkflow
@@ -86,6 +86,8 @@ def build_worker(client: Client, deps: WorkerDeps, *, task_queue: str | None = N
     # masked, lines instead (ctx.http's execution log, the notification services).
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.WARNING))
+    # A handler failure is one warning line, not a traceback (it is whole in the execution's error).
+    logformat.quiet()
     providers = activity_providers(deps)
     # The job activities get the services factory / log sink of the service providers, if any.
     jobs = next(p for p in providers if isinstance(p, JobActivities))
