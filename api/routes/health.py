@@ -37,6 +37,17 @@ async def live() -> dict[str, str]:
 
 
 async def _check_all(state: Any) -> dict[str, tuple[str | None, float]]:
+    """Each dependency: (None or why it is down, milliseconds taken). The routes are public: a
+    flood of them must not become a flood of connections, so callers arriving while a check is in
+    flight share its answer (one check at a time per process; never an older answer)."""
+    flight: asyncio.Task[dict[str, tuple[str | None, float]]] | None = getattr(state, "_health_check", None)
+    if flight is None or flight.done():
+        flight = asyncio.ensure_future(_check_now(state))
+        state._health_check = flight
+    return await asyncio.shield(flight)
+
+
+async def _check_now(state: Any) -> dict[str, tuple[str | None, float]]:
     """Each dependency: (None or why it is down, milliseconds taken), checked at once."""
 
     async def db() -> None:

@@ -93,3 +93,40 @@ async def test_health_ignores_tokens(client):
     # A stale token in a probe's config must not make the probe fail.
     r = await client.get("/health/live", headers={"Authorization": "Bearer garbage"})
     assert r.status_code == 200
+
+
+async def test_concurrent_health_checks_share_one_check(client, monkeypatch):
+    """Public routes: 20 requests at once cost one round of dependency checks, not 20."""
+    import asyncio
+
+    from api.routes import health
+    from tests.conftest import eventually
+
+    calls = entered = 0
+    gate = asyncio.Event()
+    check_all = health._check_all
+
+    async def counted(state):
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return {"database": (None, 1.0), "redis": (None, 1.0), "temporal": (None, 1.0)}
+
+    async def entering(state):
+        nonlocal entered
+        entered += 1
+        return await check_all(state)
+
+    monkeypatch.setattr(health, "_check_now", counted)
+    monkeypatch.setattr(health, "_check_all", entering)
+    requests = [asyncio.ensure_future(client.get(path)) for path in ["/health/ready", "/health"] * 10]
+
+    async def all_waiting() -> bool:
+        return entered == 20
+
+    await eventually(all_waiting, timeout=10, what="20 requests waiting on the health check")
+    gate.set()
+    answers = await asyncio.gather(*requests)
+    assert [r.status_code for r in answers] == [200] * 20 and calls == 1
+    # A later request checks again (never an old answer).
+    assert (await client.get("/health/ready")).status_code == 200 and calls == 2
