@@ -213,7 +213,9 @@ class RequestContext:
         finally:
             logformat.unbind(bound)
             _count_request(scope, status, time.perf_counter() - started)
-        if scope["method"] in _MUTATING and status >= 400 and scope["path"].startswith(API_PREFIX):
+        # A 503 means a dependency (most often the database) is down: writing its audit row would
+        # wait for the same database, once per refused call, just as it comes back.
+        if scope["method"] in _MUTATING and 400 <= status != 503 and scope["path"].startswith(API_PREFIX):
             await _audit_failure(Request(scope), status)
 
 
