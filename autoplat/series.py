@@ -200,9 +200,17 @@ def check_values(defn: SeriesDef, values: Any) -> dict[str, float]:
 
 
 def check_point(
-    defn: SeriesDef, ts: Any, labels: Any, values: Any, *, now: datetime, max_future: timedelta
+    defn: SeriesDef,
+    ts: Any,
+    labels: Any,
+    values: Any,
+    *,
+    now: datetime,
+    max_future: timedelta,
+    seen: dict[Any, dict[str, str]] | None = None,
 ) -> tuple[datetime, dict[str, str], dict[str, float]]:
-    """One point, normalised; raises ``ValueError`` with the reason."""
+    """One point, normalised; raises ``ValueError`` with the reason. ``seen`` remembers label sets
+    already checked (a batch repeats the same few)."""
     when = parse_time(ts)
     if when > now + max_future:
         raise ValueError(
@@ -213,7 +221,20 @@ def check_point(
         raise ValueError(
             f"timestamp {when.isoformat()} is before the retention window of {defn.raw_retention_days} days"
         )
-    return when, check_labels(defn, labels), check_values(defn, values)
+    if seen is None:
+        return when, check_labels(defn, labels), check_values(defn, values)
+    try:
+        memo = tuple(labels.items()) if type(labels) is dict else None
+    except TypeError:
+        memo = None
+    checked = seen.get(memo) if memo is not None else None
+    if checked is None:
+        checked = check_labels(defn, labels)
+        # Equal label sets end up as one shared object, whatever form they came in.
+        checked = seen.setdefault(("=", *checked.values()), checked)
+        if memo is not None:
+            seen[memo] = checked
+    return when, checked, check_values(defn, values)
 
 
 def _human(delta: timedelta) -> str:
@@ -257,14 +278,17 @@ def check_batch(
             details={"limit": max_batch, "count": len(items)},
         )
     failures: list[dict[str, Any]] = []
-    merged: dict[tuple[str, datetime], tuple[datetime, dict[str, str], dict[str, float]]] = {}
+    merged: dict[tuple[int, datetime], tuple[datetime, dict[str, str], dict[str, float]]] = {}
+    seen: dict[Any, dict[str, str]] = {}
     for index, item in enumerate(items):
         try:
-            ts, labels, values = check_point(defn, *point_parts(item), now=now, max_future=max_future)
+            ts, labels, values = check_point(defn, *point_parts(item), now=now, max_future=max_future, seen=seen)
         except ValueError as exc:
             failures.append({"index": index, "error": str(exc)})
             continue
-        key = (labels_key(labels), ts)
+        # Checked label sets are shared objects (and hold the labels in declared order): their id
+        # identifies them within the batch.
+        key = (id(labels), ts)
         if key in merged:
             merged[key][2].update(values)
         else:

@@ -257,7 +257,11 @@ async def write_points(
     id) is a cache the caller keeps between batches; new ids are added to it."""
     index = {name: i for i, name in enumerate(series.fields or [])}
     known = known_label_sets if known_label_sets is not None else {}
-    wanted = {digest(p[1]): p[1] for p in points}
+    digests: dict[int, str] = {}  # checked label sets are shared objects: one digest each
+    for p in points:
+        if id(p[1]) not in digests:
+            digests[id(p[1])] = digest(p[1])
+    wanted = {digests[id(p[1])]: p[1] for p in points}
     missing = [labels for d, labels in wanted.items() if d not in known]
     if missing:
         known.update(await label_set_ids(session=session, series_id=series.id, label_sets=missing))
@@ -268,7 +272,7 @@ async def write_points(
     value_col: list[float] = []
     dirty: set[tuple[int, datetime]] = set()
     for ts, labels, values in points:
-        label_set = ids[digest(labels)]
+        label_set = ids[digests[id(labels)]]
         for name, value in values.items():
             ls_col.append(label_set)
             field_col.append(index[name])

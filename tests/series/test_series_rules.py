@@ -85,15 +85,18 @@ async def test_writes_are_idempotent_per_labels_and_timestamp() -> None:
         await series.write_many("meter", [(at(0), LABELS, {"power_w": 5}), Point(at(0), LABELS, {"energy_kwh": 9})])
         == 1
     )
+    reordered = {"meter": "m1", "site": "berlin"}
+    assert await series.write_many("meter", [(at(1), LABELS, {"power_w": 1}), (at(1), reordered, {"power_w": 2})]) == 1
     await series.write("meter", LABELS, {"power_w": 6}, at=at(0).isoformat())  # a retried step
     await series.write("meter", LABELS, {"power_w": 7}, at=at(0).timestamp() + 900)  # Unix seconds
     written = series.written("meter")
     assert [(p.ts, p.values) for p in written] == [
         (at(0), {"power_w": 6.0, "energy_kwh": 9.0}),
         (at(0.25), {"power_w": 7.0}),
+        (at(1), {"power_w": 2.0}),
     ]
     latest = await series.latest("meter", labels={"meter": "m1"})
-    assert [(p.ts, p.values) for p in latest] == [(at(0.25), {"power_w": 7.0})]
+    assert [(p.ts, p.values) for p in latest] == [(at(1), {"power_w": 2.0})]
 
 
 def test_calendar_buckets_follow_the_timezone() -> None:
