@@ -31,15 +31,21 @@ from activities.alerts_types import (
     ALERTS_SEND,
     ALERTS_TRANSITION,
     SEND_ATTEMPTS,
+    Clear,
+    Fire,
+    IncidentInput,
     OpenInput,
     SendInput,
     TransitionInput,
+    incident_workflow_id,
 )
 from activities.services.notify import NotifyError, Sender, resolve_channel
+from autoplat.alerts import SEVERITIES, check_alert
 from registry.db import unit_of_work
 from registry.models import Incident
 from registry.services import alerts_eval
 from registry.services import alerts_incidents as incidents
+from registry.services.alerts import group_key
 from registry.settings import Settings
 
 SUBJECTS = {
@@ -92,6 +98,21 @@ class AlertActivities:
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.open, self.transition, self.send, self.evaluate]
+
+    def attach(self, jobs: Any) -> None:
+        """Add ``ctx.alerts`` to the members the job activities give each step (after the other
+        services: the worker calls ``attach`` of each provider in order)."""
+        inner = jobs.services
+
+        async def services(inp: Any, ctx: Any) -> dict[str, Any]:
+            members = dict(await inner(inp, ctx)) if inner is not None else {}
+            info = activity.info()
+            members["alerts"] = WorkerAlerts(
+                activity.client(), info.task_queue, ctx.module, ctx.execution_id, ctx.info.step
+            )
+            return members
+
+        jobs.services = services
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -156,6 +177,63 @@ class AlertActivities:
             await alerts_eval.send_signals(activity.client(), activity.info().task_queue, signals)
         fired = sum(1 for s in signals if s.fire is not None)
         return {"fired": fired, "cleared": len(signals) - fired}
+
+
+class WorkerAlerts:
+    """``ctx.alerts`` answered by the worker for one step of one module (see autoplat/alerts.py):
+    each call signals the module's incident workflow for the dedup key. Calls are numbered within
+    the step, so a retried step repeating them refreshes nothing twice."""
+
+    def __init__(self, client: Any, task_queue: str, module: str, execution_id: str, step: str | None) -> None:
+        self.client = client
+        self.task_queue = task_queue
+        self.module = module
+        self.prefix = f"{execution_id}/{step or ''}"
+        self.calls = 0
+
+    def __bool__(self) -> bool:
+        return True
+
+    def _spec(self, key: str, alert: dict[str, Any] | None = None) -> tuple[str, IncidentInput]:
+        labels = {**(alert or {}).get("labels", {}), "module": self.module}
+        group = group_key({"module": self.module, "key": key})
+        channels = (alert or {}).get("channels") or []
+        spec = IncidentInput(
+            rule_id=None,
+            rule_name=f"module {self.module}",
+            group_key=group,
+            labels=labels,
+            severity=(alert or {}).get("severity", "warning"),
+            routes=[{"severities": list(SEVERITIES), "channels": channels, "on": ["opened", "escalated", "resolved"]}]
+            if channels
+            else [],
+            module_name=self.module,
+            dedup_key=key,
+        )
+        return incident_workflow_id(None, group, self.module), spec
+
+    async def raise_(self, key: str, title: str, **kwargs: Any) -> dict[str, Any]:
+        alert = check_alert(key, title, **kwargs)
+        self.calls += 1
+        workflow_id, spec = self._spec(key, alert)
+        now = datetime.now(UTC).isoformat()
+        fire = Fire(title=alert["title"], message=alert["message"] or alert["title"], at=now, since=now,
+                    key=f"{self.prefix}/{self.calls}")  # fmt: skip
+        await alerts_eval.send_signals(
+            self.client, self.task_queue, [alerts_eval.Signal(workflow_id=workflow_id, incident=spec, fire=fire)]
+        )
+        return {"key": key, "workflow_id": workflow_id}
+
+    async def resolve(self, key: str, *, note: str | None = None) -> dict[str, Any]:
+        check_alert(key, "-")
+        self.calls += 1
+        workflow_id, spec = self._spec(key)
+        reason = f"resolved by module {self.module}" + (f": {note}" if note else "")
+        clear = Clear(at=datetime.now(UTC).isoformat(), reason=reason)
+        await alerts_eval.send_signals(
+            self.client, self.task_queue, [alerts_eval.Signal(workflow_id=workflow_id, incident=spec, clear=clear)]
+        )
+        return {"key": key, "workflow_id": workflow_id}
 
 
 def provider(deps: Any) -> AlertActivities:

@@ -49,9 +49,10 @@ ALLOWED_CALLS: dict[str, frozenset[str]] = {
     "browser": frozenset({"navigate", "fill", "click", "wait_for", "text", "texts", "table", "screenshot", "pdf"}),
     "emit": frozenset({"emit"}),
     "series": frozenset({"write_many", "range", "rollup", "latest"}),
+    "alerts": frozenset({"raise_", "resolve"}),
 }
 #: Services a handler process reaches through the worker.
-_REMOTE_SERVICES = ("storage", "state", "notify", "browser", "series")
+_REMOTE_SERVICES = ("storage", "state", "notify", "browser", "series", "alerts")
 #: How long a cancelled handler gets to stop (and send its last logs) before its process is killed.
 STOP_GRACE_SECONDS = 3.0  # the step's activity may run until its timeout + 5 s: the end is written before
 #: A run waits this long for a busy process to be released before one is started for it.

@@ -410,7 +410,8 @@ class Child:
         self.info = info
         self.buffer = LogBuffer(int(message.get("log_limit") or 512 * 1024), self.log_sink)
         provided = set(message.get("services") or [])
-        services: dict[str, Any] = {name: _Remote(self, name) for name in ("notify", "browser") if name in provided}
+        remote = ("notify", "browser", "alerts")
+        services: dict[str, Any] = {name: _Remote(self, name) for name in remote if name in provided}
         if "storage" in provided:
             services["storage"] = _RemoteStorage(self)
         if "state" in provided:

@@ -208,6 +208,8 @@ class JobContext:
             See docs/browser.md.
         notify: ``email(to, subject, text, html)``, ``webhook(url, payload, ...)``,
             ``slack(url, text)`` and ``channel(name, subject, text)``. See docs/notifications.md.
+        alerts: ``raise_(key, title, message=, severity=, labels=, channels=)`` opens or refreshes
+            an incident by dedup key, ``resolve(key)`` resolves it. See docs/alerting.md.
 
     http, storage, state and series methods have ``*_sync`` twins for sync handlers (docs/services.md);
     browser and notify methods are awaitable in ``async def`` handlers and blocking in plain
@@ -247,6 +249,7 @@ class JobContext:
         self.storage: Any = services.get("storage") or _Unavailable("storage")
         self.state: Any = services.get("state") or _Unavailable("state")
         self.series: Any = services.get("series") or _Unavailable("series")
+        self.alerts: Any = services.get("alerts") or _Unavailable("alerts")
 
     # identity -------------------------------------------------------------------------------
     @property

@@ -59,6 +59,7 @@ import httpx
 from autoplat._invoke import invoke
 from autoplat._series_memory import MemorySeries
 from autoplat._sync import Runner, loop_runner
+from autoplat.alerts import MemoryAlerts
 from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer, _Unavailable
 from autoplat.errors import JobError
 from autoplat.http import AddressPolicy, AllowPrivate, GuardedTransport, HostNotAllowed, HttpClient
@@ -69,6 +70,7 @@ __all__ = [
     "JobResult",
     "LocalContext",
     "LocalRuntime",
+    "MemoryAlerts",
     "MemoryNotify",
     "MemorySeries",
     "MemoryServices",
@@ -336,6 +338,8 @@ class MemoryServices:
     notify: MemoryNotify = field(default_factory=MemoryNotify)
     #: ``ctx.series``: knows the series of the manifest of the job run (or declare them yourself).
     series: MemorySeries = field(default_factory=MemorySeries)
+    #: ``ctx.alerts``: incidents by dedup key (autoplat/alerts.py).
+    alerts: MemoryAlerts = field(default_factory=MemoryAlerts)
     http: MockHttp | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -346,6 +350,7 @@ class MemoryServices:
             "state": self.state.bind(runner),
             "notify": self.notify,
             "series": self.series.bind(runner),
+            "alerts": self.alerts,
         }
 
 
