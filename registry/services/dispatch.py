@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from activities.types import JobInput
 from registry import metrics
-from registry.db import unit_of_work
+from registry.db import is_unavailable, unit_of_work
 from registry.manifest import event_pattern_matches
 from registry.models import Event, EventDelivery, Execution, Job, Module, ModuleStatus
 from registry.services import events, runs
@@ -375,7 +375,29 @@ def _count_started(event: Event) -> None:
         metrics.EVENT_DISPATCH_LAG.observe(max((datetime.now(UTC) - received).total_seconds(), 0.0))
 
 
-#: Events claimed (and committed) together by one dispatch loop.
+async def _prepare_apart(
+    session: AsyncSession, event: Event, listeners: Listeners, report: DispatchReport
+) -> _Pending | None:
+    """``_prepare`` in a savepoint: an event whose preparation fails is retried later with backoff,
+    alone, instead of failing (and re-claiming at once) the whole batch with it."""
+    event_id, name = event.id, event.name
+    try:
+        async with session.begin_nested():
+            return await _prepare(session, event, listeners, report)
+    except Exception as exc:  # noqa: BLE001 - any failure of one event: back off that event only
+        if is_unavailable(exc):
+            raise  # the database is gone: the whole batch waits
+        log.exception("could not prepare event %s (%s) for dispatch", event_id, name)
+        await session.refresh(event)  # the savepoint's rollback expired it
+        event.dispatch_attempts = (event.dispatch_attempts or 0) + 1
+        event.next_attempt_at = datetime.now(UTC) + backoff(event.dispatch_attempts)
+        event.dispatch_error = f"{type(exc).__name__}: {exc}"[:2000]
+        report.failed += 1
+        report.errors.append(event.dispatch_error)
+        return None
+
+
+#: Events claimed (and committed) together by one dispatch loop (PostgreSQL; one on SQLite).
 BATCH_SIZE = 25
 #: Workflow starts in flight at once for one batch.
 STARTS_IN_FLIGHT = 16
@@ -430,11 +452,15 @@ async def dispatch_pending(
     """
     report = DispatchReport()
 
+    # SQLite has one writer: a batch would hold its lock through all of the batch's workflow starts.
+    bind = sessions.kw.get("bind")
+    size = BATCH_SIZE if bind is not None and bind.dialect.name == "postgresql" else 1
+
     async def worker() -> None:
         while report.events < limit:
             live: list[dict[str, Any]] = []
             async with unit_of_work(sessions) as session:
-                batch = await _claim(session, datetime.now(UTC), min(BATCH_SIZE, limit - report.events))
+                batch = await _claim(session, datetime.now(UTC), min(size, limit - report.events))
                 if not batch:
                     return
                 report.events += len(batch)
@@ -444,7 +470,10 @@ async def dispatch_pending(
                 for event in batch:
                     if publish is not None and event.execution_id is not None and not event.dispatch_attempts:
                         live.append(events.as_dict(event))
-                    pending = await _prepare(session, event, listeners, report)
+                    if not _matching(listeners, event):
+                        pending = await _prepare(session, event, listeners, report)  # no query: settles it
+                    else:
+                        pending = await _prepare_apart(session, event, listeners, report)
                     if pending is not None:
                         prepared.append(pending)
                 # The starts of the whole batch go out together (they only talk to Temporal).

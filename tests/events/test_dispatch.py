@@ -202,3 +202,36 @@ async def test_loop_guard_for_job_events(sessions, worker, module, start):
     assert report.started == 1
     rows = await finished(sessions, job_event_id)
     assert [r.job_id for r in rows] == [other.id]
+
+
+async def test_an_event_that_cannot_be_prepared_backs_off_alone(sessions, module, monkeypatch):
+    """One event whose preparation fails (a bug, a row it cannot write) is retried later with
+    backoff; the others of its batch are dispatched, not rolled back and re-claimed with it."""
+    from registry.services import dispatch
+
+    await add_job(sessions, module, "refresh")
+    good = await accept(sessions, "data.synced", {"kind": "full", "data": {"table": "a"}})
+    bad = await accept(sessions, "data.synced", {"kind": "full", "data": {"table": "b"}})
+    real = dispatch._deliveries
+
+    async def deliveries(session: Any, event: Event, jobs: Any) -> Any:
+        if event.id == bad:
+            raise RuntimeError("cannot write the delivery rows")
+        return await real(session, event, jobs)
+
+    started: list[str] = []
+
+    async def record(request: StartRequest) -> None:
+        started.append(request.workflow_id)
+
+    monkeypatch.setattr(dispatch, "_deliveries", deliveries)
+    report = await dispatch_pending(sessions=sessions, start=record)
+    assert (report.events, report.dispatched, report.failed, report.started) == (2, 1, 1, 1)
+    assert len(started) == 1 and good in started[0]
+    stored_bad, stored_good = await get_event(sessions, bad), await get_event(sessions, good)
+    assert stored_good.dispatch_status == "DISPATCHED"
+    assert stored_bad.dispatch_status == "PENDING" and stored_bad.dispatch_attempts == 1
+    assert "cannot write the delivery rows" in stored_bad.dispatch_error
+    assert stored_bad.next_attempt_at > datetime.now(UTC)
+    # Not due yet: the next pass leaves it alone.
+    assert (await dispatch_pending(sessions=sessions, start=record)).events == 0
