@@ -6,7 +6,9 @@
    409 naming the state), the incident resolves by itself when the reading falls below the resolve
    threshold, and "resolved" is delivered once; an unconfigured channel's failed send is recorded.
 2. An event rule on dispatch, with its notification's worker SIGKILLed while the request is out:
-   the send is retried on another worker with the same delivery id and recorded once as sent.
+   the send is retried on another worker with the same delivery id and recorded once as sent; the
+   escalation timer raises the severity meanwhile and notifies once; a later alert refreshes the
+   open incident; an operator dismisses it.
 """
 
 from __future__ import annotations
@@ -197,6 +199,8 @@ async def test_a_worker_killed_mid_send_sends_once_per_delivery_id(
             "condition": {"pattern": "meter.alarm", "conditions": [{"path": "level", "op": "gte", "value": 5},
                           {"path": "meter", "op": "exists"}], "join": "and", "group_by": ["meter"]},
             "routes": [{"channels": ["ops"]}],
+            # Unacknowledged for 3 s: critical, and the route's channel is told again (a durable timer).
+            "escalation": {"after_minutes": 0.05, "severity": "critical"},
         }  # fmt: skip
         r = await client.post("/api/v1/alerts/rules", json=rule, headers=operator_headers)
         assert r.status_code == 201, r.text
@@ -239,14 +243,20 @@ async def test_a_worker_killed_mid_send_sends_once_per_delivery_id(
 
             async def settled() -> list[dict[str, Any]] | None:
                 sends = (await _detail(client, viewer_headers, incident["id"]))["notifications"]
-                return sends if sends and sends[0]["status"] != "sending" else None
+                return sends if len(sends) == 2 and all(n["status"] != "sending" for n in sends) else None
 
-            [send] = await eventually(settled, timeout=30, what="the send to be retried and recorded")
+            sends = {n["transition"]: n for n in await eventually(settled, timeout=30, what="sends recorded")}
+            send = sends["opened"]
             assert send["status"] == "sent" and send["attempts"] == 2, send
             # The request was repeated with the same delivery id: one notification for the receiver.
-            keys = [r["headers"]["x-autoplat-delivery"] for r in hook.requests]
-            assert keys == [send["key"], send["key"]]
-            assert [r["body"]["data"]["transition"] for r in hook.requests] == ["opened", "opened"]
+            assert [r["headers"]["x-autoplat-delivery"] for r in hook.by_transition("opened")] == [send["key"]] * 2
+            # Escalated while nobody acknowledged (the timer ran while the activity worker was dead).
+            assert sends["escalated"]["status"] == "sent" and sends["escalated"]["attempts"] == 1
+            [escalated] = hook.by_transition("escalated")
+            assert escalated["body"]["subject"].startswith("[escalated: CRITICAL]")
+            detail = await _detail(client, viewer_headers, incident["id"])
+            assert detail["severity"] == "critical" and detail["escalated"] is True
+            assert [e["kind"] for e in detail["timeline"]] == ["opened", "escalated"]
 
             # A later alert of the same label set joins the open incident (no second incident, no send).
             r = await client.post(
@@ -260,6 +270,7 @@ async def test_a_worker_killed_mid_send_sends_once_per_delivery_id(
 
             detail = await eventually(refreshed, what="the incident to count the second alert")
             assert detail["message"] == "m1 raised level 9"
+            assert [e["kind"] for e in detail["timeline"]] == ["opened", "escalated", "fired"]
             assert len(await _incidents(client, viewer_headers)) == 1
             r = await client.post(
                 f"/api/v1/alerts/incidents/{incident['id']}/dismiss",
@@ -267,7 +278,7 @@ async def test_a_worker_killed_mid_send_sends_once_per_delivery_id(
                 headers=operator_headers,
             )
             assert r.status_code == 200 and r.json()["status"] == "dismissed", r.text
-            assert len(hook.requests) == 2  # the route does not ask for "dismissed"
+            assert len(hook.requests) == 3  # the route does not ask for "dismissed"
         finally:
             if proc is not None and proc.returncode is None:
                 proc.kill()
