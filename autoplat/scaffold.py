@@ -6,8 +6,11 @@ check that what is written stays valid.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import keyword
 import re
+import sys
 from pathlib import Path
 from string import Template
 
@@ -140,6 +143,21 @@ autoplat module register . --upload --enable   # on a running platform (after au
 """)
 
 
+def _taken(package: str) -> str | None:
+    """Why ``package`` cannot be the module's Python package, or None: a keyword is no import name,
+    and a name Python already resolves (``json``, ``queue``, ``autoplat``, an installed package)
+    would shadow it, or be shadowed, when the handler is imported."""
+    if keyword.iskeyword(package) or keyword.issoftkeyword(package):
+        return "is a Python keyword"
+    if package in sys.stdlib_module_names or package in sys.builtin_module_names:
+        return "is a module of Python's standard library"
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        found = None
+    return "is already importable here (an installed package)" if found is not None else None
+
+
 def init_module(name: str, folder: Path, *, force: bool = False) -> list[Path]:
     """Write a new module named ``name`` into ``folder``; returns the files written.
 
@@ -153,6 +171,9 @@ def init_module(name: str, folder: Path, *, force: bool = False) -> list[Path]:
     if folder.is_dir() and any(folder.iterdir()) and not force:
         raise ScaffoldError(f"{folder} is not empty: choose another folder, or --force to write into it anyway")
     package = name.replace("-", "_")
+    taken = _taken(package)
+    if taken:
+        raise ScaffoldError(f"{name!r} cannot name a module: its package {package!r} {taken}; choose another name")
     files = {
         folder / "manifest.json": json.dumps(_manifest(name, package), indent=2) + "\n",
         folder / package / "__init__.py": f'"""The {name} module."""\n',

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from autoplat.testing import run_job
 
 TIMEOUT = 120
@@ -72,3 +74,17 @@ def test_init_writes_a_module_that_validates_and_passes_its_tests(tmp_path):
 
     bad = _autoplat("module", "init", "Bad_Name", cwd=tmp_path)
     assert bad.returncode == 2 and "kebab-case" in bad.stderr and not (tmp_path / "Bad_Name").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("class", "keyword"), ("email", "standard library"), ("queue", "standard library"), ("autoplat", "importable")],
+)
+def test_init_refuses_names_whose_package_python_already_knows(tmp_path, name, why):
+    """``json``, ``queue`` or ``autoplat`` as the package would shadow (or be shadowed by) what the
+    handler imports; a keyword is no import name at all."""
+    from autoplat.scaffold import ScaffoldError, init_module
+
+    with pytest.raises(ScaffoldError, match=why):
+        init_module(name, tmp_path / name)
+    assert not (tmp_path / name).exists()
