@@ -81,7 +81,7 @@ async def _estimated_rows(session: AsyncSession, stmt: Select[Any]) -> int | Non
     compiled = (
         stmt.order_by(None)
         .with_only_columns(literal_column("1"), maintain_column_froms=True)
-        .compile(dialect=bind.dialect)
+        .compile(dialect=bind.dialect, compile_kwargs={"render_postcompile": True})  # IN lists expanded
     )
     conn = await session.connection()
     try:

@@ -169,6 +169,12 @@ async def test_counts_stop_at_the_cap_and_estimate_above_it(sessions):
     assert capped.total >= 9  # at least what was counted: the estimate never answers fewer
     # The last page knows its total without counting.
     assert (last.total, last.total_exact, last.has_more, len(last.items)) == (12, True, False, 2)
+    # The estimate is read for filters with lists too (statuses: IN (...) expanded for EXPLAIN).
+    from registry.services.common import _estimated_rows
+
+    listed = select(Execution).where(Execution.status.in_(["COMPLETED", "FAILED"]), Execution.module_name == module)
+    async with sessions() as session:
+        assert await _estimated_rows(session, listed) is not None
     # Without any filter too (the count's FROM must not depend on a WHERE clause).
     async with sessions() as session:
         unfiltered = await paginate_large(session, select(Execution).order_by(Execution.id), page=1, limit=1)
