@@ -307,6 +307,7 @@ async def stream_logs(
         return ExecutionStatus(status_).is_final
 
     async def generate() -> AsyncIterator[dict[str, str]]:
+        nonlocal pubsub
         merge = LogMerge()
         sent = 0
 
@@ -320,15 +321,22 @@ async def stream_logs(
             for entry in merge.stored(stored):
                 yield event(entry)
             if pubsub is None and not closed(status_):
-                notice = {"message": "live log lines are unavailable (Redis is down): stored lines follow as steps end"}
-                yield {"event": "notice", "data": json.dumps(notice)}
+                yield {"event": "notice", "data": json.dumps(LIVE_LOST)}
             checked = time.monotonic()
             while not closed(status_):
                 if pubsub is None:
                     await asyncio.sleep(LOG_STREAM_STATUS_SECONDS)
                     raw = None
                 else:
-                    raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LOG_STREAM_STATUS_SECONDS)
+                    try:
+                        raw = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=LOG_STREAM_STATUS_SECONDS
+                        )
+                    except Exception as exc:  # noqa: BLE001 - Redis went away mid-stream: go on from the stored log
+                        log.warning("log stream of %s lost redis: %s", execution_id, type(exc).__name__)
+                        await _close_quietly(pubsub)
+                        pubsub, raw = None, None
+                        yield {"event": "notice", "data": json.dumps(LIVE_LOST)}
                 if raw is not None:
                     try:
                         entry = json.loads(raw["data"])
@@ -344,10 +352,7 @@ async def stream_logs(
                     for entry in merge.stored(stored):
                         yield event(entry)
             # Closed: deliver what is still in flight, then whatever only the stored log has.
-            while (
-                pubsub is not None
-                and (raw := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)) is not None
-            ):
+            while pubsub is not None and (raw := await _in_flight(pubsub)) is not None:
                 try:
                     entry = json.loads(raw["data"])
                 except (TypeError, ValueError):
@@ -360,9 +365,28 @@ async def stream_logs(
             yield {"event": "end", "data": json.dumps({"status": status_})}
         finally:
             if pubsub is not None:
-                await pubsub.aclose()
+                await _close_quietly(pubsub)
 
     return EventSourceResponse(generate(), ping=LOG_STREAM_KEEPALIVE_SECONDS)
+
+
+LIVE_LOST = {"message": "live log lines are unavailable (Redis is down): stored lines follow as steps end"}
+
+
+async def _in_flight(pubsub: Any) -> Any:
+    """A message still on its way after the run closed; None when there is none (or Redis is gone:
+    the stored log has every line anyway)."""
+    try:
+        return await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
+    except Exception:  # noqa: BLE001 - nothing more to read live
+        return None
+
+
+async def _close_quietly(pubsub: Any) -> None:
+    try:
+        await pubsub.aclose()
+    except Exception:  # noqa: BLE001 - a connection already lost
+        log.debug("closing a log stream's subscription failed", exc_info=True)
 
 
 @router.post("/{execution_id}/cancel", response_model=ExecutionRead, status_code=status.HTTP_202_ACCEPTED)
