@@ -41,7 +41,7 @@ from autoplat._loader import HandlerNotFound, load_handler
 from autoplat._sync import to_completion
 from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer
 from autoplat.errors import Cancelled, JobError
-from registry import logformat, metrics
+from registry import logformat, metrics, tracing
 from registry.db import is_unavailable, unit_of_work
 from registry.models import Execution, ExecutionStatus, Job, Module, ModuleVersion
 from registry.services import events, runs
@@ -246,7 +246,9 @@ class JobActivities:
         inp: StepInput = activity.payload_converter().from_payload(args[0].payload, StepInput)
         info = activity.info()
         buffer = LogBuffer(
-            self.settings.execution_log_limit, self.log_sink(inp.execution_id) if self.log_sink else None
+            self.settings.execution_log_limit,
+            # ctx.http's requests are counted from their log entries (registry/metrics.py).
+            metrics.http_log_counter(self.log_sink(inp.execution_id) if self.log_sink else None),
         )
         self.cancelled.pop(inp.execution_id, None)
         beat = _Beat()
@@ -256,7 +258,8 @@ class JobActivities:
             execution_id=inp.execution_id, job_id=inp.job_id, module=inp.module, job_type=inp.job_type
         )
         try:
-            return await self._run_step(inp, info, buffer, beat)
+            async with tracing.step_span(inp.module, inp.job_type, inp.step, inp.execution_id):
+                return await self._run_step(inp, info, buffer, beat)
         finally:
             beater.cancel()
             logformat.unbind(bound)
@@ -308,6 +311,7 @@ class JobActivities:
                     trigger=prepared.trigger,
                     workflow_id=info.workflow_id,
                     run_id=info.workflow_run_id,
+                    trace_id=tracing.current_trace_id(),
                 ),
                 config=prepared.config,
                 secrets=prepared.module_secrets | prepared.secrets,
@@ -938,6 +942,9 @@ async def _http_spec(ctx: JobContext, settings: Settings) -> dict[str, Any] | No
         "max_download_bytes": client.max_download_bytes,
         "secrets": client.masked_values,
     }
+    parent = tracing.traceparent()  # None unless AUTOPLAT_TRACING=on
+    if parent is not None:
+        spec["traceparent"] = parent
     try:
         spec["hosts"] = await client.allowed_hosts()
     except HostNotAllowed as exc:

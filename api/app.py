@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors, limits
 from api.state import AppState
-from registry import logformat, metrics
+from registry import logformat, metrics, tracing
 from registry.db import create_engine, create_session_factory, unit_of_work
 from registry.ratelimit import LoginLimiter
 from registry.services import audit
@@ -71,6 +71,7 @@ def app_from_environment() -> FastAPI:
 def create_app(settings: Settings, *, state: AppState | None = None) -> FastAPI:
     """Build the API. Pass ``state`` to share already-open resources (tests, ``autoplat dev``)."""
     settings.check_secure()
+    tracing.configure("autoplat-api", on=settings.tracing == "on")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

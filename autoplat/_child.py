@@ -449,9 +449,13 @@ class Child:
                 raise HostNotAllowed(str(refusal))
             return list(spec.get("hosts") or [])
 
+        transport: Any = self._transports[policy]
+        if isinstance(spec.get("traceparent"), str):
+            # The platform traces runs: each request joins the step's trace (docs/observability.md).
+            transport = _WithTraceparent(transport, spec["traceparent"])
         return HttpClient(
             hosts=hosts if refusal or spec.get("hosts") is not None else None,
-            transport=self._transports[policy],
+            transport=transport,
             logger=ctx.logger,
             runner=self.runner,
             timeout=float(spec.get("timeout", 30.0)),
@@ -461,6 +465,22 @@ class Child:
             max_download_bytes=int(spec.get("max_download_bytes", 100 * 1024 * 1024)),
             secrets=[str(s) for s in spec.get("secrets") or []],
         )
+
+
+class _WithTraceparent:
+    """An httpx transport adding the step's ``traceparent`` to each request (the shared pool stays
+    open: it belongs to the process)."""
+
+    def __init__(self, transport: Any, traceparent: str) -> None:
+        self.transport = transport
+        self.traceparent = traceparent
+
+    async def handle_async_request(self, request: Any) -> Any:
+        request.headers["traceparent"] = self.traceparent
+        return await self.transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        return None
 
 
 def _read(sock: socket.socket) -> dict[str, Any] | None:

@@ -48,6 +48,8 @@ class ExecutionInfo:
     trigger: str = "manual"
     workflow_id: str | None = None
     run_id: str | None = None
+    #: The run's OpenTelemetry trace id when the platform traces (AUTOPLAT_TRACING=on), else None.
+    trace_id: str | None = None
 
 
 @dataclass
@@ -283,6 +285,12 @@ class JobContext:
     @property
     def trigger(self) -> str:
         return self.info.trigger
+
+    @property
+    def trace_id(self) -> str | None:
+        """The run's trace id (32 hex digits) when the platform traces runs, else None: quote it in
+        logs or to callees to find the run's trace (``ctx.http`` sends ``traceparent`` itself)."""
+        return self.info.trace_id
 
     # control ----------------------------------------------------------------------------------
     def heartbeat(self, *details: Any) -> None:

@@ -456,3 +456,29 @@ def counting_transport(inner: Any) -> Any:
             await self.wrapped.aclose()
 
     return CountingTransport(inner)
+
+
+def http_log_counter(sink: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], None]:
+    """A step's log sink that also counts its ``ctx.http`` requests: ``ctx.http`` logs one entry per
+    attempt with ``extra.http`` = method, url (masked), status, duration_ms; the entries reach the
+    worker whether the handler runs in a handler process or inline, so this counts both alike."""
+    from urllib.parse import urlsplit
+
+    def record(entry: dict[str, Any]) -> None:
+        extra = entry.get("extra")
+        http = extra.get("http") if isinstance(extra, dict) else None
+        if isinstance(http, dict) and isinstance(http.get("url"), str):
+            try:
+                host = urlsplit(http["url"]).hostname
+            except ValueError:
+                host = None
+            status = http.get("status")
+            label = host_label(host)
+            HTTP_CLIENT_REQUESTS.labels(label, str(status) if isinstance(status, int) else "error").inc()
+            duration = http.get("duration_ms")
+            if isinstance(duration, int | float):
+                HTTP_CLIENT_DURATION.labels(label).observe(max(float(duration), 0.0) / 1000)
+        if sink is not None:
+            sink(entry)
+
+    return record

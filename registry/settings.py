@@ -170,6 +170,9 @@ class Settings(BaseSettings):
     worker_metrics_host: str = "127.0.0.1"
     #: ``text`` (human lines) or ``json`` (one object per line) for the API's and workers' logs.
     log_format: Literal["text", "json"] = "text"
+    #: OpenTelemetry traces (``on``: exported over OTLP/HTTP as the ``OTEL_EXPORTER_OTLP_*`` variables
+    #: say); ``off`` costs nothing.
+    tracing: Literal["off", "on"] = "off"
 
     @model_validator(mode="after")
     def _metrics_token_needed(self) -> Settings:

@@ -8,6 +8,7 @@ from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.service import TLSConfig
 
+from registry import tracing
 from registry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ async def connect(settings: Settings) -> Client:
         tls=tls_config(settings),
         api_key=settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None,
         data_converter=DATA_CONVERTER,
+        interceptors=tracing.client_interceptors(),  # none unless AUTOPLAT_TRACING=on
     )
 
 

@@ -15,7 +15,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.jobs import JobActivities
-from registry import logformat, metrics
+from registry import logformat, metrics, tracing
 from registry.db import create_engine, create_session_factory
 from registry.settings import Settings
 from workflows.job import JobWorkflow
@@ -117,6 +117,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     from workflows.client import ensure_search_attributes
 
     serve_metrics(settings)  # before the client: the Temporal runtime must export its metrics
+    tracing.configure("autoplat-worker", on=settings.tracing == "on")
     client = await _connect_with_retry(settings)
     await ensure_search_attributes(client, settings.temporal_namespace)
     deps = WorkerDeps.open(settings)

@@ -29,7 +29,7 @@ from autoplat.http import (
     ResponseTooLarge,
     masked_values,
 )
-from registry import metrics
+from registry import metrics, tracing
 
 HTTP = "autoplat.http"
 
@@ -67,20 +67,25 @@ class HttpService:
     def __init__(self, deps: Any) -> None:
         self.deps = deps
         settings = deps.settings
-        # Counted by host and status (registry/metrics.py); the guard stays innermost.
-        self.transport = metrics.counting_transport(GuardedTransport(AddressPolicy(settings.http_allow_private)))
+        self.transport = GuardedTransport(AddressPolicy(settings.http_allow_private))
+        # The platform's own calls (the autoplat.http activity) are counted by host and status here;
+        # a step's ctx.http calls are counted from their log entries (jobs.py), in whichever process
+        # the handler runs.
+        self.counted = metrics.counting_transport(self.transport)
         #: A registered version's hosts, or why it may call none (its manifest never changes).
         self._hosts: dict[tuple[str, str | None], list[str] | str] = {}
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.http]
 
-    def client(self, *, hosts: Any, logger: Any = None, runner: Any = None, secrets: Any = ()) -> HttpClient:
+    def client(
+        self, *, hosts: Any, logger: Any = None, runner: Any = None, secrets: Any = (), transport: Any = None
+    ) -> HttpClient:
         settings = self.deps.settings
         return HttpClient(
             hosts=hosts,
             secrets=secrets,
-            transport=self.transport,
+            transport=transport or self.transport,
             logger=logger,
             runner=runner,
             timeout=settings.http_timeout_seconds,
@@ -134,6 +139,8 @@ class HttpService:
             logger=ctx.logger,
             runner=loop_runner(loop),
             secrets=masked_values(ctx.secrets.values()),
+            # Each request a span of the step's trace, traceparent sent (AUTOPLAT_TRACING=on only).
+            transport=tracing.step_transport(self.transport),
         )
         return {"http": client}
 
@@ -143,7 +150,7 @@ class HttpService:
         started = time.monotonic()
         try:
             hosts = await self.module_hosts(call.module, None) if call.module else None
-            client = self.client(hosts=hosts)
+            client = self.client(hosts=hosts, transport=self.counted)
             response = await client.request(
                 call.method,
                 call.url,

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client
 
@@ -24,6 +28,10 @@ def hello(ctx):
 def boom(ctx):
     raise JobError("bad input")
 
+async def fetch(ctx):
+    answer = await ctx.http.get(ctx.config["url"])
+    return {"status": answer.status_code}
+
 def flaky(ctx):
     if ctx.attempt < 2:
         raise RuntimeError("transient")
@@ -33,6 +41,7 @@ def flaky(ctx):
 JOBS = [
     {"name": "hello", "description": "ok", "handler": "hello"},
     {"name": "boom", "description": "fails", "handler": "boom"},
+    {"name": "fetch", "description": "calls a URL", "handler": "fetch"},
     {
         "name": "flaky",
         "description": "fails once",
@@ -57,13 +66,40 @@ def value(found: dict[Any, float], name: str, **labels: str) -> float:
 @pytest.fixture
 async def obs_module(sessions: Any, settings: Any, tmp_path: Any) -> str:
     name = f"obs{uuid.uuid4().hex[:6]}"
-    folder = write_module(tmp_path, name=name, code=CODE, jobs=JOBS, package=name)
+    folder = write_module(
+        tmp_path,
+        name=name,
+        code=CODE,
+        jobs=JOBS,
+        package=name,
+        extra={"permissions": {"hosts": ["127.0.0.1"], "services": ["http"]}},
+    )
     await put_module(sessions, settings.state_dir, folder)
     return name
 
 
+@pytest.fixture
+def receiver() -> Iterator[int]:
+    """A local HTTP server answering 203 (a status no other test's calls get)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(203)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+
+
 async def test_runs_are_counted_on_the_api_and_the_worker_port(
-    temporal_settings, temporal_env, engine, obs_module, operator_headers, admin_headers, monkeypatch
+    receiver, temporal_settings, temporal_env, engine, obs_module, operator_headers, admin_headers, monkeypatch
 ):
     from api.routes import metrics as metrics_route
 
@@ -71,6 +107,10 @@ async def test_runs_are_counted_on_the_api_and_the_worker_port(
     settings = temporal_settings
     settings.metrics = "open"
     module = obs_module
+    url = f"http://127.0.0.1:{receiver}/hook"
+    sent_before = (
+        REGISTRY.get_sample_value("autoplat_http_client_requests_total", {"host": "127.0.0.1", "status": "203"}) or 0.0
+    )
     # The worker's client on a runtime exporting the Temporal SDK's metrics (as `autoplat worker` does).
     runtime = metrics.temporal_runtime(metrics.free_port())
     client = await Client.connect(
@@ -84,7 +124,7 @@ async def test_runs_are_counted_on_the_api_and_the_worker_port(
     try:
         async with running_worker(settings, client), api_client(settings) as api:
             jobs = {}
-            for job_type in ("hello", "boom", "flaky"):
+            for job_type in ("hello", "boom", "flaky", "fetch"):
                 r = await api.post(
                     "/api/v1/jobs",
                     json={
@@ -93,12 +133,13 @@ async def test_runs_are_counted_on_the_api_and_the_worker_port(
                         "name": f"{job_type}-job",
                         "schedule": None,
                         "event_triggers": ["obs.ping"] if job_type == "hello" else [],
+                        "config": {"url": url} if job_type == "fetch" else {},
                     },
                     headers=operator_headers,
                 )
                 assert r.status_code == 201, r.text
                 jobs[job_type] = r.json()["id"]
-            for job_type, runs in (("hello", 2), ("boom", 1), ("flaky", 1)):
+            for job_type, runs in (("hello", 2), ("boom", 1), ("flaky", 1), ("fetch", 1)):
                 for _ in range(runs):
                     r = await api.post(f"/api/v1/jobs/{jobs[job_type]}/execute?wait=true", headers=operator_headers)
                     assert r.status_code in (200, 502), r.text
@@ -177,6 +218,9 @@ async def test_runs_are_counted_on_the_api_and_the_worker_port(
     )
     labels = {v for (_, pairs) in on_api for (_, v) in pairs}
     assert not any(job_id in label for job_id in jobs.values() for label in labels)
+    # ctx.http's request, counted from the handler process by host and status.
+    sent = value(on_api, "autoplat_http_client_requests_total", host="127.0.0.1", status="203")
+    assert sent == sent_before + 1
     # Events were dispatched with their lag measured.
     assert value(on_api, "autoplat_event_dispatch_lag_seconds_count") >= 1
     assert value(on_api, "autoplat_events_dispatched_total", outcome="dispatched") >= 1

@@ -1,0 +1,121 @@
+"""Traces: the API request that starts a run, Temporal's workflow and activity spans, the handler's
+step and its ``ctx.http`` call form one trace, and the callee receives its ``traceparent``."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from temporalio.client import Client
+
+from registry import tracing
+from tests.conftest import api_client, running_worker
+from tests.jobs.helpers import put_module, write_module
+
+CODE = """
+async def call(ctx):
+    answer = await ctx.http.get(ctx.config["url"])
+    return {"status": answer.status_code, "trace_id": ctx.trace_id}
+"""
+
+
+@pytest.fixture(scope="module")
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    # OpenTelemetry's provider is process-wide and set once: the first configure() wins.
+    assert tracing.configure("autoplat-test", on=True, exporter=exporter)
+    try:
+        yield exporter
+    finally:
+        tracing.disable()
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    seen: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", seen
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("isolation", ["process", "inline"])
+async def test_one_trace_from_the_request_to_the_handlers_http_call(
+    isolation, spans, receiver, temporal_settings, temporal_env, engine, sessions, tmp_path, operator_headers
+):
+    url, seen = receiver
+    settings = temporal_settings
+    settings.tracing = "on"
+    settings.handler_isolation = isolation
+    module = f"trace{uuid.uuid4().hex[:6]}"
+    folder = write_module(
+        tmp_path,
+        name=module,
+        code=CODE,
+        jobs=[{"name": "call", "description": "calls a URL", "handler": "call"}],
+        package=module,
+        extra={"permissions": {"hosts": ["127.0.0.1"], "services": ["http"]}},
+    )
+    await put_module(sessions, settings.state_dir, folder)
+    # The worker's client as `autoplat worker` builds it with tracing on (the API's connects itself).
+    client = await Client.connect(
+        temporal_env.client.service_client.config.target_host,
+        namespace=settings.temporal_namespace,
+        data_converter=temporal_env.client.data_converter,
+        interceptors=tracing.client_interceptors(),
+    )
+    spans.clear()
+    async with api_client(settings) as api, running_worker(settings, client):
+        r = await api.post(
+            "/api/v1/jobs",
+            json={"module": module, "job_type": "call", "name": "call", "schedule": None, "config": {"url": url}},
+            headers=operator_headers,
+        )
+        assert r.status_code == 201, r.text
+        r = await api.post(f"/api/v1/jobs/{r.json()['id']}/execute?wait=true", headers=operator_headers)
+        assert r.status_code == 200 and r.json()["status"] == "COMPLETED", r.text
+        result = r.json()["result"]
+
+    assert result["status"] == 204
+    finished = spans.get_finished_spans()
+    request = next(s for s in finished if s.name == "POST /api/v1/jobs/{job_id}/execute")
+    trace_id = request.context.trace_id
+    in_trace = {s.name for s in finished if s.context.trace_id == trace_id}
+    assert {"StartWorkflow:" + f"{module}.call", f"RunWorkflow:{module}.call", f"RunActivity:{module}.call"} <= in_trace
+    assert f"handler {module}.call" in in_trace, sorted(in_trace)
+    assert result["trace_id"] == f"{trace_id:032x}"
+    handler_span = next(s for s in finished if s.name == f"handler {module}.call")
+    run_activity = next(s for s in finished if s.name == f"RunActivity:{module}.call")
+    assert handler_span.parent is not None and handler_span.parent.span_id == run_activity.context.span_id
+    # The request span is the root: no other span of the trace lacks a parent.
+    roots = [s for s in finished if s.context.trace_id == trace_id and s.parent is None]
+    assert [s.name for s in roots] == [request.name]
+    # The callee joined the trace: under the HTTP span (inline), under the step's span (handler process).
+    assert len(seen) == 1, seen
+    _version, got_trace, got_parent, _flags = seen[0]["traceparent"].split("-")
+    assert got_trace == f"{trace_id:032x}"
+    if isolation == "inline":
+        http_span = next(s for s in finished if s.name == "HTTP GET" and s.context.trace_id == trace_id)
+        assert http_span.parent is not None and http_span.parent.span_id == handler_span.context.span_id
+        assert http_span.attributes["http.response.status_code"] == 204
+        assert got_parent == f"{http_span.context.span_id:016x}"
+    else:
+        assert got_parent == f"{handler_span.context.span_id:016x}"
