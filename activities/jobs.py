@@ -7,13 +7,15 @@ module enabled after the worker started runs without a restart.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +36,7 @@ from activities.types import (
     StartInput,
     StepEnd,
     StepInput,
+    end_detail,
     step_outcome,
 )
 from autoplat._invoke import invoke
@@ -92,10 +95,19 @@ class _Beat:
 
     run: int = 0
     started: float = 0.0
+    #: The end of the failed run (a :class:`StepEnd`) when the registry could not take it (nor,
+    #: with ``count_failure``, the failure's count): the next attempt writes both before it runs
+    #: the handler.
+    ended: dict[str, Any] | None = None
+    #: What the previous attempt's heartbeats said, repeated until this attempt's own run starts:
+    #: an attempt that fails before that (the registry still down) must not erase it.
+    inherited: list[Any] = field(default_factory=list)
 
     def details(self) -> list[Any]:
+        if self.ended is not None:
+            return [{_BEAT: 1, "run": self.ended["attempt"], "end": self.ended}]
         if not self.run:
-            return []
+            return list(self.inherited)
         return [{_BEAT: 1, "run": self.run, "started": self.started, "at": time.time()}]
 
 
@@ -109,9 +121,9 @@ class _StepRuntime:
         self._inp = inp
         self._loop = loop
         self._beat = beat
-        #: How many events the step emitted so far: the n-th emit of a step is the same event in
-        #: every attempt (its id derives from the execution, the step and n).
-        self._emitted = 0
+        #: How many events of each name the step emitted so far: the n-th event named X of a step
+        #: is the same event in every attempt (its id derives from the execution, the step, X and n).
+        self._emitted: dict[str, int] = {}
 
     def heartbeat(self, *details: Any) -> None:
         if self._loop is _running_loop():
@@ -123,8 +135,8 @@ class _StepRuntime:
         return self._activities.cancelled.get(self._inp.execution_id, False)
 
     async def emit(self, name: str, payload: dict[str, Any]) -> str:
-        self._emitted += 1
-        return await self._activities.emit(self._inp, name, payload, sequence=self._emitted)
+        self._emitted[name] = sequence = self._emitted.get(name, 0) + 1
+        return await self._activities.emit(self._inp, name, payload, sequence=sequence)
 
     def run_coroutine(self, coro: Awaitable[Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(_await(coro), self._loop).result()
@@ -139,6 +151,33 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+_A = TypeVar("_A")
+
+
+def _refusals_fail(
+    write: Callable[[JobActivities, _A], Awaitable[T]],
+) -> Callable[[JobActivities, _A], Awaitable[T]]:
+    """A mirror write the database refuses (a constraint, a value, a bug) fails for good:
+    retrying it until the run's deadline would only repeat it. While the database is unreachable
+    the write fails retryable (the workflow's retry policy tries it again)."""
+
+    @functools.wraps(write)
+    async def refusing(self: JobActivities, inp: _A) -> T:
+        try:
+            return await write(self, inp)
+        except SQLAlchemyError as exc:
+            if is_unavailable(exc):
+                raise
+            log.exception("%s: the registry refused the write", write.__name__)
+            raise ApplicationError(
+                f"the registry refused {write.__name__}: {type(exc).__name__}: {exc}"[:2000],
+                type="RegistryError",
+                non_retryable=True,
+            ) from None
+
+    return refusing
 
 
 class JobActivities:
@@ -167,6 +206,7 @@ class JobActivities:
 
     # --- mirror ---------------------------------------------------------------------------------
     @activity.defn(name=MIRROR_START)
+    @_refusals_fail
     async def mirror_start(self, inp: StartInput) -> RunPlan:
         since = datetime.now(UTC)
         async with unit_of_work(self.sessions) as session:
@@ -207,6 +247,7 @@ class JobActivities:
             return plan
 
     @activity.defn(name=MIRROR_FINISH)
+    @_refusals_fail
     async def mirror_finish(self, inp: FinishInput) -> dict[str, Any] | None:
         """End the run's row; when it was already COMPLETED by its last step (whose completion never
         reached the workflow: a worker lost just after the commit, then a cancel or a failure),
@@ -272,7 +313,10 @@ class JobActivities:
         value: Any = None
         finalized = False
         pending: StepEnd | None = None
+        #: The handler failed and the registry could not count it (see ``_count_failure``).
+        uncounted = False
         run = info.attempt
+        beat.inherited = _platform_beat(info.heartbeat_details)
         try:
             try:
                 prepared = await self._prepare(inp, info)
@@ -285,9 +329,19 @@ class JobActivities:
                 early = {}  # its end is written: the step's attempts are used up
                 raise spent.error from None
             except (SQLAlchemyError, OSError) as exc:
+                early = {}  # nothing ran: nothing to write (the registry is down anyway)
+                if not is_unavailable(exc):
+                    # A statement the database refuses fails the same way on every attempt.
+                    log.exception("preparing step %s of execution %s failed", inp.step, inp.execution_id)
+                    raise ApplicationError(
+                        f"the registry refused the step: {type(exc).__name__}: {exc}"[:2000],
+                        type="RegistryError",
+                        non_retryable=True,
+                    ) from None
                 # The registry is unreachable: a platform-side failure, retried by Temporal (for
                 # as long as the run's timeout allows) without counting against the job's attempts.
-                early = {}  # nothing ran: nothing to write (the registry is down anyway)
+                if beat.inherited:
+                    activity.heartbeat(*beat.details())  # what the previous attempt left stays
                 raise ApplicationError(
                     f"registry unavailable: {type(exc).__name__}", type="PlatformUnavailable"
                 ) from None
@@ -351,12 +405,13 @@ class JobActivities:
             if exc.type == "StepTimeout":
                 outcome = "TIMED_OUT"
             buffer.add(_entry("ERROR", f"{exc.type}: {exc.message}", inp, run))
-            failures = await self._count_failure(inp, exc.non_retryable)
+            failures = await self._count_failure(inp)
+            uncounted = failures is None
             raise self._budgeted(exc, failures, inp) from None
         except JobError as exc:
             error_text = exc.message
             buffer.add(_entry("ERROR", f"JobError: {exc.message}", inp, run))
-            await self._count_failure(inp, True)
+            uncounted = await self._count_failure(inp) is None
             raise ApplicationError(exc.message, exc.details, type="JobError", non_retryable=True) from None
         except Cancelled as exc:
             outcome = "CANCELLED"
@@ -367,7 +422,8 @@ class JobActivities:
             )
             error_text = f"{name}: {exc}"
             buffer.add(_entry("ERROR", error_text, inp, run, exc=exc, trace=trace))
-            failures = await self._count_failure(inp, False)
+            failures = await self._count_failure(inp)
+            uncounted = failures is None
             raise self._budgeted(ApplicationError(error_text, type=name), failures, inp) from None
         finally:
             if early is None:
@@ -384,6 +440,7 @@ class JobActivities:
                         error_text,
                         buffer,
                         _stored(value) if completes else _NOTHING,
+                        counted=not uncounted,
                     )
                 )
                 if stored is not _NOTHING:
@@ -392,6 +449,13 @@ class JobActivities:
                     # When the write completed the run, the step's success stands (Temporal accepts
                     # a completion after a cancel request), so the workflow and the row agree.
                     raise asyncio.CancelledError
+                failure = sys.exc_info()[1]
+                if pending is not None and isinstance(failure, ApplicationError):
+                    # The registry took neither the failed run's end nor (maybe) its count: the
+                    # next attempt finds both in the last heartbeat, the workflow in the error.
+                    beat.ended = dataclasses.asdict(pending)
+                    activity.heartbeat(*beat.details())
+                    raise _with_end(failure, pending) from None
         if inp.starts_run or inp.finishes_run or pending is not None:
             return step_outcome(value, finalized=finalized, pending=pending)
         return value
@@ -454,6 +518,10 @@ class JobActivities:
         overran = self._overran(inp, info)
         if overran is not None and execution is not None:
             _end_overrun(execution, inp, overran)
+        unwritten = _unwritten_end(inp, info)
+        if unwritten is not None and execution is not None:
+            # The previous run failed while the registry was down: its end and its count first.
+            _write_pending(execution, unwritten)
         failures = _failures(execution, inp)
         if failures >= inp.max_attempts:
             # The handler's own budget is spent; only platform-side retries were left.
@@ -496,8 +564,8 @@ class JobActivities:
         own clock could not stop it (a handler ignoring cancellation, a stalled worker loop)."""
         details = info.heartbeat_details
         beat = details[0] if details and isinstance(details[0], dict) else None
-        if info.attempt < 2 or beat is None or beat.get(_BEAT) != 1:
-            return None
+        if info.attempt < 2 or beat is None or beat.get(_BEAT) != 1 or beat.get("end") is not None:
+            return None  # (a run whose end is in the heartbeat ended on its own: ``_unwritten_end``)
         try:
             ran = float(beat["at"]) - float(beat["started"])
             run = int(beat["run"])
@@ -554,10 +622,11 @@ class JobActivities:
             await asyncio.sleep(interval)
             activity.heartbeat(*beat.details())
 
-    def _budgeted(self, exc: ApplicationError, failures: int, inp: StepInput) -> ApplicationError:
+    def _budgeted(self, exc: ApplicationError, failures: int | None, inp: StepInput) -> ApplicationError:
         """Handler failures count against the job's retries; the rest of the Temporal budget is
-        kept for infrastructure failures (a worker lost mid-step)."""
-        if exc.non_retryable or failures < inp.max_attempts:
+        kept for infrastructure failures (a worker lost mid-step). A failure not counted yet
+        (``None``) is counted by the next attempt before it runs the handler."""
+        if exc.non_retryable or failures is None or failures < inp.max_attempts:
             return exc
         return ApplicationError(exc.message, *exc.details, type=exc.type or "AttemptsExhausted", non_retryable=True)
 
@@ -608,29 +677,35 @@ class JobActivities:
         execution.attempt = max(execution.attempt or 0, run)
         return run
 
-    async def _count_failure(self, inp: StepInput, final: bool) -> int:
-        """Count a handler failure against the job's attempts (retried while the registry is
-        unreachable, until the attempt's deadline: then a platform-side failure, not counted)."""
+    async def _count_failure(self, inp: StepInput) -> int | None:
+        """Count a handler failure against the job's attempts; returns the step's failures.
+
+        Retried while the registry is unreachable, until the attempt's deadline; then ``None``: the
+        failure is counted with the step's end by whoever writes that end (the step's next attempt,
+        from the heartbeat, or the workflow's ``mirror_finish``), never skipped. A row or step that
+        is gone, or a write the database refuses, use the attempts up: the handler must not run
+        again uncounted."""
 
         async def count() -> int:
             async with unit_of_work(self.sessions) as session:
                 execution = await session.get(Execution, inp.execution_id, with_for_update=True)
                 if execution is None:
-                    return 0
+                    return inp.max_attempts
                 steps = [dict(s) for s in (execution.steps or [])]
                 if inp.step_index >= len(steps):
-                    return 0
+                    return inp.max_attempts
                 steps[inp.step_index]["failures"] = int(steps[inp.step_index].get("failures", 0)) + 1
                 execution.steps = steps
                 return int(steps[inp.step_index]["failures"])
 
         try:
             return await _while_unavailable(count, what=f"counting a failure of execution {inp.execution_id}")
-        except Exception as exc:
-            if not is_unavailable(exc):
-                raise
-            log.error("could not count a failure of execution %s: the registry is unavailable", inp.execution_id)
-            raise ApplicationError(f"registry unavailable: {type(exc).__name__}", type="PlatformUnavailable") from None
+        except Exception as exc:  # noqa: BLE001 - whatever the registry answered, the failure stands
+            if is_unavailable(exc):
+                log.error("could not count a failure of execution %s: the registry is unavailable", inp.execution_id)
+                return None
+            log.exception("could not count a failure of execution %s: its attempts end here", inp.execution_id)
+            return inp.max_attempts
 
     async def _end_step(
         self,
@@ -641,14 +716,21 @@ class JobActivities:
         error: str | None,
         buffer: LogBuffer,
         result: Any,
+        *,
+        counted: bool = True,
     ) -> tuple[bool, Any, StepEnd | None]:
         """A step's cleanup: release its services, then keep its logs and status (and, given the
-        last step's ``result``, end the run): see :meth:`_step_finished`."""
+        last step's ``result``, end the run): see :meth:`_step_finished`. The end of a failure the
+        registry could not count is not written here: it is handed on with its count (both or
+        neither, so whoever writes it counts it once)."""
         if ctx is not None and self.release is not None:
             try:
                 await self.release(inp, ctx)
             except Exception:  # noqa: BLE001 - releasing must never mask the step's outcome
                 log.exception("releasing services of step %s failed", inp.step)
+        if not counted:
+            end = StepEnd(step_index=inp.step_index, status=outcome, attempt=attempt, error=error, logs=buffer.text())
+            return False, _NOTHING, dataclasses.replace(end, count_failure=True)
         return await self._step_finished(inp, attempt, outcome, error, buffer, result)
 
     async def _step_finished(
@@ -742,15 +824,16 @@ class JobActivities:
             return False, _NOTHING
 
     async def emit(self, inp: StepInput, name: str, payload: dict[str, Any], *, sequence: int | None = None) -> str:
-        """Store an event the step emits. The ``sequence``-th emit of a step has an id derived from
-        the execution, the step and ``sequence`` (not the attempt), so a retried step that emits
-        again stores nothing new: its n-th event is the one its earlier attempt stored."""
+        """Store an event the step emits. The ``sequence``-th event named ``name`` of a step has an id
+        derived from the execution, the step, the name and ``sequence`` (not the attempt, not the
+        payload), so a retried step that emits it again stores nothing new: it is the one its
+        earlier attempt stored. An event of another name is a new event."""
         from registry.services.events import check_payload, validate_name
 
         validate_name(name)
         # The same checks as POST /events: a module cannot store what the API would refuse.
         check_payload(payload, max_bytes=self.settings.event_payload_max_bytes)
-        event_id = emit_id(inp.execution_id, inp.step_index, sequence) if sequence is not None else None
+        event_id = emit_id(inp.execution_id, inp.step_index, name, sequence) if sequence is not None else None
         async with unit_of_work(self.sessions) as session:
             event, _ = await events.record_once(
                 session=session,
@@ -782,9 +865,11 @@ async def _count_finish(session: AsyncSession, execution_id: str) -> None:
         metrics.count_end(session, dict(row._mapping, module=row.module_name))
 
 
-def emit_id(execution_id: str, step_index: int, sequence: int) -> str:
-    """The id of a step's ``sequence``-th emitted event: the same in every attempt of the step."""
-    return str(uuid.uuid5(_EMIT_NAMESPACE, f"{execution_id}:{step_index}:{sequence}"))
+def emit_id(execution_id: str, step_index: int, name: str, sequence: int) -> str:
+    """The id of a step's ``sequence``-th emitted event named ``name``: the same in every attempt
+    of the step. The payload is left out on purpose: a retry's payload often differs (a timestamp,
+    the attempt) and is still the same event; the first one stored stands."""
+    return str(uuid.uuid5(_EMIT_NAMESPACE, f"{execution_id}:{step_index}:{name}:{sequence}"))
 
 
 def _write_deadline() -> float:
@@ -875,14 +960,54 @@ def _spend(execution: Execution | None, inp: StepInput, failures: int) -> _Spent
 
 
 def _write_pending(execution: Execution, end: StepEnd) -> None:
-    """Write the end of an earlier step that its own activity could not write."""
+    """Write the end of a run of a step that its own activity could not write (its status, logs
+    and, when the registry could not count it either, its failure): only while the step is still
+    RUNNING that run. A :class:`StepEnd` handed on more than once (every Temporal attempt of the
+    next step, then ``mirror_finish``) is written once."""
     steps = [dict(s) for s in (execution.steps or [])]
-    if end.step_index < len(steps) and int(steps[end.step_index].get("attempts") or 0) <= end.attempt:
-        steps[end.step_index].update(status=end.status, attempts=end.attempt, finished_at=datetime.now(UTC).isoformat())
-        if end.error:
-            steps[end.step_index]["error"] = end.error[:2000]
-        execution.steps = steps
+    if end.step_index >= len(steps):
+        return
+    step = steps[end.step_index]
+    if step.get("status") != "RUNNING" or int(step.get("attempts") or 0) != end.attempt:
+        return  # written already, or the step has moved on to another run
+    step.update(status=end.status, finished_at=datetime.now(UTC).isoformat())
+    if end.error:
+        step["error"] = end.error[:2000]
+    if end.count_failure:
+        step["failures"] = int(step.get("failures") or 0) + 1
+    execution.steps = steps
     _append_logs(execution, end.logs)
+
+
+def _platform_beat(details: Sequence[Any]) -> list[Any]:
+    """The platform's own detail of a heartbeat (see :class:`_Beat`), if the heartbeat has one."""
+    return [details[0]] if details and isinstance(details[0], dict) and details[0].get(_BEAT) == 1 else []
+
+
+def _unwritten_end(inp: StepInput, info: activity.Info) -> StepEnd | None:
+    """The end of the previous attempt's run that the registry could not take (``_Beat.ended``)."""
+    beat = _platform_beat(info.heartbeat_details)
+    end = beat[0].get("end") if beat and info.attempt >= 2 else None
+    if not isinstance(end, dict):
+        return None
+    try:
+        unwritten = StepEnd(**end)
+    except TypeError:
+        return None
+    return unwritten if unwritten.step_index == inp.step_index else None
+
+
+def _with_end(error: ApplicationError, end: StepEnd) -> ApplicationError:
+    """``error`` carrying the step's unwritten ``end`` as its last detail, for the workflow to hand
+    on (``activities.types.failed_step_end``)."""
+    return ApplicationError(
+        error.message,
+        *error.details,
+        end_detail(end),
+        type=error.type,
+        non_retryable=error.non_retryable,
+        next_retry_delay=error.next_retry_delay,
+    )
 
 
 #: Largest result Temporal accepts (its default blob size limit).

@@ -118,6 +118,9 @@ class StepEnd:
     error: str | None = None
     #: The step's log, as JSON lines.
     logs: str = ""
+    #: The run failed and the registry could not count the failure either: whoever writes this end
+    #: counts it (against the job's attempts) too.
+    count_failure: bool = False
 
 
 #: Key of the envelope a step returns when it starts or finishes the run (see :func:`step_outcome`).
@@ -148,6 +151,31 @@ def pending_end(result: Any) -> StepEnd | None:
     """The step end a step's result hands on to the workflow, if any."""
     if isinstance(result, dict) and result.get(STEP_ENVELOPE) == 1 and isinstance(result.get("pending"), dict):
         return StepEnd(**result["pending"])
+    return None
+
+
+#: Key of the failure detail that carries the end of a failed step its activity could not write.
+STEP_END_DETAIL = "__autoplat_step_end__"
+
+
+def end_detail(end: StepEnd) -> dict[str, Any]:
+    """The failure detail a failed step adds when it could not write its own end (see
+    :func:`failed_step_end`)."""
+    return {STEP_END_DETAIL: dataclasses.asdict(end)}
+
+
+def is_end_detail(detail: Any) -> bool:
+    return isinstance(detail, dict) and isinstance(detail.get(STEP_END_DETAIL), dict)
+
+
+def failed_step_end(exc: BaseException | None) -> StepEnd | None:
+    """The unwritten end a failed step's error carries (anywhere in its chain of causes: an
+    ``ActivityError``, a ``TimeoutError`` whose last failure it was), if any."""
+    while exc is not None:
+        for detail in getattr(exc, "details", None) or ():
+            if is_end_detail(detail):
+                return StepEnd(**detail[STEP_END_DETAIL])
+        exc = exc.__cause__
     return None
 
 

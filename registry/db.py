@@ -51,9 +51,11 @@ POOL_TIMEOUT_SECONDS = 10.0
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` means the database cannot be reached right now (down, restarting, the
-    connection lost or the pool exhausted), as opposed to a statement it refused: the first is
-    retried by workers and answered 503 by the API, the second is a bug or bad input."""
+    """Whether ``exc`` means the database cannot serve this right now (down, restarting, the
+    connection lost, the pool exhausted, or a transaction it rolled back to break a deadlock or a
+    serialization conflict), as opposed to a statement it refused: the first is transient,
+    retried by workers and answered 503 by the API; the second is a bug or bad input, and fails
+    the same way every time."""
     if isinstance(exc, sa_exc.DBAPIError):
         if exc.connection_invalidated:
             return True
@@ -67,10 +69,16 @@ def is_unavailable(exc: BaseException) -> bool:
 
 def _is_statement_error(exc: sa_exc.DBAPIError) -> bool:
     """An OperationalError the server raised about the statement itself (a lock timeout, a
-    cancelled query, disk full), not about the connection."""
-    sqlstate = getattr(exc.orig, "sqlstate", None)
+    cancelled query, disk full), not about the connection, and not a transaction worth running
+    again."""
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
     # Class 08: connection exceptions; 57P0x: the server is shutting down or starting up.
-    return bool(sqlstate) and not (str(sqlstate).startswith("08") or str(sqlstate).startswith("57P"))
+    return bool(sqlstate) and not sqlstate.startswith(("08", "57P")) and sqlstate not in TRANSIENT_SQLSTATES
+
+
+#: Transactions the server rolled back that succeed when run again: a deadlock victim (40P01), a
+#: serialization failure (40001).
+TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
 
 
 #: A pooled connection unused for longer than this is tested before it is handed out.

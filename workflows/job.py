@@ -31,6 +31,8 @@ with workflow.unsafe.imports_passed_through():
         StartInput,
         StepEnd,
         StepInput,
+        failed_step_end,
+        is_end_detail,
         open_step_outcome,
         pending_end,
     )
@@ -86,8 +88,10 @@ def _error(exc: BaseException) -> dict[str, Any]:
     error: dict[str, Any] = {"message": str(getattr(cause, "message", None) or cause) or type(cause).__name__}
     if isinstance(cause, ApplicationError):
         error["type"] = cause.type
-        if cause.details:
-            error["details"] = list(cause.details)
+        # Without the step's unwritten end (its logs), which ``mirror_finish`` writes where it belongs.
+        details = [d for d in cause.details if not is_end_detail(d)]
+        if details:
+            error["details"] = details
     elif isinstance(cause, TimeoutError):
         error["type"] = f"Timeout.{cause.type.name if cause.type else 'UNKNOWN'}"
     else:
@@ -200,6 +204,9 @@ class JobWorkflow:
         except (ActivityError, CancelledError, asyncio.CancelledError) as exc:
             status, error, failure = classify(exc), _error(exc), exc
             finalized = False
+            # A failed step whose end (status, logs) the registry could not take hands it on here;
+            # it had written the previous step's end before running its handler.
+            unwritten = failed_step_end(exc) or unwritten
             if status == "CANCELLED":
                 error = {"message": "cancelled", "type": "Cancelled"}
 
