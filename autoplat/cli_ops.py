@@ -70,6 +70,29 @@ def _fail(message: str, code: int = USER_ACTION) -> NoReturn:
     raise CliError(message, code)
 
 
+def _json_of(response: httpx.Response) -> Any:
+    """The body as JSON, or one line saying this is not the autoplat API (a wrong ``--api``)."""
+    try:
+        return response.json()
+    except ValueError:
+        _fail(
+            f"{response.request.url} answered {response.status_code} with no JSON: is --api / "
+            "AUTOPLAT_API_URL the autoplat API (e.g. http://127.0.0.1:8000)?"
+        )
+
+
+def _event_data(event: dict[str, str]) -> dict[str, Any]:
+    """A server-sent event's JSON data, or one line saying the stream is not what was expected."""
+    try:
+        data = json.loads(event.get("data") or "")
+    except ValueError:
+        shown = (event.get("data") or "")[:80]
+        _fail(f"the stream sent data that is not JSON ({shown!r}): is --api the autoplat API?", SERVER_ERROR)
+    if not isinstance(data, dict):
+        _fail("the stream sent data that is not a JSON object: is --api the autoplat API?", SERVER_ERROR)
+    return data
+
+
 def command(fn: F) -> F:
     """Turn :class:`CliError` (and a Ctrl-C) into one line and an exit code, never a traceback."""
 
@@ -113,22 +136,33 @@ def _read_credentials() -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _write_credentials(data: dict[str, Any]) -> None:
+def _private_folder() -> Path:
+    """The config folder, created 0700, and made 0700 again if it exists more open."""
     folder = config_dir()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if folder.stat().st_mode & 0o077:
+        folder.chmod(0o700)
+    return folder
+
+
+def _write_credentials(data: dict[str, Any]) -> None:
+    folder = _private_folder()
     path = credentials_path()
     tmp = folder / f".credentials-{uuid.uuid4().hex[:8]}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager
 def _locked() -> Iterator[None]:
     """An exclusive lock shared by every CLI process of this user (refresh, login, logout)."""
-    folder = config_dir()
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder = _private_folder()
     fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -254,7 +288,7 @@ class Api:
         response = self.raw(method, path, **kwargs)
         if response.status_code not in ok:
             _fail(_error_message(response), _code_for(response.status_code))
-        return None if response.status_code == 204 or not response.content else response.json()
+        return None if response.status_code == 204 or not response.content else _json_of(response)
 
     def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         kwargs.setdefault("timeout", self.timeout)
@@ -443,7 +477,7 @@ def login(
         _fail("wrong login or password")
     if response.status_code != 200:
         _fail(f"login failed: {_error_message(response)}", _code_for(response.status_code))
-    tokens = response.json()
+    tokens = _json_of(response)
     if not isinstance(tokens, dict) or "access_token" not in tokens:
         _fail(f"{base} did not answer like an autoplat API: check --api")
     with _locked():
@@ -718,7 +752,7 @@ def jobs_run(
         )
     if response.status_code not in (200, 202):
         _fail(_error_message(response), _code_for(response.status_code))
-    execution = response.json()
+    execution = _json_of(response)
     if as_json:
         _print_json(execution)
     else:
@@ -841,10 +875,13 @@ def logs(
     with client.stream(f"/executions/{execution}/logs/stream") as response:
         typer.secho(f"-- following execution {execution}", err=True, fg="green")
         for event in sse_events(response):
-            data = json.loads(event["data"])
+            data = _event_data(event)
             if event.get("event") == "end":
                 status = str(data.get("status"))
                 break
+            if event.get("event") == "notice":  # e.g. live lines unavailable: stored lines follow
+                typer.secho(f"-- {data.get('message')}", err=True, fg="yellow")
+                continue
             typer.echo(json.dumps(data, default=str) if as_json else _log_line(data))
     if status is None:
         _fail(f"the log stream ended before the run did: run `autoplat logs {execution} --follow` again", SERVER_ERROR)
@@ -902,7 +939,7 @@ def events_tail(
             with client.stream("/events/stream", headers=headers, params=params) as response:
                 typer.secho(f"-- listening on {client.base_url}", err=True, fg="green")
                 for event in sse_events(response):
-                    data = json.loads(event["data"])
+                    data = _event_data(event)
                     cursor = int(data.get("seq", cursor or 0))
                     drops = 0
                     if as_json:

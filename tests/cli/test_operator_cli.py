@@ -239,3 +239,32 @@ async def test_operator_cli_end_to_end(worker, server, sessions, settings, make_
     code, _, err = await cli("modules", "list")
     assert code == 2
     _one_line_error(err, "not logged in")
+
+
+async def test_an_api_url_that_is_not_autoplat_is_one_line_not_a_traceback(tmp_path):
+    """A wrong --api (some other web server answering 200 with HTML): one line, exit 2."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Html(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            body = b"<html>not autoplat</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    site = ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    try:
+        cli = Cli(tmp_path / "config", f"http://127.0.0.1:{site.server_address[1]}")
+        cli.env["AUTOPLAT_TOKEN"] = "not-checked-by-this-server"
+        code, _, err = await cli("modules", "list")
+    finally:
+        site.shutdown()
+    assert code == 2, err
+    _one_line_error(err, "no JSON", "AUTOPLAT_API_URL")
