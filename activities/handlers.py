@@ -54,7 +54,7 @@ ALLOWED_CALLS: dict[str, frozenset[str]] = {
 #: Services a handler process reaches through the worker.
 _REMOTE_SERVICES = ("storage", "state", "notify", "browser", "series", "alerts")
 #: How long a cancelled handler gets to stop (and send its last logs) before its process is killed.
-STOP_GRACE_SECONDS = 3.0  # the step's activity may run until its timeout + 5 s: the end is written before
+STOP_GRACE_SECONDS = 3.0  # within activities.types.STEP_GRACE_SECONDS (10 s): the end is written before
 #: A run waits this long for a busy process to be released before one is started for it.
 SPAWN_AFTER_SECONDS = 0.05
 #: Idle processes kept beyond ``handler_pool_size`` after a burst, and for how long.

@@ -40,7 +40,7 @@ from temporalio.client import (
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.types import INFRA_ATTEMPTS, JobInput
+from activities.types import INFRA_ATTEMPTS, STEP_GRACE_SECONDS, JobInput
 from registry.manifest import to_temporal_cron
 from registry.models import Job, Module, ModuleStatus
 from registry.services.slots import RUN_PREFIX, dst_plan, job_dst, nominal_of, run_workflow_id  # noqa: F401 - re-exported
@@ -117,7 +117,7 @@ def workflow_timeout(job: Job, steps: int = 1) -> timedelta:
     max_interval = float(
         backoff.get("maximum_interval_seconds") or 100 * float(backoff.get("initial_interval_seconds", 1))
     )
-    per_step = (job.timeout_seconds + 5) * attempts + max_interval * attempts
+    per_step = (job.timeout_seconds + STEP_GRACE_SECONDS) * attempts + max_interval * attempts
     return timedelta(seconds=int(per_step * max(steps, 1) + 300))
 
 
