@@ -40,7 +40,8 @@ with workflow.unsafe.imports_passed_through():
 
 _LOCAL_TIMEOUT = timedelta(seconds=30)
 # Mirror writes retry while the registry is unreachable, for as long as the run's timeout allows
-# (``_until_deadline``); a write that still fails then fails the run (the sweeper records it).
+# (``_until_deadline``); a write that still fails then fails the run (the sweeper records it). A
+# write the database refuses fails at once (``RegistryError``, non-retryable): it would only repeat.
 _LOCAL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
 #: Kept back from the run's deadline for the writes that end the run.
 _END_RESERVE = timedelta(seconds=30)
