@@ -639,7 +639,8 @@ def advance(state: AlertState, condition: dict[str, Any], value: float | None, n
         state.since = None
         if state.firing and clears(condition, value):
             step.clear = True
-    state.value = value
+    if step.fire or step.clear:
+        state.value = value  # kept when something happens, not at every evaluation (no write per pass)
     return step
 
 

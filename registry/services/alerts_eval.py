@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -156,11 +157,23 @@ def _window(points: list[tuple[datetime, float]], start: datetime, end: datetime
     return [v for _, v in points[lo:hi]]
 
 
-async def evaluate_series(session: AsyncSession, rule: AlertRule, now: datetime) -> list[Signal]:
+async def evaluate_series(
+    session: AsyncSession, rule: AlertRule, now: datetime, cache: dict[str, SeriesData | None] | None = None
+) -> list[Signal]:
+    """One evaluation of a series rule at ``now``. ``cache``: the points read in this pass, shared
+    by the rules that read the same series, field, filters and span (one query, not one per rule)."""
     cond = rule.condition
     window = timedelta(minutes=cond["window_minutes"])
     no_data = timedelta(minutes=cond["no_data_minutes"]) if cond.get("no_data_minutes") else None
-    data = await series_data(session, cond, now - max(window, no_data or window), now)
+    start = now - max(window, no_data or window)
+    key = json.dumps([cond["module"], cond["series"], cond["field"], cond.get("labels") or {}, start.isoformat()],
+                     sort_keys=True)  # fmt: skip
+    if cache is not None and key in cache:
+        data = cache[key]
+    else:
+        data = await series_data(session, cond, start, now)
+        if cache is not None:
+            cache[key] = data
     if data is None:
         return []
     states = await _states(session, rule)
@@ -170,7 +183,12 @@ async def evaluate_series(session: AsyncSession, rule: AlertRule, now: datetime)
         points = data.points.get(ls, [])
         value = alerts.aggregate(cond["agg"], _window(points, now - window, now))
         silent = no_data is not None and not _window(points, now - no_data, now)
-        state = _state(session, states, rule, labels)
+        key = alerts.group_key({**(rule.labels or {}), **labels})
+        state = states.get(key)
+        if state is None:
+            if not silent and (value is None or not alerts.breaches(cond["op"], value, cond["threshold"])):
+                continue  # nothing to remember: a quiet label set costs no row and no write
+            state = _state(session, states, rule, labels)
         step = alerts.advance(state, cond, value, silent, now)
         context = {"value": value, "threshold": cond["threshold"], **{k: cond[k] for k in
                    ("module", "series", "field", "agg", "window_minutes")}}  # fmt: skip
@@ -183,7 +201,6 @@ async def evaluate_series(session: AsyncSession, rule: AlertRule, now: datetime)
         elif step.clear:
             state.firing = False
             out.append(_clear(rule, labels, now, f"{cond['agg']} {cond['field']} = {value:.6g}", value))
-        state.updated_at = now
     return out
 
 
@@ -268,6 +285,7 @@ async def evaluate_due(session: AsyncSession, *, now: datetime | None = None, sl
         select(AlertRule).where(AlertRule.enabled.is_(True), AlertRule.source.in_(("series", "job")))
     )
     out: list[Signal] = []
+    cache: dict[str, SeriesData | None] = {}
     for rule in rules:
         if rule.source == "job" and "not_succeeded_minutes" not in rule.condition:
             continue
@@ -276,7 +294,7 @@ async def evaluate_due(session: AsyncSession, *, now: datetime | None = None, sl
         try:
             async with session.begin_nested():
                 if rule.source == "series":
-                    out += await evaluate_series(session, rule, now)
+                    out += await evaluate_series(session, rule, now, cache)
                 else:
                     out += await evaluate_stale_jobs(session, rule, now)
         except Exception:  # noqa: BLE001 - one broken rule must not stop the others

@@ -34,6 +34,10 @@ const Executions = page(() => import("./pages/Executions"));
 const ExecutionDetail = page(() => import("./pages/ExecutionDetail"));
 const Events = page(() => import("./pages/Events"));
 const Admin = page(() => import("./pages/Admin"));
+const Incidents = page(() => import("./pages/Incidents"));
+const IncidentDetail = page(() => import("./pages/IncidentDetail"));
+const AlertRules = page(() => import("./pages/AlertRules"));
+const AlertRuleForm = page(() => import("./pages/AlertRuleForm"));
 
 const PAGES: [RegExp, Page][] = [
   [/^\/$/, Dashboard],
@@ -46,6 +50,10 @@ const PAGES: [RegExp, Page][] = [
   [/^\/executions/, Executions],
   [/^\/events/, Events],
   [/^\/admin/, Admin],
+  [/^\/alerts\/incidents\/[^/]+/, IncidentDetail],
+  [/^\/alerts\/rules\/(new|[^/]+\/edit)/, AlertRuleForm],
+  [/^\/alerts\/rules/, AlertRules],
+  [/^\/alerts/, Incidents],
 ];
 
 /** Start fetching the chunk of the page at ``pathname`` (called before the session is restored). */
@@ -70,6 +78,11 @@ const TITLES: [RegExp, string][] = [
   [/^\/executions/, "Executions"],
   [/^\/events/, "Events"],
   [/^\/admin/, "Admin"],
+  [/^\/alerts\/incidents\/[^/]+/, "Incident"],
+  [/^\/alerts\/rules\/new/, "Create alert rule"],
+  [/^\/alerts\/rules\/[^/]+/, "Alert rule"],
+  [/^\/alerts\/rules/, "Alert rules"],
+  [/^\/alerts/, "Incidents"],
   [/^\/login/, "Sign in"],
 ];
 
@@ -125,6 +138,11 @@ export function App() {
           <Route path="/executions/:id" element={<ExecutionDetail />} />
           <Route path="/events" element={<Events />} />
           <Route path="/admin" element={<Admin />} />
+          <Route path="/alerts" element={<Incidents />} />
+          <Route path="/alerts/incidents/:id" element={<IncidentDetail />} />
+          <Route path="/alerts/rules" element={<AlertRules />} />
+          <Route path="/alerts/rules/new" element={<AlertRuleForm />} />
+          <Route path="/alerts/rules/:id/edit" element={<AlertRuleForm />} />
           <Route path="*" element={<NotFoundPage />} />
         </Routes>
       </Suspense>

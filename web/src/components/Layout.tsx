@@ -1,5 +1,7 @@
+import { useQuery } from "@tanstack/react-query";
 import { useState, type ReactNode } from "react";
-import { NavLink } from "react-router";
+import { Link, NavLink } from "react-router";
+import { api, unwrap } from "../api/client";
 import { useAuth } from "../auth";
 import { saveTheme, storedTheme, type ThemeChoice } from "../theme";
 
@@ -9,6 +11,7 @@ const LINKS: { to: string; label: string; permission: string }[] = [
   { to: "/jobs", label: "Jobs", permission: "jobs:read" },
   { to: "/executions", label: "Executions", permission: "executions:read" },
   { to: "/events", label: "Events", permission: "events:read" },
+  { to: "/alerts", label: "Alerts", permission: "alerts:read" },
   { to: "/admin", label: "Admin", permission: "users:read" },
 ];
 
@@ -33,9 +36,35 @@ export function Layout({ children }: { children: ReactNode }) {
         </nav>
         {me ? <UserMenu /> : null}
       </header>
+      {can("alerts:read") ? <CriticalBanner /> : null}
       <main id="main" tabIndex={-1}>
         {children}
       </main>
+    </div>
+  );
+}
+
+/** A firing critical incident is visible from every page (docs/alerting.md). */
+function CriticalBanner() {
+  const firing = useQuery({
+    queryKey: ["alerts", "incidents", "critical-banner"],
+    queryFn: () =>
+      unwrap(api.GET("/api/v1/alerts/incidents", { params: { query: { status: ["firing"], severity: ["critical"], limit: 1 } } })),
+    refetchInterval: 10_000,
+  });
+  const total = firing.data?.total ?? 0;
+  const first = firing.data?.items[0];
+  if (!total || !first) return null;
+  return (
+    <div className="banner banner-critical" role="alert">
+      <strong>{total === 1 ? "A critical incident is firing:" : `${total} critical incidents are firing:`}</strong>{" "}
+      <Link to={`/alerts/incidents/${first.id}`}>{first.title}</Link>
+      {total > 1 ? (
+        <>
+          {" · "}
+          <Link to="/alerts?status=firing&severity=critical">all of them</Link>
+        </>
+      ) : null}
     </div>
   );
 }

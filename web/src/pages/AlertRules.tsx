@@ -1,0 +1,89 @@
+import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { Link } from "react-router";
+import { api, unwrap } from "../api/client";
+import { useAuth } from "../auth";
+import { ErrorBox, Loading, PageHeader, StatusBadge, Time } from "../components/ui";
+
+/** Alert rules: what each watches, its severity, open incidents; enable / disable in place. */
+export default function AlertRules() {
+  const { can } = useAuth();
+  const queryClient = useQueryClient();
+  const rules = useQuery({ queryKey: ["alerts", "rules"], queryFn: () => unwrap(api.GET("/api/v1/alerts/rules")), refetchInterval: 10_000 });
+  const toggle = useMutation({
+    mutationFn: ({ id, enabled }: { id: string; enabled: boolean }) =>
+      unwrap(api.PATCH("/api/v1/alerts/rules/{rule_id}", { params: { path: { rule_id: id } }, body: { enabled } })),
+    onSuccess: () => void queryClient.invalidateQueries({ queryKey: ["alerts", "rules"] }),
+  });
+  const writable = can("alerts:write");
+  return (
+    <>
+      <PageHeader title="Alert rules">
+        <Link className="button" to="/alerts">
+          Incidents
+        </Link>
+        {writable ? (
+          <Link className="button primary" to="/alerts/rules/new">
+            Create rule
+          </Link>
+        ) : null}
+      </PageHeader>
+      <ErrorBox error={rules.error ?? toggle.error} />
+      {rules.isPending ? <Loading /> : null}
+      {rules.data ? (
+        <div className="table-wrap">
+          <table>
+            <thead>
+              <tr>
+                <th scope="col">Rule</th>
+                <th scope="col">Source</th>
+                <th scope="col">Severity</th>
+                <th scope="col">Open incidents</th>
+                <th scope="col">Last evaluated</th>
+                <th scope="col">Enabled</th>
+              </tr>
+            </thead>
+            <tbody>
+              {rules.data.items.map((r) => (
+                <tr key={r.id}>
+                  <td>
+                    <Link to={`/alerts/rules/${r.id}/edit`}>{r.name}</Link>
+                    <div className="muted small">{summary(r.source, r.condition)}</div>
+                  </td>
+                  <td>{r.source}</td>
+                  <td>
+                    <StatusBadge status={r.severity} />
+                  </td>
+                  <td>{r.open_incidents ? <Link to="/alerts?status=firing">{r.open_incidents}</Link> : 0}</td>
+                  <td>
+                    <Time value={r.last_evaluated_at} />
+                  </td>
+                  <td>
+                    <label className="check">
+                      <input
+                        type="checkbox"
+                        checked={r.enabled}
+                        disabled={!writable || toggle.isPending}
+                        onChange={(e) => toggle.mutate({ id: r.id, enabled: e.target.checked })}
+                        aria-label={`${r.name} enabled`}
+                      />{" "}
+                      {r.enabled ? "yes" : "no"}
+                    </label>
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+          {rules.data.items.length === 0 ? <p className="muted">No alert rule yet.</p> : null}
+        </div>
+      ) : null}
+    </>
+  );
+}
+
+/** One line on what a rule watches (text only: values come from the API). */
+export function summary(source: string, c: Record<string, unknown>): string {
+  if (source === "series")
+    return `${c.agg}(${c.module}.${c.series}.${c.field}) over ${c.window_minutes} min ${c.op} ${c.threshold}`;
+  if (source === "event") return `events ${c.pattern}`;
+  return c.failures ? `${c.job} failed ${c.failures}× in a row` : `${c.job} not succeeded for ${c.not_succeeded_minutes} min`;
+}
