@@ -28,7 +28,11 @@ class MaintenanceActivities:
         settings = self.deps.settings
         report = await reconcile_schedules(client=client, sessions=self.deps.sessions, task_queue=settings.task_queue)
         await sweep_executions(client=client, sessions=self.deps.sessions, report=report)
+        from workflows.reconcile import settle_ledgers
+
+        slots_settled = await settle_ledgers(sessions=self.deps.sessions, report=report)
         result: dict[str, Any] = report.as_dict()
+        result["slots_settled"] = slots_settled
         if settings.event_retention_days > 0:
             from registry.db import unit_of_work
             from registry.services.events import delete_older_than

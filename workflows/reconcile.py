@@ -223,3 +223,26 @@ async def reconcile_once(settings: Settings) -> Report:
         return report
     finally:
         await engine.dispose()
+
+
+async def settle_ledgers(*, sessions: async_sessionmaker[AsyncSession], report: Report | None = None) -> int:
+    """Settle the slot ledger of every scheduled job (docs/schedules.md): each slot past its
+    catch-up window gets its outcome once, and ``schedule.missed`` / ``schedule.skipped`` events
+    are recorded for the ones that did not run. One transaction per job."""
+    from registry.services.slots import settle
+
+    async with sessions() as session:
+        job_ids = list(await session.scalars(select(Job.id).where(Job.schedule.is_not(None))))
+    stored = 0
+    for job_id in job_ids:
+        try:
+            async with unit_of_work(sessions) as session:
+                job = await session.get(Job, job_id)
+                if job is None:
+                    continue
+                module = await session.get(Module, job.module_id)
+                stored += await settle(session=session, job=job, module=module)
+        except Exception as exc:  # noqa: BLE001 - one job's ledger must not stop the others
+            if report is not None:
+                report.errors.append(f"slots of {job_id}: {exc}")
+    return stored

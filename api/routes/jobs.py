@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
@@ -10,12 +11,23 @@ from api.deps import PageDep, Requires, SessionDep, SettingsDep, StateDep
 from api.routes.executions import SERVED_JSON_DEPTH, execution_read
 from api.schemas.common import ERROR_RESPONSES, Page
 from api.schemas.executions import ExecutionDetail, ExecutionRead
-from api.schemas.jobs import ExecuteRequest, JobCreate, JobRead, JobStateRead, JobUpdate, LastExecution
+from api.schemas.jobs import (
+    DstPolicy,
+    ExecuteRequest,
+    JobCreate,
+    JobRead,
+    JobStateRead,
+    JobUpdate,
+    LastExecution,
+    PauseRequest,
+    SlotRead,
+    SlotsRead,
+)
 from api.state import AppState
-from registry.errors import UpstreamTimeout
+from registry.errors import InvalidInput, UpstreamTimeout
 from registry.manifest import json_problem
 from registry.models import Job, Module
-from registry.services import executions, jobs
+from registry.services import executions, jobs, slots
 from registry.services.common import Actor
 from workflows.schedules import schedule_id
 
@@ -61,6 +73,14 @@ async def job_read(
         created_at=job.created_at,
         updated_at=job.updated_at,
         data_problem=f"config: {problem[0] or '/'}: {problem[1]}" if problem else None,
+        dst=DstPolicy(**slots.job_dst(job)),  # type: ignore[arg-type]
+        jitter_seconds=job.jitter_seconds or 0,
+        schedule_paused=bool(job.schedule_paused),
+        pause=(
+            {"note": job.schedule_pause_note, "by": job.schedule_paused_by, "at": job.schedule_paused_at}
+            if job.schedule_paused
+            else None
+        ),
     )
     read.next_runs = jobs.upcoming(job) if job.enabled else []
     if last is _UNREAD:
@@ -193,6 +213,81 @@ async def disable_job(
         session=session, scheduler=_LazyScheduler(state), actor=actor, job_id=job_id, enabled=False
     )
     return await job_read(job, state, session=session, detail=True)
+
+
+@router.post("/{job_id}/pause", response_model=JobRead)
+async def pause_job_schedule(
+    job_id: str,
+    session: SessionDep,
+    state: StateDep,
+    body: PauseRequest | None = None,
+    actor: Actor = Requires("jobs:write"),
+) -> JobRead:
+    """Pause the job's schedule without deleting it (Temporal keeps it, paused, with the note and
+    who paused it): its slots read ``skipped`` (paused) until resumed. 409 for a job with no schedule."""
+    job = await jobs.set_schedule_paused(
+        session=session,
+        scheduler=_LazyScheduler(state),
+        actor=actor,
+        job_id=job_id,
+        paused=True,
+        note=body.note if body else "",
+    )
+    return await job_read(job, state, session=session, detail=True)
+
+
+@router.post("/{job_id}/resume", response_model=JobRead)
+async def resume_job_schedule(
+    job_id: str,
+    session: SessionDep,
+    state: StateDep,
+    body: PauseRequest | None = None,
+    actor: Actor = Requires("jobs:write"),
+) -> JobRead:
+    """Resume a paused schedule (the slots it did not fire while paused are not run: backfill them)."""
+    job = await jobs.set_schedule_paused(
+        session=session,
+        scheduler=_LazyScheduler(state),
+        actor=actor,
+        job_id=job_id,
+        paused=False,
+        note=body.note if body else "",
+    )
+    return await job_read(job, state, session=session, detail=True)
+
+
+@router.get("/{job_id}/slots", response_model=SlotsRead)
+async def job_slots(
+    job_id: str,
+    session: SessionDep,
+    from_: Annotated[datetime | None, Query(alias="from", description="Default: 24 hours ago")] = None,
+    to: Annotated[datetime | None, Query(description="Default: an hour from now")] = None,
+    _: Actor = Requires("jobs:read"),
+) -> SlotsRead:
+    """The slot ledger: each nominal fire time of the job's schedule in [from, to) and what became of
+    it: ``ran`` (its execution), ``skipped`` (why), ``missed`` (nothing ran it) or ``pending``. At
+    most 5,000 slots are answered, the earliest first."""
+    job = await jobs.get_job(session=session, job_id=job_id)
+    now = datetime.now(UTC)
+    start = _aware(from_, "from") if from_ else now - timedelta(days=1)
+    end = _aware(to, "to") if to else now + timedelta(hours=1)
+    if end <= start:
+        raise InvalidInput("to must be after from", details=[{"loc": ["query", "to"], "msg": "must be after from"}])
+    module = await session.get(Module, job.module_id)
+    await slots.settle(session=session, job=job, module=module)
+    views = await slots.ledger(session=session, job=job, start=start, end=end)
+    return SlotsRead(
+        job_id=job.id,
+        timezone=job.timezone,
+        dst=DstPolicy(**slots.job_dst(job)),  # type: ignore[arg-type]
+        settled_until=job.slots_settled_until,
+        items=[SlotRead(**vars(v)) for v in views],
+    )
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    """Query times without an offset are UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 @router.post(

@@ -37,6 +37,24 @@ class _Attempts(Schema):
         return self.retries
 
 
+class DstPolicy(Schema):
+    """What a schedule does at a daylight-saving change (docs/schedules.md)."""
+
+    nonexistent: Literal["shift", "skip"] = Field(
+        default="shift",
+        description="A wall time that does not exist (spring): run at the first valid minute after, or skip",
+    )
+    ambiguous: Literal["first", "both", "skip"] = Field(
+        default="first", description="A wall time that happens twice (autumn): run at the first, at both, or skip"
+    )
+
+
+class PauseRequest(Schema):
+    note: Text = Field(
+        default="", max_length=2000, description="Why (shown on the schedule, in Temporal and the audit log)"
+    )
+
+
 class RetryBackoff(Schema):
     initial_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
     backoff_coefficient: float = Field(default=2.0, ge=1, le=100)
@@ -64,6 +82,13 @@ class JobCreate(_Attempts):
     notifications: dict[str, list[str]] | None = Field(
         default=None, description="Channels per outcome: on_failure / on_success / on_timeout"
     )
+    dst: DstPolicy | None = Field(default=None, description="Daylight-saving policy (default shift / first)")
+    jitter_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=3600,
+        description="Start each scheduled run up to this many seconds late (spreads a fleet)",
+    )
 
 
 class JobUpdate(_Attempts):
@@ -83,6 +108,8 @@ class JobUpdate(_Attempts):
     )
     event_triggers: list[str] | None = None
     notifications: dict[str, list[str]] | None = None
+    dst: DstPolicy | None = None
+    jitter_seconds: int | None = Field(default=None, ge=0, le=3600)
 
 
 class ExecuteRequest(Schema):
@@ -129,6 +156,31 @@ class JobRead(Schema):
         default=None, description="Temporal's view of the schedule; only on a single job (GET /jobs/{id}), not in lists"
     )
     data_problem: str | None = Field(default=None, description="Set when the stored config cannot be served")
+    dst: DstPolicy = Field(default_factory=DstPolicy, description="Daylight-saving policy of the schedule")
+    jitter_seconds: int = 0
+    schedule_paused: bool = Field(default=False, description="Paused by POST /jobs/{id}/pause (kept, fires nothing)")
+    pause: dict[str, Any] | None = Field(default=None, description="note, by, at of the pause")
+
+
+class SlotRead(Schema):
+    """One nominal fire time of the job's schedule and what became of it."""
+
+    at: datetime = Field(description="The nominal time (UTC)")
+    wall_time: str | None = Field(default=None, description="The nominal time in the job's timezone")
+    outcome: Literal["ran", "skipped", "missed", "pending"]
+    reason: str | None = None
+    execution_id: str | None = None
+    execution_status: str | None = None
+    trigger: str | None = Field(default=None, description="schedule or backfill")
+    dst: str | None = Field(default=None, description="The daylight-saving policy applied to this slot, if any")
+
+
+class SlotsRead(Schema):
+    job_id: str
+    timezone: str
+    dst: DstPolicy
+    settled_until: datetime | None = Field(description="Slots before this are stored; later ones are computed now")
+    items: list[SlotRead]
 
 
 class JobStateRead(Schema):

@@ -7,7 +7,7 @@ rolls back; if the commit fails after Temporal changed, the reconciler repairs t
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import func, or_, select
@@ -21,7 +21,6 @@ from registry.manifest import (
     json_problem,
     mask_secrets,
     min_interval_seconds,
-    next_runs,
     secret_keys,
     unmask_secrets,
     validate_config,
@@ -29,7 +28,7 @@ from registry.manifest import (
     validate_timezone,
 )
 from registry.models import Execution, Job, JobState, Module, ModuleStatus
-from registry.services import audit
+from registry.services import audit, slots
 from registry.services.common import Actor, Page, escape_like, paginate
 from registry.services.runs import job_type_definition, steps_of
 
@@ -190,6 +189,8 @@ async def create_job(
     notifications: dict[str, Any] | None = None,
     min_interval: int | None = MIN_SCHEDULE_INTERVAL_SECONDS,
     origin: str = "api",
+    dst: dict[str, Any] | None = None,
+    jitter_seconds: int | None = None,
 ) -> Job:
     mod = await _module(session, module)
     if mod.status not in _INSTALLED:
@@ -204,6 +205,8 @@ async def create_job(
     if timezone is None:
         timezone = default_schedule.get("timezone") or "UTC"
     _check_schedule(schedule, timezone, min_interval)
+    policy = slots.check_dst(dst if dst is not None else default_schedule.get("dst"))
+    jitter = jitter_seconds if jitter_seconds is not None else int(default_schedule.get("jitterSeconds") or 0)
     existing = await session.scalar(select(Job.id).where(Job.module_name == module, Job.name == name))
     if existing is not None:
         raise Conflict(f"module {module} already has a job named {name!r}")
@@ -229,6 +232,9 @@ async def create_job(
         notifications=normalise_notifications(notifications or definition.get("notifications")),
         origin=origin,
         created_by=actor.user_id,
+        dst_nonexistent=policy["nonexistent"],
+        dst_ambiguous=policy["ambiguous"],
+        jitter_seconds=jitter,
     )
     session.add(job)
     await session.flush()
@@ -284,9 +290,13 @@ async def ensure_manifest_jobs(
             continue
         schedule: Any = _UNSET
         timezone = None
+        dst = None
+        jitter = None
         if "schedule" in spec:
             schedule = (spec["schedule"] or {}).get("cron")
             timezone = (spec["schedule"] or {}).get("timezone")
+            dst = (spec["schedule"] or {}).get("dst")
+            jitter = (spec["schedule"] or {}).get("jitterSeconds")
         job = await create_job(
             session=session,
             scheduler=NoScheduler(),
@@ -301,6 +311,8 @@ async def ensure_manifest_jobs(
             config=dict(spec.get("config") or {}),
             min_interval=min_interval,
             origin=MANIFEST_ORIGIN,
+            dst=dst,
+            jitter_seconds=jitter,
         )
         created.append(job)
     return created
@@ -412,6 +424,10 @@ async def update_job(
     job = await get_job(session=session, job_id=job_id)
     mod = await _module(session, job.module_name)
     definition = _definition(mod, job.job_type)
+    # The ledger settles the slots so far under the schedule and state they had.
+    await slots.settle(session=session, job=job, module=mod)
+    if changes.get("enabled") is True and not job.enabled:
+        await slots.settle(session=session, job=job, module=mod, until=datetime.now(UTC))
     if "name" in changes and changes["name"] != job.name:
         clash = await session.scalar(
             select(Job.id).where(Job.module_name == job.module_name, Job.name == changes["name"], Job.id != job.id)
@@ -432,6 +448,10 @@ async def update_job(
         if "config" not in changes and not job.enabled:
             _require_runnable(job, mod, crypto)
         job.paused_reason = None
+    if changes.get("dst") is not None:
+        policy = slots.check_dst({**slots.job_dst(job), **changes.pop("dst")})
+        changes["dst_nonexistent"], changes["dst_ambiguous"] = policy["nonexistent"], policy["ambiguous"]
+    changes.pop("dst", None)
     for key in (
         "name",
         "description",
@@ -445,6 +465,9 @@ async def update_job(
         "catchup_window_seconds",
         "event_triggers",
         "notifications",
+        "dst_nonexistent",
+        "dst_ambiguous",
+        "jitter_seconds",
     ):
         if key in changes and (changes[key] is not None or key == "schedule"):
             setattr(job, key, changes[key])
@@ -472,6 +495,8 @@ async def set_enabled(
     if enabled:
         job.paused_reason = None
     if job.enabled != enabled:
+        # Slots so far keep the state they had: enabling settles the disabled time up to now.
+        await slots.settle(session=session, job=job, module=mod, until=datetime.now(UTC) if enabled else None)
         job.enabled = enabled
         job.revision += 1
         await session.flush()
@@ -484,6 +509,46 @@ async def set_enabled(
         action="job.enable" if enabled else "job.disable",
         target_type="job",
         target_id=job.id,
+    )
+    return job
+
+
+async def set_schedule_paused(
+    *, session: AsyncSession, scheduler: JobScheduler, actor: Actor, job_id: str, paused: bool, note: str = ""
+) -> Job:
+    """Pause or resume a job's schedule: kept in Temporal (paused, with the note and who paused it),
+    fires nothing while paused; its slots read ``skipped`` (paused). 409 for a job with no schedule."""
+    job = await get_job(session=session, job_id=job_id)
+    if not job.schedule:
+        raise Conflict(
+            f"job {job.name} has no schedule to {'pause' if paused else 'resume'}",
+            details={"current_state": "unscheduled"},
+        )
+    mod = await _module(session, job.module_name)
+    if paused:
+        await slots.settle(session=session, job=job, module=mod)
+        job.schedule_paused = True
+        job.schedule_pause_note = note or None
+        job.schedule_paused_by = actor.email or actor.user_id
+        job.schedule_paused_at = datetime.now(UTC)
+    elif job.schedule_paused:
+        # The paused time's slots are skipped (paused), whatever comes after.
+        await slots.settle(session=session, job=job, module=mod, until=datetime.now(UTC))
+        job.schedule_paused = False
+        job.schedule_pause_note = None
+        job.schedule_paused_by = None
+        job.schedule_paused_at = None
+    await session.flush()
+    definition = job_type_definition(mod.manifest, job.job_type) or {}
+    steps = len(steps_of(definition, mod.name, job.job_type)) if definition else 1
+    await scheduler.apply(job, mod, steps)
+    audit.record(
+        session=session,
+        actor=actor,
+        action="job.schedule_pause" if paused else "job.schedule_resume",
+        target_type="job",
+        target_id=job.id,
+        details={"note": note} if note else None,
     )
     return job
 
@@ -564,10 +629,11 @@ async def get_state(*, session: AsyncSession, job_id: str) -> tuple[Job, JobStat
 
 
 def upcoming(job: Job, n: int = 5, after: datetime | None = None) -> list[datetime]:
+    """The next ``n`` slots of the job's schedule, its daylight-saving policy applied."""
     if not job.schedule:
         return []
     try:
-        return next_runs(job.schedule, job.timezone, n=n, after=after)
+        return [s.at for s in slots.next_slots(job.schedule, job.timezone, n, after, slots.job_dst(job))]
     except (ValueError, KeyError):
         return []
 

@@ -250,15 +250,16 @@ class SlotView:
     wall_time: str | None = None
 
 
-def _state_reason(job: Job, module: Module | None) -> str | None:
-    """Why the schedule fires nothing right now (its slots are ``skipped``), or None."""
+def _state_reason(job: Job, module: Module | None) -> tuple[str | None, datetime | None]:
+    """Why the schedule fires nothing right now (its slots are ``skipped``) and since when (None:
+    not known), or (None, None)."""
     if not job.enabled:
-        return "job disabled"
+        return "job disabled", job.updated_at
     if module is None or module.status != ModuleStatus.ENABLED.value:
-        return f"module {job.module_name} {module.status if module else 'missing'}"
+        return f"module {job.module_name} {module.status if module else 'missing'}", None
     if job.schedule_paused:
-        return "paused" + (f": {job.schedule_pause_note}" if job.schedule_pause_note else "")
-    return None
+        return "paused" + (f": {job.schedule_pause_note}" if job.schedule_pause_note else ""), job.schedule_paused_at
+    return None, None
 
 
 async def _runs(session: AsyncSession, job_id: str, start: datetime, end: datetime) -> dict[datetime, Any]:
@@ -298,6 +299,9 @@ async def settle(
     the state the schedule was in over that time (a caller about to change it passes the old one);
     by default the job's current state. Returns the number of slots stored."""
     now = datetime.now(UTC)
+    # One settle per job at a time (concurrent reads of the ledger): the job row is the lock, and
+    # its watermark is read fresh under it.
+    await session.refresh(job, ["slots_settled_until"], with_for_update=True)
     until = min(until or settle_horizon(job, now), now)
     if not job.schedule:
         job.slots_settled_until = until
@@ -315,7 +319,9 @@ async def settle(
     if len(slots) >= SETTLE_MAX:
         until = slots[-1].at
         slots = [s for s in slots if s.at < until]
-    held = reason if reason is not None else _state_reason(job, module)
+    held, since = (reason, None) if reason is not None else _state_reason(job, module)
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
     runs = await _runs(session, job.id, start, until)
     stored = list(await session.scalars(
         select(ScheduleSlot.nominal_at).where(ScheduleSlot.job_id == job.id, ScheduleSlot.nominal_at >= start,
@@ -331,7 +337,7 @@ async def settle(
             outcome, why = "skipped", run.status_reason
         elif run is not None:
             outcome, why = "ran", None
-        elif held is not None:
+        elif held is not None and (since is None or slot.at >= since - timedelta(seconds=1)):
             outcome, why = "skipped", held
         elif job.overlap == "skip" and await _busy_at(session, job.id, slot.at):
             outcome, why = "skipped", "overlap: the previous run was still running"

@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
-from sqlalchemy import select
 from temporalio.client import ScheduleBackfill, ScheduleOverlapPolicy
 from temporalio.common import WorkflowIDReusePolicy
 
@@ -17,34 +14,9 @@ from activities.types import JobInput
 from registry.models import Execution
 from registry.services.slots import nominal_of
 from tests.conftest import eventually
-from tests.jobs.helpers import put_module, write_module
+from tests.schedules.helpers import create_job, job_runs
 from workflows.reconcile import reconcile_schedules
 from workflows.schedules import schedule_id
-
-CODE = """
-def tick(ctx):
-    return {"trigger": ctx.trigger}
-"""
-JOBS = [{"name": "tick", "description": "ticks", "handler": "tick"}]
-EVERY_SECOND = "* * * * * *"
-
-
-@pytest.fixture
-async def module(sessions: Any, settings: Any, tmp_path: Path) -> Any:
-    settings.min_schedule_interval_seconds = 1
-    return await put_module(sessions, settings.state_dir, write_module(tmp_path, name="slots", code=CODE, jobs=JOBS))
-
-
-async def create_job(client: Any, headers: dict[str, str], **extra: Any) -> dict[str, Any]:
-    body = {"module": "slots", "job_type": "tick", "name": "tick", "schedule": EVERY_SECOND, **extra}
-    r = await client.post("/api/v1/jobs", json=body, headers=headers)
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-async def job_runs(sessions: Any, job_id: str) -> list[Execution]:
-    async with sessions() as session:
-        return list(await session.scalars(select(Execution).where(Execution.job_id == job_id)))
 
 
 async def test_one_run_per_slot_whoever_starts_it(client, worker, module, operator_headers, temporal_env, sessions):
