@@ -540,6 +540,25 @@ class SeriesRollup(Base):
     increase: Mapped[float] = mapped_column(Double)
 
 
+class SeriesDailyRollup(Base):
+    """Daily (UTC) aggregates made from the hourly rollups, for day, week and month buckets: a year
+    of one label set is 365 rows instead of 8760. Small: not partitioned; retention deletes old days."""
+
+    __tablename__ = "series_rollups_daily"
+
+    series_id: Mapped[int] = mapped_column(_SERIES_ID, primary_key=True)
+    label_set_id: Mapped[int] = mapped_column(_LABEL_SET_ID, primary_key=True)
+    field: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    day: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    sum: Mapped[float] = mapped_column(Double)
+    min: Mapped[float] = mapped_column(Double)
+    max: Mapped[float] = mapped_column(Double)
+    first: Mapped[float] = mapped_column(Double)
+    last: Mapped[float] = mapped_column(Double)
+    increase: Mapped[float] = mapped_column(Double)
+
+
 class SeriesDirtyHour(Base):
     """An hour whose points changed since it was rolled up (queries read it from the points)."""
 

@@ -40,15 +40,25 @@ from autoplat.series import (
     labels_key,
     matches,
 )
-from registry.models import Module, Series, SeriesDirtyHour, SeriesLabelSet, SeriesPoint, SeriesRollup
+from registry.models import (
+    Module,
+    Series,
+    SeriesDailyRollup,
+    SeriesDirtyHour,
+    SeriesLabelSet,
+    SeriesPoint,
+    SeriesRollup,
+)
 
 log = logging.getLogger(__name__)
 
 POINTS = "series_points"
 ROLLUPS = "series_rollups"
+DAILY = "series_rollups_daily"
 #: Names of partitions known to exist, per database (a cache: a miss asks the catalogue).
 _KNOWN_PARTITIONS: dict[str, set[str]] = {}
 _PARTITION_LOCK = 0x5E71E5  # pg_advisory_xact_lock key: one partition maker at a time
+_ROLLUP_LOCK = 0x5E71E6  # ... and one rollup transaction at a time
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -508,6 +518,7 @@ _INC = "CASE WHEN {prev} IS NULL THEN 0 WHEN {v} >= {prev} THEN {v} - {prev} ELS
 #: hour), so the increase over any run of hours is a plain sum. Runs of consecutive hours are read
 #: as one range of the index (gaps and islands), not hour by hour.
 _HOUR = "date_bin('1 hour', p.ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+_DAY_OF_HOUR = "date_bin('1 day', hour, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
 _HOURLY_FROM_POINTS = f"""
 SELECT x.series_id, x.label_set_id, x.field, x.hour AS ts, count(*) AS n, sum(x.value) AS s,
        min(x.value) AS lo, max(x.value) AS hi,
@@ -557,6 +568,61 @@ CROSS JOIN LATERAL (SELECT label_set_id, field, ts, value FROM series_points
 """
 
 
+def _day(ts: datetime) -> datetime:
+    return ts.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _split_days(edges: Sequence[datetime], rstart: datetime) -> list[datetime]:
+    """UTC days of the range not wholly inside one bucket (crossed by an edge, at the ends, or at
+    the rollup retention limit): read hour by hour; the other days from the daily rollups."""
+    out = {_day(e) for e in edges if e != _day(e)}
+    out.add(_day(rstart))
+    return sorted(out)
+
+
+def _days_sql(wanted: set[str]) -> str:
+    """Day, week and month buckets: whole UTC days from the daily rollups (unless an hour of the
+    day waits to be rolled up), the hours of split or waiting days from the hourly rollups, and
+    the waiting hours from the points."""
+    hourly = _HOURLY_FROM_POINTS.format(field_filter="AND p.field = ANY(CAST(:fs AS smallint[]))")
+    cols = "r.count AS n, r.sum AS s, r.min AS lo, r.max AS hi, r.first, r.last, r.increase AS inc"
+    where = (
+        "r.series_id = :s AND r.label_set_id = ANY(CAST(:ls AS bigint[])) AND r.field = ANY(CAST(:fs AS smallint[]))"
+    )
+    return f"""
+WITH d AS (
+  SELECT series_id, label_set_id, hour FROM series_dirty_hours
+  WHERE series_id = :s AND label_set_id = ANY(CAST(:ls AS bigint[])) AND hour >= :start AND hour < :end
+), dd AS (
+  SELECT DISTINCT label_set_id, {_DAY_OF_HOUR} AS day FROM d
+), split AS (
+  SELECT day FROM unnest(CAST(:split AS timestamptz[])) AS t(day)
+), h AS (
+  SELECT r.label_set_id, r.field, r.day AS ts, {cols}
+  FROM series_rollups_daily r
+  WHERE {where} AND r.day >= :rstart AND r.day < :end AND r.day <> ALL(CAST(:split AS timestamptz[]))
+    AND NOT EXISTS (SELECT 1 FROM dd WHERE dd.label_set_id = r.label_set_id AND dd.day = r.day)
+  UNION ALL
+  SELECT r.label_set_id, r.field, r.hour AS ts, {cols}
+  FROM split JOIN series_rollups r ON r.hour >= split.day AND r.hour < split.day + interval '1 day'
+  WHERE {where} AND r.hour >= :rstart AND r.hour >= :start AND r.hour < :end
+    AND NOT EXISTS (SELECT 1 FROM d WHERE d.label_set_id = r.label_set_id AND d.hour = r.hour)
+  UNION ALL
+  SELECT r.label_set_id, r.field, r.hour AS ts, {cols}
+  FROM dd JOIN series_rollups r ON r.label_set_id = dd.label_set_id
+       AND r.hour >= dd.day AND r.hour < dd.day + interval '1 day'
+  WHERE {where} AND r.hour >= :rstart AND r.hour >= :start AND r.hour < :end
+    AND dd.day <> ALL(CAST(:split AS timestamptz[]))
+    AND NOT EXISTS (SELECT 1 FROM d WHERE d.label_set_id = r.label_set_id AND d.hour = r.hour)
+  UNION ALL
+  SELECT label_set_id, field, ts, n, s, lo, hi, first, last, inc FROM ({hourly}) AS fresh
+)
+SELECT label_set_id, field, width_bucket(ts, CAST(:edges AS timestamptz[])) AS b,
+       {_outer(wanted, "s", "first", "last", "inc")}
+FROM h GROUP BY 1, 2, 3
+"""
+
+
 def _outer(wanted: set[str], value: str, first: str, last: str, inc: str) -> str:
     # Only what is asked for: on a year of hours each aggregate costs.
     cols = ["sum(n)", f"sum({value})" if wanted & {"avg", "sum"} else "NULL"]
@@ -603,6 +669,9 @@ SELECT label_set_id, field, width_bucket(ts, CAST(:edges AS timestamptz[])) AS b
        {_outer(wanted, "value", "value", "value", _INC.format(prev="prev", v="value"))}
 FROM w WHERE ts >= :start GROUP BY 1, 2, 3
 """
+    elif query.step in ("1d", "1w", "1mo"):
+        params["split"] = _split_days(query.edges, params["rstart"])
+        sql = _days_sql(wanted)
     else:
         hourly = _HOURLY_FROM_POINTS.format(field_filter="AND p.field = ANY(CAST(:fs AS smallint[]))")
         sql = f"""
@@ -650,6 +719,9 @@ async def roll_up(*, session: AsyncSession, limit: int = 5000) -> int:
     if _dialect(session) != "postgresql":
         return 0
     await session.execute(text("SET LOCAL jit = off"))
+    # One rollup transaction at a time: two recomputing hours of the same day would each miss the
+    # other's hours in the day's row.
+    await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ROLLUP_LOCK})
     claimed = (
         await session.execute(
             text(
@@ -690,6 +762,31 @@ async def roll_up(*, session: AsyncSession, limit: int = 5000) -> int:
         ),
         params,
     )
+    days = (
+        "WITH d AS (SELECT * FROM unnest(CAST(:ss AS int[]), CAST(:ls AS bigint[]), CAST(:hs AS timestamptz[])) "
+        "AS c(series_id, label_set_id, hour)), "
+        f"days AS (SELECT DISTINCT series_id, label_set_id, {_DAY_OF_HOUR} AS day FROM d) "
+    )
+    await session.execute(
+        text(
+            days + "DELETE FROM series_rollups_daily r USING days WHERE r.series_id = days.series_id "
+            "AND r.label_set_id = days.label_set_id AND r.day = days.day"
+        ),
+        params,
+    )
+    await session.execute(
+        text(
+            days
+            + "INSERT INTO series_rollups_daily (series_id, label_set_id, field, day, count, sum, min, max, first, "
+            "last, increase) SELECT r.series_id, r.label_set_id, r.field, days.day, sum(r.count), sum(r.sum), "
+            "min(r.min), max(r.max), (array_agg(r.first ORDER BY r.hour))[1], "
+            "(array_agg(r.last ORDER BY r.hour DESC))[1], sum(r.increase) "
+            "FROM days JOIN series_rollups r ON r.series_id = days.series_id AND r.label_set_id = days.label_set_id "
+            "AND r.hour >= days.day AND r.hour < days.day + interval '1 day' "
+            "GROUP BY r.series_id, r.label_set_id, r.field, days.day"
+        ),
+        params,
+    )
     return len(claimed)
 
 
@@ -725,6 +822,12 @@ async def drop_expired(*, session: AsyncSession, now: datetime | None = None) ->
                 await session.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
                 _cache(session).discard(name)
                 dropped[table].append(name)
+    # Daily rows: one per label set, field and day, so a day's worth is a short DELETE.
+    result = await session.execute(
+        delete(SeriesDailyRollup).where(SeriesDailyRollup.day < limits[ROLLUPS] - timedelta(days=1))
+    )
+    if result.rowcount:  # type: ignore[attr-defined]
+        dropped[DAILY] = [f"{result.rowcount} daily rows"]  # type: ignore[attr-defined]
     return dropped
 
 

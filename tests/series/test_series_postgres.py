@@ -86,6 +86,9 @@ async def test_partitions_rollups_and_retention(sessions: Any, settings: Any, ca
     assert first["hours_rolled_up"] == 3 * 70 * 24
     async with sessions() as session:
         assert await store.pending_hours(session=session) == 0
+        days = {p[0].replace(hour=0, minute=0) for p in points}
+        daily = await session.scalar(text("SELECT count(*) FROM series_rollups_daily"))
+        assert daily == len(days) * 3 * 2  # day, week and month buckets read these
     await _compare(sessions, db, start + timedelta(days=1), now)
 
     # Late corrections and a reset inside rolled-up hours: those hours are read from the points

@@ -1,5 +1,5 @@
 """time series: declared series, label sets, points (partitioned by month on PostgreSQL), hourly
-rollups (partitioned by year) and the hours waiting to be rolled up
+rollups (partitioned by year), daily rollups and the hours waiting to be rolled up
 
 Revision ID: 0006
 Revises: 0005
@@ -80,6 +80,21 @@ def upgrade() -> None:
         postgresql_partition_by="RANGE (hour)",
     )
     op.create_table(
+        "series_rollups_daily",
+        sa.Column("series_id", sa.Integer(), nullable=False),
+        sa.Column("label_set_id", BIGINT, nullable=False),
+        sa.Column("field", sa.SmallInteger(), nullable=False),
+        sa.Column("day", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.Column("sum", sa.Double(), nullable=False),
+        sa.Column("min", sa.Double(), nullable=False),
+        sa.Column("max", sa.Double(), nullable=False),
+        sa.Column("first", sa.Double(), nullable=False),
+        sa.Column("last", sa.Double(), nullable=False),
+        sa.Column("increase", sa.Double(), nullable=False),
+        sa.PrimaryKeyConstraint("series_id", "label_set_id", "field", "day", name=op.f("pk_series_rollups_daily")),
+    )
+    op.create_table(
         "series_dirty_hours",
         sa.Column("series_id", sa.Integer(), nullable=False),
         sa.Column("label_set_id", BIGINT, nullable=False),
@@ -91,6 +106,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     # Dropping a partitioned table drops its partitions.
     op.drop_table("series_dirty_hours")
+    op.drop_table("series_rollups_daily")
     op.drop_table("series_rollups")
     op.drop_table("series_points")
     op.drop_table("series_label_sets")
