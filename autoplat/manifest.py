@@ -127,16 +127,33 @@ class RetryPolicy(_Model):
         return self
 
 
+class DstPolicy(_Model):
+    """What a schedule does at a daylight-saving change.
+
+    Attributes:
+        nonexistent: A wall time skipped in spring: ``shift`` (run at the first valid minute after
+            the gap) or ``skip``.
+        ambiguous: A wall time repeated in autumn: ``first``, ``both`` or ``skip``.
+    """
+
+    nonexistent: Literal["shift", "skip"] = "shift"
+    ambiguous: Literal["first", "both", "skip"] = "first"
+
+
 class Schedule(_Model):
     """A cron schedule (a Temporal Schedule).
 
     Attributes:
         cron: 5 fields, 6 fields with seconds first, or an alias such as ``@daily``.
         timezone: IANA timezone the expression is evaluated in.
+        dst: The daylight-saving policy (default ``shift`` / ``first``).
+        jitter_seconds: Start each run up to this many seconds after its nominal time.
     """
 
     cron: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     timezone: Annotated[str, StringConstraints(min_length=1, max_length=100)] = "UTC"
+    dst: DstPolicy | None = None
+    jitter_seconds: int | None = Field(default=None, ge=0, le=3600)
 
 
 class Step(_Model):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -633,7 +634,10 @@ def upcoming(job: Job, n: int = 5, after: datetime | None = None) -> list[dateti
     if not job.schedule:
         return []
     try:
-        return [s.at for s in slots.next_slots(job.schedule, job.timezone, n, after, slots.job_dst(job))]
+        zone = ZoneInfo(job.timezone or "UTC")
+        return [
+            s.at.astimezone(zone) for s in slots.next_slots(job.schedule, job.timezone, n, after, slots.job_dst(job))
+        ]
     except (ValueError, KeyError):
         return []
 

@@ -160,3 +160,29 @@ async def test_temporal_fires_exactly_the_policy_slots(temporal_env, tz, cron, d
     finally:
         for sid in schedules:
             await client.get_schedule_handle(sid).delete()
+
+
+def test_manifest_schedules_accept_a_dst_policy_and_name_a_bad_one() -> None:
+    from autoplat.manifest import Schedule
+    from registry.manifest import validate_manifest
+
+    def manifest(schedule: dict[str, Any]) -> dict[str, Any]:
+        job = {"name": "nightly", "description": "d", "handler": "main:run", "schedule": schedule,
+               "createJob": {"schedule": schedule}}  # fmt: skip
+        return {
+            "name": "dstmod",
+            "displayName": "DST",
+            "author": "t",
+            "version": "1.0.0",
+            "description": "d",
+            "jobs": [job],
+        }
+
+    good = {"cron": "30 2 * * *", "timezone": "America/New_York", "dst": {"ambiguous": "both"}, "jitterSeconds": 30}
+    assert validate_manifest(manifest(good), check_handlers=False).valid
+    parsed = Schedule.model_validate(good)
+    assert parsed.dst is not None and (parsed.dst.nonexistent, parsed.dst.ambiguous) == ("shift", "both")
+    assert parsed.jitter_seconds == 30
+    report = validate_manifest(manifest({**good, "dst": {"nonexistent": "later"}}), check_handlers=False)
+    assert not report.valid
+    assert {e.path for e in report.errors} >= {"/jobs/0/schedule/dst/nonexistent"}
