@@ -94,6 +94,7 @@ class Options:
 @dataclass
 class Tally:
     events: list[str] = field(default_factory=list)
+    events_failed: list[str] = field(default_factory=list)
     routes_ok: int = 0
     routes_failed: list[str] = field(default_factory=list)
     reads_ok: int = 0
@@ -278,17 +279,33 @@ async def run(opts: Options) -> dict[str, Any]:
             listener = r.json()["id"]
             scheduled_from = time.time()
 
+            def failed(what: str, r: httpx.Response | BaseException) -> str:
+                at = round((time.monotonic() - began) / 60, 2)
+                if isinstance(r, BaseException):
+                    return f"min {at}: {what}: {type(r).__name__}: {r}"[:300]
+                return f"min {at}: {what}: {r.status_code} {r.text[:200]}"
+
             async def post_event(n: int) -> None:
-                r = await http.post("/api/v1/events", json={"name": "soak.tick", "payload": {"n": n}})
+                try:
+                    r = await http.post("/api/v1/events", json={"name": "soak.tick", "payload": {"n": n}})
+                except httpx.HTTPError as exc:
+                    tally.events_failed.append(failed("POST /events", exc))
+                    return
                 if r.status_code == 201:
                     tally.events.append(r.json()["id"])
+                else:
+                    tally.events_failed.append(failed("POST /events", r))
 
             async def call_route(n: int) -> None:
-                r = await http.get(f"/api/v1/m/{MODULE}/ping")
+                try:
+                    r = await http.get(f"/api/v1/m/{MODULE}/ping")
+                except httpx.HTTPError as exc:
+                    tally.routes_failed.append(failed("route", exc))
+                    return
                 if r.status_code == 200 and r.json().get("pong") is True:
                     tally.routes_ok += 1
                 else:
-                    tally.routes_failed.append(f"{r.status_code}: {r.text[:200]}")
+                    tally.routes_failed.append(failed("route", r))
 
             reads = [
                 "/api/v1/executions?limit=50",
@@ -299,11 +316,15 @@ async def run(opts: Options) -> dict[str, Any]:
             ]
 
             async def read(n: int) -> None:
-                r = await http.get(reads[n % len(reads)])
+                try:
+                    r = await http.get(reads[n % len(reads)])
+                except httpx.HTTPError as exc:
+                    tally.reads_failed.append(failed(reads[n % len(reads)], exc))
+                    return
                 if r.status_code == 200:
                     tally.reads_ok += 1
                 else:
-                    tally.reads_failed.append(f"{reads[n % len(reads)]} {r.status_code}")
+                    tally.reads_failed.append(failed(reads[n % len(reads)], r))
 
             async def sample(at: float) -> None:
                 api_pids = tree(api.pid)
@@ -330,7 +351,8 @@ async def run(opts: Options) -> dict[str, Any]:
                     await asyncio.sleep(min(60, max(0.0, until - time.monotonic())))
                 await sample(time.monotonic() - t0)
 
-            until = time.monotonic() + opts.minutes * 60
+            began = time.monotonic()
+            until = began + opts.minutes * 60
             await asyncio.gather(
                 paced(opts.events_per_s, until, post_event),
                 paced(opts.routes_per_s, until, call_route),
@@ -387,6 +409,7 @@ async def run(opts: Options) -> dict[str, Any]:
         short_jobs = {j: per_job.get(j, 0) for j in scheduled if abs(per_job.get(j, 0) - int(minutes_scheduled)) > 1}
         runs_ok = (
             not missing_events
+            and not tally.events_failed
             and not tally.routes_failed
             and not short_jobs
             and not by_status.get("PENDING")
@@ -406,6 +429,7 @@ async def run(opts: Options) -> dict[str, Any]:
             },
             "done": {
                 "events": len(tally.events),
+                "events_failed": tally.events_failed[:10],
                 "route_calls_ok": tally.routes_ok,
                 "route_calls_failed": tally.routes_failed[:10],
                 "reads_ok": tally.reads_ok,
@@ -444,7 +468,8 @@ def render(report: dict[str, Any]) -> str:
         f"soak — {report['minutes']} min, code {report['machine']['code']}: "
         f"{'PASSED' if report['passed'] else 'FAILED'}",
         f"load: {report['load']}",
-        f"done: {done['events']} events, {done['route_calls_ok']} route calls ok "
+        f"done: {done['events']} events ({len(done['events_failed'])} refused), "
+        f"{done['route_calls_ok']} route calls ok "
         f"({len(done['route_calls_failed'])} failed), {done['reads_ok']} reads ok "
         f"({len(done['reads_failed'])} failed), "
         f"scheduled runs per job {sorted(done['scheduled_runs'].values())} over {done['minutes_scheduled']} min",
@@ -463,6 +488,8 @@ def render(report: dict[str, Any]) -> str:
         f"{first['worker_rss_mib']} -> {last['worker_rss_mib']} MiB; bounds {report['bounds']}; "
         f"within bounds: {report['growth_ok']}"
     )
+    for failure in done["events_failed"] + done["route_calls_failed"] + done["reads_failed"]:
+        lines.append(f"failed: {failure}")
     if report["events_without_exactly_one_run"] or report["scheduled_jobs_off_by_more_than_one"]:
         lines.append(
             f"lost or duplicated: events {report['events_without_exactly_one_run']}, "
