@@ -609,6 +609,8 @@ class Options:
     isolation: str = "process"
     #: Also measure the production shape: API over HTTP and a separate worker process.
     http: bool = False
+    #: Also measure what metrics and tracing cost over HTTP (bench/observability.py).
+    metrics: bool = False
 
 
 async def bench_baseline(client: Any, probe: Probe, opts: Options) -> tuple[Phase, Phase, dict[str, Any]]:
@@ -781,9 +783,18 @@ async def bench_platform(
         drop_database(db_name)
 
 
-async def bench_http(server: DevServer, workdir: Path, opts: Options) -> tuple[Phase, Phase, dict[str, Any]]:
+async def bench_http(
+    server: DevServer,
+    workdir: Path,
+    opts: Options,
+    *,
+    extra_env: dict[str, str] | None = None,
+    during: Callable[[str, list[int]], Awaitable[None]] | None = None,
+) -> tuple[Phase, Phase, dict[str, Any]]:
     """The production shape: runs through ``POST /jobs/{id}/execute?wait=true`` of an API process,
-    handled by a separate worker process."""
+    handled by a separate worker process. ``extra_env`` adds settings of both processes; ``during``
+    runs beside the loaded phase, given the API's base URL and the API's and worker's pids
+    (bench/observability.py scrapes and takes their CPU time)."""
     import httpx
 
     from bench.events_throughput import JWT_SECRET, operator_token, spawn, wait_ready
@@ -824,6 +835,7 @@ async def bench_http(server: DevServer, workdir: Path, opts: Options) -> tuple[P
             "AUTOPLAT_REDIS_PREFIX": settings.redis_prefix,
             "AUTOPLAT_MAINTENANCE_SCHEDULE": "false",
             "AUTOPLAT_HANDLER_ISOLATION": opts.isolation,
+            **(extra_env or {}),
         }
         (port,) = free_ports(1)
         cli = [sys.executable, "-m", "autoplat.cli"]
@@ -847,7 +859,13 @@ async def bench_http(server: DevServer, workdir: Path, opts: Options) -> tuple[P
                 return Sample(trigger=trigger, started=float(body["result"]), done=done)
 
             await drive(opts.warmup, min(opts.concurrency, opts.warmup), one)
-            samples, wall = await drive(opts.runs, opts.concurrency, one)
+            beside = asyncio.ensure_future(during(base, [p.pid for p in procs])) if during is not None else None
+            try:
+                samples, wall = await drive(opts.runs, opts.concurrency, one)
+            finally:
+                if beside is not None:
+                    beside.cancel()
+                    await asyncio.gather(beside, return_exceptions=True)
             loaded = summarise("platform over HTTP", samples, opts.concurrency, wall)
             samples, wall = await drive(opts.low_load_runs, 1, one)
             low = summarise("platform over HTTP (low load)", samples, 1, wall)
@@ -921,6 +939,7 @@ async def run(opts: Options) -> dict[str, Any]:
         # Cancel the run so the finally blocks stop the server and drop the database.
         loop.add_signal_handler(sig, main_task.cancel)  # type: ignore[union-attr]
     info = machine()
+    observability: dict[str, Any] | None = None
     workdir = Path(tempfile.mkdtemp(prefix="autoplat-bench-"))
     server = DevServer(workdir)
     began = time.perf_counter()
@@ -934,6 +953,10 @@ async def run(opts: Options) -> dict[str, Any]:
         plat_loaded, plat_low, plat_shape, mirror = await bench_platform(client, server, workdir, opts)
         plat_loaded.profile["history"] = plat_shape
         http_phases = await bench_http(server, workdir, opts) if opts.http else None
+        if opts.metrics:
+            from bench.observability import bench_observability
+
+            observability = await bench_observability(server, workdir, opts)
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -965,6 +988,7 @@ async def run(opts: Options) -> dict[str, Any]:
             else 0.0,
         },
         "targets": targets,
+        "observability": observability,
         "total_seconds": round(time.perf_counter() - began, 1),
     }
 
@@ -1094,6 +1118,13 @@ def render(report: dict[str, Any]) -> str:
         f"target p95 trigger->start at low load < {t['low_load_p95_start_target_ms']:.0f} ms: "
         f"{t['low_load_p95_start_ms']:.1f} ms -> {'MET' if t['low_load_p95_start_ok'] else 'MISSED'}"
     )
+    obs = report.get("observability")
+    if obs:
+        lines.append(
+            f"observability over HTTP (bench/observability.py): metrics on / off {obs['metrics_ratio']:.3f} "
+            f"(target >= {obs['metrics_ratio_target']}: {'MET' if obs['metrics_ratio_ok'] else 'MISSED'}), "
+            f"tracing on / off {obs['tracing_ratio']:.3f}"
+        )
     lines.append(f"total time {report['total_seconds']} s")
     return "\n".join(lines)
 
@@ -1122,6 +1153,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
         action="store_true",
         help="also measure the production shape: the API over HTTP and a worker, as two processes",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also measure metrics on / tracing on against off over HTTP (bench/observability.py)",
+    )
     ns = parser.parse_args(argv)
     if ns.runs < 1 or ns.concurrency < 1 or ns.low_load_runs < 1 or ns.warmup < 1:
         parser.error("--runs, --concurrency, --low-load-runs and --warmup must be at least 1")
@@ -1135,6 +1171,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         profile=ns.profile,
         isolation=ns.isolation,
         http=ns.http,
+        metrics=ns.metrics,
     )
 
 

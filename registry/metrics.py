@@ -371,7 +371,10 @@ def temporal_runtime(port: int) -> Any:
     runtime = Runtime(
         telemetry=TelemetryConfig(
             metrics=PrometheusConfig(
-                bind_address=f"127.0.0.1:{port}", counters_total_suffix=True, durations_as_seconds=True
+                bind_address=f"127.0.0.1:{port}",
+                counters_total_suffix=True,
+                unit_suffix=True,
+                durations_as_seconds=True,
             )
         )
     )
