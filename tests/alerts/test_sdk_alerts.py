@@ -72,7 +72,12 @@ async def test_a_handler_raises_refreshes_and_resolves_an_incident(
         first = await run("check", 150)
         assert first["status"] == "COMPLETED", first
         assert first["result"]["workflow_id"].startswith("incident-m-queues-")
-        [incident] = (await client.get("/api/v1/alerts/incidents", headers=viewer_headers)).json()["items"]
+
+        async def opened() -> list[dict[str, Any]]:
+            return list((await client.get("/api/v1/alerts/incidents", headers=viewer_headers)).json()["items"])
+
+        # The handler signalled the incident's workflow; its first activity stores the row.
+        [incident] = await eventually(opened, what="the incident row")
         assert incident["module_name"] == "queues" and incident["dedup_key"] == "backlog"
         assert incident["labels"] == {"queue": "orders", "module": "queues"}
         assert incident["severity"] == "critical" and incident["message"] == "150 waiting"

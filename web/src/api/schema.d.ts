@@ -705,6 +705,69 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/jobs/{job_id}/pause": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Pause Job Schedule
+         * @description Pause the job's schedule without deleting it (Temporal keeps it, paused, with the note and
+         *     who paused it): its slots read ``skipped`` (paused) until resumed. 409 for a job with no schedule.
+         */
+        post: operations["pause_job_schedule_api_v1_jobs__job_id__pause_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/jobs/{job_id}/resume": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Resume Job Schedule
+         * @description Resume a paused schedule (the slots it did not fire while paused are not run: backfill them).
+         */
+        post: operations["resume_job_schedule_api_v1_jobs__job_id__resume_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/jobs/{job_id}/slots": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Job Slots
+         * @description The slot ledger: each nominal fire time of the job's schedule in [from, to) and what became of
+         *     it: ``ran`` (its execution), ``skipped`` (why), ``missed`` (nothing ran it) or ``pending``. At
+         *     most 5,000 slots are answered, the earliest first.
+         */
+        get: operations["job_slots_api_v1_jobs__job_id__slots_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/jobs/{job_id}/state": {
         parameters: {
             query?: never;
@@ -1488,6 +1551,26 @@ export interface components {
             /** Value */
             value: unknown;
         };
+        /**
+         * DstPolicy
+         * @description What a schedule does at a daylight-saving change (docs/schedules.md).
+         */
+        DstPolicy: {
+            /**
+             * Ambiguous
+             * @description A wall time that happens twice (autumn): run at the first, at both, or skip
+             * @default first
+             * @enum {string}
+             */
+            ambiguous: "first" | "both" | "skip";
+            /**
+             * Nonexistent
+             * @description A wall time that does not exist (spring): run at the first valid minute after, or skip
+             * @default shift
+             * @enum {string}
+             */
+            nonexistent: "shift" | "skip";
+        };
         /** ErrorBody */
         ErrorBody: {
             error: components["schemas"]["ErrorDetail"];
@@ -2036,6 +2119,8 @@ export interface components {
              * @default
              */
             description: string;
+            /** @description Daylight-saving policy (default shift / first) */
+            dst?: components["schemas"]["DstPolicy"] | null;
             /**
              * Enabled
              * @default true
@@ -2046,6 +2131,11 @@ export interface components {
              * @description Event patterns that start this job
              */
             event_triggers?: string[];
+            /**
+             * Jitter Seconds
+             * @description Start each scheduled run up to this many seconds late (spreads a fleet)
+             */
+            jitter_seconds?: number | null;
             /** Job Type */
             job_type: string;
             /**
@@ -2106,12 +2196,19 @@ export interface components {
             data_problem?: string | null;
             /** Description */
             description: string;
+            /** @description Daylight-saving policy of the schedule */
+            dst?: components["schemas"]["DstPolicy"];
             /** Enabled */
             enabled: boolean;
             /** Event Triggers */
             event_triggers: unknown[];
             /** Id */
             id: string;
+            /**
+             * Jitter Seconds
+             * @default 0
+             */
+            jitter_seconds: number;
             /** Job Type */
             job_type: string;
             /** @description The latest run; null: never run */
@@ -2144,6 +2241,13 @@ export interface components {
             /** Overlap */
             overlap: string;
             /**
+             * Pause
+             * @description note, by, at of the pause
+             */
+            pause?: {
+                [key: string]: unknown;
+            } | null;
+            /**
              * Paused Reason
              * @description Why the platform disabled it (e.g. its config does not fit an upgraded module)
              */
@@ -2164,6 +2268,12 @@ export interface components {
             schedule: string | null;
             /** Schedule Id */
             schedule_id: string | null;
+            /**
+             * Schedule Paused
+             * @description Paused by POST /jobs/{id}/pause (kept, fires nothing)
+             * @default false
+             */
+            schedule_paused: boolean;
             /**
              * Schedule State
              * @description Temporal's view of the schedule; only on a single job (GET /jobs/{id}), not in lists
@@ -2293,10 +2403,13 @@ export interface components {
             } | null;
             /** Description */
             description?: string | null;
+            dst?: components["schemas"]["DstPolicy"] | null;
             /** Enabled */
             enabled?: boolean | null;
             /** Event Triggers */
             event_triggers?: string[] | null;
+            /** Jitter Seconds */
+            jitter_seconds?: number | null;
             /**
              * Max Attempts
              * @description Attempts of each step, the first included (1: no retry)
@@ -2850,6 +2963,15 @@ export interface components {
             /** Revoked Sessions */
             revoked_sessions: number;
         };
+        /** PauseRequest */
+        PauseRequest: {
+            /**
+             * Note
+             * @description Why (shown on the schedule, in Temporal and the audit log)
+             * @default
+             */
+            note: string;
+        };
         /** PointRead */
         PointRead: {
             /**
@@ -3041,6 +3163,59 @@ export interface components {
         SessionsRevoked: {
             /** Revoked Sessions */
             revoked_sessions: number;
+        };
+        /**
+         * SlotRead
+         * @description One nominal fire time of the job's schedule and what became of it.
+         */
+        SlotRead: {
+            /**
+             * At
+             * Format: date-time
+             * @description The nominal time (UTC)
+             */
+            at: string;
+            /**
+             * Dst
+             * @description The daylight-saving policy applied to this slot, if any
+             */
+            dst?: string | null;
+            /** Execution Id */
+            execution_id?: string | null;
+            /** Execution Status */
+            execution_status?: string | null;
+            /**
+             * Outcome
+             * @enum {string}
+             */
+            outcome: "ran" | "skipped" | "missed" | "pending";
+            /** Reason */
+            reason?: string | null;
+            /**
+             * Trigger
+             * @description schedule or backfill
+             */
+            trigger?: string | null;
+            /**
+             * Wall Time
+             * @description The nominal time in the job's timezone
+             */
+            wall_time?: string | null;
+        };
+        /** SlotsRead */
+        SlotsRead: {
+            dst: components["schemas"]["DstPolicy"];
+            /** Items */
+            items: components["schemas"]["SlotRead"][];
+            /** Job Id */
+            job_id: string;
+            /**
+             * Settled Until
+             * @description Slots before this are stored; later ones are computed now
+             */
+            settled_until: string | null;
+            /** Timezone */
+            timezone: string;
         };
         /** StepRead */
         StepRead: {
@@ -3308,7 +3483,7 @@ export interface operations {
                 rule_id?: string | null;
                 severity?: ("info" | "warning" | "critical")[] | null;
                 /** @description firing, acknowledged, resolved, dismissed */
-                status?: string[] | null;
+                status?: ("firing" | "acknowledged" | "resolved" | "dismissed")[] | null;
                 /** @description Opened before */
                 to?: string | null;
             };
@@ -7656,6 +7831,301 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Page_ExecutionRead_"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role lacks the permission */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body over the size limit (checked before parsing) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    pause_job_schedule_api_v1_jobs__job_id__pause_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["PauseRequest"] | null;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobRead"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role lacks the permission */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body over the size limit (checked before parsing) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    resume_job_schedule_api_v1_jobs__job_id__resume_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["PauseRequest"] | null;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobRead"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role lacks the permission */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body over the size limit (checked before parsing) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    job_slots_api_v1_jobs__job_id__slots_get: {
+        parameters: {
+            query?: {
+                /** @description Default: 24 hours ago */
+                from?: string | null;
+                /** @description Default: an hour from now */
+                to?: string | null;
+            };
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SlotsRead"];
                 };
             };
             /** @description Bad request */

@@ -4,7 +4,7 @@ import { api, unwrap } from "../api/client";
 import { ErrorBox, Field, Loading, PageHeader, Pager, Stat, StatusBadge, Time, useUrlFilters } from "../components/ui";
 
 const LIMIT = 25;
-const STATUSES = ["firing", "acknowledged", "resolved", "dismissed"];
+const STATUSES = ["firing", "acknowledged", "resolved", "dismissed"] as const;
 const SEVERITIES = ["critical", "warning", "info"] as const;
 
 /** Incidents of every rule and module, newest first, with their counts (docs/alerting.md). */
@@ -22,7 +22,7 @@ export default function Incidents() {
         api.GET("/api/v1/alerts/incidents", {
           params: {
             query: {
-              status: settled.status ? [settled.status] : undefined,
+              status: settled.status ? [settled.status as (typeof STATUSES)[number]] : undefined,
               severity: settled.severity ? [settled.severity as (typeof SEVERITIES)[number]] : undefined,
               label: settled.label ? [settled.label] : undefined,
               page,
