@@ -37,6 +37,11 @@ export default function Dashboard() {
     queryFn: () => unwrap(api.GET("/api/v1/events/stats")),
     refetchInterval: LIVE,
   });
+  const incidents = useQuery({
+    queryKey: ["alerts", "counts"],
+    queryFn: () => unwrap(api.GET("/api/v1/alerts/incidents/counts")),
+    refetchInterval: LIVE,
+  });
   const modules = useQuery({
     queryKey: ["modules", "list", { dash: true }],
     queryFn: () => unwrap(api.GET("/api/v1/modules", { params: { query: { limit: 200 } } })),
@@ -63,6 +68,10 @@ export default function Dashboard() {
         <Stat label="p95 duration" value={<Duration ms={s?.p95_duration_ms} />} />
         <Stat label="Running now" value={running.data?.total ?? "…"} />
         <Stat label="Pending events" value={events.data?.pending ?? "…"} />
+        <Stat
+          label="Open incidents"
+          value={incidents.data ? <Link to="/alerts?status=firing">{`${incidents.data.open} (${incidents.data.by_severity.critical ?? 0} critical)`}</Link> : "…"}
+        />
       </div>
       <div className="grid">
         <Card title="Runs by status (24 h)">
