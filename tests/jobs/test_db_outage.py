@@ -172,6 +172,10 @@ async def platform(postgres: Postgres, temporal_settings: Any, tmp_path: Path) -
 
     settings = temporal_settings
     settings.database_url = postgres.dsn("registry").replace("postgresql://", "postgresql+psycopg://", 1)
+    # A copy of the session's settings carries their cached ``effective_database_url`` (the shared
+    # test database, once any test before this one used it): drop it, or API and worker use that.
+    settings.__dict__.pop("effective_database_url", None)
+    assert settings.effective_database_url.endswith(f":{postgres.port}/registry")
     settings.heartbeat_timeout_seconds = 2
     settings.redis_prefix = f"{settings.redis_prefix}-{uuid.uuid4().hex[:6]}"
     await upgrade(settings.effective_database_url)
