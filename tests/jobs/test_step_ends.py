@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from sqlalchemy import delete
 from sqlalchemy import exc as sa_exc
+from temporalio.api.failure.v1 import Failure
 from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -151,6 +152,15 @@ async def _run(acts: JobActivities, inp: StepInput, *, attempt: int = 1, beat: A
         return exc, beats
 
 
+def _as_the_workflow_sees(error: ApplicationError) -> ApplicationError:
+    """``error`` through Temporal's failure converter and back, as the workflow receives it."""
+    failure = Failure()
+    DATA_CONVERTER.failure_converter.to_failure(error, DATA_CONVERTER.payload_converter, failure)
+    seen = DATA_CONVERTER.failure_converter.from_failure(failure, DATA_CONVERTER.payload_converter)
+    assert isinstance(seen, ApplicationError), seen
+    return seen
+
+
 async def _read(sessions: Any, execution_id: str) -> Execution:
     async with sessions() as s:
         row = await s.get(Execution, execution_id)
@@ -169,6 +179,7 @@ async def test_a_business_failure_during_an_outage_stays_final_and_keeps_its_log
     # Not a retryable "registry unavailable": Temporal must not run the handler again.
     assert isinstance(error, ApplicationError), error
     assert (error.type, error.non_retryable, error.message) == ("JobError", True, "refused on purpose")
+    error = _as_the_workflow_sees(error)
     end = failed_step_end(error)
     assert end is not None, error.details
     assert (end.step_index, end.status, end.attempt, end.count_failure) == (0, "FAILED", 1, True)
