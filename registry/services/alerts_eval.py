@@ -194,6 +194,7 @@ async def evaluate_series(
                    ("module", "series", "field", "agg", "window_minutes")}}  # fmt: skip
         if step.fire and active and alerts.cooled_down(state, rule.cooldown_seconds, now):
             state.firing = True
+            state.last_opened_at = now  # the cooldown counts from here (the workflow's open sets it too)
             since = state.since or now
             if silent and value is None:
                 context["value"] = None
@@ -236,6 +237,7 @@ async def evaluate_stale_jobs(session: AsyncSession, rule: AlertRule, now: datet
         if stale and not state.firing:
             if alerts.in_windows(rule.active or [], now) and alerts.cooled_down(state, rule.cooldown_seconds, now):
                 state.firing = True
+                state.last_opened_at = now
                 state.since = reference + limit
                 context = {"job": {"id": job.id, "module": job.module_name, "job_type": job.job_type,
                                    "name": job.name}, "value": (now - reference).total_seconds() / 60}  # fmt: skip
@@ -381,6 +383,7 @@ async def _job_failure_rule(session: AsyncSession, rule: AlertRule, event: Event
     if not alerts.in_windows(rule.active or [], now) or not alerts.cooled_down(state, rule.cooldown_seconds, now):
         return None
     state.firing = True
+    state.last_opened_at = now
     context = {
         "job": {"id": job.id, "module": job.module_name, "job_type": job.job_type, "name": job.name},
         "failures": streak,
