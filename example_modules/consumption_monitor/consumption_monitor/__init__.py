@@ -1,0 +1,1 @@
+"""consumption-monitor: data-centre power metering on autoplat (see ../manifest.json, docs/consumption-monitor.md)."""
