@@ -18,7 +18,16 @@ class MaintenanceActivities:
         self.deps = deps
 
     def activities(self) -> list[Callable[..., Any]]:
-        return [self.reconcile]
+        return [self.reconcile, self.backfill_batch]
+
+    @activity.defn(name="autoplat.backfill_batch")
+    async def backfill_batch(self, backfill_id: str) -> dict[str, Any]:
+        """One batch of a backfill's slot starts (registry/services/backfill.py)."""
+        from registry.services.backfill import run_batch
+
+        return await run_batch(
+            client=activity.client(), sessions=self.deps.sessions, settings=self.deps.settings, backfill_id=backfill_id
+        )
 
     @activity.defn(name=RECONCILE)
     async def reconcile(self) -> dict[str, Any]:

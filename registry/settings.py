@@ -250,6 +250,13 @@ class Settings(BaseSettings):
     module_routes_allow_html: bool = False
     #: Shortest interval between two firings of a cron schedule (seconds); more frequent: 422.
     min_schedule_interval_seconds: int = Field(default=60, ge=1, le=86400)
+    #: Backfills (docs/schedules.md): the most slots one backfill may run (more: 422 with the count),
+    #: slot runs started per batch, seconds between batches, and the most of a backfill's runs going
+    #: at once.
+    backfill_max_slots: int = Field(default=10_000, ge=1, le=1_000_000)
+    backfill_batch: int = Field(default=10, ge=1, le=1000)
+    backfill_interval_seconds: float = Field(default=2.0, ge=0.1, le=3600)
+    backfill_max_running: int = Field(default=20, ge=1, le=10_000)
 
     @field_validator("module_install_roles", mode="before")
     @classmethod

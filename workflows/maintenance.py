@@ -26,6 +26,8 @@ SERIES_SCHEDULES = {
 }
 #: The alert evaluator activity (activities/alerts.py).
 ALERTS_EVALUATE = "autoplat.alerts.evaluate"
+#: One batch of a backfill (activities/maintenance.py); the task ``backfill:<id>`` drives one.
+BACKFILL_BATCH = "autoplat.backfill_batch"
 
 
 @workflow.defn(name=MAINTENANCE_WORKFLOW)
@@ -41,6 +43,20 @@ class MaintenanceWorkflow:
                 retry_policy=RetryPolicy(maximum_attempts=3),
                 result_type=dict,
             )
+        if task and task.startswith("backfill:"):
+            # A backfill's driver: batches of slot starts with pauses between them (docs/schedules.md);
+            # cancelling this workflow cancels the backfill as a whole.
+            while True:
+                batch = await workflow.execute_activity(
+                    BACKFILL_BATCH,
+                    task.removeprefix("backfill:"),
+                    start_to_close_timeout=timedelta(minutes=5),
+                    retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+                    result_type=dict,
+                )
+                if batch.get("done"):
+                    return batch
+                await workflow.sleep(timedelta(seconds=float(batch.get("pause_seconds") or 1)))
         if task == "alerts-evaluate":
             return await workflow.execute_activity(
                 ALERTS_EVALUATE,

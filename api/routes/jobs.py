@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Header, Query, Response, status
+from temporalio.service import RPCError
 
 from api.deps import PageDep, Requires, SessionDep, SettingsDep, StateDep
 from api.routes.executions import SERVED_JSON_DEPTH, execution_read
 from api.schemas.common import ERROR_RESPONSES, Page
 from api.schemas.executions import ExecutionDetail, ExecutionRead
 from api.schemas.jobs import (
+    BackfillRead,
+    BackfillRequest,
+    BackfillSlot,
     DstPolicy,
     ExecuteRequest,
     JobCreate,
@@ -27,7 +32,7 @@ from api.state import AppState
 from registry.errors import InvalidInput, UpstreamTimeout
 from registry.manifest import json_problem
 from registry.models import Job, Module
-from registry.services import executions, jobs, slots
+from registry.services import backfill, executions, jobs, slots
 from registry.services.common import Actor
 from workflows.schedules import schedule_id
 
@@ -282,6 +287,99 @@ async def job_slots(
         dst=DstPolicy(**slots.job_dst(job)),  # type: ignore[arg-type]
         settled_until=job.slots_settled_until,
         items=[SlotRead(**vars(v)) for v in views],
+    )
+
+
+@router.post(
+    "/{job_id}/backfill",
+    response_model=BackfillRead,
+    responses={202: {"model": BackfillRead, "description": "Started; GET /jobs/{id}/backfills/{backfill_id}"}},
+)
+async def backfill_job(
+    job_id: str,
+    body: BackfillRequest,
+    response: Response,
+    session: SessionDep,
+    state: StateDep,
+    actor: Actor = Requires("jobs:write"),
+) -> BackfillRead:
+    """Run the job's past slots in [from, to) that have no run, each as its slot's run
+    (``trigger = "backfill"``, the nominal time on the execution), rate-limited; ``dry_run`` answers
+    them without running. 422 for a range reversed, in the future, or of more than
+    ``AUTOPLAT_BACKFILL_MAX_SLOTS`` slots (with the count)."""
+    job = await jobs.get_job(session=session, job_id=job_id)
+    planned = await backfill.plan(
+        session=session,
+        job=job,
+        start=_aware(body.from_, "from"),
+        end=_aware(body.to, "to"),
+        max_slots=state.settings.backfill_max_slots,
+    )
+    zone = ZoneInfo(job.timezone or "UTC")
+    listed = [BackfillSlot(at=s.at, wall_time=s.at.astimezone(zone).isoformat(), dst=s.dst) for s in planned.slots]
+    if body.dry_run:
+        return BackfillRead(dry_run=True, count=len(planned.slots), already_run=planned.already_run, slots=listed)
+    row = await backfill.start(
+        session=session,
+        job=job,
+        actor=actor,
+        planned=planned,
+        start_at=body.from_,
+        end_at=body.to,
+        overlap=body.overlap or job.overlap,
+    )
+    client = await state.temporal()
+    await session.commit()  # the driver reads the row
+    from workflows.maintenance import MAINTENANCE_WORKFLOW
+
+    await client.start_workflow(
+        MAINTENANCE_WORKFLOW,
+        f"{backfill.TASK_PREFIX}{row.id}",
+        id=row.workflow_id,
+        task_queue=state.settings.task_queue,
+    )
+    response.status_code = status.HTTP_202_ACCEPTED
+    return _backfill_read(row, already_run=planned.already_run, zone=zone)
+
+
+@router.get("/{job_id}/backfills/{backfill_id}", response_model=BackfillRead)
+async def get_backfill(
+    job_id: str, backfill_id: str, session: SessionDep, _: Actor = Requires("jobs:read")
+) -> BackfillRead:
+    job = await jobs.get_job(session=session, job_id=job_id)
+    row = await backfill.get(session=session, job_id=job_id, backfill_id=backfill_id)
+    return _backfill_read(row, zone=ZoneInfo(job.timezone or "UTC"))
+
+
+@router.post("/{job_id}/backfills/{backfill_id}/cancel", response_model=BackfillRead)
+async def cancel_backfill(
+    job_id: str, backfill_id: str, session: SessionDep, state: StateDep, actor: Actor = Requires("jobs:write")
+) -> BackfillRead:
+    """Cancel a backfill as a whole: no further slot starts, and its runs still going are cancelled."""
+    job = await jobs.get_job(session=session, job_id=job_id)
+    row, running = await backfill.cancel(session=session, job_id=job_id, backfill_id=backfill_id, actor=actor)
+    await session.commit()
+    if running or row.finished_at is not None:
+        client = await state.temporal()
+        for workflow_id in [row.workflow_id, *running]:
+            try:
+                await client.get_workflow_handle(workflow_id).cancel()
+            except RPCError:
+                pass  # ended meanwhile
+    return _backfill_read(row, zone=ZoneInfo(job.timezone or "UTC"))
+
+
+def _backfill_read(row: Any, *, zone: ZoneInfo, already_run: int = 0) -> BackfillRead:
+    fields = backfill.as_dict(row, preview=1000)
+    stamps = fields.pop("slots")
+    return BackfillRead(
+        dry_run=False,
+        already_run=already_run,
+        slots=[
+            BackfillSlot(at=at, wall_time=at.astimezone(zone).isoformat())
+            for at in (datetime.fromisoformat(s) for s in stamps)
+        ],
+        **{("from_" if k == "from" else k): v for k, v in fields.items()},
     )
 
 

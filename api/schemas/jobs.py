@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from api.schemas.common import JsonObject, Printable, Schema, Text
 
@@ -181,6 +181,46 @@ class SlotsRead(Schema):
     dst: DstPolicy
     settled_until: datetime | None = Field(description="Slots before this are stored; later ones are computed now")
     items: list[SlotRead]
+
+
+class BackfillRequest(Schema):
+    """Run the slots of [from, to) again (those without a run), with ``trigger = "backfill"``."""
+
+    model_config = ConfigDict(from_attributes=True, extra="forbid", populate_by_name=True)
+
+    from_: datetime = Field(alias="from", description="Start of the range (inclusive); no offset: UTC")
+    to: datetime = Field(description="End of the range (exclusive), not in the future")
+    dry_run: bool = Field(default=False, description="Answer the slots it would run, run nothing")
+    overlap: Overlap | None = Field(
+        default=None,
+        description="allow_all: slots run side by side (rate-limited); any other: one at a time. Default: the job's",
+    )
+
+
+class BackfillSlot(Schema):
+    at: datetime
+    wall_time: str
+    dst: str | None = None
+
+
+class BackfillRead(Schema):
+    model_config = ConfigDict(from_attributes=True, extra="forbid", populate_by_name=True)
+
+    dry_run: bool
+    count: int = Field(description="Slots it runs (those without a run yet)")
+    already_run: int = Field(default=0, description="Slots of the range that have a run already (left out)")
+    slots: list[BackfillSlot] = Field(default=[], description="The slots (the first 1,000 of a real backfill)")
+    id: str | None = None
+    job_id: str | None = None
+    status: str | None = Field(default=None, description="running, completed or cancelled")
+    started: int | None = Field(default=None, description="Slot runs started so far")
+    overlap: str | None = None
+    from_: datetime | None = Field(default=None, alias="from")
+    to: datetime | None = None
+    workflow_id: str | None = Field(default=None, description="The backfill's driver workflow")
+    requested_by: str | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 class JobStateRead(Schema):

@@ -120,9 +120,12 @@ def slots_between(
     policy = dst or DEFAULT_DST
     zone = ZoneInfo(tz)
     spec = parse_cron(cron)
-    # Walk wall times (naive) from a day before to a day after: covers any offset.
-    wall_start = start.astimezone(zone).replace(tzinfo=None) - timedelta(days=1)
-    wall_end = end.astimezone(zone).replace(tzinfo=None) + timedelta(days=1)
+    # Walk the wall times (naive) of [start, end), widened by the largest offset change within it
+    # (none: the exact window; else 3 hours, more than any daylight-saving change).
+    changes = tz != "UTC" and bool(_transitions(tz, start - timedelta(hours=6), end + timedelta(hours=6)))
+    pad = timedelta(hours=3) if changes else timedelta(0)
+    wall_start = start.astimezone(zone).replace(tzinfo=None) - pad
+    wall_end = end.astimezone(zone).replace(tzinfo=None) + pad
     it = croniter(spec.to_croniter(), wall_start - timedelta(seconds=1), ret_type=datetime, day_or=False)
     found: dict[datetime, Slot] = {}
     emitted = 0

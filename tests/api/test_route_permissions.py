@@ -100,6 +100,9 @@ POLICY: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/api/v1/jobs/{job_id}/pause"): STAFF,
     ("POST", "/api/v1/jobs/{job_id}/resume"): STAFF,
     ("GET", "/api/v1/jobs/{job_id}/slots"): EVERYONE,
+    ("POST", "/api/v1/jobs/{job_id}/backfill"): STAFF,
+    ("GET", "/api/v1/jobs/{job_id}/backfills/{backfill_id}"): EVERYONE,
+    ("POST", "/api/v1/jobs/{job_id}/backfills/{backfill_id}/cancel"): STAFF,
     ("POST", "/api/v1/jobs/{job_id}/execute"): STAFF,
     ("GET", "/api/v1/jobs/{job_id}/state"): STAFF,  # module data, like a module's storage
     # executions: everyone reads; operators cancel and retry
