@@ -79,3 +79,27 @@ async def test_one_run_per_slot_whoever_starts_it(client, worker, module, operat
     assert nominal and max(nominal.values()) == 1, nominal.most_common(3)
     assert all(r.workflow_id == f"sched-{job['id']}-{r.nominal_at:%Y-%m-%dT%H:%M:%SZ}" for r in runs)
     await client.post(f"/api/v1/jobs/{job['id']}/disable", headers=operator_headers)
+
+
+async def test_jitter_delays_runs_but_not_their_slot(client, worker, module, operator_headers, temporal_env, sessions):
+    job = await create_job(client, operator_headers, schedule="*/2 * * * * *", jitter_seconds=1)
+    assert job["jitter_seconds"] == 1 and job["schedule_state"]["jitter_seconds"] == 1
+    desc = await temporal_env.client.get_schedule_handle(schedule_id(job["id"])).describe()
+    assert desc.schedule.spec.jitter == timedelta(seconds=1)
+
+    async def two_done() -> list[Execution]:
+        done = [r for r in await job_runs(sessions, job["id"]) if r.status == "COMPLETED"]
+        return done if len(done) >= 2 else []
+
+    runs = await eventually(two_done, timeout=30, what="two jittered runs")
+    # The slot (and the workflow id) is the nominal time, on the cron's even seconds; the start is
+    # up to a second after it.
+    assert all(r.nominal_at is not None and r.nominal_at.second % 2 == 0 for r in runs)
+    assert all(r.workflow_id.endswith(f"{r.nominal_at:%Y-%m-%dT%H:%M:%SZ}") for r in runs if r.nominal_at)
+    r = await client.patch(f"/api/v1/jobs/{job['id']}", json={"jitter_seconds": 0}, headers=operator_headers)
+    assert r.status_code == 200 and r.json()["jitter_seconds"] == 0
+    desc = await temporal_env.client.get_schedule_handle(schedule_id(job["id"])).describe()
+    assert not desc.schedule.spec.jitter
+    r = await client.patch(f"/api/v1/jobs/{job['id']}", json={"jitter_seconds": -1}, headers=operator_headers)
+    assert r.status_code == 422 and "jitter_seconds" in r.text
+    await client.post(f"/api/v1/jobs/{job['id']}/disable", headers=operator_headers)
