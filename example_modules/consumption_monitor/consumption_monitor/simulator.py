@@ -107,6 +107,7 @@ class Simulator:
         self.sessions: set[str] = set()
         self.requests: list[dict[str, Any]] = []
         self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def url(self) -> str:
@@ -118,6 +119,8 @@ class Simulator:
         return self
 
     async def close(self) -> None:
+        for task in list(self._tasks):  # connections held open (/slow) end with the server
+            task.cancel()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -131,6 +134,10 @@ class Simulator:
 
     # --- HTTP -------------------------------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
