@@ -22,7 +22,7 @@ async def slots(client: Any, headers: dict[str, str], job_id: str, **params: Any
 
 
 async def test_pause_resume_keep_the_schedule_and_the_ledger_says_why(
-    client, worker, module, operator_headers, temporal_env, sessions
+    client, worker, module, operator_headers, admin_headers, temporal_env, sessions
 ):
     job = await create_job(client, operator_headers, catchup_window_seconds=10)
     handle = temporal_env.client.get_schedule_handle(schedule_id(job["id"]))
@@ -75,6 +75,14 @@ async def test_pause_resume_keep_the_schedule_and_the_ledger_says_why(
         )
     assert {"job.schedule_pause", "job.schedule_resume"} <= actions
     assert any(e.payload["reason"] == "paused: db maintenance" and e.payload["count"] >= 2 for e in events)
+    # Disabling the module pauses the schedule (kept, with the reason); enabling it resumes it.
+    r = await client.post("/api/v1/modules/slots/disable", headers=admin_headers)
+    assert r.status_code == 200, r.text
+    desc = await handle.describe()
+    assert desc.schedule.state.paused and "module slots is DISABLED" in (desc.schedule.state.note or "")
+    r = await client.post("/api/v1/modules/slots/enable", headers=admin_headers)
+    assert r.status_code == 200, r.text
+    assert not (await handle.describe()).schedule.state.paused
     await client.post(f"/api/v1/jobs/{job['id']}/disable", headers=operator_headers)
 
 
