@@ -85,6 +85,8 @@ class IncidentInput:
     dedup_key: str | None = None
     #: The state carried over a continue-as-new.
     carried: dict[str, Any] | None = None
+    #: Alerts that arrived while the previous incident of this id was closing: they open this one.
+    pending: list[Fire] = field(default_factory=list)
 
 
 @dataclass

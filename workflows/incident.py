@@ -18,7 +18,7 @@ one (rule, label set) join the open incident and a new one starts only after the
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -222,6 +222,7 @@ class IncidentWorkflow:
             self._restore(inp.carried)
         else:
             self.severity = inp.severity
+            self.inbox = [("fire", fire) for fire in inp.pending] + self.inbox
             await workflow.wait_condition(lambda: any(kind == "fire" for kind, _ in self.inbox))
             index = next(i for i, (kind, _) in enumerate(self.inbox) if kind == "fire")
             first: Fire = self.inbox.pop(index)[1]
@@ -259,20 +260,23 @@ class IncidentWorkflow:
                 await self._step(inp, deadline)
             while self.outbox:
                 await self._notify(inp, self.outbox.pop(0))
-            if self.status in CLOSED and not self.inbox:
+            if self.status in CLOSED:
                 break
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 inp.carried = self._carry()
                 workflow.continue_as_new(inp)
         await workflow.wait_condition(workflow.all_handlers_finished)
+        fires = [item for kind, item in self.inbox if kind == "fire"]
+        if fires:
+            # Alerts that came in while this incident was closing: the next incident, same workflow id.
+            workflow.continue_as_new(replace(inp, carried=None, pending=fires))
         return self.state()
 
     async def _step(self, inp: IncidentInput, deadline: datetime | None) -> None:
         """One thing that happened, under the lock: a signal, or a timer that came due."""
         if self.status in CLOSED:
-            self.inbox.clear()  # late signals for a closed incident: the next fire starts a new one
-            return
+            return  # late fires open the next incident once this one has ended (see run)
         if self.inbox:
             kind, item = self.inbox.pop(0)
             if kind == "fire":

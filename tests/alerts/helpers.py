@@ -46,6 +46,8 @@ class Receiver:
     requests: list[dict[str, Any]] = field(default_factory=list)
     #: While set, the first request is held open (not answered) until ``release`` is set.
     hold_first: bool = False
+    #: Requests of this transition are held open until ``release`` is set.
+    hold_transition: str | None = None
     release: asyncio.Event = field(default_factory=asyncio.Event)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -66,7 +68,10 @@ async def receiver() -> AsyncIterator[Receiver]:
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             got.requests.append({"headers": headers, "body": json.loads(body or b"{}")})
             got.arrived.set()
-            if got.hold_first and len(got.requests) == 1:
+            transition = got.requests[-1]["body"].get("data", {}).get("transition")
+            if (got.hold_first and len(got.requests) == 1) or (
+                got.hold_transition and transition == got.hold_transition
+            ):
                 await got.release.wait()
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
             await writer.drain()

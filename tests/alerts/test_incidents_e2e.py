@@ -279,6 +279,17 @@ async def test_a_worker_killed_mid_send_sends_once_per_delivery_id(
             )
             assert r.status_code == 200 and r.json()["status"] == "dismissed", r.text
             assert len(hook.requests) == 3  # the route does not ask for "dismissed"
+
+            # The next alert of that label set opens a new incident (also while the last is closing).
+            r = await client.post(
+                "/api/v1/events", json={"name": "meter.alarm", "payload": {"meter": "m1", "level": 6}},
+                headers=operator_headers,
+            )  # fmt: skip
+            [second] = await eventually(
+                lambda: _incidents(client, viewer_headers, status="firing"), what="a second incident"
+            )
+            assert second["id"] != incident["id"] and second["message"] == "m1 raised level 6"
+            assert second["workflow_id"] == incident["workflow_id"] and second["fire_count"] == 1
         finally:
             if proc is not None and proc.returncode is None:
                 proc.kill()
@@ -288,3 +299,49 @@ async def test_a_worker_killed_mid_send_sends_once_per_delivery_id(
             await asyncio.gather(*(t for _, t in tasks), return_exceptions=True)
             for deps in opened:
                 await deps.close()
+
+
+async def test_an_alert_while_the_last_incident_closes_opens_the_next(
+    temporal_settings, worker, temporal_env, sessions
+):
+    """A fire signal that reaches the incident's workflow after it resolved, while its "resolved"
+    notification is still out, is not lost: the workflow continues as the next incident."""
+    from activities.alerts_types import Clear, Fire, IncidentInput, incident_workflow_id
+    from registry.models import Incident
+    from registry.services.alerts_eval import Signal, send_signals
+
+    async with receiver() as hook:
+        temporal_settings.notify_channels = {"ops": {"type": "webhook", "url": hook.url}}
+        hook.hold_transition = "resolved"
+        route = {"severities": ["warning"], "channels": ["ops"], "on": ["opened", "resolved"]}
+        spec = IncidentInput(
+            rule_id=None, rule_name="module m", group_key="g1", labels={"module": "m"}, severity="warning",
+            module_name="m", dedup_key="k", routes=[route],
+        )  # fmt: skip
+        wid = incident_workflow_id(None, "g1", "m")
+        now = datetime.now(UTC).isoformat()
+
+        async def signal(**kw: Any) -> None:
+            await send_signals(
+                temporal_env.client, temporal_settings.task_queue, [Signal(workflow_id=wid, incident=spec, **kw)]
+            )
+
+        async def rows() -> list[Incident]:
+            async with sessions() as session:
+                return list(await session.scalars(select(Incident).order_by(Incident.opened_at)))
+
+        await signal(fire=Fire(title="first", message="one", at=now, key="a"))
+        await eventually(lambda: asyncio.sleep(0, len(hook.by_transition("opened")) == 1), what="opened sent")
+        await signal(clear=Clear(at=now, reason="fine again"))
+        await eventually(lambda: asyncio.sleep(0, len(hook.by_transition("resolved")) == 1), what="resolved out")
+        await signal(fire=Fire(title="second", message="two", at=now, key="b"))  # the run is closing
+        hook.release.set()
+        incidents = await eventually(lambda: _two(rows), what="the next incident")
+        assert [(i.title, i.status) for i in incidents] == [("first", "resolved"), ("second", "firing")]
+        assert incidents[0].workflow_id == incidents[1].workflow_id == wid
+        assert incidents[0].run_id != incidents[1].run_id
+
+
+async def _two(rows: Any) -> Any:
+    found = await rows()
+    return found if len(found) == 2 else None
