@@ -246,7 +246,8 @@ async def list_incidents(
     page: int = 1,
     limit: int = 50,
 ) -> tuple[list[Incident], int]:
-    """Incidents newest first; ``label`` filters (``name:value``) are applied on the rows read."""
+    """Incidents newest first; ``label`` filters (``name:value``, all must match): JSONB containment
+    on PostgreSQL, on the rows read on SQLite."""
     where: list[ColumnElement[bool]] = []
     if status:
         where.append(Incident.status.in_(status))
@@ -259,6 +260,12 @@ async def list_incidents(
     if until:
         where.append(Incident.opened_at < until)
     wanted = _label_filters(labels or [])
+    if wanted and session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy import cast
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        where.append(cast(Incident.labels, JSONB).contains(wanted))  # JSONB @>: in the database
+        wanted = {}
     query = select(Incident).where(*where).order_by(Incident.opened_at.desc(), Incident.id)
     if not wanted:
         total = await session.scalar(select(func.count()).select_from(Incident).where(*where)) or 0
