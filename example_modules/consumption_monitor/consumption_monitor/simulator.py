@@ -107,7 +107,7 @@ class Simulator:
         self.sessions: set[str] = set()
         self.requests: list[dict[str, Any]] = []
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -119,8 +119,8 @@ class Simulator:
         return self
 
     async def close(self) -> None:
-        for task in list(self._tasks):  # connections held open (/slow) end with the server
-            task.cancel()
+        for writer in list(self._writers):  # connections held open (/slow) end with the server
+            writer.close()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -134,10 +134,7 @@ class Simulator:
 
     # --- HTTP -------------------------------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._writers.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -152,7 +149,7 @@ class Simulator:
                     await self._huge(writer)
                     return
                 if urlsplit(target).path == "/slow":
-                    await asyncio.sleep(3600)  # never answers; the client gives up
+                    await reader.read()  # never answers: holds the connection until the client gives up
                     return
                 response = self._route(method, target, headers, body)
                 keep = headers.get("connection", "").lower() != "close"
@@ -171,6 +168,7 @@ class Simulator:
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, asyncio.LimitOverrunError):
             return
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     async def _huge(self, writer: asyncio.StreamWriter) -> None:
