@@ -108,6 +108,13 @@ async def test_series_rule_state_machine(db: Any):
 
         state = await session.get(AlertState, (rule_id, alerts.group_key({"site": "berlin", "meter": "m3"})))
         assert state is not None and (state.breaches, state.firing) == (2, False)
+    # The evaluator's pass (savepoint per rule, the rule's evaluation time kept) on either database.
+    at = T0 + timedelta(minutes=421)
+    async with unit_of_work(sessions) as session:
+        assert await alerts_eval.evaluate_due(session, now=at) == []
+    async with sessions() as session:
+        evaluated = await session.get(AlertRule, rule_id)
+        assert evaluated is not None and evaluated.last_evaluated_at == at
 
 
 async def test_send_rows_are_claimed_once(db: Any):
