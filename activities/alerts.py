@@ -37,6 +37,7 @@ from activities.alerts_types import (
     OpenInput,
     SendInput,
     TransitionInput,
+    delivery_id,
     incident_workflow_id,
 )
 from activities.services.notify import NotifyError, Sender, resolve_channel
@@ -149,7 +150,7 @@ class AlertActivities:
         beat = asyncio.create_task(_heartbeat())
         try:
             spec = resolve_channel(inp.channel, self.settings)
-            outcome = await self.sender.deliver(spec, subject=subject, text=text, data=data, key=inp.key)
+            outcome = await self.sender.deliver(spec, subject=subject, text=text, data=data, key=delivery_id(inp.key))
         except NotifyError as exc:
             beat.cancel()
             final = exc.permanent or activity.info().attempt >= SEND_ATTEMPTS

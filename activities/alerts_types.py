@@ -31,6 +31,14 @@ def allowed_actions(status: str) -> list[str]:
     return [name for name, (sources, _) in ACTIONS.items() if status in sources]
 
 
+def delivery_id(key: str) -> str:
+    """The id a send carries to its receiver (``X-Autoplat-Delivery``, the email's ``Message-ID``):
+    derived from the send's idempotency key, so a repeated send carries the same one."""
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
 def incident_workflow_id(rule_id: str | None, group_key: str, module: str | None = None) -> str:
     """One workflow id per (rule, label set), or per (module, dedup key) for ``ctx.alerts``."""
     return f"incident-{rule_id}-{group_key}" if rule_id else f"incident-m-{module}-{group_key}"

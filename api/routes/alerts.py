@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, status
 from pydantic import StringConstraints
 from sqlalchemy import func, select
 
+from activities.alerts_types import delivery_id
 from api.deps import PageDep, Requires, SessionDep, SettingsDep, StateDep
 from api.schemas.alerts import (
     AlertRuleCreate,
@@ -250,6 +251,7 @@ async def _detail(session: SessionDep, incident: Incident) -> IncidentDetail:
                 created_at=n.created_at,
                 sent_at=n.sent_at,
                 key=n.key,
+                delivery_id=delivery_id(n.key),
             )
             for n in sends
         ],

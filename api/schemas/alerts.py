@@ -125,7 +125,8 @@ class NotificationRead(BaseModel):
     outcome: dict[str, Any] | None
     created_at: datetime
     sent_at: datetime | None
-    key: str = Field(description="The idempotency key, sent as X-Autoplat-Delivery / Message-ID")
+    key: str = Field(description="The send's idempotency key: incident:transition:channel")
+    delivery_id: str = Field(description="Sent as X-Autoplat-Delivery (webhook, Slack) / in the Message-ID (email)")
 
 
 class IncidentRead(BaseModel):

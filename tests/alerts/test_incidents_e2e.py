@@ -100,7 +100,7 @@ async def test_series_rule_opens_notifies_acknowledges_and_resolves(
                 assert opened["nowhere"]["status"] == "failed" and opened["nowhere"]["attempts"] == 1
                 assert "unknown notification channel 'nowhere'" in opened["nowhere"]["error"]
                 [delivery] = hook.by_transition("opened")
-                assert delivery["headers"]["x-autoplat-delivery"] == opened["ops"]["key"]
+                assert delivery["headers"]["x-autoplat-delivery"] == opened["ops"]["delivery_id"]
                 assert "x-autoplat-signature" in delivery["headers"]
                 assert delivery["body"]["subject"] == "[CRITICAL] meter over 3 kW (site=berlin, meter=m1)"
                 assert delivery["body"]["data"]["incident_id"] == iid
@@ -249,7 +249,9 @@ async def test_a_worker_killed_mid_send_sends_once_per_delivery_id(
             send = sends["opened"]
             assert send["status"] == "sent" and send["attempts"] == 2, send
             # The request was repeated with the same delivery id: one notification for the receiver.
-            assert [r["headers"]["x-autoplat-delivery"] for r in hook.by_transition("opened")] == [send["key"]] * 2
+            assert [r["headers"]["x-autoplat-delivery"] for r in hook.by_transition("opened")] == [
+                send["delivery_id"]
+            ] * 2
             # Escalated while nobody acknowledged (the timer ran while the activity worker was dead).
             assert sends["escalated"]["status"] == "sent" and sends["escalated"]["attempts"] == 1
             [escalated] = hook.by_transition("escalated")
