@@ -632,6 +632,66 @@ export interface paths {
         patch: operations["update_job_api_v1_jobs__job_id__patch"];
         trace?: never;
     };
+    "/api/v1/jobs/{job_id}/backfill": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Backfill Job
+         * @description Run the job's past slots in [from, to) that have no run, each as its slot's run
+         *     (``trigger = "backfill"``, the nominal time on the execution), rate-limited; ``dry_run`` answers
+         *     them without running. 422 for a range reversed, in the future, or of more than
+         *     ``AUTOPLAT_BACKFILL_MAX_SLOTS`` slots (with the count).
+         */
+        post: operations["backfill_job_api_v1_jobs__job_id__backfill_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/jobs/{job_id}/backfills/{backfill_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get Backfill */
+        get: operations["get_backfill_api_v1_jobs__job_id__backfills__backfill_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/jobs/{job_id}/backfills/{backfill_id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Cancel Backfill
+         * @description Cancel a backfill as a whole: no further slot starts, and its runs still going are cancelled.
+         */
+        post: operations["cancel_backfill_api_v1_jobs__job_id__backfills__backfill_id__cancel_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/jobs/{job_id}/disable": {
         parameters: {
             query?: never;
@@ -1522,6 +1582,100 @@ export interface components {
             target_id: string | null;
             /** Target Type */
             target_type: string | null;
+        };
+        /** BackfillRead */
+        BackfillRead: {
+            /**
+             * Already Run
+             * @description Slots of the range that have a run already (left out)
+             * @default 0
+             */
+            already_run: number;
+            /**
+             * Count
+             * @description Slots it runs (those without a run yet)
+             */
+            count: number;
+            /** Created At */
+            created_at?: string | null;
+            /** Dry Run */
+            dry_run: boolean;
+            /** Finished At */
+            finished_at?: string | null;
+            /** From */
+            from?: string | null;
+            /** Id */
+            id?: string | null;
+            /** Job Id */
+            job_id?: string | null;
+            /** Overlap */
+            overlap?: string | null;
+            /** Requested By */
+            requested_by?: string | null;
+            /**
+             * Slots
+             * @description The slots (the first 1,000 of a real backfill)
+             * @default []
+             */
+            slots: components["schemas"]["BackfillSlot"][];
+            /**
+             * Started
+             * @description Slot runs started so far
+             */
+            started?: number | null;
+            /**
+             * Status
+             * @description running, completed or cancelled
+             */
+            status?: string | null;
+            /** To */
+            to?: string | null;
+            /**
+             * Workflow Id
+             * @description The backfill's driver workflow
+             */
+            workflow_id?: string | null;
+        };
+        /**
+         * BackfillRequest
+         * @description Run the slots of [from, to) again (those without a run), with ``trigger = "backfill"``.
+         */
+        BackfillRequest: {
+            /**
+             * Dry Run
+             * @description Answer the slots it would run, run nothing
+             * @default false
+             */
+            dry_run: boolean;
+            /**
+             * From
+             * Format: date-time
+             * @description Start of the range (inclusive); no offset: UTC
+             */
+            from: string;
+            /**
+             * Overlap
+             * @description allow_all: slots run side by side (rate-limited); any other: one at a time. Default: the job's
+             */
+            overlap?: ("skip" | "buffer_one" | "allow_all" | "cancel_other") | null;
+            /**
+             * To
+             * Format: date-time
+             * @description End of the range (exclusive), not in the future
+             */
+            to: string;
+        };
+        /** BackfillSlot */
+        BackfillSlot: {
+            /**
+             * At
+             * Format: date-time
+             */
+            at: string;
+            /** Dst */
+            dst?: string | null;
+            /** Wall Time */
+            wall_time: string;
         };
         /** CountBy */
         CountBy: {
@@ -2700,11 +2854,16 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+            /**
+             * Delivery Id
+             * @description Sent as X-Autoplat-Delivery (webhook, Slack) / in the Message-ID (email)
+             */
+            delivery_id: string;
             /** Error */
             error: string | null;
             /**
              * Key
-             * @description The idempotency key, sent as X-Autoplat-Delivery / Message-ID
+             * @description The send's idempotency key: incident:transition:channel
              */
             key: string;
             /** Outcome */
@@ -7430,6 +7589,303 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["JobRead"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role lacks the permission */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body over the size limit (checked before parsing) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    backfill_job_api_v1_jobs__job_id__backfill_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BackfillRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackfillRead"];
+                };
+            };
+            /** @description Started; GET /jobs/{id}/backfills/{backfill_id} */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackfillRead"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role lacks the permission */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body over the size limit (checked before parsing) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_backfill_api_v1_jobs__job_id__backfills__backfill_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                backfill_id: string;
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackfillRead"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role lacks the permission */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body over the size limit (checked before parsing) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    cancel_backfill_api_v1_jobs__job_id__backfills__backfill_id__cancel_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                backfill_id: string;
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackfillRead"];
                 };
             };
             /** @description Bad request */
