@@ -402,20 +402,23 @@ MAX_LEDGER = 5000
 
 async def ledger(*, session: AsyncSession, job: Job, start: datetime, end: datetime) -> list[SlotView]:
     """Every slot of ``job`` in [start, end): stored ones as stored, later ones computed now
-    (``ran`` when a run exists, else ``pending``)."""
+    (``ran`` when a run exists, else ``pending``). At most :data:`MAX_LEDGER`, the earliest."""
+    computed = (
+        slots_between(job.schedule, job.timezone, start, end, job_dst(job), limit=MAX_LEDGER) if job.schedule else []
+    )
+    if len(computed) >= MAX_LEDGER:
+        end = computed[-1].at + timedelta(microseconds=1)  # the rest is for the next page of time
     stored = {
         row.nominal_at: row
         for row in await session.scalars(
-            select(ScheduleSlot).where(
-                ScheduleSlot.job_id == job.id, ScheduleSlot.nominal_at >= start, ScheduleSlot.nominal_at < end
-            )
+            select(ScheduleSlot)
+            .where(ScheduleSlot.job_id == job.id, ScheduleSlot.nominal_at >= start, ScheduleSlot.nominal_at < end)
+            .order_by(ScheduleSlot.nominal_at)
+            .limit(MAX_LEDGER)
         )
     }
     runs = await _runs(session, job.id, start, end)
     zone = ZoneInfo(job.timezone or "UTC")
-    computed = (
-        slots_between(job.schedule, job.timezone, start, end, job_dst(job), limit=MAX_LEDGER) if job.schedule else []
-    )
     settled = job.slots_settled_until
     out: dict[datetime, SlotView] = {}
     for at, row in stored.items():
