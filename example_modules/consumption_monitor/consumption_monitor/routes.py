@@ -112,7 +112,6 @@ async def create_endpoint(ctx: JobContext) -> dict[str, Any]:
     await ctx.storage.put(f"endpoint:{endpoint['id']}", endpoint)
     ctx.logger.info("endpoint %s created (%s, %s)", endpoint["name"], endpoint["protocol"], endpoint["auth"]["type"])
     ctx.response.status = 201
-    ctx.response.headers["Location"] = f"/api/v1/m/consumption-monitor/endpoints/{endpoint['id']}"
     return await _answer(ctx, endpoint)
 
 
