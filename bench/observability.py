@@ -140,7 +140,11 @@ async def bench_observability(server: Any, workdir: Path, opts: Any, *, rounds: 
                         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink_port}",
                         OTEL_SERVICE_NAME="autoplat-bench",
                     )
-                loaded, _low, _shape = await bench_http(server, phase_dir, opts, extra_env=env, during=beside)
+                try:
+                    loaded, _low, _shape = await bench_http(server, phase_dir, opts, extra_env=env, during=beside)
+                except RuntimeError as exc:
+                    raise RuntimeError(f"{setting}, round {round_ + 1}: {exc}") from exc
+                print(f"{setting}, round {round_ + 1}: {loaded.throughput:.1f} runs/s", file=sys.stderr, flush=True)
                 results[setting].append(loaded.throughput)
                 p95[setting].append(loaded.done_p95_ms)
                 cpu[setting].append({k: v * 1000 / opts.runs for k, v in seen["cpu"].items()})
