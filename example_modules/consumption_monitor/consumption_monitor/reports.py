@@ -72,7 +72,7 @@ async def consumption(
         row["kwh"] = _round(row["kwh"] + kwh)
         slot = per_client.setdefault(owner, {})
         slot[_iso(bucket.ts)] = _round(slot.get(_iso(bucket.ts), 0.0) + kwh)
-    clients = [
+    clients: list[dict[str, Any]] = [
         {
             "client": name,
             "buckets": [{"start": ts, "kwh": kwh} for ts, kwh in sorted(slots.items())],
@@ -87,7 +87,7 @@ async def consumption(
         "to": _iso(end),
         "endpoints": sorted(per_endpoint.values(), key=lambda r: (r["client"], r["name"])),
         "clients": clients,
-        "kwh": _round(sum(c["kwh"] for c in clients)),
+        "kwh": _round(sum(float(c["kwh"]) for c in clients)),
     }
 
 

@@ -209,9 +209,10 @@ class Simulator:
             return self._html_page(parts[1:], headers, target)
         if len(parts) >= 2 and parts[0] in ("open", "basic", "bearer", "apikey"):
             kind, name = parts[0], parts[1].removesuffix(".json")
-            meter = self.meters.get(name)
-            if meter is None:
+            found = self.meters.get(name)
+            if found is None:
                 return _json({"error": "no such meter"}, 404)
+            meter = found
             if not self._authorised(kind, headers):
                 return Response(401, b'{"error": "unauthorized"}', headers={"WWW-Authenticate": 'Basic realm="pdu"'})
             if meter.fail:
