@@ -10,6 +10,7 @@ from typing import Any
 
 from consumption_monitor.simulator import TOKEN
 
+from tests.conftest import eventually
 from tests.consumption.helpers import KEY, MODULE, json_endpoint
 from tests.routes.route_helpers import MODULES, deploy
 
@@ -21,7 +22,9 @@ async def test_collection_on_the_platform_feeds_the_live_route(
 ) -> None:
     await deploy(client, admin_headers, MODULE)
     r = await client.put(
-        f"{MODULES}/consumption-monitor/config", json={"config": {"credentials_key": KEY}}, headers=admin_headers
+        f"{MODULES}/consumption-monitor/config",
+        json={"config": {"credentials_key": KEY, "failure_threshold": 1}},
+        headers=admin_headers,
     )
     assert r.status_code == 200, r.text
     assert KEY not in r.text  # the module's own secret is masked too
@@ -60,6 +63,14 @@ async def test_collection_on_the_platform_feeds_the_live_route(
     result = execution["result"]
     assert (result["read"], result["failed"]) == (2, 1), result
     assert result["errors"][ids[2]] == f"{sim.url}/open/broken.json answered 500 (after 2 attempts)"
+
+    # A failing meter is an incident of the module (threshold 1 here), labelled with the endpoint.
+    async def incident() -> Any:
+        r = await client.get("/api/v1/alerts/incidents", params={"label": f"endpoint:{ids[2]}"}, headers=viewer_headers)
+        return r.json()["items"]
+
+    [opened] = await eventually(incident, what="the incident of the broken meter")
+    assert opened["status"] == "firing" and opened["title"] == "Meter broken meter cannot be read", opened
 
     r = await client.get(f"{BASE}/live", headers=viewer_headers)
     assert r.status_code == 200, r.text
