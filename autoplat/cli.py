@@ -126,10 +126,24 @@ def api(
     # Several processes need an import string: each builds its app from the same environment.
     # Their metrics are shared through files, so a scrape of any one sees the sums of all
     # (docs/observability.md); a fresh folder per start, as prometheus-client requires.
+    shared_metrics = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         import tempfile
 
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="autoplat-metrics-")
+        shared_metrics = tempfile.mkdtemp(prefix="autoplat-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared_metrics
+    try:
+        _serve_processes(uvicorn, workers, host, port, settings.log_format)
+    finally:
+        if shared_metrics is not None:
+            import shutil
+
+            shutil.rmtree(shared_metrics, ignore_errors=True)
+
+
+def _serve_processes(uvicorn: Any, workers: int, host: str, port: int, log_format: str) -> None:
+    from registry.logformat import logging_config
+
     uvicorn.run(
         "api.app:app_from_environment",
         factory=True,
@@ -137,7 +151,7 @@ def api(
         host=host,
         port=port,
         log_level="info",
-        log_config=logging_config(settings.log_format),
+        log_config=logging_config(log_format),
         proxy_headers=False,
     )
 

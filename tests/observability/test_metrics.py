@@ -250,8 +250,15 @@ async def test_metrics_off_and_token(settings, engine):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-scrape-token"}):
             r = await api.get("/metrics", headers=headers)
             assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
+        # A module route call to a module that does not exist: counted, but never under the name sent.
+        unknown = {"module": "unknown", "status": "404"}
+        before = REGISTRY.get_sample_value("autoplat_route_calls_total", unknown) or 0.0
+        name = f"nosuch{uuid.uuid4().hex[:8]}"
+        assert (await api.get(f"/api/v1/m/{name}/x")).status_code == 404
         r = await api.get("/metrics", headers={"Authorization": "Bearer s3cret-scrape-token"})
         assert r.status_code == 200 and "autoplat_api_requests_total" in r.text
+        assert value(samples(r.text), "autoplat_route_calls_total", **unknown) == before + 1
+        assert name not in r.text
     # Token mode without a token is refused when the settings are read.
     from pydantic import ValidationError
 
