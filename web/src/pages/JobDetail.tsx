@@ -4,6 +4,7 @@ import { Link, useNavigate, useParams } from "react-router";
 import { api, unwrap } from "../api/client";
 import { useAuth } from "../auth";
 import { ExecutionTable } from "../components/ExecutionTable";
+import { SlotTimeline } from "../components/SlotTimeline";
 import { Card, ConfirmButton, ErrorBox, Json, Loading, PageHeader, Pager, StatusBadge, Time, useUrlFilters } from "../components/ui";
 
 const LIMIT = 20;
@@ -123,6 +124,11 @@ export default function JobDetail() {
           )}
         </Card>
       </div>
+      {j.schedule ? (
+        <Card title={j.schedule_paused ? "Fire times (schedule paused)" : "Fire times"}>
+          <SlotTimeline jobId={j.id} paused={j.schedule_paused ?? false} pauseNote={j.pause?.note as string | null | undefined} canWrite={can("jobs:write")} />
+        </Card>
+      ) : null}
       <Card title="Configuration">
         <Json value={j.config} label="Job configuration" />
         {can("executions:execute") ? (
