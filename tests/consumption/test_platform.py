@@ -107,3 +107,11 @@ async def test_collection_on_the_platform_feeds_the_live_route(
     assert r.text.splitlines()[0] == "month,client,endpoints,kwh"
     r = await client.get(f"{BASE}/reports/monthly", params={"month": "2026-13"}, headers=operator_headers)
     assert r.status_code == 422
+
+    # The alert rules the docs recommend are accepted as written.
+    docs = (MODULE.parents[1] / "docs" / "consumption-monitor.md").read_text()
+    rules = [json.loads(block.split("```json\n", 1)[1].split("```", 1)[0]) for block in docs.split("<!-- rule -->")[1:]]
+    assert len(rules) == 3
+    for rule in rules:
+        r = await client.post("/api/v1/alerts/rules", json=rule, headers=operator_headers)
+        assert r.status_code == 201, (rule["name"], r.text)
