@@ -481,7 +481,10 @@ class Notifier:
     def __bool__(self) -> bool:
         return True
 
-    def _run(self, factory: Callable[[], Awaitable[T]]) -> Any:
+    def _run(self, factory: Callable[[], Awaitable[T]], kind: str | None = None) -> Any:
+        """``kind``: the channel type to count (registry/metrics.py); named channels are counted by
+        :meth:`Sender.deliver`."""
+
         async def guarded() -> T:
             if self._permitted is not None:
                 await self._permitted()
@@ -489,11 +492,15 @@ class Notifier:
             try:
                 result = await factory()
             except NotifyError as exc:
+                if kind is not None:
+                    metrics.NOTIFICATIONS.labels(kind, "failed").inc()
                 if self._logger is not None:
                     self._logger.warning("notification failed: %s", exc.message)
                 if exc.permanent:
                     raise JobError(exc.message) from exc
                 raise
+            if kind is not None:
+                metrics.NOTIFICATIONS.labels(kind, "sent").inc()
             if self._logger is not None:
                 self._logger.info("notification sent", extra=result)
             return result
@@ -551,7 +558,7 @@ class Notifier:
                 html=html,
             )
 
-        return self._run(send)
+        return self._run(send, kind="email")
 
     def webhook(
         self,
@@ -575,7 +582,8 @@ class Notifier:
                 method=method,
                 headers=headers,
                 secret=secret,
-            )
+            ),
+            kind="webhook",
         )
 
     def slack(self, url: str, text: str, *, blocks: list[Any] | None = None) -> Any:
@@ -587,7 +595,8 @@ class Notifier:
                 slack_payload(text, blocks=blocks),
                 allow_private=self._sender.allow_private,
                 kind="slack",
-            )
+            ),
+            kind="slack",
         )
 
     def channel(

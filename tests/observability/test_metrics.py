@@ -269,3 +269,27 @@ async def test_metrics_off_and_token(settings, engine):
     assert Settings(dev_mode=True).metrics_mode() == "open"
     assert Settings(dev_mode=False).metrics_mode() == "off"
     assert Settings(metrics_token="x" * 40).metrics_mode() == "token"
+
+
+async def test_notifications_are_counted_by_channel_type_and_outcome(settings):
+    from activities.services.notify import Notifier, Sender
+    from autoplat.errors import JobError
+    from tests.services.helpers import free_port, http_receiver
+
+    def count(channel: str, outcome: str) -> float:
+        return (
+            REGISTRY.get_sample_value("autoplat_notifications_total", {"channel": channel, "outcome": outcome}) or 0.0
+        )
+
+    before = {key: count(*key) for key in (("webhook", "sent"), ("slack", "failed"), ("email", "failed"))}
+    async with httpx.AsyncClient(trust_env=False) as http:
+        notifier = Notifier(Sender(settings, http))
+        with http_receiver() as hook:
+            assert (await notifier.webhook(f"{hook.url}/hook", {"n": 1}))["status"] == 200
+        with pytest.raises(Exception, match="slack"):
+            await notifier.slack(f"http://127.0.0.1:{free_port()}/hook", "down")  # nobody listens
+        with pytest.raises(JobError, match="AUTOPLAT_SMTP_HOST"):
+            await notifier.email("ops@example.test", "subject", "text")  # email is not configured
+    assert count("webhook", "sent") == before[("webhook", "sent")] + 1
+    assert count("slack", "failed") == before[("slack", "failed")] + 1
+    assert count("email", "failed") == before[("email", "failed")] + 1
