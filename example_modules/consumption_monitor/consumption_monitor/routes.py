@@ -18,7 +18,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from autoplat import JobContext
-from consumption_monitor import model, reports
+from autoplat.series import SeriesError
+from consumption_monitor import model, reports, scrape
 from consumption_monitor.jobs import SERIES, Settings, read_endpoint
 from consumption_monitor.scrape import ScrapeError
 
@@ -162,8 +163,6 @@ async def _try(ctx: JobContext, endpoint: dict[str, Any], credentials: dict[str,
         if credentials is None:
             values = await read_endpoint(ctx, endpoint, settings)
         else:
-            from consumption_monitor import scrape
-
             values = await scrape.read(
                 ctx,
                 endpoint,
@@ -290,8 +289,8 @@ async def readings(ctx: JobContext) -> dict[str, Any]:
             }
             for b in await ctx.series.rollup(SERIES, start, end, step=step, tz=str(tz), agg=agg, labels=labels):
                 points.append({"ts": b.ts.isoformat(), "values": b.values})
-    except Exception as exc:  # autoplat.series.SeriesError: too many points for the range
-        return _error(ctx, 422, "validation_error", str(exc), getattr(exc, "details", None))
+    except SeriesError as exc:  # too many points for the range
+        return _error(ctx, 422, "validation_error", str(exc), exc.details)
     points.sort(key=lambda p: p["ts"])
     return {
         "endpoint": endpoint["id"],
@@ -370,8 +369,8 @@ async def consumption(ctx: JobContext) -> dict[str, Any]:
             names=await _names(ctx),
             client=query.get("client"),
         )
-    except Exception as exc:  # SeriesError: a range too long for the period
-        return _error(ctx, 422, "validation_error", str(exc), getattr(exc, "details", None))
+    except SeriesError as exc:  # a range too long for the period
+        return _error(ctx, 422, "validation_error", str(exc), exc.details)
 
 
 async def monthly_report(ctx: JobContext) -> Any:
