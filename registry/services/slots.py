@@ -121,9 +121,9 @@ def slots_between(
     zone = ZoneInfo(tz)
     spec = parse_cron(cron)
     # Walk the wall times (naive) of [start, end), widened by the largest offset change within it
-    # (none: the exact window; else 3 hours, more than any daylight-saving change).
-    changes = tz != "UTC" and bool(_transitions(tz, start - timedelta(hours=6), end + timedelta(hours=6)))
-    pad = timedelta(hours=3) if changes else timedelta(0)
+    # (none: the exact window).
+    spread = _offset_spread(tz, start, end) if tz != "UTC" else timedelta(0)
+    pad = spread + timedelta(minutes=1) if spread else timedelta(0)
     wall_start = start.astimezone(zone).replace(tzinfo=None) - pad
     wall_end = end.astimezone(zone).replace(tzinfo=None) + pad
     it = croniter(spec.to_croniter(), wall_start - timedelta(seconds=1), ret_type=datetime, day_or=False)
@@ -217,11 +217,36 @@ def _transitions(tz: str, start: datetime, end: datetime) -> list[datetime]:
     return found
 
 
+def _offset_spread(tz: str, start: datetime, end: datetime) -> timedelta:
+    """The largest difference between two UTC offsets of ``tz`` around [start, end)."""
+    zone = ZoneInfo(tz)
+    offsets = set()
+    at = start - timedelta(hours=6)
+    while at <= end + timedelta(hours=6):
+        offsets.add(at.astimezone(zone).utcoffset())
+        at += timedelta(hours=6)
+    offsets.add((end + timedelta(hours=6)).astimezone(zone).utcoffset())
+    known = [o for o in offsets if o is not None]
+    return max(known) - min(known) if known else timedelta(0)
+
+
 def _transition_slots(cron: str, tz: str, start: datetime, end: datetime, policy: dict[str, str]) -> list[Slot]:
-    """The policy's slots within a day of each offset change of ``tz`` in [start, end)."""
+    """The policy's slots around each offset change of ``tz`` in [start, end): the instants within
+    the change's size of it (the gap's shifted runs, the repeated wall times' occurrences)."""
+    zone = ZoneInfo(tz)
     out: list[Slot] = []
-    for change in _transitions(tz, start, end):
-        out.extend(slots_between(cron, tz, change - timedelta(days=1), change + timedelta(days=1), policy))
+    for around in _transitions(tz, start, end):
+        low, high = around, around + timedelta(hours=6)
+        before = low.astimezone(zone).utcoffset()
+        while high - low > timedelta(minutes=1):
+            mid = low + (high - low) / 2
+            if mid.astimezone(zone).utcoffset() == before:
+                low = mid
+            else:
+                high = mid
+        after = high.astimezone(zone).utcoffset()
+        size = abs((after or timedelta(0)) - (before or timedelta(0))) + timedelta(minutes=2)
+        out.extend(slots_between(cron, tz, max(high - size, start), min(high + size, end), policy))
     return out
 
 
