@@ -137,6 +137,8 @@ class JobLogger:
         if self._info.step:
             entry["step"] = self._info.step
         entry["attempt"] = self._info.attempt
+        if self._info.trace_id:
+            entry["trace_id"] = self._info.trace_id  # the run's trace (AUTOPLAT_TRACING=on)
         if extra:
             entry["extra"] = dict(extra)
         if exc:

@@ -19,6 +19,7 @@ from tests.jobs.helpers import put_module, write_module
 
 CODE = """
 async def call(ctx):
+    ctx.logger.info("calling")
     answer = await ctx.http.get(ctx.config["url"])
     return {"status": answer.status_code, "trace_id": ctx.trace_id}
 """
@@ -93,6 +94,7 @@ async def test_one_trace_from_the_request_to_the_handlers_http_call(
         r = await api.post(f"/api/v1/jobs/{r.json()['id']}/execute?wait=true", headers=operator_headers)
         assert r.status_code == 200 and r.json()["status"] == "COMPLETED", r.text
         result = r.json()["result"]
+        logs = r.json()["logs"]
 
     assert result["status"] == 204
     finished = spans.get_finished_spans()
@@ -102,6 +104,8 @@ async def test_one_trace_from_the_request_to_the_handlers_http_call(
     assert {"StartWorkflow:" + f"{module}.call", f"RunWorkflow:{module}.call", f"RunActivity:{module}.call"} <= in_trace
     assert f"handler {module}.call" in in_trace, sorted(in_trace)
     assert result["trace_id"] == f"{trace_id:032x}"
+    # The handler's log lines name the trace, so the execution page leads to it.
+    assert [e.get("trace_id") for e in logs if e["message"] == "calling"] == [f"{trace_id:032x}"], logs
     handler_span = next(s for s in finished if s.name == f"handler {module}.call")
     run_activity = next(s for s in finished if s.name == f"RunActivity:{module}.call")
     assert handler_span.parent is not None and handler_span.parent.span_id == run_activity.context.span_id
