@@ -8,6 +8,7 @@ Revises: 0007
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -31,6 +32,15 @@ def upgrade() -> None:
         batch.add_column(sa.Column("schedule_paused_by", sa.String(320), nullable=True))
         batch.add_column(sa.Column("schedule_paused_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("slots_settled_until", sa.DateTime(timezone=True), nullable=True))
+    # The ledger of existing jobs starts now: their earlier runs have no nominal time recorded, so
+    # their past slots would all read "missed" (and page whoever alerts on schedule.missed).
+    now = datetime.now(UTC)
+    jobs = sa.table("jobs", sa.column("slots_settled_until", sa.DateTime(timezone=True)))
+    op.execute(
+        jobs.update().values(
+            slots_settled_until=now.replace(tzinfo=None) if op.get_bind().dialect.name == "sqlite" else now
+        )
+    )
     with op.batch_alter_table("executions") as batch:
         batch.add_column(sa.Column("nominal_at", sa.DateTime(timezone=True), nullable=True))
         batch.create_unique_constraint("uq_executions_job_nominal", ["job_id", "nominal_at"])
