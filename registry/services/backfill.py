@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.db import unit_of_work
 from registry.errors import Conflict, InvalidInput, NotFound
-from registry.models import Backfill, Execution, ExecutionStatus, Job, Module
+from registry.models import Backfill, Execution, ExecutionStatus, Job, Module, ModuleStatus
 from registry.services import audit, slots
 from registry.services.common import Actor
 from registry.services.runs import execution_id_for, job_type_definition, steps_of
@@ -85,6 +85,15 @@ async def start(
     *, session: AsyncSession, job: Job, actor: Actor, planned: Plan, start_at: datetime, end_at: datetime, overlap: str
 ) -> Backfill:
     """Record a backfill of the planned slots (the caller starts its driver after this commits)."""
+    module = await session.get(Module, job.module_id)
+    if not job.enabled or module is None or module.status != ModuleStatus.ENABLED.value:
+        state = (
+            "job disabled" if not job.enabled else f"module {job.module_name} {module.status if module else 'missing'}"
+        )
+        raise Conflict(
+            f"cannot backfill {job.name}: {state} (its runs would be skipped); enable it first",
+            details={"current_state": "disabled"},
+        )
     if overlap not in OVERLAPS:
         raise InvalidInput(
             f"overlap must be one of {', '.join(OVERLAPS)}",

@@ -119,4 +119,10 @@ async def test_backfill_runs_the_slots_without_a_run_once_each(
     async with sessions() as session:
         actions = Counter(await session.scalars(select(AuditLog.action).where(AuditLog.target_id == job["id"])))
     assert actions["job.backfill"] == 2 and actions["job.backfill_cancel"] == 1
+    # A disabled job's runs would all be skipped: refused (a dry run still answers).
     await client.post(f"/api/v1/jobs/{job['id']}/disable", headers=operator_headers)
+    window = {"from": now - timedelta(minutes=1), "to": now - timedelta(seconds=50)}
+    r = await post_backfill(client, operator_headers, job["id"], **window)
+    assert r.status_code == 409 and "disabled" in r.json()["error"]["message"]
+    r = await post_backfill(client, operator_headers, job["id"], **window, dry_run=True)
+    assert r.status_code == 200 and r.json()["count"] >= 9
