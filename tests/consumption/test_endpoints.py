@@ -9,7 +9,8 @@ from typing import Any
 from consumption_monitor import model, routes
 from consumption_monitor.simulator import API_KEY, PASSWORD, TOKEN, USERNAME
 
-from tests.consumption.helpers import KEY, call, json_endpoint, memory
+from autoplat.testing import arun_job
+from tests.consumption.helpers import CONFIG, KEY, MODULE, call, json_endpoint, memory
 
 
 async def _create(services: Any, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
@@ -228,3 +229,28 @@ async def test_html_login_form_steps_comma_decimals_and_a_selector_that_matches_
     assert tested["error"] == "total_kwh: selector '#energy-total' matched nothing on the page"
     shot = tested["screenshot"]
     assert shot["name"] == f"test-{created['id']}.png" and browser.saved[shot["name"]].startswith(b"\x89PNG")
+
+    # A page that never loads: the endpoint's own timeout (no screenshot of a page still loading).
+    never = {**body, "name": "never loads", "url": f"{sim.url}/slow", "auth": {"type": "none"}, "timeout_seconds": 1}
+    never.pop("credentials")
+    created = await _create(services, never)
+    status, tested, _ = await call(
+        services, routes.test_endpoint, "POST", "/t", params={"endpoint_id": created["id"]}, browser=browser
+    )
+    assert tested["ok"] is False and tested["error"] == "no complete reading within 1 s", tested
+    assert tested["screenshot"] == {"error": "no screenshot: the page did not load"}
+
+    # The collection job reads the HTML endpoints too (taking turns on the step's browser context).
+    result = await arun_job(
+        MODULE,
+        "collect",
+        module_config=CONFIG,
+        memory=services,
+        allow_private="loopback",
+        services={"browser": browser},
+    )
+    assert result.status == "COMPLETED", result.error
+    assert (result.result["read"], result.result["failed"]) == (1, 2), result.result
+    [point] = services.series.written("power")
+    assert point.values["total_kwh"] > 1235.0 and point.values["current_a"] == 9.332  # read after the tests above
+    assert PASSWORD not in json.dumps(result.logs)

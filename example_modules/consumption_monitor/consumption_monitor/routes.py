@@ -174,7 +174,9 @@ async def _try(ctx: JobContext, endpoint: dict[str, Any], credentials: dict[str,
     except ScrapeError as exc:
         answer: dict[str, Any] = {"ok": False, "error": exc.message}
         if endpoint["protocol"] == "html":
-            answer["screenshot"] = await _screenshot(ctx, endpoint["id"])
+            # A page still loading would hold the screenshot too: there is nothing to see yet.
+            shot = {"error": "no screenshot: the page did not load"} if exc.timed_out else None
+            answer["screenshot"] = shot or await _screenshot(ctx, endpoint["id"])
         ctx.logger.warning("test of %s: %s", endpoint["name"], exc.message)
         return answer
     duration = int((model.now() - started).total_seconds() * 1000)

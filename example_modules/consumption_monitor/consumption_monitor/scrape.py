@@ -28,10 +28,11 @@ _PATH_TOKEN = re.compile(r"\.?([^.\[\]]+)|\[(\d+)\]|\[['\"]([^'\"]+)['\"]\]")
 class ScrapeError(Exception):
     """A failed reading: ``message`` is what the endpoint's health and the logs show."""
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False, timed_out: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+        self.timed_out = timed_out
 
 
 def masked(text: str, credentials: dict[str, str]) -> str:
@@ -310,7 +311,7 @@ async def read(
                         return await read_html(ctx.browser, endpoint, credentials)
                     return await read_http(ctx, endpoint, credentials, max_bytes=max_bytes)
         except TimeoutError:
-            error = ScrapeError(f"no complete reading within {timeout:g} s", retryable=True)
+            error = ScrapeError(f"no complete reading within {timeout:g} s", retryable=True, timed_out=True)
         except ScrapeError as exc:
             error = exc
         except Exception as exc:  # anything else the services raise (a refused URL, a closed browser)
