@@ -87,7 +87,7 @@ async def job_read(
             else None
         ),
     )
-    read.next_runs = jobs.upcoming(job) if job.enabled else []
+    read.next_runs = jobs.upcoming(job) if job.enabled and not job.schedule_paused else []
     if last is _UNREAD:
         last = await jobs.last_execution(session=session, job_id=job.id)
     if last is not None:

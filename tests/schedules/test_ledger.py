@@ -34,7 +34,7 @@ async def test_pause_resume_keep_the_schedule_and_the_ledger_says_why(
     r = await client.post(f"/api/v1/jobs/{job['id']}/pause", json={"note": "db maintenance"}, headers=operator_headers)
     assert r.status_code == 200, r.text
     paused = r.json()
-    assert paused["schedule_paused"] is True and paused["enabled"] is True
+    assert paused["schedule_paused"] is True and paused["enabled"] is True and paused["next_runs"] == []
     assert paused["pause"]["note"] == "db maintenance" and paused["pause"]["by"]
     desc = await handle.describe()
     assert desc.schedule.state.paused and "db maintenance" in (desc.schedule.state.note or "")
