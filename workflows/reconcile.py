@@ -228,11 +228,17 @@ async def reconcile_once(settings: Settings) -> Report:
 async def settle_ledgers(*, sessions: async_sessionmaker[AsyncSession], report: Report | None = None) -> int:
     """Settle the slot ledger of every scheduled job (docs/schedules.md): each slot past its
     catch-up window gets its outcome once, and ``schedule.missed`` / ``schedule.skipped`` events
-    are recorded for the ones that did not run. One transaction per job."""
+    are recorded for the ones that did not run. One transaction per job. Disabled jobs and paused
+    schedules are left for their enable / resume (or a read of their ledger), which settles their
+    quiet time at once: one ``schedule.skipped`` event, not one per maintenance run."""
     from registry.services.slots import settle
 
     async with sessions() as session:
-        job_ids = list(await session.scalars(select(Job.id).where(Job.schedule.is_not(None))))
+        job_ids = list(
+            await session.scalars(
+                select(Job.id).where(Job.schedule.is_not(None), Job.enabled.is_(True), Job.schedule_paused.is_(False))
+            )
+        )
     stored = 0
     for job_id in job_ids:
         try:
