@@ -183,13 +183,15 @@ def run_started(
     created_at: datetime | None,
     started_at: datetime | None,
     workflow_id: str = "",
+    nominal_at: datetime | None = None,
 ) -> None:
-    """A run moved to RUNNING: its trigger→start lag (schedules: from the nominal fire time)."""
+    """A run moved to RUNNING: its trigger→start lag (schedules: from the nominal fire time, the
+    row's ``nominal_at`` or, for a row without it, the one in the workflow id)."""
     labels = (module_label(module), job_type, trigger)
     RUNS_STARTED.labels(*labels).inc()
     origin = created_at
     if trigger == "schedule":
-        nominal = nominal_time(workflow_id)
+        nominal = nominal_at or nominal_time(workflow_id)
         if nominal is not None:
             origin = nominal
             lag = _seconds(started_at, nominal)
@@ -219,6 +221,7 @@ def count_start(session: Any, execution: Any, *, since: datetime, workflow_id: s
     started_at, finished_at = execution.started_at, execution.finished_at
     if execution.status == "RUNNING" and _at_or_after(started_at, since):
         created_at = execution.created_at
+        nominal_at = getattr(execution, "nominal_at", None)
         on_commit(
             session,
             lambda: run_started(
@@ -228,6 +231,7 @@ def count_start(session: Any, execution: Any, *, since: datetime, workflow_id: s
                 created_at=created_at,
                 started_at=started_at,
                 workflow_id=workflow_id,
+                nominal_at=nominal_at,
             ),
         )
     elif execution.status == "SKIPPED" and _at_or_after(finished_at, since):

@@ -106,6 +106,7 @@ async def test_runs_are_counted_on_the_api_and_the_worker_port(
     monkeypatch.setattr(metrics_route, "OUTBOX_CACHE_SECONDS", 0.0)
     settings = temporal_settings
     settings.metrics = "open"
+    settings.min_schedule_interval_seconds = 1  # an every-second cron below
     module = obs_module
     url = f"http://127.0.0.1:{receiver}/hook"
     sent_before = (
@@ -153,6 +154,27 @@ async def test_runs_are_counted_on_the_api_and_the_worker_port(
                 return bool(items) and items[0]["status"] == "COMPLETED"
 
             await eventually(event_run_done, timeout=30)
+
+            # And scheduled runs of hello, every second, until one has completed.
+            r = await api.post(
+                "/api/v1/jobs",
+                json={
+                    "module": module,
+                    "job_type": "hello",
+                    "name": "tick",
+                    "schedule": "* * * * * *",
+                },
+                headers=operator_headers,
+            )
+            assert r.status_code == 201, r.text
+            tick = r.json()["id"]
+
+            async def scheduled_run_done() -> bool:
+                r = await api.get(f"/api/v1/executions?job_id={tick}&status=COMPLETED", headers=admin_headers)
+                return bool(r.json()["items"])
+
+            await eventually(scheduled_run_done, timeout=30, what="a scheduled run")
+            assert (await api.delete(f"/api/v1/jobs/{tick}", headers=operator_headers)).status_code == 204
 
             async def outbox_drained() -> str | None:
                 # The runs' own job.* events are in the outbox until the dispatcher's next pass.
@@ -203,7 +225,12 @@ async def test_runs_are_counted_on_the_api_and_the_worker_port(
             == 1
         )
         hello = {"module": module, "job_type": "hello"}
-        assert value(found, "autoplat_run_duration_seconds_count", **hello, status="COMPLETED") == 3
+        completed = sum(
+            value(found, "autoplat_runs_finished_total", **hello, trigger=trigger, status="COMPLETED")
+            for trigger in ("manual", "event", "schedule")
+        )
+        assert completed >= 4  # 2 manual, 1 event, at least 1 scheduled
+        assert value(found, "autoplat_run_duration_seconds_count", **hello, status="COMPLETED") == completed
         assert value(found, "autoplat_run_start_lag_seconds_count", **hello, trigger="manual") == 2
         # flaky: a failed attempt, then its retry; boom: one failed attempt, never retried.
         assert value(found, "autoplat_steps_total", module=module, job_type="flaky", outcome="FAILED") == 1
@@ -218,6 +245,12 @@ async def test_runs_are_counted_on_the_api_and_the_worker_port(
     )
     labels = {v for (_, pairs) in on_api for (_, v) in pairs}
     assert not any(job_id in label for job_id in jobs.values() for label in labels)
+    # Scheduled runs: each started one has its schedule lag (nominal fire time to start), and it is short.
+    scheduled = value(on_api, "autoplat_runs_started_total", module=module, job_type="hello", trigger="schedule")
+    assert scheduled >= 1
+    lags = value(on_api, "autoplat_schedule_lag_seconds_count", module=module, job_type="hello")
+    assert lags == scheduled
+    assert value(on_api, "autoplat_schedule_lag_seconds_sum", module=module, job_type="hello") / lags < 30
     # ctx.http's request, counted from the handler process by host and status.
     sent = value(on_api, "autoplat_http_client_requests_total", host="127.0.0.1", status="203")
     assert sent == sent_before + 1
