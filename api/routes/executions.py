@@ -99,6 +99,7 @@ def _fields(row: Execution, settings: Settings) -> dict[str, Any]:
         "started_at": row.started_at,
         "finished_at": row.finished_at,
         "duration_ms": row.duration_ms,
+        "nominal_at": row.nominal_at,
         "temporal_url": temporal_url(settings, row),
     }
 
@@ -130,6 +131,7 @@ def execution_summary(row: Execution, settings: Settings, include: frozenset[str
         "started_at": row.started_at,
         "finished_at": row.finished_at,
         "duration_ms": row.duration_ms,
+        "nominal_at": row.nominal_at,
         "temporal_url": temporal_url(settings, row),
     }
     if include:

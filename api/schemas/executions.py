@@ -29,6 +29,9 @@ class ExecutionSummary(Schema):
     started_at: datetime | None
     finished_at: datetime | None
     duration_ms: int | None
+    nominal_at: datetime | None = Field(
+        default=None, description="The schedule slot (nominal fire time) a scheduled or backfill run is for"
+    )
     temporal_url: str | None = None
     steps: list[Any] | None = Field(default=None, description="Only with include=steps")
     config: dict[str, Any] | None = Field(default=None, description="Only with include=config")
@@ -61,6 +64,9 @@ class ExecutionRead(Schema):
     started_at: datetime | None
     finished_at: datetime | None
     duration_ms: int | None
+    nominal_at: datetime | None = Field(
+        default=None, description="The schedule slot (nominal fire time) a scheduled or backfill run is for"
+    )
     temporal_url: str | None = None
     data_problem: str | None = Field(
         default=None, description="Set when a stored JSON value (steps, config, result, error) cannot be served"

@@ -70,6 +70,12 @@ async def test_backfill_runs_the_slots_without_a_run_once_each(
     assert all(r.workflow_id == f"sched-{job['id']}-{r.nominal_at:%Y-%m-%dT%H:%M:%SZ}" for r in backfilled)
     per_slot = Counter(r.nominal_at for r in await job_runs(sessions, job["id"]) if r.nominal_at is not None)
     assert max(per_slot.values()) == 1
+    # The API says which slot each run was for.
+    params = {"job_id": job["id"], "trigger": "backfill", "limit": 200}
+    listed = await client.get("/api/v1/executions", params=params, headers=operator_headers)
+    assert {datetime.fromisoformat(i["nominal_at"]) for i in listed.json()["items"]} == {
+        r.nominal_at for r in backfilled
+    }
     # The ledger shows every slot of the range ran, the backfilled ones as such.
     ledger = (
         await client.get(
