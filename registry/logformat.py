@@ -76,13 +76,10 @@ def _execution_id(workflow_id: str) -> str:
 
 
 def current_trace_id() -> str | None:
-    """The current OpenTelemetry trace id (32 hex digits), if a span is recording."""
-    try:
-        from opentelemetry import trace
-    except ImportError:
-        return None
-    context = trace.get_current_span().get_span_context()
-    return f"{context.trace_id:032x}" if context.is_valid else None
+    """The current trace id when the platform traces (registry/tracing.py), else None."""
+    from registry.tracing import current_trace_id as traced
+
+    return traced()
 
 
 class JsonFormatter(logging.Formatter):

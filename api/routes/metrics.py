@@ -7,6 +7,7 @@ anyone (for a port reachable only by the scraper). Left out of the OpenAPI docum
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from datetime import UTC, datetime
@@ -45,7 +46,8 @@ async def scrape(request: Request, state: StateDep) -> Response:
                 headers={"WWW-Authenticate": "Bearer"},
             )
     await _read_outbox(state)
-    body, content_type = metrics.render(request.headers.get("accept"))
+    # In a thread: a collector may do I/O (`autoplat dev` also re-exports the worker's Temporal metrics).
+    body, content_type = await asyncio.to_thread(metrics.render, request.headers.get("accept"))
     return Response(body, media_type=content_type)
 
 
