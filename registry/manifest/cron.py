@@ -321,8 +321,10 @@ def next_runs(cron: str, tz: str = "UTC", n: int = 5, after: datetime | None = N
 
     Returns:
         Up to ``n`` timezone-aware datetimes in ``tz``, ascending; fewer if the expression stops
-        firing (it cannot fire after year 2100 or so). Times skipped by a DST gap are left out
-        and times in a repeated hour appear twice, as Temporal runs them.
+        firing (it cannot fire after year 2100 or so). The raw calendar: times skipped by a DST
+        gap are left out and times in a repeated hour appear twice. What actually runs follows
+        the job's DST policy (``registry/services/schedule_preview.py``, docs/schedules.md), not
+        this list nor Temporal's own choice for repeated hours.
 
     Raises:
         ValueError: If the expression, timezone or ``n`` is invalid.
