@@ -1964,6 +1964,11 @@ export interface components {
             module: string;
             /** Module Version */
             module_version: string | null;
+            /**
+             * Nominal At
+             * @description The schedule slot (nominal fire time) a scheduled or backfill run is for
+             */
+            nominal_at?: string | null;
             /** Result */
             result?: unknown;
             /** Run Id */
@@ -2024,6 +2029,11 @@ export interface components {
             module: string;
             /** Module Version */
             module_version: string | null;
+            /**
+             * Nominal At
+             * @description The schedule slot (nominal fire time) a scheduled or backfill run is for
+             */
+            nominal_at?: string | null;
             /** Result */
             result?: unknown;
             /** Run Id */
@@ -2092,6 +2102,11 @@ export interface components {
             module: string;
             /** Module Version */
             module_version: string | null;
+            /**
+             * Nominal At
+             * @description The schedule slot (nominal fire time) a scheduled or backfill run is for
+             */
+            nominal_at?: string | null;
             /**
              * Result
              * @description Only with include=result
