@@ -225,6 +225,7 @@ class JobActivities:
             )
             execution = result.execution
             metrics.count_start(session, execution, since=since, workflow_id=inp.workflow_id)
+            _keep_trace(execution)
             if result.skip_reason is not None:
                 return RunPlan(execution_id=execution.id, skip_reason=result.skip_reason)
             assert result.module is not None
@@ -527,6 +528,8 @@ class JobActivities:
             # The handler's own budget is spent; only platform-side retries were left.
             return _spend(execution, inp, failures)
         run = self._mark_running(execution, inp, info.attempt)
+        if execution is not None:
+            _keep_trace(execution)
         run_secrets = self._run_secrets(execution)
         secrets = {**self._job_secrets(job), **run_secrets}
         override = {**(inp.config_override or {}), **run_secrets}
@@ -849,6 +852,14 @@ class JobActivities:
 
 #: Namespace of the ids of events that steps emit (``emit_id``).
 _EMIT_NAMESPACE = uuid.UUID("3f5b1c2e-8a4d-5e6f-9b7a-0c1d2e3f4a5b")
+
+
+def _keep_trace(execution: Execution) -> None:
+    """The run's trace id on its row (tracing on; the first writer wins: a retried step's trace is
+    the run's, already)."""
+    trace_id = tracing.current_trace_id()
+    if trace_id and not execution.trace_id:
+        execution.trace_id = trace_id
 
 
 async def _count_finish(session: AsyncSession, execution_id: str) -> None:

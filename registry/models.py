@@ -304,6 +304,8 @@ class Execution(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     #: The nominal fire time of a scheduled or backfilled run (the slot it ran), else None.
     nominal_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The run's OpenTelemetry trace id when the platform traces (docs/observability.md), else None.
+    trace_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class ScheduleSlot(Base):
@@ -387,6 +389,8 @@ class Event(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     dispatch_error: Mapped[str | None] = mapped_column(Text)
+    #: The W3C trace context the event was recorded in (tracing on): its runs join that trace.
+    traceparent: Mapped[str | None] = mapped_column(String(64))
 
 
 class EventDelivery(Base):

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,24 @@ def traceparent() -> str | None:
     carrier: dict[str, str] = {}
     inject(carrier)
     return carrier.get("traceparent")
+
+
+@contextmanager
+def continued(traceparent: str | None, name: str) -> Iterator[None]:
+    """A span ``name`` continuing the trace of ``traceparent`` (an event's): what starts inside it
+    (a workflow, through Temporal's interceptor) joins that trace. Nothing when tracing is off or
+    there is no trace to continue."""
+    if not _enabled or not traceparent:
+        yield
+        return
+    from opentelemetry import trace
+    from opentelemetry.propagate import extract
+    from opentelemetry.trace import SpanKind
+
+    with trace.get_tracer(TRACER_NAME).start_as_current_span(
+        name, context=extract({"traceparent": traceparent}), kind=SpanKind.PRODUCER
+    ):
+        yield
 
 
 def step_transport(transport: Any) -> Any:

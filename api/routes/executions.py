@@ -101,6 +101,7 @@ def _fields(row: Execution, settings: Settings) -> dict[str, Any]:
         "duration_ms": row.duration_ms,
         "nominal_at": row.nominal_at,
         "temporal_url": temporal_url(settings, row),
+        "trace_id": row.trace_id,  # issue 19 (docs/observability.md)
     }
 
 

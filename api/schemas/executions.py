@@ -68,6 +68,9 @@ class ExecutionRead(Schema):
         default=None, description="The schedule slot (nominal fire time) a scheduled or backfill run is for"
     )
     temporal_url: str | None = None
+    trace_id: str | None = Field(
+        default=None, description="The run's OpenTelemetry trace id when the platform traces (AUTOPLAT_TRACING=on)"
+    )
     data_problem: str | None = Field(
         default=None, description="Set when a stored JSON value (steps, config, result, error) cannot be served"
     )

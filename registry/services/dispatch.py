@@ -28,7 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from activities.types import JobInput
-from registry import metrics
+from registry import metrics, tracing
 from registry.db import is_unavailable, unit_of_work
 from registry.manifest import event_pattern_matches
 from registry.models import Event, EventDelivery, Execution, Job, Module, ModuleStatus
@@ -55,6 +55,8 @@ class StartRequest:
     job: Job
     module: Module
     execution_id: str
+    #: The event's trace context (tracing on): the run joins the event's trace.
+    traceparent: str | None = None
 
 
 #: Starts one workflow; "already started" must count as success. Raising marks the event for retry.
@@ -333,6 +335,7 @@ async def _prepare(
             job=target.job,
             module=target.module,
             execution_id=execution_id,
+            traceparent=event.traceparent,
         )
         pending.starts.append((delivery, request))
     return pending
@@ -515,18 +518,19 @@ def temporal_starter(client_factory: Callable[[], Awaitable[Client]], task_queue
         definition = runs.job_type_definition(request.module.manifest, request.job.job_type) or {"handler": "x:y"}
         steps = len(runs.steps_of(definition, request.module.name, request.job.job_type))
         try:
-            await client.start_workflow(
-                request.workflow_type,
-                request.input,
-                id=request.workflow_id,
-                task_queue=task_queue,
-                execution_timeout=workflow_timeout(request.job, steps),
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                search_attributes=search_attributes(
-                    request.job.module_name, request.job.id, "event", request.execution_id
-                ),
-            )
+            with tracing.continued(request.traceparent, f"dispatch {request.workflow_type}"):
+                await client.start_workflow(
+                    request.workflow_type,
+                    request.input,
+                    id=request.workflow_id,
+                    task_queue=task_queue,
+                    execution_timeout=workflow_timeout(request.job, steps),
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    search_attributes=search_attributes(
+                        request.job.module_name, request.job.id, "event", request.execution_id
+                    ),
+                )
         except WorkflowAlreadyStartedError:
             pass  # started by an earlier attempt whose commit was lost
         except RPCError as exc:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
 
+from registry import tracing
 from registry.errors import InvalidInput, NotFound, PayloadTooLarge
 from registry.manifest import event_pattern_problem, json_problem
 from registry.models import Event, EventDelivery, Execution, Job, Module, ModuleStatus, new_id
@@ -51,6 +52,8 @@ def record(
         dispatch_status="PENDING",
         dispatch_attempts=0,
         next_attempt_at=now,
+        # The request or step it comes from, when tracing is on: its runs join that trace.
+        traceparent=tracing.traceparent(),
     )
     session.add(event)
     return event

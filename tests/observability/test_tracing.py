@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from temporalio.client import Client
 
 from registry import tracing
-from tests.conftest import api_client, running_worker
+from tests.conftest import api_client, eventually, running_worker
 from tests.jobs.helpers import put_module, write_module
 
 CODE = """
@@ -87,7 +87,14 @@ async def test_one_trace_from_the_request_to_the_handlers_http_call(
     async with api_client(settings) as api, running_worker(settings, client):
         r = await api.post(
             "/api/v1/jobs",
-            json={"module": module, "job_type": "call", "name": "call", "schedule": None, "config": {"url": url}},
+            json={
+                "module": module,
+                "job_type": "call",
+                "name": "call",
+                "schedule": None,
+                "config": {"url": url},
+                "event_triggers": ["trace.ping"],
+            },
             headers=operator_headers,
         )
         assert r.status_code == 201, r.text
@@ -95,6 +102,20 @@ async def test_one_trace_from_the_request_to_the_handlers_http_call(
         assert r.status_code == 200 and r.json()["status"] == "COMPLETED", r.text
         result = r.json()["result"]
         logs = r.json()["logs"]
+        row_trace = r.json()["trace_id"]
+        job_id = r.json()["job_id"]
+        # An event, and the run it triggers: the run joins the trace of the request that sent the event.
+        r = await api.post("/api/v1/events", json={"name": "trace.ping", "payload": {}}, headers=operator_headers)
+        assert r.status_code in (201, 202), r.text
+
+        async def event_run() -> dict[str, Any] | None:
+            r = await api.get(f"/api/v1/executions?job_id={job_id}&trigger=event", headers=operator_headers)
+            items = r.json()["items"]
+            return items[0] if items and items[0]["status"] == "COMPLETED" else None
+
+        event_run_id = (await eventually(event_run, timeout=30, what="the event's run"))["id"]
+        r = await api.get(f"/api/v1/executions/{event_run_id}", headers=operator_headers)
+        event_row_trace = r.json()["trace_id"]
 
     assert result["status"] == 204
     finished = spans.get_finished_spans()
@@ -109,11 +130,19 @@ async def test_one_trace_from_the_request_to_the_handlers_http_call(
     handler_span = next(s for s in finished if s.name == f"handler {module}.call")
     run_activity = next(s for s in finished if s.name == f"RunActivity:{module}.call")
     assert handler_span.parent is not None and handler_span.parent.span_id == run_activity.context.span_id
+    assert row_trace == f"{trace_id:032x}"  # on the execution row too
+    # The event's run: in the trace of POST /events, under a dispatch span.
+    posted = next(s for s in spans.get_finished_spans() if s.name == "POST /api/v1/events")
+    event_trace = posted.context.trace_id
+    assert event_row_trace == f"{event_trace:032x}"
+    joined = {s.name for s in spans.get_finished_spans() if s.context.trace_id == event_trace}
+    assert {f"dispatch {module}.call", f"RunWorkflow:{module}.call", f"handler {module}.call"} <= joined, joined
     # The request span is the root: no other span of the trace lacks a parent.
     roots = [s for s in finished if s.context.trace_id == trace_id and s.parent is None]
     assert [s.name for s in roots] == [request.name]
     # The callee joined the trace: under the HTTP span (inline), under the step's span (handler process).
-    assert len(seen) == 1, seen
+    assert len(seen) == 2, seen  # the run's call, then the event run's
+    assert seen[1]["traceparent"].split("-")[1] == f"{event_trace:032x}"
     _version, got_trace, got_parent, _flags = seen[0]["traceparent"].split("-")
     assert got_trace == f"{trace_id:032x}"
     if isolation == "inline":
