@@ -40,7 +40,7 @@ from typing import Any
 
 import httpx
 
-from bench.events_throughput import operator_token, spawn, wait_ready
+from bench.events_throughput import spawn, wait_ready
 from bench.jobs_throughput import DevServer, code_version, create_database, drop_database, free_ports, machine
 
 JWT_SECRET = "soak-" + uuid.uuid4().hex + uuid.uuid4().hex
@@ -153,6 +153,24 @@ async def db_connections(sessions: Any, db_name: str) -> int:
         )
 
 
+async def session_tokens(sessions: Any, settings: Any) -> tuple[str, str]:
+    """An operator's access and refresh tokens (the soak refreshes like any client)."""
+    from registry.db import unit_of_work
+    from registry.models import Role
+    from registry.services import users
+    from registry.services.auth import _issue
+    from registry.services.common import Actor
+
+    async with unit_of_work(sessions) as session:
+        user = await users.create_user(
+            session=session, email="soak@example.com", password=uuid.uuid4().hex, role=Role.operator
+        )
+        pair = await _issue(
+            session=session, settings=settings, user=user, family_id=str(uuid.uuid4()), actor=Actor.system("soak")
+        )
+    return pair.access_token, pair.refresh_token
+
+
 async def paced(rate: float, until: float, action: Any) -> None:
     if rate <= 0:
         return
@@ -233,7 +251,7 @@ async def run(opts: Options) -> dict[str, Any]:
                     bundle_size=len(data),
                 )
             )
-        token = await operator_token(sessions, settings)
+        access, refresh = await session_tokens(sessions, settings)
         env = {
             **os.environ,
             "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
@@ -255,8 +273,19 @@ async def run(opts: Options) -> dict[str, Any]:
         await wait_ready(base, api, api_log)
         tally = Tally()
         samples: list[dict[str, Any]] = []
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = {"Authorization": f"Bearer {access}"}
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http:
+
+            async def refresher(until: float) -> None:
+                """Like any client: a new access token before the old one expires (15 min)."""
+                nonlocal refresh
+                while time.monotonic() < until:
+                    await asyncio.sleep(min(settings.access_token_ttl_seconds / 2, max(0.0, until - time.monotonic())))
+                    r = await http.post("/api/v1/auth/refresh", json={"refresh_token": refresh})
+                    r.raise_for_status()
+                    refresh = r.json()["refresh_token"]
+                    http.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
+
             scheduled = []
             for n in range(opts.scheduled_jobs):
                 r = await http.post(
@@ -358,6 +387,7 @@ async def run(opts: Options) -> dict[str, Any]:
                 paced(opts.routes_per_s, until, call_route),
                 paced(opts.reads_per_s, until, read),
                 sampler(until),
+                refresher(until),
             )
             for job_id in scheduled:
                 await http.post(f"/api/v1/jobs/{job_id}/disable")
@@ -429,10 +459,13 @@ async def run(opts: Options) -> dict[str, Any]:
             },
             "done": {
                 "events": len(tally.events),
+                "events_refused": len(tally.events_failed),
                 "events_failed": tally.events_failed[:10],
                 "route_calls_ok": tally.routes_ok,
+                "route_calls_refused": len(tally.routes_failed),
                 "route_calls_failed": tally.routes_failed[:10],
                 "reads_ok": tally.reads_ok,
+                "reads_refused": len(tally.reads_failed),
                 "reads_failed": tally.reads_failed[:10],
                 "scheduled_runs": per_job,
                 "minutes_scheduled": round(minutes_scheduled, 1),
@@ -468,10 +501,10 @@ def render(report: dict[str, Any]) -> str:
         f"soak — {report['minutes']} min, code {report['machine']['code']}: "
         f"{'PASSED' if report['passed'] else 'FAILED'}",
         f"load: {report['load']}",
-        f"done: {done['events']} events ({len(done['events_failed'])} refused), "
+        f"done: {done['events']} events ({done['events_refused']} refused), "
         f"{done['route_calls_ok']} route calls ok "
-        f"({len(done['route_calls_failed'])} failed), {done['reads_ok']} reads ok "
-        f"({len(done['reads_failed'])} failed), "
+        f"({done['route_calls_refused']} failed), {done['reads_ok']} reads ok "
+        f"({done['reads_refused']} failed), "
         f"scheduled runs per job {sorted(done['scheduled_runs'].values())} over {done['minutes_scheduled']} min",
         f"executions by status: {report['executions_by_status']}",
         f"{'minute':>7}{'API MiB':>10}{'worker MiB':>12}{'handlers':>10}{'API sockets':>13}"
