@@ -64,6 +64,11 @@ SCHEDULE_LAG = Histogram(
     list(_JOB),
     buckets=_LAG_BUCKETS,
 )
+SCHEDULE_SLOTS = Counter(
+    "autoplat_schedule_slots",
+    "Schedule slots settled in the ledger, by outcome (ran, skipped, missed).",
+    ["module", "outcome"],
+)
 STEPS = Counter("autoplat_steps", "Step attempts that ran a handler, by outcome.", [*_JOB, "outcome"])
 STEP_RETRIES = Counter("autoplat_step_retries", "Step attempts that were retries of a failed attempt.", list(_JOB))
 EVENTS_DISPATCHED = Counter(
@@ -246,6 +251,17 @@ def run_labels(execution: Any, status: str) -> dict[str, Any]:
         "status": status,
         "duration_ms": execution.duration_ms,
     }
+
+
+def count_slots(session: Any, module: str, outcomes: dict[str, int]) -> None:
+    """Slots the ledger settled (``registry/services/slots.py``), counted once the transaction commits."""
+
+    def add() -> None:
+        for outcome, n in outcomes.items():
+            SCHEDULE_SLOTS.labels(module_label(module), outcome).inc(n)
+
+    if outcomes:
+        on_commit(session, add)
 
 
 def count_end(session: Any, payload: dict[str, Any]) -> None:

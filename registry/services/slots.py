@@ -27,6 +27,7 @@ from croniter import croniter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from registry import metrics
 from registry.errors import InvalidInput
 from registry.manifest.cron import parse_cron
 from registry.models import Execution, ExecutionStatus, Job, Module, ModuleStatus, ScheduleSlot
@@ -357,6 +358,7 @@ async def settle(
     ))  # fmt: skip
     have = set(stored)
     notable: dict[tuple[str, str], list[datetime]] = {}
+    settled: dict[str, int] = {}
     for slot in slots:
         if slot.at in have:
             continue
@@ -382,9 +384,11 @@ async def settle(
                 recorded_at=now,
             )
         )
+        settled[outcome] = settled.get(outcome, 0) + 1
         if outcome != "ran":
             notable.setdefault((outcome, why or ""), []).append(slot.at)
     job.slots_settled_until = until
+    metrics.count_slots(session, job.module_name, settled)
     for (outcome, why), ats in notable.items():
         events.record(
             session=session,

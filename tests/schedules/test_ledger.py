@@ -101,9 +101,14 @@ async def test_missed_slots_pause_without_schedule_and_bad_ranges(
     async with unit_of_work(sessions) as session:
         await session.execute(update(Job).where(Job.id == job["id"]).values(enabled=True, created_at=start))
     # The maintenance run settles it (GET /slots would too).
+    from registry.metrics import SCHEDULE_SLOTS
+
+    missed_before = SCHEDULE_SLOTS.labels("slots", "missed")._value.get()
     assert await settle_ledgers(sessions=sessions) >= 7
     ledger = await slots(client, operator_headers, job["id"], **{"from": start.isoformat()})
     outcomes = [i["outcome"] for i in ledger["items"]]
+    # ... and counts them for Prometheus (autoplat_schedule_slots_total{outcome="missed"}).
+    assert SCHEDULE_SLOTS.labels("slots", "missed")._value.get() - missed_before == outcomes.count("missed")
     # Slots past the catch-up window (60 s) and grace (60 s) are missed; the newest are pending.
     assert outcomes.count("missed") >= 7 and outcomes[-1] == "pending" and "ran" not in outcomes
     assert {i["reason"] for i in ledger["items"] if i["outcome"] == "missed"} == {
