@@ -58,6 +58,7 @@ async def test_every_page_is_accessible_and_fits_desktop_and_phone(
         ("execution", f"/executions/{data['execution']['id']}", "demo.greet"),
         ("events", "/events", "Events"),
         ("admin", "/admin", "Admin"),
+        ("health", "/status", "Health"),
     ]
     found: dict[str, Any] = {}
 
@@ -76,6 +77,11 @@ async def test_every_page_is_accessible_and_fits_desktop_and_phone(
             await expect(page.locator(".preview ol.next-runs li")).to_have_count(5)
         if name == "events":
             await expect(page.locator(".chart canvas")).to_have_count(1)
+        if name == "health":
+            # The key figures for those who run no Grafana: the worker that ran the jobs is listed.
+            await expect(page.get_by_text("Runs per minute (last hour)")).to_be_visible()
+            await expect(page.get_by_role("region", name="Dependencies")).to_contain_text("database")
+            await expect(page.get_by_role("region", name="Workers").locator("tbody tr").first).to_be_visible()
         if name == "job":
             # The job's state document (ctx.state), read-only, as the handler left it.
             state = page.get_by_role("region", name="State")

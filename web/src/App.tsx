@@ -38,6 +38,7 @@ const Incidents = page(() => import("./pages/Incidents"));
 const IncidentDetail = page(() => import("./pages/IncidentDetail"));
 const AlertRules = page(() => import("./pages/AlertRules"));
 const AlertRuleForm = page(() => import("./pages/AlertRuleForm"));
+const Health = page(() => import("./pages/Health"));
 
 const PAGES: [RegExp, Page][] = [
   [/^\/$/, Dashboard],
@@ -143,6 +144,8 @@ export function App() {
           <Route path="/alerts/rules" element={<AlertRules />} />
           <Route path="/alerts/rules/new" element={<AlertRuleForm />} />
           <Route path="/alerts/rules/:id/edit" element={<AlertRuleForm />} />
+          {/* /health is the API's own JSON: the console page lives at /status. */}
+          <Route path="/status" element={<Health />} />
           <Route path="*" element={<NotFoundPage />} />
         </Routes>
       </Suspense>

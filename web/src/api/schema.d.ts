@@ -1983,6 +1983,11 @@ export interface components {
             steps: unknown[];
             /** Temporal Url */
             temporal_url?: string | null;
+            /**
+             * Trace Id
+             * @description The run's OpenTelemetry trace id when the platform traces (AUTOPLAT_TRACING=on)
+             */
+            trace_id?: string | null;
             /** Trigger */
             trigger: string;
             waiting?: components["schemas"]["WaitingRead"] | null;
@@ -2048,6 +2053,11 @@ export interface components {
             steps: unknown[];
             /** Temporal Url */
             temporal_url?: string | null;
+            /**
+             * Trace Id
+             * @description The run's OpenTelemetry trace id when the platform traces (AUTOPLAT_TRACING=on)
+             */
+            trace_id?: string | null;
             /** Trigger */
             trigger: string;
             /** Workflow Id */

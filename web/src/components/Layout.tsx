@@ -12,6 +12,7 @@ const LINKS: { to: string; label: string; permission: string }[] = [
   { to: "/executions", label: "Executions", permission: "executions:read" },
   { to: "/events", label: "Events", permission: "events:read" },
   { to: "/alerts", label: "Alerts", permission: "alerts:read" },
+  { to: "/status", label: "Health", permission: "executions:read" },
   { to: "/admin", label: "Admin", permission: "users:read" },
 ];
 

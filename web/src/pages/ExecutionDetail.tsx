@@ -73,6 +73,24 @@ export default function ExecutionDetail() {
       </PageHeader>
       <ErrorBox error={cancel.error ?? retry.error} />
       {e.status_reason ? <p className="muted">{e.status_reason}</p> : null}
+      {e.waiting ? (
+        <p className="notice" role="status">
+          <strong>Waiting: </strong>
+          {e.waiting.message}
+          {e.waiting.until ? (
+            <>
+              {" "}
+              (next attempt <Time value={e.waiting.until} />)
+            </>
+          ) : null}
+          {e.waiting.since ? (
+            <span className="muted">
+              {" "}
+              — since <Time value={e.waiting.since} />
+            </span>
+          ) : null}
+        </p>
+      ) : null}
       <div className="grid two">
         <Card title="Run">
           <dl className="facts">
