@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
@@ -20,7 +21,18 @@ async def preview_schedule(
     cron: Annotated[str, Query(min_length=1, max_length=120, description="5 fields, or 6 with seconds first")],
     timezone: Annotated[str, Query(max_length=64, description="IANA timezone")] = "UTC",
     count: Annotated[int, Query(ge=1, le=schedule_preview.MAX_PREVIEW)] = 5,
+    dst_nonexistent: Annotated[
+        Literal["shift", "skip"], Query(description="A wall time the spring change skips: shift or skip")
+    ] = "shift",
+    dst_ambiguous: Annotated[
+        Literal["first", "both", "skip"], Query(description="A wall time the autumn change repeats: first, both, skip")
+    ] = "first",
+    after: Annotated[
+        datetime | None, Query(description="Preview from this time (default now); naive: in the timezone")
+    ] = None,
     _: Actor = Requires("jobs:read"),
 ) -> SchedulePreview:
-    runs = schedule_preview.preview(cron=cron, timezone=timezone, count=count)
+    """The next fire times under the job's daylight-saving policy (docs/schedules.md)."""
+    dst = {"nonexistent": dst_nonexistent, "ambiguous": dst_ambiguous}
+    runs = schedule_preview.preview(cron=cron, timezone=timezone, count=count, dst=dst, after=after)
     return SchedulePreview(cron=cron, timezone=timezone, next_runs=runs)

@@ -81,3 +81,29 @@ async def test_upcoming_runs_soonest_first_enabled_jobs_of_enabled_modules_only(
     only = await client.get("/api/v1/upcoming-runs", params={"limit": 1, "module": "on"}, headers=viewer_headers)
     assert [run["job_name"] for run in only.json()] == ["every minute"]
     assert (await client.get("/api/v1/upcoming-runs")).status_code == 401
+
+
+async def test_preview_applies_the_daylight_saving_policy(client: Any, viewer_headers: dict[str, str]) -> None:
+    """03:30 does not exist in Bucharest on 2027-03-28 (03:00 -> 04:00): shift runs it at 04:00,
+    skip leaves the day out; 03:30 happens twice on 2027-10-31: first once, both twice."""
+
+    async def runs(cron: str, after: str, **dst: str) -> list[datetime]:
+        params = {"cron": cron, "timezone": "Europe/Bucharest", "count": 3, "after": after, **dst}
+        r = await client.get("/api/v1/schedule-preview", params=params, headers=viewer_headers)
+        assert r.status_code == 200, r.text
+        return [datetime.fromisoformat(t) for t in r.json()["next_runs"]]
+
+    spring = "2027-03-27T12:00:00"
+    shifted = await runs("30 3 * * *", spring)
+    assert [(t.day, t.hour, t.minute) for t in shifted] == [(28, 4, 0), (29, 3, 30), (30, 3, 30)]
+    skipped = await runs("30 3 * * *", spring, dst_nonexistent="skip")
+    assert [(t.day, t.hour, t.minute) for t in skipped] == [(29, 3, 30), (30, 3, 30), (31, 3, 30)]
+    autumn = "2027-10-30T12:00:00"
+    first = await runs("30 3 * * *", autumn)
+    both = await runs("30 3 * * *", autumn, dst_ambiguous="both")
+    assert [t.day for t in first] == [31, 1, 2] and [t.day for t in both] == [31, 31, 1]
+    assert both[0].utcoffset() != both[1].utcoffset()
+    bad = await client.get(
+        "/api/v1/schedule-preview", params={"cron": "* * * * *", "dst_ambiguous": "twice"}, headers=viewer_headers
+    )
+    assert bad.status_code == 422 and bad.json()["error"]["details"][0]["loc"] == ["query", "dst_ambiguous"]

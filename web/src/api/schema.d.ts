@@ -1131,7 +1131,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Preview Schedule */
+        /**
+         * Preview Schedule
+         * @description The next fire times under the job's daylight-saving policy (docs/schedules.md).
+         */
         get: operations["preview_schedule_api_v1_schedule_preview_get"];
         put?: never;
         post?: never;
@@ -10454,9 +10457,15 @@ export interface operations {
     preview_schedule_api_v1_schedule_preview_get: {
         parameters: {
             query: {
+                /** @description Preview from this time (default now); naive: in the timezone */
+                after?: string | null;
                 count?: number;
                 /** @description 5 fields, or 6 with seconds first */
                 cron: string;
+                /** @description A wall time the autumn change repeats: first, both, skip */
+                dst_ambiguous?: "first" | "both" | "skip";
+                /** @description A wall time the spring change skips: shift or skip */
+                dst_nonexistent?: "shift" | "skip";
                 /** @description IANA timezone */
                 timezone?: string;
             };
