@@ -362,12 +362,31 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
 # --- a real HTTP server (httpx.ASGITransport buffers whole responses: streams need uvicorn) ----------
 
 
+_PORTS_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
+    """A port free now, for a server a test starts. Picked below the kernel's ephemeral range
+    (32768+, where bind(0) and outgoing connections take theirs), in a slice of its own per
+    pytest-xdist worker, never twice in a session: two test processes never race for one port."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    low = 20000 + (index % 4) * 3000
+    for _ in range(200):
+        port = random.randrange(low, low + 3000)
+        if port in _PORTS_HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port in {low}-{low + 3000}")
 
 
 @pytest.fixture
