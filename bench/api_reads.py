@@ -24,33 +24,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.events_throughput import operator_token, spawn, wait_ready
+from bench.events_throughput import operator_token
 from bench.jobs_throughput import (
-    DevServer,
     code_version,
-    create_database,
-    drop_database,
-    free_ports,
     machine,
     percentile,
     put_module,
 )
 
-JWT_SECRET = "bench-" + uuid.uuid4().hex + uuid.uuid4().hex
 JOBS = 10
 
 
@@ -236,58 +226,19 @@ async def closed(http: httpx.AsyncClient, paths: dict[str, Any], clients: int, s
 async def run(opts: Options) -> dict[str, Any]:
     from sqlalchemy import select
 
-    from registry.db import create_engine, create_session_factory
-    from registry.migrate import upgrade
+    from bench.stack import platform_stack
     from registry.models import Execution
-    from registry.settings import Settings
-    from workflows.client import ensure_search_attributes
 
-    workdir = Path(tempfile.mkdtemp(prefix="autoplat-bench-reads-"))
-    server = DevServer(workdir)
-    server.start()
-    db_name, db_url = create_database()
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        client = await server.connect()
-        await ensure_search_attributes(client, "default")
-        (api_port,) = free_ports(1)
-        settings = Settings(
-            dev_mode=False,
-            database_url=db_url,
-            jwt_secret=JWT_SECRET,
-            state_dir=workdir / "state",
-            task_queue=f"bench-reads-{uuid.uuid4().hex[:8]}",
-            temporal_address=server.address,
-            redis_prefix=f"bench-{uuid.uuid4().hex[:8]}",
-            maintenance_schedule=False,
-        )
-        await upgrade(settings.effective_database_url)
-        engine = create_engine(settings.effective_database_url)
-        sessions = create_session_factory(engine)
-        await put_module(sessions, settings.state_dir, workdir / "modules")
+    async with platform_stack("bench-reads") as stack:
+        sessions = stack.sessions
+        await put_module(sessions, stack.settings.state_dir, stack.workdir / "modules")
         job_ids = await add_jobs(sessions)
         fill_s = await fill(sessions, job_ids, opts.rows)
         async with sessions() as session:
             sample = list(await session.scalars(select(Execution.id).order_by(Execution.id).limit(2000)))
-        token = await operator_token(sessions, settings)
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-            "AUTOPLAT_DEV_MODE": "false",
-            "AUTOPLAT_DATABASE_URL": db_url,
-            "AUTOPLAT_JWT_SECRET": JWT_SECRET,
-            "AUTOPLAT_STATE_DIR": str(settings.state_dir),
-            "AUTOPLAT_TEMPORAL_ADDRESS": server.address,
-            "AUTOPLAT_TASK_QUEUE": settings.task_queue,
-            "AUTOPLAT_REDIS_PREFIX": settings.redis_prefix,
-            "AUTOPLAT_MAINTENANCE_SCHEDULE": "false",
-        }
-        cli = [sys.executable, "-m", "autoplat.cli"]
-        api_log, worker_log = workdir / "api.log", workdir / "worker.log"
-        procs.append(spawn([*cli, "api", "--port", str(api_port), "--workers", str(opts.api_workers)], env, api_log))
-        procs.append(spawn([*cli, "worker"], env, worker_log))
-        base = f"http://127.0.0.1:{api_port}"
-        await wait_ready(base, procs[0], api_log)
+        token = await operator_token(sessions, stack.settings)
+        base, _api = await stack.start_api(opts.api_workers)
+        stack.start_worker()
         paths = kinds(job_ids, sample)
         limits = httpx.Limits(max_connections=opts.clients, max_keepalive_connections=opts.clients)
         async with httpx.AsyncClient(
@@ -298,7 +249,6 @@ async def run(opts: Options) -> dict[str, Any]:
             latencies, errors, wall = await paced(http, paths, opts.clients, opts.rate, opts.seconds)
             saturation = await closed(http, paths, opts.clients, min(opts.seconds, 10))
         loaded = {name: summary(values) for name, values in latencies.items()}
-        await engine.dispose()
         return {
             "command": "python -m bench.api_reads " + " ".join(sys.argv[1:]),
             "machine": machine() | {"code": code_version()},
@@ -316,17 +266,6 @@ async def run(opts: Options) -> dict[str, Any]:
             },
             "saturation_per_s": round(saturation, 1),
         }
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        server.stop()
-        drop_database(db_name)
 
 
 def render(report: dict[str, Any]) -> str:

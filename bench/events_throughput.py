@@ -25,14 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,18 +35,13 @@ import httpx
 from bench.jobs_throughput import (
     JOB_TYPE,
     MODULE,
-    DevServer,
     code_version,
-    create_database,
-    drop_database,
-    free_ports,
     machine,
     percentile,
     put_module,
 )
 
 LISTENERS = 3
-JWT_SECRET = "bench-" + uuid.uuid4().hex + uuid.uuid4().hex
 
 
 @dataclass
@@ -94,41 +84,9 @@ async def add_listening_jobs(sessions: Any, listeners: int) -> list[str]:
 
 
 async def operator_token(sessions: Any, settings: Any) -> str:
-    from registry.db import unit_of_work
-    from registry.models import Role
-    from registry.services import users
-    from registry.services.auth import _issue
-    from registry.services.common import Actor
+    from bench.stack import session_tokens
 
-    async with unit_of_work(sessions) as session:
-        user = await users.create_user(
-            session=session, email="bench@example.com", password=uuid.uuid4().hex, role=Role.operator
-        )
-        pair = await _issue(
-            session=session, settings=settings, user=user, family_id=str(uuid.uuid4()), actor=Actor.system("bench")
-        )
-    return pair.access_token
-
-
-def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-
-async def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as http:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"API exited: {log.read_text()[-2000:]}")
-            try:
-                if (await http.get(f"{base}/health/ready")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"API not ready after {timeout}s: {log.read_text()[-2000:]}")
-            await asyncio.sleep(0.2)
+    return (await session_tokens(sessions, settings))[0]
 
 
 async def starts_of(sessions: Any, event_ids: list[str]) -> dict[str, list[float]]:
@@ -192,55 +150,15 @@ def stats(latencies_ms: list[float]) -> dict[str, float]:
 
 
 async def run(opts: Options) -> dict[str, Any]:
-    from registry.db import create_engine, create_session_factory
-    from registry.migrate import upgrade
-    from registry.settings import Settings
-    from workflows.client import ensure_search_attributes
+    from bench.stack import platform_stack
 
-    workdir = Path(tempfile.mkdtemp(prefix="autoplat-bench-events-"))
-    server = DevServer(workdir)
-    server.start()
-    db_name, db_url = create_database()
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        client = await server.connect()
-        await ensure_search_attributes(client, "default")
-        (api_port,) = free_ports(1)
-        settings = Settings(
-            dev_mode=False,
-            database_url=db_url,
-            jwt_secret=JWT_SECRET,
-            state_dir=workdir / "state",
-            task_queue=f"bench-events-{uuid.uuid4().hex[:8]}",
-            temporal_address=server.address,
-            redis_prefix=f"bench-{uuid.uuid4().hex[:8]}",
-            maintenance_schedule=False,
-        )
-        await upgrade(settings.effective_database_url)
-        engine = create_engine(settings.effective_database_url)
-        sessions = create_session_factory(engine)
-        await put_module(sessions, settings.state_dir, workdir / "modules")
+    async with platform_stack("bench-events") as stack:
+        sessions = stack.sessions
+        await put_module(sessions, stack.settings.state_dir, stack.workdir / "modules")
         job_ids = await add_listening_jobs(sessions, opts.listeners)
-        token = await operator_token(sessions, settings)
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-            "AUTOPLAT_DEV_MODE": "false",
-            "AUTOPLAT_DATABASE_URL": db_url,
-            "AUTOPLAT_JWT_SECRET": JWT_SECRET,
-            "AUTOPLAT_STATE_DIR": str(settings.state_dir),
-            "AUTOPLAT_TEMPORAL_ADDRESS": server.address,
-            "AUTOPLAT_TASK_QUEUE": settings.task_queue,
-            "AUTOPLAT_REDIS_PREFIX": settings.redis_prefix,
-            "AUTOPLAT_MAINTENANCE_SCHEDULE": "false",
-        }
-        cli = [sys.executable, "-m", "autoplat.cli"]
-        api_log, worker_log = workdir / "api.log", workdir / "worker.log"
-        api = [*cli, "api", "--port", str(api_port), "--workers", str(opts.api_workers)]
-        procs.append(spawn(api, env, api_log))
-        procs.append(spawn([*cli, "worker"], env, worker_log))
-        base = f"http://127.0.0.1:{api_port}"
-        await wait_ready(base, procs[0], api_log)
+        token = await operator_token(sessions, stack.settings)
+        base, _api = await stack.start_api(opts.api_workers)
+        stack.start_worker()
         headers = {"Authorization": f"Bearer {token}"}
 
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http:
@@ -302,7 +220,6 @@ async def run(opts: Options) -> dict[str, Any]:
             )
             total = await session.scalar(select(func.count()).select_from(Execution))
         expected = (len(warm) + opts.events + opts.low_load_events) * opts.listeners
-        await engine.dispose()
         return {
             "command": "python -m bench.events_throughput " + " ".join(sys.argv[1:]),
             "machine": machine() | {"code": code_version()},
@@ -325,17 +242,6 @@ async def run(opts: Options) -> dict[str, Any]:
             },
             "exactly_once": {"executions": int(total or 0), "expected": expected, "duplicate_pairs": int(dup or 0)},
         }
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        server.stop()
-        drop_database(db_name)
 
 
 def render(report: dict[str, Any]) -> str:

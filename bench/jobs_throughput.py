@@ -523,15 +523,9 @@ def drop_database(name: str) -> None:
 
 async def put_module(sessions: Any, state_dir: Path, root: Path) -> None:
     """Write the trivial module and register it straight in the DB (as the registry's install would)."""
-    from registry import codestore
-    from registry.db import unit_of_work
-    from registry.models import Module, ModuleStatus, ModuleVersion
+    from bench.stack import register_module
 
     package = f"{MODULE}_pkg"
-    folder = root / f"{MODULE}-1.0.0"
-    (folder / package).mkdir(parents=True)
-    (folder / package / "__init__.py").write_text("")
-    (folder / package / "handlers.py").write_text(HANDLER_CODE)
     manifest = {
         "name": MODULE,
         "version": "1.0.0",
@@ -540,32 +534,8 @@ async def put_module(sessions: Any, state_dir: Path, root: Path) -> None:
         "author": "bench",
         "jobs": [{"name": JOB_TYPE, "description": "returns its start time", "handler": f"{package}.handlers:noop"}],
     }
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    data, sha = codestore.pack_folder(folder)
-    path = codestore.materialize(state_dir, MODULE, "1.0.0", sha, data)
-    async with unit_of_work(sessions) as session:
-        module = Module(
-            name=MODULE,
-            display_name=manifest["displayName"],
-            version="1.0.0",
-            manifest=manifest,
-            status=ModuleStatus.ENABLED.value,
-            code_path=str(path),
-            bundle_sha256=sha,
-        )
-        session.add(module)
-        await session.flush()
-        session.add(
-            ModuleVersion(
-                module_id=module.id,
-                version="1.0.0",
-                manifest=manifest,
-                code_path=str(path),
-                bundle_sha256=sha,
-                bundle=data,
-                bundle_size=len(data),
-            )
-        )
+    files = {f"{package}/__init__.py": "", f"{package}/handlers.py": HANDLER_CODE}
+    await register_module(sessions, state_dir, root, manifest=manifest, files=files)
 
 
 async def create_job(sessions: Any) -> str:
@@ -783,67 +753,19 @@ async def bench_platform(
         drop_database(db_name)
 
 
-async def bench_http(
-    server: DevServer,
-    workdir: Path,
-    opts: Options,
-    *,
-    extra_env: dict[str, str] | None = None,
-    during: Callable[[str, list[int]], Awaitable[None]] | None = None,
-) -> tuple[Phase, Phase, dict[str, Any]]:
+async def bench_http(server: DevServer, workdir: Path, opts: Options) -> tuple[Phase, Phase, dict[str, Any]]:
     """The production shape: runs through ``POST /jobs/{id}/execute?wait=true`` of an API process,
-    handled by a separate worker process. ``extra_env`` adds settings of both processes; ``during``
-    runs beside the loaded phase, given the API's base URL and the API's and worker's pids
-    (bench/observability.py scrapes and takes their CPU time)."""
+    handled by a separate worker process."""
     import httpx
 
-    from bench.events_throughput import JWT_SECRET, operator_token, spawn, wait_ready
-    from registry.db import create_engine, create_session_factory
-    from registry.migrate import upgrade
-    from registry.settings import Settings
+    from bench.stack import platform_stack, session_tokens
 
-    db_name, db_url = create_database()
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        settings = Settings(
-            dev_mode=False,
-            database_url=db_url,
-            jwt_secret=JWT_SECRET,
-            state_dir=workdir / "state-http",
-            task_queue=f"bench-http-{uuid.uuid4().hex[:8]}",
-            temporal_address=server.address,
-            redis_prefix=f"bench-{uuid.uuid4().hex[:8]}",
-            maintenance_schedule=False,
-            handler_isolation=opts.isolation,
-        )
-        await upgrade(settings.effective_database_url)
-        engine = create_engine(settings.effective_database_url)
-        sessions = create_session_factory(engine)
-        await put_module(sessions, settings.state_dir, workdir / "modules-http")
-        job_id = await create_job(sessions)
-        token = await operator_token(sessions, settings)
-        await engine.dispose()
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-            "AUTOPLAT_DEV_MODE": "false",
-            "AUTOPLAT_DATABASE_URL": db_url,
-            "AUTOPLAT_JWT_SECRET": JWT_SECRET,
-            "AUTOPLAT_STATE_DIR": str(settings.state_dir),
-            "AUTOPLAT_TEMPORAL_ADDRESS": server.address,
-            "AUTOPLAT_TASK_QUEUE": settings.task_queue,
-            "AUTOPLAT_REDIS_PREFIX": settings.redis_prefix,
-            "AUTOPLAT_MAINTENANCE_SCHEDULE": "false",
-            "AUTOPLAT_HANDLER_ISOLATION": opts.isolation,
-            **(extra_env or {}),
-        }
-        (port,) = free_ports(1)
-        cli = [sys.executable, "-m", "autoplat.cli"]
-        api_log = workdir / "api-http.log"
-        procs.append(spawn([*cli, "api", "--port", str(port)], env, api_log))
-        procs.append(spawn([*cli, "worker"], env, workdir / "worker-http.log"))
-        base = f"http://127.0.0.1:{port}"
-        await wait_ready(base, procs[0], api_log)
+    async with platform_stack("bench-http", server=server, isolation=opts.isolation) as stack:
+        await put_module(stack.sessions, stack.settings.state_dir, stack.workdir / "modules")
+        job_id = await create_job(stack.sessions)
+        token, _ = await session_tokens(stack.sessions, stack.settings)
+        base, _api = await stack.start_api()
+        stack.start_worker()
         limits = httpx.Limits(max_connections=opts.concurrency, max_keepalive_connections=opts.concurrency)
         async with httpx.AsyncClient(
             base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=120, limits=limits
@@ -859,27 +781,11 @@ async def bench_http(
                 return Sample(trigger=trigger, started=float(body["result"]), done=done)
 
             await drive(opts.warmup, min(opts.concurrency, opts.warmup), one)
-            beside = asyncio.ensure_future(during(base, [p.pid for p in procs])) if during is not None else None
-            try:
-                samples, wall = await drive(opts.runs, opts.concurrency, one)
-            finally:
-                if beside is not None:
-                    beside.cancel()
-                    await asyncio.gather(beside, return_exceptions=True)
+            samples, wall = await drive(opts.runs, opts.concurrency, one)
             loaded = summarise("platform over HTTP", samples, opts.concurrency, wall)
             samples, wall = await drive(opts.low_load_runs, 1, one)
             low = summarise("platform over HTTP (low load)", samples, 1, wall)
         return loaded, low, {"api": "1 process", "worker": "1 process"}
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        drop_database(db_name)
 
 
 def code_version() -> str:

@@ -29,21 +29,16 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.events_throughput import spawn, wait_ready
-from bench.jobs_throughput import DevServer, code_version, create_database, drop_database, free_ports, machine
+from bench.jobs_throughput import code_version, machine
 
-JWT_SECRET = "soak-" + uuid.uuid4().hex + uuid.uuid4().hex
 MODULE = "soakmod"
 HANDLERS = '''"""Soak handlers: trivial, so that the platform is what is measured."""
 
@@ -153,24 +148,6 @@ async def db_connections(sessions: Any, db_name: str) -> int:
         )
 
 
-async def session_tokens(sessions: Any, settings: Any) -> tuple[str, str]:
-    """An operator's access and refresh tokens (the soak refreshes like any client)."""
-    from registry.db import unit_of_work
-    from registry.models import Role
-    from registry.services import users
-    from registry.services.auth import _issue
-    from registry.services.common import Actor
-
-    async with unit_of_work(sessions) as session:
-        user = await users.create_user(
-            session=session, email="soak@example.com", password=uuid.uuid4().hex, role=Role.operator
-        )
-        pair = await _issue(
-            session=session, settings=settings, user=user, family_id=str(uuid.uuid4()), actor=Actor.system("soak")
-        )
-    return pair.access_token, pair.refresh_token
-
-
 async def paced(rate: float, until: float, action: Any) -> None:
     if rate <= 0:
         return
@@ -192,85 +169,16 @@ async def paced(rate: float, until: float, action: Any) -> None:
 async def run(opts: Options) -> dict[str, Any]:
     from sqlalchemy import func, select
 
-    from registry import codestore
-    from registry.db import create_engine, create_session_factory, unit_of_work
-    from registry.migrate import upgrade
-    from registry.models import Execution, Module, ModuleStatus, ModuleVersion
-    from registry.settings import Settings
-    from workflows.client import ensure_search_attributes
+    from bench.stack import platform_stack, register_module, session_tokens
+    from registry.models import Execution
 
-    workdir = Path(tempfile.mkdtemp(prefix="autoplat-soak-"))
-    server = DevServer(workdir)
-    server.start()
-    db_name, db_url = create_database()
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        client = await server.connect()
-        await ensure_search_attributes(client, "default")
-        (api_port,) = free_ports(1)
-        settings = Settings(
-            dev_mode=False,
-            database_url=db_url,
-            jwt_secret=JWT_SECRET,
-            state_dir=workdir / "state",
-            task_queue=f"soak-{uuid.uuid4().hex[:8]}",
-            temporal_address=server.address,
-            redis_prefix=f"soak-{uuid.uuid4().hex[:8]}",
-            maintenance_schedule=False,
-        )
-        await upgrade(settings.effective_database_url)
-        engine = create_engine(settings.effective_database_url)
-        sessions = create_session_factory(engine)
-        folder = workdir / "modules" / f"{MODULE}-1.0.0"
-        (folder / "soak_pkg").mkdir(parents=True)
-        (folder / "soak_pkg" / "__init__.py").write_text("")
-        (folder / "soak_pkg" / "handlers.py").write_text(HANDLERS)
-        (folder / "manifest.json").write_text(json.dumps(MANIFEST))
-        data, sha = codestore.pack_folder(folder)
-        path = codestore.materialize(settings.state_dir, MODULE, "1.0.0", sha, data)
-        async with unit_of_work(sessions) as session:
-            module = Module(
-                name=MODULE,
-                display_name="Soak",
-                version="1.0.0",
-                manifest=MANIFEST,
-                status=ModuleStatus.ENABLED.value,
-                code_path=str(path),
-                bundle_sha256=sha,
-            )
-            session.add(module)
-            await session.flush()
-            session.add(
-                ModuleVersion(
-                    module_id=module.id,
-                    version="1.0.0",
-                    manifest=MANIFEST,
-                    code_path=str(path),
-                    bundle_sha256=sha,
-                    bundle=data,
-                    bundle_size=len(data),
-                )
-            )
-        access, refresh = await session_tokens(sessions, settings)
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-            "AUTOPLAT_DEV_MODE": "false",
-            "AUTOPLAT_DATABASE_URL": db_url,
-            "AUTOPLAT_JWT_SECRET": JWT_SECRET,
-            "AUTOPLAT_STATE_DIR": str(settings.state_dir),
-            "AUTOPLAT_TEMPORAL_ADDRESS": server.address,
-            "AUTOPLAT_TASK_QUEUE": settings.task_queue,
-            "AUTOPLAT_REDIS_PREFIX": settings.redis_prefix,
-            "AUTOPLAT_MAINTENANCE_SCHEDULE": "false",
-        }
-        cli = [sys.executable, "-m", "autoplat.cli"]
-        api_log, worker_log = workdir / "api.log", workdir / "worker.log"
-        api = spawn([*cli, "api", "--port", str(api_port), "--workers", str(opts.api_workers)], env, api_log)
-        worker = spawn([*cli, "worker"], env, worker_log)
-        procs += [api, worker]
-        base = f"http://127.0.0.1:{api_port}"
-        await wait_ready(base, api, api_log)
+    async with platform_stack("soak") as stack:
+        sessions, settings, db_name = stack.sessions, stack.settings, stack.db_name
+        files = {"soak_pkg/__init__.py": "", "soak_pkg/handlers.py": HANDLERS}
+        await register_module(sessions, settings.state_dir, stack.workdir / "modules", manifest=MANIFEST, files=files)
+        access, refresh = await session_tokens(sessions, settings, email="soak@example.com")
+        base, api = await stack.start_api(opts.api_workers)
+        worker = stack.start_worker()
         tally = Tally()
         samples: list[dict[str, Any]] = []
         headers = {"Authorization": f"Bearer {access}"}
@@ -425,7 +333,6 @@ async def run(opts: Options) -> dict[str, Any]:
                     )
                 ).all()
             )
-        await engine.dispose()
         minutes_scheduled = (scheduled_to - scheduled_from) / 60
         first, last = samples[0], samples[-1]
         growth = {
@@ -482,17 +389,6 @@ async def run(opts: Options) -> dict[str, Any]:
             "runs_ok": runs_ok,
             "passed": runs_ok and all(growth.values()),
         }
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        server.stop()
-        drop_database(db_name)
 
 
 def render(report: dict[str, Any]) -> str:
