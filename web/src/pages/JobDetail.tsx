@@ -102,8 +102,8 @@ export default function JobDetail() {
             <dd>{j.schedule ? `${j.schedule} (${j.timezone})` : "none"}</dd>
             <dt>Timeout</dt>
             <dd>{j.timeout_seconds} s</dd>
-            <dt>Retries</dt>
-            <dd>{j.retries}</dd>
+            <dt>Attempts</dt>
+            <dd>{j.max_attempts}</dd>
             <dt>Overlap</dt>
             <dd>{j.overlap}</dd>
             <dt>Last run</dt>

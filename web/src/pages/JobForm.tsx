@@ -17,7 +17,7 @@ interface Draft {
   schedule: string;
   timezone: string;
   timeout: string;
-  retries: string;
+  attempts: string;
   overlap: string;
   enabled: boolean;
   config: Config;
@@ -30,7 +30,7 @@ function draftFromJobType(jt: JobType, name: string): Draft {
     schedule: jt.schedule ?? "",
     timezone: jt.timezone ?? "UTC",
     timeout: String(jt.timeout_seconds),
-    retries: String(jt.retries),
+    attempts: String(jt.max_attempts),
     overlap: jt.overlap,
     enabled: true,
     config: withoutSecrets(jt.defaults, jt.secret_fields),
@@ -44,7 +44,7 @@ function draftFromJob(job: Job, jt: JobType | undefined): Draft {
     schedule: job.schedule ?? "",
     timezone: job.timezone,
     timeout: String(job.timeout_seconds),
-    retries: String(job.retries),
+    attempts: String(job.max_attempts),
     overlap: job.overlap,
     enabled: job.enabled,
     config: withoutSecrets(job.config, jt?.secret_fields ?? []),
@@ -105,7 +105,7 @@ export default function JobForm() {
         timezone: d.timezone,
         enabled: d.enabled,
         timeout_seconds: Number(d.timeout),
-        retries: Number(d.retries),
+        max_attempts: Number(d.attempts),
         overlap: d.overlap as (typeof OVERLAPS)[number],
         config: secretsToSend(d.config, jobType?.secret_fields ?? []),
       };
@@ -228,8 +228,8 @@ export default function JobForm() {
                 <Field label="Timeout (seconds)">
                   <input name="timeout_seconds" type="number" min={1} max={86400} value={draft.timeout} onChange={(e) => update({ timeout: e.target.value })} />
                 </Field>
-                <Field label="Retries">
-                  <input name="retries" type="number" min={0} max={100} value={draft.retries} onChange={(e) => update({ retries: e.target.value })} />
+                <Field label="Attempts">
+                  <input name="attempts" type="number" min={1} max={101} value={draft.attempts} onChange={(e) => update({ attempts: e.target.value })} />
                 </Field>
                 <Field label="When a run overlaps">
                   <select name="overlap" value={draft.overlap} onChange={(e) => update({ overlap: e.target.value })}>
