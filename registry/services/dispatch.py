@@ -131,6 +131,8 @@ async def chain_of(session: AsyncSession, event: Event) -> tuple[int, int]:
     return links, runs
 
 
+#: How long ``Dispatcher.stop`` waits for the loop it cancelled (an API's shutdown must stay short).
+STOP_GRACE_SECONDS = 3.0
 #: Events dispatched at once by one process (PostgreSQL; each in its own transaction).
 DISPATCH_CONCURRENCY = 8
 
@@ -572,11 +574,18 @@ class Dispatcher:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="autoplat-event-dispatcher")
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Cancel the loop and wait for it at most ``grace`` seconds: a batch caught in the middle
+        of its statements may take a while to roll back, and nothing is lost by not waiting (its
+        events stay PENDING in the outbox for the next dispatcher)."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            done, _ = await asyncio.wait({task}, timeout=grace)
+            if not done:
+                log.warning("event dispatcher still stopping after %.0f s; left to finish on its own", grace)
+            elif not task.cancelled() and task.exception() is not None:
+                log.warning("event dispatcher ended with %r", task.exception())
 
     async def _run(self) -> None:
         while True:
