@@ -405,6 +405,7 @@ class HandlerPool:
                     "secrets": ctx.secrets,
                     "module_config": ctx.module_config,
                     "previous": ctx.previous,
+                    "item": ctx.item,
                     "event": ctx.event,
                     "request": dataclasses.asdict(ctx.request) if ctx.request is not None else None,
                     "http": http,

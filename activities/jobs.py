@@ -29,9 +29,13 @@ from temporalio.exceptions import ApplicationError
 
 from activities.handlers import HandlerFailed, HandlerNotLoaded, HandlerPool, LimitExceeded, RunLimits
 from activities.types import (
+    ITEM_ENVELOPE,
+    ITEM_LOGS_DETAIL,
     MIRROR_FINISH,
+    MIRROR_ITEMS,
     MIRROR_START,
     FinishInput,
+    ItemsInput,
     RunPlan,
     StartInput,
     StepEnd,
@@ -55,6 +59,11 @@ T = TypeVar("T")
 
 #: "No result": the step does not end its run (see ``_step_finished``).
 _NOTHING: Any = object()
+#: The logs one item of a ``forEach`` step keeps (they travel in Temporal history with its result).
+ITEM_LOG_LIMIT = 16 * 1024
+#: How long a worker reuses what the items of one ``forEach`` step share (config, secrets, code),
+#: read from the registry once instead of once per item.
+_ITEM_PREPARED_SECONDS = 60.0
 
 #: Extra services (http, browser, notify, storage, state) are built per step by this factory.
 ServiceFactory = Callable[[StepInput, JobContext], Awaitable[dict[str, Any]]]
@@ -102,8 +111,12 @@ class _Beat:
     #: What the previous attempt's heartbeats said, repeated until this attempt's own run starts:
     #: an attempt that fails before that (the registry still down) must not erase it.
     inherited: list[Any] = field(default_factory=list)
+    #: The logs of an item's earlier failed runs (``forEach``), handed to the item's next attempt.
+    item_logs: str | None = None
 
     def details(self) -> list[Any]:
+        if self.item_logs is not None:
+            return [{_BEAT: 1, "run": self.run, "started": self.started, "at": time.time(), "logs": self.item_logs}]
         if self.ended is not None:
             return [{_BEAT: 1, "run": self.ended["attempt"], "end": self.ended}]
         if not self.run:
@@ -132,7 +145,7 @@ class _StepRuntime:
             self._loop.call_soon_threadsafe(lambda: activity.heartbeat(*self._beat.details(), *details))
 
     def is_cancelled(self) -> bool:
-        return self._activities.cancelled.get(self._inp.execution_id, False)
+        return self._activities.cancelled.get(_cancel_key(self._inp), False)
 
     async def emit(self, name: str, payload: dict[str, Any]) -> str:
         self._emitted[name] = sequence = self._emitted.get(name, 0) + 1
@@ -197,12 +210,15 @@ class JobActivities:
         self.services = services
         self.release = release
         self.log_sink = log_sink
+        #: Steps (and items) whose handler is being stopped, by :func:`_cancel_key`.
         self.cancelled: dict[str, bool] = {}
+        #: What the items of a ``forEach`` step share, by (execution, step): (until, reading).
+        self._items_prepared: dict[tuple[str, int], tuple[float, asyncio.Future[tuple[_Prepared, Path]]]] = {}
         #: Handler processes (``handler_isolation=process``); ``None`` runs handlers in this interpreter.
         self.pool = HandlerPool(settings) if settings.handler_isolation == "process" else None
 
     def activities(self) -> list[Callable[..., Any]]:
-        return [self.mirror_start, self.mirror_finish, self.run_step]
+        return [self.mirror_start, self.mirror_finish, self.mirror_items, self.run_step]
 
     # --- mirror ---------------------------------------------------------------------------------
     @activity.defn(name=MIRROR_START)
@@ -282,17 +298,58 @@ class JobActivities:
                     return {"status": row.status, "result": row.result}
         return None
 
+    @activity.defn(name=MIRROR_ITEMS)
+    @_refusals_fail
+    async def mirror_items(self, inp: ItemsInput) -> int:
+        """Write a ``forEach`` step's progress: its status and item counts on the row's ``steps``, and
+        the logs of the items that ended since the last write, appended in SQL. One transaction for
+        many items (the workflow calls it a few times per step). Returns the log budget of the step
+        (the run's ``execution_log_limit``)."""
+        async with unit_of_work(self.sessions) as session:
+            if inp.pending_end is not None:
+                execution = await session.get(Execution, inp.execution_id, with_for_update=True)
+                if execution is not None:
+                    _write_pending(execution, inp.pending_end)
+                    await session.flush()
+            row = (
+                await session.execute(select(Execution.steps).where(Execution.id == inp.execution_id).with_for_update())
+            ).first()
+            if row is None:
+                return self.settings.execution_log_limit
+            steps = [dict(s) for s in (row.steps or [])]
+            while len(steps) <= inp.step_index:
+                steps.append({"name": inp.step, "status": "PENDING", "attempts": 0, "failures": 0})
+            step = steps[inp.step_index]
+            now = datetime.now(UTC).isoformat()
+            step.update(status=inp.status, items={"total": inp.total, "completed": inp.completed, "failed": inp.failed})
+            if inp.starts:
+                step.update(started_at=now, attempts=1)
+                step.pop("finished_at", None)
+            if inp.status != "RUNNING":
+                step["finished_at"] = now
+            if inp.error:
+                step["error"] = inp.error[:2000]
+            if inp.status == "FAILED":
+                step["failures"] = int(step.get("failures") or 0) + 1
+            values: dict[str, Any] = {"steps": steps}
+            if inp.logs:
+                values["logs"] = case((Execution.logs == "", inp.logs), else_=Execution.logs + "\n" + inp.logs)
+            await runs.update_execution(session, inp.execution_id, values)
+        return self.settings.execution_log_limit
+
     # --- steps ----------------------------------------------------------------------------------
     @activity.defn(dynamic=True)
     async def run_step(self, args: Sequence[RawValue]) -> Any:
         inp: StepInput = activity.payload_converter().from_payload(args[0].payload, StepInput)
         info = activity.info()
         buffer = LogBuffer(
-            self.settings.execution_log_limit,
+            self.settings.execution_log_limit
+            if inp.item_index is None
+            else min(self.settings.execution_log_limit, ITEM_LOG_LIMIT),
             # ctx.http's requests are counted from their log entries (registry/metrics.py).
             metrics.http_log_counter(self.log_sink(inp.execution_id) if self.log_sink else None),
         )
-        self.cancelled.pop(inp.execution_id, None)
+        self.cancelled.pop(_cancel_key(inp), None)
         beat = _Beat()
         beater = asyncio.create_task(self._heartbeats(beat))
         # Every log line of the step names its run (AUTOPLAT_LOG_FORMAT=json, registry/logformat.py).
@@ -301,6 +358,8 @@ class JobActivities:
         )
         try:
             async with tracing.step_span(inp.module, inp.job_type, inp.step, inp.execution_id):
+                if inp.item_index is not None:
+                    return await self._run_item(inp, info, buffer, beat)
                 return await self._run_step(inp, info, buffer, beat)
         finally:
             beater.cancel()
@@ -530,10 +589,16 @@ class JobActivities:
         run = self._mark_running(execution, inp, info.attempt)
         if execution is not None:
             _keep_trace(execution)
-        run_secrets = self._run_secrets(execution)
-        secrets = {**self._job_secrets(job), **run_secrets}
-        override = {**(inp.config_override or {}), **run_secrets}
-        config, masked = runs.resolve_config(definition or {}, job, override or None, secrets)
+        prepared, masked = self._resolve(
+            inp,
+            job=job,
+            module=module,
+            version=version,
+            definition=definition,
+            run_secrets=self._run_secrets(execution),
+            trigger=execution.trigger if execution else inp.trigger,
+            run=run,
+        )
         if starting:
             assert execution is not None
             execution.run_id = info.workflow_run_id
@@ -542,23 +607,226 @@ class JobActivities:
             since = datetime.now(UTC)
             runs.mark_started(session, execution, since)
             metrics.count_start(session, execution, since=since, workflow_id=info.workflow_id or "")
+        return prepared
+
+    def _resolve(
+        self,
+        inp: StepInput,
+        *,
+        job: Job | None,
+        module: Module,
+        version: ModuleVersion,
+        definition: dict[str, Any] | None,
+        run_secrets: dict[str, Any],
+        trigger: str,
+        run: int,
+    ) -> tuple[_Prepared, dict[str, Any]]:
+        """What a step's handler gets (config, secrets, module config), and the config as the
+        row shows it (secrets masked)."""
         from registry.manifest import secret_parts
         from registry.services.modules import config_schema, resolved_config
 
+        secrets = {**self._job_secrets(job), **run_secrets}
+        override = {**(inp.config_override or {}), **run_secrets}
+        config, masked = runs.resolve_config(definition or {}, job, override or None, secrets)
         module_config = resolved_config(module=module, secret_key=self.settings.encryption_key())
         module_secrets = secret_parts(config_schema(module), module_config)
         job_schema = (definition or {}).get("config") or {}
-        return _Prepared(
+        prepared = _Prepared(
             version=version,
             config=config,
             # Only the secret parts of values holding one (a nested password, not its host).
             secrets=secret_parts(job_schema, config) if job_schema else secrets,
             module_config=module_config,
             module_secrets=module_secrets,
-            trigger=execution.trigger if execution else inp.trigger,
+            trigger=trigger,
             limits=dict((definition or {}).get("limits") or {}),
             run=run,
         )
+        return prepared, masked
+
+    # --- the items of a forEach step ------------------------------------------------------------
+    async def _item_prepared(self, inp: StepInput) -> tuple[_Prepared, Path]:
+        """What the items of a ``forEach`` step share, read once per worker (and refreshed after
+        ``_ITEM_PREPARED_SECONDS``): a step of 200 items does not read the job, module and config
+        200 times."""
+        key = (inp.execution_id, inp.step_index)
+        now = time.monotonic()
+        for stale in [k for k, (until, _) in self._items_prepared.items() if until <= now]:
+            del self._items_prepared[stale]
+        entry = self._items_prepared.get(key)
+        if entry is None:
+            entry = (now + _ITEM_PREPARED_SECONDS, asyncio.ensure_future(self._prepare_item(inp)))
+            self._items_prepared[key] = entry
+        reading = entry[1]
+        try:
+            return await asyncio.shield(reading)
+        except BaseException:
+            if reading.done() and (reading.cancelled() or reading.exception() is not None):
+                # A failed read is not kept: the next item (or attempt) reads again.
+                if self._items_prepared.get(key) is entry:
+                    del self._items_prepared[key]
+            raise
+
+    async def _prepare_item(self, inp: StepInput) -> tuple[_Prepared, Path]:
+        """Read what an item's handler gets (no lock, no write: the workflow keeps the step's row)."""
+        async with self.sessions() as session:
+            row = (
+                await session.execute(
+                    select(Execution.trigger, Execution.input).where(Execution.id == inp.execution_id)
+                )
+            ).first()
+            job = await session.get(Job, inp.job_id) if inp.job_id else None
+            module = await session.scalar(select(Module).where(Module.name == inp.module))
+            version = await runs.module_version(session, module.id, inp.module_version) if module is not None else None
+            if module is None or version is None:
+                raise JobError(f"module {inp.module} {inp.module_version} is no longer registered")
+            definition = runs.job_type_definition(version.manifest, inp.job_type)
+            token = ((row.input if row is not None else None) or {}).get("secret_override")
+            prepared, _ = self._resolve(
+                inp,
+                job=job,
+                module=module,
+                version=version,
+                definition=definition,
+                run_secrets=self._decrypt(token),
+                trigger=row.trigger if row is not None else inp.trigger,
+                run=1,
+            )
+        return prepared, await self._code_root(version, inp)
+
+    async def _run_item(self, inp: StepInput, info: activity.Info, buffer: LogBuffer, beat: _Beat) -> Any:
+        """One item of a ``forEach`` step: its handler with ``ctx.item``, under the step's timeout.
+
+        It writes nothing to the registry on its way: it answers its value and its logs (or fails
+        carrying its logs), and the workflow writes the step's progress and the items' logs a few
+        times per step. A failed run's logs ride on the heartbeat to the item's next attempt (Temporal
+        retries the item, up to the step's attempts); a cancelled item writes its own logs."""
+        carried = _carried_logs(info.heartbeat_details)
+        beat.item_logs = carried
+        run = info.attempt
+        try:
+            prepared, code_root = await self._item_prepared(inp)
+        except JobError as exc:
+            raise ApplicationError(exc.message, type="JobError", non_retryable=True) from None
+        except (SQLAlchemyError, OSError) as exc:
+            if carried:
+                activity.heartbeat(*beat.details())  # the earlier runs' logs stay for the next attempt
+            if not is_unavailable(exc):
+                log.exception("preparing item %s of execution %s failed", inp.item_index, inp.execution_id)
+                raise ApplicationError(
+                    f"the registry refused the step: {type(exc).__name__}: {exc}"[:2000],
+                    type="RegistryError",
+                    non_retryable=True,
+                ) from None
+            raise ApplicationError(f"registry unavailable: {type(exc).__name__}", type="PlatformUnavailable") from None
+        key = f"{inp.module}@{inp.module_version}#{inp.bundle_sha256 or ''}"
+        ctx: JobContext | None = None
+        outcome = "FAILED"
+        failure: ApplicationError | None = None
+        value: Any = None
+        try:
+            fn: Callable[..., Any] | None = None
+            if self.pool is None:
+                try:
+                    fn = await asyncio.to_thread(load_handler, code_root, inp.handler, key=key)
+                except HandlerNotFound as exc:
+                    raise ApplicationError(str(exc), type="HandlerNotFound", non_retryable=True) from exc
+            ctx = JobContext(
+                info=ExecutionInfo(
+                    execution_id=inp.execution_id,
+                    module=inp.module,
+                    job_type=inp.job_type,
+                    job_id=inp.job_id,
+                    module_version=inp.module_version,
+                    step=inp.step,
+                    attempt=run,
+                    trigger=prepared.trigger,
+                    workflow_id=info.workflow_id,
+                    run_id=info.workflow_run_id,
+                    trace_id=tracing.current_trace_id(),
+                    item_index=inp.item_index,
+                ),
+                config=prepared.config,
+                secrets=prepared.module_secrets | prepared.secrets,
+                module_config=prepared.module_config,
+                runtime=_StepRuntime(self, inp, asyncio.get_running_loop(), beat),
+                log_buffer=buffer,
+                # The item is the handler's second argument too: the whole list is not sent to
+                # every item.
+                previous=inp.item,
+                item=inp.item,
+                event=inp.event,
+            )
+            if self.services is not None:
+                for name, service in (await self.services(inp, ctx)).items():
+                    setattr(ctx, name, service)
+            beat.run, beat.started = run, time.time()
+            if fn is not None:
+                value = await self._run_with_heartbeats(invoke(fn, ctx), inp)
+            else:
+                limits = RunLimits.of(self.settings, prepared.limits, inp.timeout_seconds)
+                value = await self._run_with_heartbeats(self._in_process(code_root, key, inp, ctx, limits), inp)
+            _check_result(value)
+            outcome = "COMPLETED"
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"
+            buffer.add(_entry("WARNING", "item cancelled", inp, run))
+            raise
+        except ApplicationError as exc:
+            failure = exc
+            if exc.type == "StepTimeout":
+                outcome = "TIMED_OUT"
+            buffer.add(_entry("ERROR", f"{exc.type}: {exc.message}", inp, run))
+        except JobError as exc:
+            buffer.add(_entry("ERROR", f"JobError: {exc.message}", inp, run))
+            failure = ApplicationError(exc.message, exc.details, type="JobError", non_retryable=True)
+        except Cancelled as exc:
+            outcome = "CANCELLED"
+            failure = ApplicationError(str(exc) or "cancelled", type="Cancelled", non_retryable=True)
+        except Exception as exc:  # noqa: BLE001 - any handler exception fails the item's run (retryable)
+            name, trace = (
+                (exc.type_name, exc.traceback_text) if isinstance(exc, HandlerFailed) else (type(exc).__name__, None)
+            )
+            buffer.add(_entry("ERROR", f"{name}: {exc}", inp, run, exc=exc, trace=trace))
+            failure = ApplicationError(f"{name}: {exc}", type=name)
+        finally:
+            metrics.step_ended(module=inp.module, job_type=inp.job_type, outcome=outcome, attempt=run)
+            if ctx is not None and self.release is not None:
+                try:
+                    await to_completion(self.release(inp, ctx))
+                except Exception:  # noqa: BLE001 - releasing must never mask the item's outcome
+                    log.exception("releasing services of item %s of step %s failed", inp.item_index, inp.step)
+            if outcome == "CANCELLED" and failure is None:
+                # Cancelled (the run, or a failed sibling): nobody hands these logs on, so write them.
+                await to_completion(self._keep_item_logs(inp, _joined(carried, buffer.text())))
+        if failure is not None:
+            logs = _joined(carried, buffer.text())
+            retried = not failure.non_retryable and run < inp.max_attempts
+            if retried:
+                beat.item_logs = logs
+                activity.heartbeat(*beat.details())  # read by the item's next attempt
+            raise ApplicationError(
+                failure.message,
+                *failure.details,
+                {ITEM_LOGS_DETAIL: logs},
+                type=failure.type,
+                non_retryable=failure.non_retryable or not retried,
+            ) from None
+        return {ITEM_ENVELOPE: 1, "value": value, "logs": _joined(carried, buffer.text())}
+
+    async def _keep_item_logs(self, inp: StepInput, text: str) -> None:
+        if not text:
+            return
+        try:
+            async with unit_of_work(self.sessions) as session:
+                await runs.update_execution(
+                    session,
+                    inp.execution_id,
+                    {"logs": case((Execution.logs == "", text), else_=Execution.logs + "\n" + text)},
+                )
+        except Exception:  # noqa: BLE001 - the item's cancellation stands
+            log.exception("could not keep the logs of cancelled item %s of %s", inp.item_index, inp.execution_id)
 
     @staticmethod
     def _overran(inp: StepInput, info: activity.Info) -> int | None:
@@ -599,19 +867,19 @@ class JobActivities:
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout=inp.timeout_seconds)
         except TimeoutError:
-            self.cancelled[inp.execution_id] = True
+            self.cancelled[_cancel_key(inp)] = True
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             raise ApplicationError(
                 f"step {inp.step} timed out after {inp.timeout_seconds}s", type="StepTimeout"
             ) from None
         except asyncio.CancelledError:
-            self.cancelled[inp.execution_id] = True
+            self.cancelled[_cancel_key(inp)] = True
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             raise
         finally:
-            self.cancelled.pop(inp.execution_id, None)
+            self.cancelled.pop(_cancel_key(inp), None)
 
     async def _heartbeats(self, beat: _Beat) -> None:
         """Heartbeat for the whole step (loading code included), so slow preparation is not
@@ -836,7 +1104,11 @@ class JobActivities:
         validate_name(name)
         # The same checks as POST /events: a module cannot store what the API would refuse.
         check_payload(payload, max_bytes=self.settings.event_payload_max_bytes)
-        event_id = emit_id(inp.execution_id, inp.step_index, name, sequence) if sequence is not None else None
+        event_id = (
+            emit_id(inp.execution_id, inp.step_index, name, sequence, item_index=inp.item_index)
+            if sequence is not None
+            else None
+        )
         async with unit_of_work(self.sessions) as session:
             event, _ = await events.record_once(
                 session=session,
@@ -876,11 +1148,19 @@ async def _count_finish(session: AsyncSession, execution_id: str) -> None:
         metrics.count_end(session, dict(row._mapping, module=row.module_name))
 
 
-def emit_id(execution_id: str, step_index: int, name: str, sequence: int) -> str:
+def emit_id(execution_id: str, step_index: int, name: str, sequence: int, *, item_index: int | None = None) -> str:
     """The id of a step's ``sequence``-th emitted event named ``name``: the same in every attempt
-    of the step. The payload is left out on purpose: a retry's payload often differs (a timestamp,
-    the attempt) and is still the same event; the first one stored stands."""
-    return str(uuid.uuid5(_EMIT_NAMESPACE, f"{execution_id}:{step_index}:{name}:{sequence}"))
+    of the step (of the item, in a ``forEach`` step). The payload is left out on purpose: a retry's
+    payload often differs (a timestamp, the attempt) and is still the same event; the first one
+    stored stands."""
+    step = str(step_index) if item_index is None else f"{step_index}.{item_index}"
+    return str(uuid.uuid5(_EMIT_NAMESPACE, f"{execution_id}:{step}:{name}:{sequence}"))
+
+
+def _cancel_key(inp: StepInput) -> str:
+    """Which handler a cancellation stops: the step's, or one item's (items of one step run side
+    by side on a worker)."""
+    return inp.execution_id if inp.item_index is None else f"{inp.execution_id}#{inp.step_index}.{inp.item_index}"
 
 
 def _write_deadline() -> float:
@@ -988,6 +1268,17 @@ def _write_pending(execution: Execution, end: StepEnd) -> None:
         step["failures"] = int(step.get("failures") or 0) + 1
     execution.steps = steps
     _append_logs(execution, end.logs)
+
+
+def _carried_logs(details: Sequence[Any]) -> str:
+    """The logs of an item's earlier failed runs, from the last heartbeat of its previous attempt."""
+    beat = _platform_beat(details)
+    logs = beat[0].get("logs") if beat else None
+    return logs if isinstance(logs, str) else ""
+
+
+def _joined(*texts: str) -> str:
+    return "\n".join(t for t in texts if t)
 
 
 def _platform_beat(details: Sequence[Any]) -> list[Any]:
@@ -1104,6 +1395,8 @@ def _entry(
         "attempt": attempt,
         "source": "platform",
     }
+    if inp.item_index is not None:
+        entry["item"] = inp.item_index
     if trace is not None:
         entry["exception"] = trace[-8000:]
     elif exc is not None:

@@ -10,6 +10,7 @@ MIRROR_START = "autoplat.mirror_start"
 MIRROR_FINISH = "autoplat.mirror_finish"
 RECONCILE = "autoplat.reconcile"
 NOTIFY = "autoplat.notify"
+MIRROR_ITEMS = "autoplat.mirror_items"
 
 #: Error types that never retry (business failures and broken module code).
 NON_RETRYABLE = ["JobError", "HandlerNotFound", "AttemptsExhausted", "Cancelled", "ResultNotSerializable"]
@@ -61,6 +62,9 @@ class StepPlan:
     activity: str
     timeout_seconds: int
     max_attempts: int
+    #: A fan-out step (the manifest's ``forEach``): ``{"concurrency", "maxItems",
+    #: "continueOnItemError"}``; its handler runs once per item of the previous step's list.
+    for_each: dict[str, Any] | None = None
 
 
 @dataclass
@@ -106,6 +110,10 @@ class StepInput:
     #: The end of the previous step, when that step could not write it (the registry was down
     #: until its activity's deadline): written by this step before it runs.
     pending_end: StepEnd | None = None
+    #: Position of the item in a fan-out step's list (``None`` for any other step); ``item`` is
+    #: the item itself (``ctx.item``).
+    item_index: int | None = None
+    item: Any = None
 
 
 @dataclass
@@ -189,6 +197,43 @@ class FinishInput:
     attempt: int | None = None
     #: The last step's end, when its activity could not write it: written with the run's end.
     step_end: StepEnd | None = None
+
+
+#: Key of what one item of a fan-out step returns: ``{ITEM_ENVELOPE: 1, "value", "logs"}``.
+ITEM_ENVELOPE = "__autoplat_item__"
+#: Key of the failure detail of an item that carries its logs (every run of the item's handler).
+ITEM_LOGS_DETAIL = "__autoplat_item_logs__"
+
+
+def item_logs(exc: BaseException | None) -> str:
+    """The logs an item's failure carries (anywhere in its chain of causes), or ``""``."""
+    while exc is not None:
+        for detail in getattr(exc, "details", None) or ():
+            if isinstance(detail, dict) and isinstance(detail.get(ITEM_LOGS_DETAIL), str):
+                return str(detail[ITEM_LOGS_DETAIL])
+        exc = exc.__cause__
+    return ""
+
+
+@dataclass
+class ItemsInput:
+    """A fan-out step's progress, written by the workflow (``MIRROR_ITEMS``) a few times per step,
+    never once per item: its status, item counts and the logs of the items that ended since the
+    last write."""
+
+    execution_id: str
+    step_index: int
+    step: str
+    status: str
+    total: int
+    completed: int = 0
+    failed: int = 0
+    logs: str = ""
+    error: str | None = None
+    #: The first write of the step: it starts the step (RUNNING, ``started_at``).
+    starts: bool = False
+    #: The previous step's end, when its activity could not write it.
+    pending_end: StepEnd | None = None
 
 
 @dataclass

@@ -426,6 +426,7 @@ class Child:
             runtime=_Runtime(self),
             log_buffer=self.buffer,
             previous=message.get("previous"),
+            item=message.get("item"),
             event=message.get("event"),
             request=HttpRequest(**message["request"]) if message.get("request") else None,
             services=services,

@@ -50,6 +50,8 @@ class ExecutionInfo:
     run_id: str | None = None
     #: The run's OpenTelemetry trace id when the platform traces (AUTOPLAT_TRACING=on), else None.
     trace_id: str | None = None
+    #: The item's position in the list of a ``forEach`` step; ``None`` in any other step.
+    item_index: int | None = None
 
 
 @dataclass
@@ -137,6 +139,8 @@ class JobLogger:
         if self._info.step:
             entry["step"] = self._info.step
         entry["attempt"] = self._info.attempt
+        if self._info.item_index is not None:
+            entry["item"] = self._info.item_index
         if self._info.trace_id:
             entry["trace_id"] = self._info.trace_id  # the run's trace (AUTOPLAT_TRACING=on)
         if extra:
@@ -196,7 +200,9 @@ class JobContext:
         secrets: Only the secret values (module and job), by key.
         module_config: The module-level config (defaults applied, secrets included).
         logger: A :class:`JobLogger`; its lines are kept on the execution even on failure.
-        previous: The previous step's result (``None`` for the first step).
+        previous: The previous step's result (``None`` for the first step); in a ``forEach`` step,
+            the item (the whole list is not sent to each item).
+        item: The item of a ``forEach`` step this run handles (``None`` in any other step).
         event: The triggering event (``{"id", "name", "payload", ...}``) or ``None``.
         request: The inbound :class:`HttpRequest` for module routes, else ``None``.
         response: Set ``ctx.response.status`` / ``.headers`` in a sync route handler.
@@ -234,8 +240,10 @@ class JobContext:
         event: Mapping[str, Any] | None = None,
         request: HttpRequest | None = None,
         services: Mapping[str, Any] | None = None,
+        item: Any = None,
     ) -> None:
         self.info = info
+        self.item = item
         self.config: dict[str, Any] = dict(config or {})
         self.secrets: dict[str, Any] = dict(secrets or {})
         self.module_config: dict[str, Any] = dict(module_config or {})
@@ -287,6 +295,12 @@ class JobContext:
     @property
     def trigger(self) -> str:
         return self.info.trigger
+
+    @property
+    def item_index(self) -> int | None:
+        """The position of :attr:`item` in the list a ``forEach`` step fans out (0 for the first);
+        ``None`` outside a ``forEach`` step."""
+        return self.info.item_index
 
     @property
     def trace_id(self) -> str | None:

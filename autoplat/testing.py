@@ -42,6 +42,7 @@ one is given, answering per host. As on the platform, a service the manifest doe
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import json
@@ -66,6 +67,7 @@ from autoplat.http import AddressPolicy, AllowPrivate, GuardedTransport, HostNot
 from autoplat.storage import MemoryState, MemoryStorage
 
 __all__ = [
+    "ItemFailed",
     "JobError",
     "JobResult",
     "LocalContext",
@@ -363,6 +365,9 @@ class StepResult:
     logs: list[dict[str, Any]]
     events: list[dict[str, Any]]
     error: BaseException | None = None
+    #: A ``forEach`` step's items, in item order (``None`` for any other step); the items never
+    #: started after a failed one (``continueOnItemError`` false) are left out.
+    items: list[StepResult] | None = None
 
     @property
     def ok(self) -> bool:
@@ -389,6 +394,17 @@ class JobResult:
         return next((step.error for step in self.steps if step.error is not None), None)
 
 
+class ItemFailed(Exception):
+    """An item of a ``forEach`` step failed and so did its step (``continueOnItemError`` false):
+    ``index`` is the item's position, ``error`` what its handler raised."""
+
+    def __init__(self, step: str, index: int, error: BaseException) -> None:
+        super().__init__(f"item {index} of step {step} failed: {type(error).__name__}: {error}")
+        self.step = step
+        self.index = index
+        self.error = error
+
+
 def _private_mode(allow_private: AllowPrivate | None) -> AllowPrivate:
     mode = allow_private or os.environ.get("AUTOPLAT_HTTP_ALLOW_PRIVATE", "off").strip().lower() or "off"
     if mode not in ("off", "loopback", "private"):
@@ -412,6 +428,7 @@ def _build_context(
     event: Mapping[str, Any] | None,
     request: HttpRequest | None,
     context_class: type[JobContext] = JobContext,
+    item: Any = None,
 ) -> tuple[JobContext, LogBuffer, HttpClient | None]:
     buffer = LogBuffer()
     given = dict(services or {})
@@ -426,6 +443,7 @@ def _build_context(
         event=event,
         request=request,
         services={**memory.provide(runner), **given},
+        item=item,
     )
     own_http: HttpClient | None = None
     if "http" not in given:
@@ -465,10 +483,14 @@ async def arun_step(
     storage: MemoryStorage | None = None,
     state: MemoryState | None = None,
     memory: MemoryServices | None = None,
+    item: Any = None,
+    item_index: int | None = None,
 ) -> StepResult:
     """Run one handler with a real :class:`JobContext`; returns its result, logs and events.
 
     Args:
+        item, item_index: ``ctx.item`` and ``ctx.item_index``, as in a ``forEach`` step (the
+            handler's second argument is then the item too, as on the platform).
         hosts: Hosts ``ctx.http`` may reach (the manifest's ``permissions.hosts``).
         allow_private: ``"loopback"`` / ``"private"`` to reach local servers (default: the
             ``AUTOPLAT_HTTP_ALLOW_PRIVATE`` environment variable, else ``"off"``).
@@ -499,13 +521,15 @@ async def arun_step(
             step=step,
             attempt=attempt,
             trigger=trigger,
+            item_index=item_index,
         ),
         config=config,
         secrets=secrets,
         module_config=module_config,
-        previous=previous,
+        previous=item if item_index is not None else previous,
         event=event,
         request=request,
+        item=item,
     )
     try:
         result = await invoke(handler, ctx)
@@ -655,12 +679,12 @@ async def arun_job(
     merged = {**_undeclared(manifest), **(services or {})}
     previous: Any = None
     outcome = JobResult(status="COMPLETED", result=None)
-    for step in steps:
-        result = await arun_step(
+    for index, step in enumerate(steps):
+        run = functools.partial(
+            arun_step,
             _handler(module_dir, manifest, step["handler"]),
             config=resolved,
             module_config=mod_config,
-            previous=previous,
             event=event,
             request=request,
             services=merged,
@@ -673,6 +697,10 @@ async def arun_job(
             allow_private=allow_private,
             memory=memory,
         )
+        if isinstance(step.get("forEach"), dict) and index > 0:
+            result = await _fan_out(run, step, previous)
+        else:
+            result = await run(previous=previous)
         outcome.steps.append(result)
         if result.error is not None:
             outcome.status = "FAILED"
@@ -681,6 +709,63 @@ async def arun_job(
         previous = result.result
     outcome.result = previous
     return outcome
+
+
+async def _fan_out(
+    run: Callable[..., Coroutine[Any, Any, StepResult]], step: Mapping[str, Any], items: Any
+) -> StepResult:
+    """A ``forEach`` step as the platform runs it: the handler once per item, at most
+    ``concurrency`` at once, the values in item order (``{"ok", "value"}`` / ``{"ok", "error"}``
+    with ``continueOnItemError``); without it, the first failed item fails the step (the items
+    not started yet never start; the harness does not retry, nor cancel the items running)."""
+    spec = step["forEach"]
+    name = str(step["name"])
+    concurrency = int(spec.get("concurrency") or 10)
+    max_items = int(spec.get("maxItems") or 1000)
+    keep_going = bool(spec.get("continueOnItemError"))
+    if not isinstance(items, list):
+        kind = "null" if items is None else "an object" if isinstance(items, dict) else type(items).__name__
+        refusal = JobError(f"step {name} runs once per item of a list, and the previous step returned {kind}")
+        return StepResult(result=None, logs=[], events=[], error=refusal, items=[])
+    if len(items) > max_items:
+        refusal = JobError(f"step {name} got {len(items)} items, over its forEach.maxItems of {max_items}")
+        return StepResult(result=None, logs=[], events=[], error=refusal, items=[])
+    slots = asyncio.Semaphore(concurrency)
+    ran: dict[int, StepResult] = {}
+    failed: list[int] = []
+
+    async def one(i: int) -> None:
+        async with slots:
+            if failed and not keep_going:
+                return
+            ran[i] = result = await run(item=items[i], item_index=i)
+            if result.error is not None:
+                failed.append(i)
+
+    await asyncio.gather(*(one(i) for i in range(len(items))))
+    done = [ran[i] for i in sorted(ran)]
+    logs = [entry for result in done for entry in result.logs]
+    events = [event for result in done for event in result.events]
+    if failed and not keep_going:
+        first = failed[0]
+        cause = ran[first].error
+        assert cause is not None
+        return StepResult(result=None, logs=logs, events=events, error=ItemFailed(name, first, cause), items=done)
+    values = [
+        ({"ok": True, "value": r.result} if r.error is None else {"ok": False, "error": _item_error(r.error)})
+        if keep_going
+        else r.result
+        for r in done
+    ]
+    return StepResult(result=values, logs=logs, events=events, items=done)
+
+
+def _item_error(error: BaseException) -> dict[str, Any]:
+    """An item's error as the platform shows it (``JobError`` keeps its message; others are
+    prefixed with their type, as a failed step's error is)."""
+    if isinstance(error, JobError):
+        return {"message": str(error.message), "type": "JobError"}
+    return {"message": f"{type(error).__name__}: {error}", "type": type(error).__name__}
 
 
 def run_job(module: str | Path, job_type: str, **kwargs: Any) -> JobResult:

@@ -4,11 +4,17 @@ Deterministic and small: resolve the run (a local activity, unless the run was s
 plan), run each step as its own activity (Temporal does timeouts, retries and cancellation), write
 the end of the mirror (the last step on success, a local activity otherwise), send the job's
 notifications once after the final attempt.
+
+A ``forEach`` step fans out: one activity per item of the previous step's list, at most
+``concurrency`` at once, each with the step's timeout and attempts. Its items write nothing to the
+registry themselves; the workflow writes the step's progress and the items' logs a few times per
+step (``MIRROR_ITEMS``), so a step of many items costs a handful of writes, not several per item.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,24 +25,31 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 with workflow.unsafe.imports_passed_through():
     from activities.types import (
+        ITEM_ENVELOPE,
+        ITEM_LOGS_DETAIL,
         MIRROR_FINISH,
+        MIRROR_ITEMS,
         MIRROR_START,
         NON_RETRYABLE,
         NOTIFY,
         STEP_GRACE_SECONDS,
         FinishInput,
+        ItemsInput,
         JobInput,
         NotifyInput,
         RunPlan,
         StartInput,
         StepEnd,
         StepInput,
+        StepPlan,
         failed_step_end,
         is_end_detail,
+        item_logs,
         open_step_outcome,
         pending_end,
     )
     from autoplat._sync import to_completion
+    from autoplat.context import TRUNCATION_MARKER
 
 _LOCAL_TIMEOUT = timedelta(seconds=30)
 # Mirror writes retry while the registry is unreachable, for as long as the run's timeout allows
@@ -47,6 +60,10 @@ _LOCAL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum
 _END_RESERVE = timedelta(seconds=30)
 #: The bound of platform-side retries of a run started without a timeout.
 _UNBOUNDED_RUN_RETRIES = timedelta(minutes=30)
+#: A ``forEach`` step writes its progress (item counts, the ended items' logs) once this many items
+#: ended since its last write, or once this long passed with at least one ended.
+_ITEMS_PER_WRITE = 50
+_ITEMS_WRITE_EVERY = timedelta(seconds=5)
 
 
 def classify(exc: BaseException) -> str:
@@ -89,8 +106,9 @@ def _error(exc: BaseException) -> dict[str, Any]:
     error: dict[str, Any] = {"message": str(getattr(cause, "message", None) or cause) or type(cause).__name__}
     if isinstance(cause, ApplicationError):
         error["type"] = cause.type
-        # Without the step's unwritten end (its logs), which ``mirror_finish`` writes where it belongs.
-        details = [d for d in cause.details if not is_end_detail(d)]
+        # Without the step's unwritten end (its logs), which ``mirror_finish`` writes where it belongs,
+        # nor an item's logs, which the fan-out keeps with the run's logs.
+        details = [d for d in cause.details if not is_end_detail(d) and not _is_item_logs(d)]
         if details:
             error["details"] = details
     elif isinstance(cause, TimeoutError):
@@ -98,6 +116,69 @@ def _error(exc: BaseException) -> dict[str, Any]:
     else:
         error["type"] = type(cause).__name__
     return error
+
+
+def _is_item_logs(detail: Any) -> bool:
+    return isinstance(detail, dict) and ITEM_LOGS_DETAIL in detail
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+class _Items:
+    """A ``forEach`` step's progress as the workflow keeps it between writes."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.completed = 0
+        self.failed = 0
+        self.ended_since_write = 0
+        self.logs: list[str] = []
+        self.written_at = workflow.now()
+        #: What is left of the step's log budget (``MIRROR_ITEMS`` answers it on the first write).
+        self.room = 0
+        self.truncated = False
+        self.done = False
+
+    def ended(self, logs: str, *, ok: bool) -> None:
+        if ok:
+            self.completed += 1
+        else:
+            self.failed += 1
+        self.ended_since_write += 1
+        self.keep(logs)
+
+    def keep(self, logs: str) -> None:
+        if not logs or self.truncated:
+            return
+        if len(logs) + 1 > self.room:
+            self.truncated = True
+            logs = json.dumps({"ts": workflow.now().isoformat(), "level": "WARNING", "message": TRUNCATION_MARKER})
+        self.room -= len(logs) + 1
+        self.logs.append(logs)
+
+    def due(self) -> bool:
+        return self.done or (
+            self.ended_since_write > 0
+            and (self.ended_since_write >= _ITEMS_PER_WRITE or workflow.now() - self.written_at >= _ITEMS_WRITE_EVERY)
+        )
+
+    def take_logs(self) -> str:
+        text, self.logs = "\n".join(self.logs), []
+        self.ended_since_write = 0
+        self.written_at = workflow.now()
+        return text
 
 
 def _step_value(result: Any) -> Any:
@@ -148,6 +229,10 @@ class JobWorkflow:
             if cancelled_at_start:
                 raise asyncio.CancelledError  # recorded below as CANCELLED, before any step
             for index, step in enumerate(plan.steps):
+                if step.for_each is not None and index > 0:
+                    previous = await self._fan_out(plan, job, index, step, _step_value(previous), unwritten)
+                    unwritten = None
+                    continue
                 attempt_timeout = timedelta(seconds=step.timeout_seconds + STEP_GRACE_SECONDS)
                 starts_run = job.plan is not None and index == 0
                 finishes_run = index == len(plan.steps) - 1
@@ -202,7 +287,7 @@ class JobWorkflow:
                     # and recorded the run as SKIPPED.
                     return {"execution_id": plan.execution_id, "status": "SKIPPED", "reason": skipped}
             result = previous
-        except (ActivityError, CancelledError, asyncio.CancelledError) as exc:
+        except (ActivityError, ApplicationError, CancelledError, asyncio.CancelledError) as exc:
             status, error, failure = classify(exc), _error(exc), exc
             finalized = False
             # A failed step whose end (status, logs) the registry could not take hands it on here;
@@ -239,6 +324,190 @@ class JobWorkflow:
                 non_retryable=True,
             )
         return {"execution_id": plan.execution_id, "status": status, "result": result}
+
+    async def _fan_out(
+        self, plan: RunPlan, job: JobInput, index: int, step: StepPlan, items: Any, unwritten: StepEnd | None
+    ) -> list[Any]:
+        """Run a ``forEach`` step: its handler once per item of ``items``, as one activity each, at
+        most ``concurrency`` at once; answers the values in item order (``{"ok", "value"}`` /
+        ``{"ok", "error"}`` envelopes with ``continueOnItemError``).
+
+        Raises:
+            ApplicationError: ``items`` is not a list or has too many items (non-retryable), or an
+                item used up its attempts (without ``continueOnItemError``): the item's error, its
+                index named, once the items still running are cancelled.
+            asyncio.CancelledError: The run was cancelled (the items running are cancelled first).
+        """
+        spec = step.for_each or {}
+        concurrency = int(spec.get("concurrency") or 10)
+        max_items = int(spec.get("maxItems") or 1000)
+        keep_going = bool(spec.get("continueOnItemError"))
+        problem: ApplicationError | None = None
+        if not isinstance(items, list):
+            problem = ApplicationError(
+                f"step {step.name} runs once per item of a list, and the previous step returned {_json_kind(items)}",
+                type="ForEachNotAList",
+                non_retryable=True,
+            )
+        elif len(items) > max_items:
+            problem = ApplicationError(
+                f"step {step.name} got {len(items)} items, over its forEach.maxItems of {max_items}",
+                type="ForEachTooManyItems",
+                non_retryable=True,
+            )
+        total = len(items) if isinstance(items, list) else 0
+        progress = _Items(total)
+        progress.room = await self._write_items(
+            plan,
+            index,
+            step,
+            progress,
+            status="FAILED" if problem else "RUNNING",
+            starts=True,
+            error=problem.message if problem else None,
+            pending=unwritten,
+        )
+        if problem is not None:
+            raise problem
+        assert isinstance(items, list)
+
+        attempt_timeout = timedelta(seconds=step.timeout_seconds + STEP_GRACE_SECONDS)
+        slots = asyncio.Semaphore(concurrency)
+        results: list[Any] = [None] * total
+        failures: list[tuple[int, ActivityError]] = []
+
+        async def run_item(i: int) -> None:
+            async with slots:
+                if failures and not keep_going:
+                    return  # the step has failed: start no more items
+                try:
+                    outcome = await workflow.execute_activity(
+                        step.activity,
+                        StepInput(
+                            execution_id=plan.execution_id,
+                            job_id=job.job_id,
+                            module=plan.module,
+                            module_version=plan.module_version,
+                            bundle_sha256=plan.bundle_sha256,
+                            job_type=plan.job_type,
+                            step=step.name,
+                            step_index=index,
+                            handler=step.handler,
+                            max_attempts=step.max_attempts,
+                            timeout_seconds=step.timeout_seconds,
+                            trigger=job.trigger,
+                            event=job.event,
+                            config_override=job.config_override,
+                            item_index=i,
+                            item=items[i],
+                        ),
+                        start_to_close_timeout=attempt_timeout,
+                        schedule_to_close_timeout=_until_deadline(attempt_timeout),
+                        heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
+                        # Each item retries on its own, up to the step's attempts.
+                        retry_policy=RetryPolicy(
+                            initial_interval=timedelta(seconds=plan.retry_initial_seconds),
+                            backoff_coefficient=plan.retry_backoff,
+                            maximum_interval=(
+                                timedelta(seconds=plan.retry_max_interval_seconds)
+                                if plan.retry_max_interval_seconds
+                                else None
+                            ),
+                            maximum_attempts=step.max_attempts,
+                            non_retryable_error_types=NON_RETRYABLE,
+                        ),
+                        cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    )
+                except ActivityError as exc:
+                    if classify(exc) == "CANCELLED":
+                        raise asyncio.CancelledError from exc  # a cancelled item wrote its own logs
+                    progress.ended(item_logs(exc), ok=False)
+                    if keep_going:
+                        error = _error(exc)
+                        results[i] = {"ok": False, "error": {"message": error["message"], "type": error.get("type")}}
+                    else:
+                        failures.append((i, exc))
+                        for other in tasks:
+                            if other is not asyncio.current_task():
+                                other.cancel()
+                    return
+                envelope = outcome if isinstance(outcome, dict) and outcome.get(ITEM_ENVELOPE) == 1 else {}
+                progress.ended(str(envelope.get("logs") or ""), ok=True)
+                value = envelope.get("value")
+                results[i] = {"ok": True, "value": value} if keep_going else value
+
+        async def write_progress() -> None:
+            while True:
+                await workflow.wait_condition(progress.due)
+                if progress.done:
+                    return
+                await self._write_items(plan, index, step, progress, status="RUNNING")
+
+        writer = asyncio.create_task(write_progress())
+        tasks = [asyncio.create_task(run_item(i)) for i in range(total)]
+        cancelled = False
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            cancelled = True  # the run is cancelled: so are its items (and their activities)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        progress.done = True
+        await writer
+        if cancelled:
+            await self._write_items(plan, index, step, progress, status="CANCELLED", error="cancelled")
+            raise asyncio.CancelledError
+        if failures:
+            i, exc = failures[0]
+            error = _error(exc)
+            status = classify(exc)
+            failure = ApplicationError(
+                f"item {i} of step {step.name} failed: {error['message']}",
+                *error.get("details", []),
+                type=error.get("type"),
+                non_retryable=True,
+            )
+            await self._write_items(plan, index, step, progress, status=status, error=failure.message)
+            raise failure
+        await self._write_items(plan, index, step, progress, status="COMPLETED")
+        return results
+
+    async def _write_items(
+        self,
+        plan: RunPlan,
+        index: int,
+        step: StepPlan,
+        progress: _Items,
+        *,
+        status: str,
+        starts: bool = False,
+        error: str | None = None,
+        pending: StepEnd | None = None,
+    ) -> int:
+        room, _ = await to_completion(
+            workflow.execute_local_activity(
+                MIRROR_ITEMS,
+                ItemsInput(
+                    execution_id=plan.execution_id,
+                    step_index=index,
+                    step=step.name,
+                    status=status,
+                    total=progress.total,
+                    completed=progress.completed,
+                    failed=progress.failed,
+                    logs=progress.take_logs(),
+                    error=error,
+                    starts=starts,
+                    pending_end=pending,
+                ),
+                result_type=int,
+                start_to_close_timeout=_LOCAL_TIMEOUT,
+                schedule_to_close_timeout=_until_deadline(_LOCAL_TIMEOUT),
+                retry_policy=_LOCAL_RETRY,
+            )
+        )
+        return int(room)
 
     async def _notify(self, plan: RunPlan, status: str, error: dict[str, Any] | None) -> None:
         """Send the job's declared notifications once, after the final attempt."""

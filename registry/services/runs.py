@@ -55,6 +55,7 @@ def steps_of(definition: dict[str, Any], module: str, job_type: str) -> list[dic
                 "activity": f"{module}.{job_type}.{step['name']}",
                 "timeout_seconds": step.get("timeoutSeconds"),
                 "retries": step.get("retries"),
+                "for_each": for_each(step),
             }
             for step in definition["steps"]
         ]
@@ -65,8 +66,21 @@ def steps_of(definition: dict[str, Any], module: str, job_type: str) -> list[dic
             "activity": f"{module}.{job_type}",
             "timeout_seconds": None,
             "retries": None,
+            "for_each": None,
         }
     ]
+
+
+#: The defaults of a step's ``forEach`` (registry/manifest/schema.json).
+FOR_EACH_DEFAULTS: dict[str, Any] = {"concurrency": 10, "maxItems": 1000, "continueOnItemError": False}
+
+
+def for_each(step: dict[str, Any]) -> dict[str, Any] | None:
+    """A step's ``forEach`` with its defaults applied, or ``None`` for an ordinary step."""
+    declared = step.get("forEach")
+    if not isinstance(declared, dict):
+        return None
+    return {**FOR_EACH_DEFAULTS, **{k: v for k, v in declared.items() if k in FOR_EACH_DEFAULTS}}
 
 
 def resolve_config(
@@ -271,6 +285,7 @@ def run_plan(
             activity=s["activity"],
             timeout_seconds=int(s["timeout_seconds"] or timeout),
             max_attempts=int(s["retries"] + 1) if s["retries"] is not None else max_attempts,
+            for_each=s.get("for_each"),
         )
         for s in steps_of(definition, module, job_type)
     ]
