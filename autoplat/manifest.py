@@ -27,6 +27,7 @@ __all__ = [
     "AuthMethod",
     "EmittedEvent",
     "Events",
+    "ForEach",
     "HttpMethod",
     "JobType",
     "Listener",
@@ -156,6 +157,21 @@ class Schedule(_Model):
     jitter_seconds: int | None = Field(default=None, ge=0, le=3600)
 
 
+class ForEach(_Model):
+    """A step that runs its handler once per item of the previous step's list (docs/sdk.md).
+
+    Attributes:
+        concurrency: How many items run at once.
+        max_items: A longer list fails the step.
+        continue_on_item_error: A failed item does not fail the step; the next step gets
+            ``{"ok", "value"}`` / ``{"ok", "error"}`` per item.
+    """
+
+    concurrency: int = Field(default=10, ge=1, le=100)
+    max_items: int = Field(default=1000, ge=1, le=10000)
+    continue_on_item_error: bool = False
+
+
 class Step(_Model):
     """One step of a multi-step job.
 
@@ -164,12 +180,14 @@ class Step(_Model):
         handler: ``package.module:function``.
         timeout_seconds: Overrides the job timeout for this step.
         retries: Overrides the job retry policy for this step.
+        for_each: Fan out over the previous step's list (not on a job's first step).
     """
 
     name: Name
     handler: Handler
     timeout_seconds: TimeoutSeconds | None = None
     retries: RetryPolicy | None = None
+    for_each: ForEach | None = None
 
 
 class Notifications(_Model):

@@ -466,6 +466,12 @@ def _check_job(job: dict[str, Any], base: str, out: _Collector) -> None:
                 )
             seen_steps.add(name)
         _check_retries(step.get("retries"), f"{base}/steps/{k}/retries", out)
+        if k == 0 and "forEach" in step:
+            out.semantic_error(
+                f"{base}/steps/0/forEach",
+                "step.forEachFirst",
+                "the first step cannot have forEach: it fans out over the list the previous step returns",
+            )
     _check_retries(job.get("retries"), f"{base}/retries", out)
 
     schedule = job.get("schedule")
