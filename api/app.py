@@ -52,6 +52,7 @@ def _routers() -> list[Any]:
         "series",
         "workers",
         "alerts",
+        "ui",
     ):
         try:
             module = __import__(f"api.routes.{name}", fromlist=["router"])

@@ -491,6 +491,7 @@ class Manifest(_Model):
         permissions: Hosts and services the code may use.
         dependencies: Module name -> npm-style semver range.
         metadata: Free-form data.
+        ui: Console pages (docs/manifest.md#ui), kept as JSON; the platform validates them.
     """
 
     schema_uri: SchemaUri | None = Field(default=None, alias="$schema")
@@ -509,6 +510,7 @@ class Manifest(_Model):
     permissions: Permissions | None = None
     dependencies: dict[ModuleName, Annotated[str, StringConstraints(max_length=256)]] | None = None
     metadata: dict[str, Any] | None = None
+    ui: dict[str, Any] | None = None
 
     @field_validator("config")
     @classmethod

@@ -33,6 +33,7 @@ from jsonschema.protocols import Validator
 
 from registry.manifest import semver
 from registry.manifest.cron import parse_cron, validate_cron, validate_timezone
+from registry.manifest.ui import check_ui
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -449,6 +450,8 @@ def _check_semantics(data: dict[str, Any], out: _Collector, code_root: Path | No
     _check_dependencies(data, out)
     _check_permissions(data, out)
     _check_series(data, out)
+    _check_alerts(data, out)
+    check_ui(data, out.semantic_error)
     if code_root is not None:
         _check_handlers(data, jobs, code_root, out)
 
@@ -799,6 +802,36 @@ def _check_series(data: dict[str, Any], out: _Collector) -> None:
             "permissions.missing_series",
             "the module declares series but does not request the series service",
         )
+
+
+def _check_alerts(data: dict[str, Any], out: _Collector) -> None:
+    """Alert rules: unique names, and each rule checked by the platform's rule checker in the
+    module's own scope (its series and job types): one checker for the API and manifests."""
+    entries = _items(data.get("alerts"))
+    if not entries:
+        return
+    # Imported here: the rule checker lives with the rules (it needs no database in this scope).
+    from registry.services import alerts
+
+    seen: set[str] = set()
+    own = data.get("name")
+    # Series and jobs with schema errors would make every rule reading them fail twice.
+    scoped = (
+        isinstance(own, str) and not out.has_schema_error_within("/series") and not out.has_schema_error_within("/jobs")
+    )
+    for i, entry in entries:
+        base = f"/alerts/{i}"
+        name = entry.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                out.semantic_error(f"{base}/name", "alert.duplicate", f"alert rule {name!r} is declared more than once")
+            seen.add(name)
+        if not scoped or out.has_schema_error_within(base):
+            continue
+        try:
+            alerts.check(entry, alerts.Scope.of_module(str(own), data), default_interval=60)
+        except alerts.RuleInvalid as exc:
+            out.semantic_error(json_pointer(["alerts", i, *exc.loc]), f"alert.{exc.kind}", exc.msg)
 
 
 # --- embedded configuration schemas ------------------------------------------------------------

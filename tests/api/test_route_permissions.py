@@ -66,6 +66,8 @@ POLICY: dict[tuple[str, str], frozenset[str] | str] = {
     # time series: every role reads (series:read); modules write them from their jobs only
     ("GET", "/api/v1/series"): EVERYONE,
     ("GET", "/api/v1/series/query"): EVERYONE,
+    ("GET", "/api/v1/ui/pages"): EVERYONE,
+    ("GET", "/api/v1/ui/modules/{name}/pages/{page}"): EVERYONE,
     # alerting: every role reads rules and incidents (alerts:read); operators and admins write rules
     # and acknowledge / resolve / dismiss incidents (alerts:write)
     ("GET", "/api/v1/alerts/rules"): EVERYONE,
@@ -74,6 +76,7 @@ POLICY: dict[tuple[str, str], frozenset[str] | str] = {
     ("GET", "/api/v1/alerts/rules/{rule_id}"): EVERYONE,
     ("PATCH", "/api/v1/alerts/rules/{rule_id}"): STAFF,
     ("DELETE", "/api/v1/alerts/rules/{rule_id}"): STAFF,
+    ("POST", "/api/v1/alerts/rules/{rule_id}/reset"): STAFF,
     ("GET", "/api/v1/alerts/incidents"): EVERYONE,
     ("GET", "/api/v1/alerts/incidents/counts"): EVERYONE,
     ("GET", "/api/v1/alerts/incidents/{incident_id}"): EVERYONE,

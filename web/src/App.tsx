@@ -39,6 +39,7 @@ const IncidentDetail = page(() => import("./pages/IncidentDetail"));
 const AlertRules = page(() => import("./pages/AlertRules"));
 const AlertRuleForm = page(() => import("./pages/AlertRuleForm"));
 const Health = page(() => import("./pages/Health"));
+const ModulePage = page(() => import("./pages/ModulePage"));
 
 const PAGES: [RegExp, Page][] = [
   [/^\/$/, Dashboard],
@@ -55,6 +56,7 @@ const PAGES: [RegExp, Page][] = [
   [/^\/alerts\/rules\/(new|[^/]+\/edit)/, AlertRuleForm],
   [/^\/alerts\/rules/, AlertRules],
   [/^\/alerts/, Incidents],
+  [/^\/m\//, ModulePage],
 ];
 
 /** Start fetching the chunk of the page at ``pathname`` (called before the session is restored). */
@@ -84,6 +86,7 @@ const TITLES: [RegExp, string][] = [
   [/^\/alerts\/rules\/[^/]+/, "Alert rule"],
   [/^\/alerts\/rules/, "Alert rules"],
   [/^\/alerts/, "Incidents"],
+  [/^\/m\//, "Module page"],
   [/^\/login/, "Sign in"],
 ];
 
@@ -146,6 +149,9 @@ export function App() {
           <Route path="/alerts/rules/:id/edit" element={<AlertRuleForm />} />
           {/* /health is the API's own JSON: the console page lives at /status. */}
           <Route path="/status" element={<Health />} />
+          {/* Pages modules declare in their manifest's ui section. */}
+          <Route path="/m/:module" element={<ModulePage />} />
+          <Route path="/m/:module/:page" element={<ModulePage />} />
           <Route path="*" element={<NotFoundPage />} />
         </Routes>
       </Suspense>

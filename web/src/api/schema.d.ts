@@ -162,8 +162,31 @@ export interface paths {
         delete: operations["delete_rule_api_v1_alerts_rules__rule_id__delete"];
         options?: never;
         head?: never;
-        /** Update Rule */
+        /**
+         * Update Rule
+         * @description A partial update; a rule shipped by a module is marked modified (its module's upgrades leave it alone).
+         */
         patch: operations["update_rule_api_v1_alerts_rules__rule_id__patch"];
+        trace?: never;
+    };
+    "/api/v1/alerts/rules/{rule_id}/reset": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Reset Rule
+         * @description Put a rule shipped by a module back to the module's definition (modified cleared).
+         */
+        post: operations["reset_rule_api_v1_alerts_rules__rule_id__reset_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/api/v1/alerts/rules/preview": {
@@ -940,8 +963,9 @@ export interface paths {
         put?: never;
         /**
          * Enable Module
-         * @description Enable: schedules resume, routes and listeners go live, and the jobs the manifest asks for
-         *     (``createJob``) are created if the module has none of that job type yet.
+         * @description Enable: schedules resume, routes and listeners go live, the jobs the manifest asks for
+         *     (``createJob``) are created if the module has none of that job type yet, and the alert rules it
+         *     ships are created or resumed.
          */
         post: operations["enable_module_api_v1_modules__name__enable_post"];
         delete?: never;
@@ -1176,6 +1200,46 @@ export interface paths {
          * @description Points, the latest point per label set, or buckets of a module's series (see docs/series.md).
          */
         get: operations["query_series_api_v1_series_query_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/ui/modules/{name}/pages/{page}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Page
+         * @description One page of an enabled module, as the caller's role sees it.
+         */
+        get: operations["get_page_api_v1_ui_modules__name__pages__page__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/ui/pages": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Pages
+         * @description The pages of enabled modules the caller's role may open, by module (the console's navigation).
+         */
+        get: operations["list_pages_api_v1_ui_pages_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1444,6 +1508,11 @@ export interface components {
             created_by: string | null;
             /** Description */
             description: string | null;
+            /**
+             * Detached
+             * @description Modified, and no longer in its module's manifest: kept, nothing to reset to
+             */
+            detached: boolean;
             /** Enabled */
             enabled: boolean;
             /** Escalation */
@@ -1462,6 +1531,21 @@ export interface components {
             last_evaluated_at: string | null;
             /** Message */
             message: string;
+            /**
+             * Modified
+             * @description A module's rule an operator changed: module upgrades leave it alone
+             */
+            modified: boolean;
+            /**
+             * Module Name
+             * @description The module that ships the rule (origin module)
+             */
+            module_name: string | null;
+            /**
+             * Module Rule
+             * @description The rule's name in its module's manifest
+             */
+            module_rule: string | null;
             /** Name */
             name: string;
             /**
@@ -1469,6 +1553,17 @@ export interface components {
              * @default 0
              */
             open_incidents: number;
+            /**
+             * Origin
+             * @description api: made by an operator; module: shipped by module_name
+             * @enum {string}
+             */
+            origin: "api" | "module";
+            /**
+             * Paused Reason
+             * @description Why the rule is not evaluated now (its module is disabled)
+             */
+            paused_reason: string | null;
             /** Resolve After Minutes */
             resolve_after_minutes: number | null;
             /** Routes */
@@ -2726,6 +2821,15 @@ export interface components {
                 [key: string]: unknown;
             };
         };
+        /** ModulePages */
+        ModulePages: {
+            /** Display Name */
+            display_name: string;
+            /** Module */
+            module: string;
+            /** Pages */
+            pages: components["schemas"]["PageLink"][];
+        };
         /**
          * ModuleRead
          * @description One module with its whole manifest and configuration (``GET /modules/{name}``, lifecycle answers).
@@ -3138,6 +3242,53 @@ export interface components {
              */
             total_exact: boolean;
         };
+        /** PageLink */
+        PageLink: {
+            /** Description */
+            description?: string | null;
+            /** Name */
+            name: string;
+            /** Title */
+            title: string;
+        };
+        /** PageRead */
+        PageRead: {
+            /** Description */
+            description?: string | null;
+            /** Display Name */
+            display_name: string;
+            /** Inputs */
+            inputs: {
+                [key: string]: unknown;
+            }[];
+            /** Module */
+            module: string;
+            /** Name */
+            name: string;
+            /**
+             * Panels
+             * @description As in the manifest (ui.pages[].panels), panels above the role left out
+             */
+            panels: {
+                [key: string]: unknown;
+            }[];
+            /** Refresh Seconds */
+            refresh_seconds?: number | null;
+            /**
+             * Routes
+             * @description Every route the page names, by "METHOD /path"
+             */
+            routes: {
+                [key: string]: components["schemas"]["RouteAccess"];
+            };
+            /** Title */
+            title: string;
+        };
+        /** PagesRead */
+        PagesRead: {
+            /** Modules */
+            modules: components["schemas"]["ModulePages"][];
+        };
         /** PasswordChange */
         PasswordChange: {
             /** Current Password */
@@ -3253,6 +3404,26 @@ export interface components {
          * @enum {string}
          */
         Role: "admin" | "operator" | "viewer";
+        /** RouteAccess */
+        RouteAccess: {
+            /**
+             * Allowed
+             * @description Whether the caller's role may call it
+             */
+            allowed: boolean;
+            /** Method */
+            method: string;
+            /**
+             * Path
+             * @description The route's path under /api/v1/m/<module>, with its {parameters}
+             */
+            path: string;
+            /**
+             * Permission
+             * @description Least role the route asks for
+             */
+            permission: string;
+        };
         /** SchedulePreview */
         SchedulePreview: {
             /** Cron */
@@ -4247,6 +4418,8 @@ export interface operations {
         parameters: {
             query?: {
                 enabled?: boolean | null;
+                /** @description Only the rules this module ships */
+                module?: string | null;
                 source?: ("series" | "event" | "job") | null;
             };
             header?: never;
@@ -4688,6 +4861,98 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Request body over the size limit (checked before parsing) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    reset_rule_api_v1_alerts_rules__rule_id__reset_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                rule_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AlertRuleRead"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role lacks the permission */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An operator's rule, or one its module no longer ships (detached) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Request body over the size limit (checked before parsing) */
             413: {
@@ -10692,6 +10957,195 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["SeriesQueryRead"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role lacks the permission */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body over the size limit (checked before parsing) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_page_api_v1_ui_modules__name__pages__page__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Module name */
+                name: string;
+                /** @description Page name */
+                page: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PageRead"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role lacks the permission */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body over the size limit (checked before parsing) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_pages_api_v1_ui_pages_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PagesRead"];
                 };
             };
             /** @description Bad request */

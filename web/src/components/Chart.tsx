@@ -41,3 +41,57 @@ export function BarChart({ label, points }: { label: string; points: { t: number
     </figure>
   );
 }
+
+export interface Line {
+  label: string;
+  points: { t: number; v: number | null }[];
+}
+
+const PALETTE = ["--accent", "--ok", "--warn", "--danger"];
+const FALLBACK = ["#2f5fd0", "#1a7f37", "#9a6700", "#cf222e", "#8250df", "#0a7ea4", "#bf3989", "#57606a"];
+
+/** Lines over time (uPlot): points of every line aligned on the union of their times. */
+export function LineChart({ label, lines, unit }: { label: string; lines: Line[]; unit?: string }) {
+  const box = useRef<HTMLDivElement>(null);
+  useEffect(() => {
+    const el = box.current;
+    if (!el || lines.length === 0) return;
+    const css = getComputedStyle(document.documentElement);
+    const fg = css.getPropertyValue("--fg-muted").trim() || "#555";
+    const grid = css.getPropertyValue("--border").trim() || "#ddd";
+    const colors = lines.map((_, i) => (i < PALETTE.length && css.getPropertyValue(PALETTE[i]).trim()) || FALLBACK[i % FALLBACK.length]);
+    const axis = { stroke: fg, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
+    const times = [...new Set(lines.flatMap((l) => l.points.map((p) => p.t)))].sort((a, b) => a - b);
+    const at = new Map(times.map((t, i) => [t, i]));
+    const columns = lines.map((l) => {
+      const col: (number | null)[] = new Array(times.length).fill(null);
+      for (const p of l.points) col[at.get(p.t)!] = p.v;
+      return col;
+    });
+    const plot = new uPlot(
+      {
+        width: Math.max(280, el.clientWidth),
+        height: 220,
+        legend: { show: lines.length > 1 },
+        cursor: { drag: { x: false, y: false } },
+        scales: { x: { time: true } },
+        axes: [axis, { ...axis, size: 50, values: (_u, ticks) => ticks.map((v) => `${v}${unit ? ` ${unit}` : ""}`) }],
+        series: [{}, ...lines.map((l, i) => ({ label: l.label, stroke: colors[i], width: 2, spanGaps: true }))],
+      },
+      [times.map((t) => t / 1000), ...columns],
+      el,
+    );
+    const resize = new ResizeObserver(() => plot.setSize({ width: Math.max(280, el.clientWidth), height: 220 }));
+    resize.observe(el);
+    return () => {
+      resize.disconnect();
+      plot.destroy();
+    };
+  }, [lines, unit]);
+  const count = lines.reduce((n, l) => n + l.points.length, 0);
+  return (
+    <figure className="chart">
+      <div ref={box} role="img" aria-label={`${label}: ${lines.length} line(s), ${count} point(s)`} />
+    </figure>
+  );
+}

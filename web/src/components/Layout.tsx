@@ -34,6 +34,7 @@ export function Layout({ children }: { children: ReactNode }) {
               {l.label}
             </NavLink>
           ))}
+          {can("modules:read") ? <ModuleLinks /> : null}
         </nav>
         {me ? <UserMenu /> : null}
       </header>
@@ -42,6 +43,20 @@ export function Layout({ children }: { children: ReactNode }) {
         {children}
       </main>
     </div>
+  );
+}
+
+/** Modules with console pages (their manifest's ui section), after the platform's own links. */
+function ModuleLinks() {
+  const pages = useQuery({ queryKey: ["ui", "pages"], queryFn: () => unwrap(api.GET("/api/v1/ui/pages")), staleTime: 30_000 });
+  return (
+    <>
+      {(pages.data?.modules ?? []).map((m) => (
+        <NavLink key={m.module} to={`/m/${encodeURIComponent(m.module)}`} className="nav-module">
+          {m.display_name}
+        </NavLink>
+      ))}
+    </>
   );
 }
 
