@@ -197,12 +197,28 @@ def dev(
     temporal_port: Annotated[int, typer.Option(help="Temporal frontend port")] = 7233,
     ui_port: Annotated[int, typer.Option(help="Temporal Web UI port")] = 8233,
     example: Annotated[bool, typer.Option("--example/--no-example", help="Register the example module")] = True,
+    consumption_demo: Annotated[
+        bool,
+        typer.Option(
+            "--consumption-demo/--no-consumption-demo",
+            help="Start the meter simulator and set the consumption monitor up to read it",
+        ),
+    ] = True,
 ) -> None:
     """Everything in one process tree: Temporal dev server, API and worker, embedded defaults."""
     from autoplat.devserver import run_dev
 
     os.environ.setdefault("AUTOPLAT_DEV_MODE", "true")
-    code = asyncio.run(run_dev(host=host, port=port, temporal_port=temporal_port, ui_port=ui_port, example=example))
+    code = asyncio.run(
+        run_dev(
+            host=host,
+            port=port,
+            temporal_port=temporal_port,
+            ui_port=ui_port,
+            example=example,
+            consumption_demo=consumption_demo,
+        )
+    )
     _exit(code)
 
 

@@ -9,6 +9,11 @@ every example job completes on a fresh ``./run.sh``: a small JSON API on loopbac
 (``127.0.0.1:8099``, ``AUTOPLAT_DEV_DEMO_PORT``) with records, a status endpoint and an inbox
 that receives the example's report webhooks. It exists in the dev stack only: ``autoplat api`` and
 ``autoplat worker`` never start it.
+
+The **consumption demo** (``--consumption-demo``, on by default; :mod:`autoplat.demo_meters`) starts
+the consumption monitor's meter simulator on ``127.0.0.1:8098`` (``AUTOPLAT_DEV_METER_PORT``) and,
+once the API serves, sets the module up in a background task (endpoints through its routes, a first
+collection), so its live readings are there a minute after start. Its failure is logged, never fatal.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ def _say(text: str = "") -> None:
     sys.stdout.flush()
 
 
-async def run_dev(*, host: str, port: int, temporal_port: int, ui_port: int, example: bool) -> int:
+async def run_dev(
+    *, host: str, port: int, temporal_port: int, ui_port: int, example: bool, consumption_demo: bool = True
+) -> int:
     from registry.settings import Settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -55,7 +62,15 @@ async def run_dev(*, host: str, port: int, temporal_port: int, ui_port: int, exa
     temporal_proc = None if external_temporal else await _start_temporal(settings, temporal_port, ui_port)
     demo_port = int(os.environ.get("AUTOPLAT_DEV_DEMO_PORT") or DEMO_PORT)
     try:
-        return await _serve(settings, host=host, port=port, example=example, stop=stop, demo_port=demo_port)
+        return await _serve(
+            settings,
+            host=host,
+            port=port,
+            example=example,
+            stop=stop,
+            demo_port=demo_port,
+            consumption_demo=consumption_demo,
+        )
     finally:
         if temporal_proc is not None and temporal_proc.returncode is None:
             temporal_proc.send_signal(signal.SIGTERM)
@@ -103,11 +118,19 @@ async def _start_temporal(settings: Any, temporal_port: int, ui_port: int) -> as
 
 
 async def _serve(
-    settings: Any, *, host: str, port: int, example: bool, stop: asyncio.Event, demo_port: int = DEMO_PORT
+    settings: Any,
+    *,
+    host: str,
+    port: int,
+    example: bool,
+    stop: asyncio.Event,
+    demo_port: int = DEMO_PORT,
+    consumption_demo: bool = False,
 ) -> int:
     import uvicorn
 
     from api.app import close_state, create_app, open_state
+    from autoplat import demo_meters
     from autoplat.cli import _bootstrap
     from workflows.worker import run_worker
 
@@ -123,13 +146,25 @@ async def _serve(
         api_task = asyncio.create_task(server.serve())
         demo = _DemoSource(demo_port)
         await demo.start()
+        meters: demo_meters.MeterSimulator | None = None
+        if consumption_demo and demo_meters.MODULE_PATH.is_dir():
+            meter_port = int(os.environ.get("AUTOPLAT_DEV_METER_PORT") or demo_meters.METER_PORT)
+            meters = demo_meters.MeterSimulator(meter_port, settings.state_dir / demo_meters.METERS_FILE)
+            await meters.start()
         while not server.started and not api_task.done():
             await asyncio.sleep(0.05)
         if api_task.done():
-            await demo.stop()
+            await asyncio.gather(demo.stop(), *([meters.stop()] if meters else []))
             await api_task
             return 1
         base = f"http://{host}:{port}"
+        set_up: asyncio.Task[None] | None = None
+        if meters is not None and meters.running:
+            # After the API serves, in the background: the set-up calls the API like a user would.
+            local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            set_up = asyncio.create_task(
+                demo_meters.run_set_up(state=state, api_url=f"http://{local}:{port}", simulator_url=meters.url)
+            )
         _say("")
         _say("autoplat is running (dev mode, embedded SQLite registry)")
         _say(f"  Console        {base}/{_console_note()}")
@@ -138,6 +173,10 @@ async def _serve(
         _say(f"  Temporal UI    {settings.temporal_ui_url}")
         _say(f"  Temporal       {settings.temporal_address} (namespace {settings.temporal_namespace})")
         _say(f"  Demo source    {demo.note()}")
+        if meters is not None:
+            _say(f"  Meters demo    {base}/modules/{demo_meters.MODULE}   (the consumption monitor; its live readings:")
+            _say(f"                 GET {base}/api/v1/m/{demo_meters.MODULE}/live; off with --no-consumption-demo)")
+            _say(f"  Meter sim.     {meters.note()}")
         _say(f"  State folder   {settings.state_dir}")
         if created is not None and created[1]:
             _say(f"  Admin login    {created[0]} / {created[1]}   (printed once)")
@@ -149,9 +188,19 @@ async def _serve(
         done, _ = await asyncio.wait(
             {api_task, worker_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
         )
+        if set_up is not None and not set_up.done():
+            set_up.cancel()
+            log.warning("consumption demo: set-up interrupted by the stop")
         server.should_exit = True
         worker_stop.set()
-        await asyncio.gather(api_task, worker_task, demo.stop(), return_exceptions=True)
+        await asyncio.gather(
+            api_task,
+            worker_task,
+            demo.stop(),
+            *([meters.stop()] if meters else []),
+            *([set_up] if set_up else []),
+            return_exceptions=True,
+        )
         for task in done:
             if task in (api_task, worker_task) and task.exception() is not None:
                 log.error("stopped by an error", exc_info=task.exception())

@@ -26,5 +26,10 @@ def test_run_sh_help_needs_no_install_and_names_every_dev_option():
     assert {"--port", "--temporal-port", "--ui-port", "--no-example"} <= options
     missing = sorted(opt for opt in options if opt not in done.stdout)
     assert missing == [], f"run.sh --help does not name {missing}"
-    for variable in ("TEMPORAL_HTTP_PORT", "TEMPORAL_METRICS_PORT", "AUTOPLAT_DEV_DEMO_PORT"):
+    for variable in (
+        "TEMPORAL_HTTP_PORT",
+        "TEMPORAL_METRICS_PORT",
+        "AUTOPLAT_DEV_DEMO_PORT",
+        "AUTOPLAT_DEV_METER_PORT",
+    ):
         assert variable in done.stdout

@@ -68,6 +68,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     cmd = [
         str(Path(sys.executable).parent / "autoplat"), "dev", "--port", str(ports["api"]),
         "--temporal-port", str(ports["temporal"]), "--ui-port", str(ports["ui"]),
+        "--no-consumption-demo",  # tests/example/test_consumption_demo.py runs the stack with it
     ]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
