@@ -698,7 +698,7 @@ async def arun_job(
             memory=memory,
         )
         if isinstance(step.get("forEach"), dict) and index > 0:
-            result = await _fan_out(run, step, previous)
+            result = await _fan_out(run, step, previous, attempts=_attempts(step, job))
         else:
             result = await run(previous=previous)
         outcome.steps.append(result)
@@ -711,13 +711,22 @@ async def arun_job(
     return outcome
 
 
+def _attempts(step: Mapping[str, Any], job: Mapping[str, Any]) -> int:
+    """A step's attempts: its own ``retries.maxAttempts``, else its job's, else 1."""
+    for policy in (step.get("retries"), job.get("retries")):
+        if isinstance(policy, dict) and policy.get("maxAttempts"):
+            return max(int(policy["maxAttempts"]), 1)
+    return 1
+
+
 async def _fan_out(
-    run: Callable[..., Coroutine[Any, Any, StepResult]], step: Mapping[str, Any], items: Any
+    run: Callable[..., Coroutine[Any, Any, StepResult]], step: Mapping[str, Any], items: Any, *, attempts: int = 1
 ) -> StepResult:
     """A ``forEach`` step as the platform runs it: the handler once per item, at most
-    ``concurrency`` at once, the values in item order (``{"ok", "value"}`` / ``{"ok", "error"}``
-    with ``continueOnItemError``); without it, the first failed item fails the step (the items
-    not started yet never start; the harness does not retry, nor cancel the items running)."""
+    ``concurrency`` at once, each item retried up to the step's ``attempts`` (at once: no backoff;
+    a :class:`JobError` is not retried), the values in item order (``{"ok", "value"}`` /
+    ``{"ok", "error"}`` with ``continueOnItemError``); without it, the first failed item fails the
+    step (the items not started yet never start; the ones running are not cancelled)."""
     spec = step["forEach"]
     name = str(step["name"])
     concurrency = int(spec.get("concurrency") or 10)
@@ -738,7 +747,15 @@ async def _fan_out(
         async with slots:
             if failed and not keep_going:
                 return
-            ran[i] = result = await run(item=items[i], item_index=i)
+            logs: list[dict[str, Any]] = []
+            events: list[dict[str, Any]] = []
+            for attempt in range(1, attempts + 1):
+                result = await run(item=items[i], item_index=i, attempt=attempt)
+                logs += result.logs
+                events += result.events
+                if result.error is None or isinstance(result.error, JobError):
+                    break
+            ran[i] = StepResult(result=result.result, logs=logs, events=events, error=result.error)
             if result.error is not None:
                 failed.append(i)
 

@@ -54,7 +54,7 @@ def steps_of(definition: dict[str, Any], module: str, job_type: str) -> list[dic
                 "handler": step["handler"],
                 "activity": f"{module}.{job_type}.{step['name']}",
                 "timeout_seconds": step.get("timeoutSeconds"),
-                "retries": step.get("retries"),
+                "retries": step_retries(step.get("retries")),
                 "for_each": for_each(step),
             }
             for step in definition["steps"]
@@ -69,6 +69,16 @@ def steps_of(definition: dict[str, Any], module: str, job_type: str) -> list[dic
             "for_each": None,
         }
     ]
+
+
+def step_retries(declared: Any) -> int | None:
+    """How many times a step retries: its manifest ``retries`` is a retry policy (``maxAttempts``
+    counts the first attempt); a bare number of retries is taken as it is."""
+    if isinstance(declared, dict):
+        return max(int(declared.get("maxAttempts") or 1), 1) - 1
+    if isinstance(declared, int) and not isinstance(declared, bool):
+        return declared
+    return None
 
 
 #: The defaults of a step's ``forEach`` (registry/manifest/schema.json).

@@ -95,10 +95,10 @@ CONFIG = {
 }
 
 
-def _job(name: str, handler: str, for_each: dict[str, Any], *, retries: int | None = None) -> dict[str, Any]:
+def _job(name: str, handler: str, for_each: dict[str, Any], *, attempts: int | None = None) -> dict[str, Any]:
     fan: dict[str, Any] = {"name": "each", "handler": handler, "forEach": for_each, "timeoutSeconds": 60}
-    if retries is not None:
-        fan["retries"] = retries
+    if attempts is not None:
+        fan["retries"] = {"maxAttempts": attempts, "initialIntervalSeconds": 0.1}
     return {
         "name": name,
         "description": name,
@@ -110,7 +110,7 @@ def _job(name: str, handler: str, for_each: dict[str, Any], *, retries: int | No
 JOBS = [
     _job("strict", "double", {"concurrency": 3}),
     _job("lenient", "double", {"concurrency": 3, "continueOnItemError": True}),
-    _job("retried", "double", {"continueOnItemError": True}, retries=1),
+    _job("retried", "double", {"continueOnItemError": True}, attempts=2),
     _job("capped", "double", {"maxItems": 3}),
     _job("counted", "counted", {"concurrency": 4}),
     _job("held", "held", {"concurrency": 2}),

@@ -37,6 +37,8 @@ async def each(ctx, item):
         raise JobError(f"refused {ctx.item_index}")
     if item == "boom":
         raise RuntimeError("boom")
+    if item == "flaky" and ctx.attempt == 1:
+        raise RuntimeError("flaky")
     return {"index": ctx.item_index, "item": item}
 
 
@@ -111,6 +113,36 @@ def test_no_list_or_too_many_items_fail_the_job(tmp_path, items, for_each, messa
     result = run_job(_module(tmp_path, for_each), "fan", config={"items": items})
     assert result.status == "FAILED"
     assert isinstance(result.error, JobError) and result.error.message == message
+
+
+def test_items_retry_up_to_the_steps_attempts_and_keep_every_runs_logs(tmp_path):
+    folder = write_module(
+        tmp_path,
+        name="harness-retry",
+        code=CODE,
+        jobs=[
+            {
+                "name": "fan",
+                "description": "fans out",
+                "config": {"type": "object", "properties": {"items": {}}},
+                "steps": [
+                    {"name": "items", "handler": "items"},
+                    {
+                        "name": "each",
+                        "handler": "each",
+                        "retries": {"maxAttempts": 2},
+                        "forEach": {"continueOnItemError": True},
+                    },
+                    {"name": "summary", "handler": "summary"},
+                ],
+            }
+        ],
+    )
+    result = run_job(folder, "fan", config={"items": ["flaky", "boom", "job"]})
+    assert result.status == "COMPLETED", result.error
+    assert [v["ok"] for v in result.result["values"]] == [True, False, False]
+    attempts = [(e["item"], e["attempt"]) for e in result.steps[1].logs]
+    assert sorted(attempts) == [(0, 1), (0, 2), (1, 1), (1, 2), (2, 1)]  # a JobError is not retried
 
 
 def test_run_step_can_play_one_item():
