@@ -61,11 +61,14 @@ class Fire:
 
 @dataclass
 class Clear:
-    """The condition no longer holds: resolves an incident whose rule resolves automatically."""
+    """The condition no longer holds: resolves an incident whose rule resolves automatically.
+    ``final``: the rule itself is gone (its module was uninstalled...): resolves any incident,
+    with ``reason`` as the note."""
 
     at: str
     reason: str
     value: float | None = None
+    final: bool = False
 
 
 @dataclass

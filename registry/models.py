@@ -595,6 +595,16 @@ class AlertRule(Base):
     routes: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     escalation: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     resolve_after_minutes: Mapped[float | None] = mapped_column(Double)
+    #: ``api`` (made by an operator) or ``module`` (shipped in ``module_name``'s manifest as ``module_rule``).
+    origin: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
+    module_name: Mapped[str | None] = mapped_column(String(50), index=True)
+    module_rule: Mapped[str | None] = mapped_column(String(200))
+    #: A module's rule an operator changed: upgrades leave it alone; "reset" puts the default back.
+    modified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: A modified module rule kept after it left the module's manifest.
+    detached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Set while the rule's module is disabled: not evaluated (the operator's ``enabled`` is kept).
+    paused_reason: Mapped[str | None] = mapped_column(String(200))
     last_evaluated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_by: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,11 +1,15 @@
-"""Module lifecycle hooks backed by Temporal schedules (the registry's LifecycleHooks)."""
+"""Module lifecycle hooks backed by Temporal schedules (the registry's LifecycleHooks), and the
+signals that resolve the incidents of alert rules a transition removed."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.service import RPCError, RPCStatusCode
 
+from activities.alerts_types import Clear
 from registry.models import Module
 from registry.services.jobs import jobs_of_module
 from registry.services.runs import job_type_definition, steps_of
@@ -43,3 +47,15 @@ class ScheduleHooks:
 
     async def module_upgraded(self, *, session: AsyncSession, module: Module, previous_version: str) -> None:
         await self._apply_all(session, module)
+
+    async def incidents_orphaned(self, *, session: AsyncSession, workflow_ids: list[str], reason: str) -> None:
+        # A signal, not the resolve update: it needs no worker to be accepted, so the transition
+        # doesn't wait on one; the workflow resolves the incident (note: reason) when it runs.
+        client = (await self._manager()).client
+        clear = Clear(at=datetime.now(UTC).isoformat(), reason=reason, final=True)
+        for workflow_id in workflow_ids:
+            try:
+                await client.get_workflow_handle(workflow_id).signal("clear", clear)
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:  # closed meanwhile: nothing to resolve
+                    raise

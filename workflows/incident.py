@@ -282,8 +282,9 @@ class IncidentWorkflow:
             if kind == "fire":
                 self.last_fired = workflow.now()
                 await self._transition("fired", fire=item)
-            elif inp.auto_resolve:
-                await self._transition("resolved", note=f"condition cleared: {item.reason}", severity=None, fire=None)
+            elif inp.auto_resolve or item.final:
+                note = item.reason if item.final else f"condition cleared: {item.reason}"
+                await self._transition("resolved", note=note, severity=None, fire=None)
                 self.status = "resolved"
                 self.outbox.append("resolved")
             return

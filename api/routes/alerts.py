@@ -29,7 +29,7 @@ from api.schemas.alerts import (
 )
 from api.schemas.common import ERROR_RESPONSES, Page
 from registry.models import AlertRule, Incident
-from registry.services import alerts, alerts_eval, audit
+from registry.services import alerts, alerts_eval, audit, module_alerts
 from registry.services import alerts_incidents as incidents
 from registry.services.common import Actor
 
@@ -57,6 +57,12 @@ def rule_read(rule: AlertRule, open_incidents: int = 0) -> AlertRuleRead:
         routes=list(rule.routes or []),
         escalation=rule.escalation,
         resolve_after_minutes=rule.resolve_after_minutes,
+        origin=rule.origin,
+        module_name=rule.module_name,
+        module_rule=rule.module_rule,
+        modified=rule.modified,
+        detached=rule.detached,
+        paused_reason=rule.paused_reason,
         last_evaluated_at=rule.last_evaluated_at,
         created_by=rule.created_by,
         created_at=rule.created_at,
@@ -96,9 +102,10 @@ async def list_rules(
     session: SessionDep,
     source: Source | None = None,
     enabled: bool | None = None,
+    module: Annotated[str | None, Query(max_length=50, description="Only the rules this module ships")] = None,
     _: Actor = Requires("alerts:read"),
 ) -> AlertRuleList:
-    rules = await alerts.list_rules(session=session, source=source, enabled=enabled)
+    rules = await alerts.list_rules(session=session, source=source, enabled=enabled, module=module)
     open_counts = dict(
         (
             await session.execute(
@@ -148,7 +155,10 @@ async def preview_rule(
 
 @router.get("/rules/{rule_id}", response_model=AlertRuleRead)
 async def get_rule(rule_id: str, session: SessionDep, _: Actor = Requires("alerts:read")) -> AlertRuleRead:
-    rule = await alerts.get_rule(session=session, rule_id=rule_id)
+    return await _with_count(session, await alerts.get_rule(session=session, rule_id=rule_id))
+
+
+async def _with_count(session: SessionDep, rule: AlertRule) -> AlertRuleRead:
     count = await session.scalar(
         select(func.count())
         .select_from(Incident)
@@ -165,6 +175,7 @@ async def update_rule(
     settings: SettingsDep,
     actor: Actor = Requires("alerts:write"),
 ) -> AlertRuleRead:
+    """A partial update; a rule shipped by a module is marked modified (its module's upgrades leave it alone)."""
     changes = body.model_dump(exclude_unset=True)
     rule = await alerts.update_rule(
         session=session, rule_id=rule_id, data=changes, default_interval=settings.alerts_default_interval_seconds
@@ -178,6 +189,29 @@ async def update_rule(
         details={"fields": sorted(changes)},
     )
     return rule_read(rule)
+
+
+@router.post(
+    "/rules/{rule_id}/reset",
+    response_model=AlertRuleRead,
+    responses={409: {"description": "An operator's rule, or one its module no longer ships (detached)"}},
+)
+async def reset_rule(
+    rule_id: str, session: SessionDep, settings: SettingsDep, actor: Actor = Requires("alerts:write")
+) -> AlertRuleRead:
+    """Put a rule shipped by a module back to the module's definition (modified cleared)."""
+    rule = await module_alerts.reset(
+        session=session, rule_id=rule_id, default_interval=settings.alerts_default_interval_seconds
+    )
+    audit.record(
+        session=session,
+        actor=actor,
+        action="alert_rule.reset",
+        target_type="alert_rule",
+        target_id=rule.id,
+        details={"name": rule.name, "module": rule.module_name, "rule": rule.module_rule},
+    )
+    return await _with_count(session, rule)
 
 
 @router.delete("/rules/{rule_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -252,14 +252,16 @@ async def install_module(name: ModuleName, session: SessionDep, state: StateDep,
 
 @router.post("/{name}/enable", response_model=ModuleRead)
 async def enable_module(name: ModuleName, session: SessionDep, state: StateDep, actor: Installer) -> ModuleRead:
-    """Enable: schedules resume, routes and listeners go live, and the jobs the manifest asks for
-    (``createJob``) are created if the module has none of that job type yet."""
+    """Enable: schedules resume, routes and listeners go live, the jobs the manifest asks for
+    (``createJob``) are created if the module has none of that job type yet, and the alert rules it
+    ships are created or resumed."""
     module = await modules.enable_module(
         session=session,
         actor=actor,
         hooks=state.hooks,
         name=name,
         min_interval=state.settings.min_schedule_interval_seconds,
+        alert_interval=state.settings.alerts_default_interval_seconds,
     )
     return module_read(module)
 
@@ -321,6 +323,7 @@ async def upgrade_module(
         source=source,
         pause_invalid=pause_invalid,
         min_interval=state.settings.min_schedule_interval_seconds,
+        alert_interval=state.settings.alerts_default_interval_seconds,
     )
     return module_read(module)
 

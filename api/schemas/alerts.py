@@ -86,6 +86,12 @@ class AlertRuleRead(BaseModel):
     routes: list[dict[str, Any]]
     escalation: dict[str, Any] | None
     resolve_after_minutes: float | None
+    origin: str = Field(description="api: made by an operator; module: shipped by module_name")
+    module_name: str | None = Field(description="The module that ships the rule (origin module)")
+    module_rule: str | None = Field(description="The rule's name in its module's manifest")
+    modified: bool = Field(description="A module's rule an operator changed: module upgrades leave it alone")
+    detached: bool = Field(description="Modified, and no longer in its module's manifest: kept, nothing to reset to")
+    paused_reason: str | None = Field(description="Why the rule is not evaluated now (its module is disabled)")
     last_evaluated_at: datetime | None
     created_by: str | None
     created_at: datetime

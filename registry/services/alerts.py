@@ -10,7 +10,9 @@ A rule has one condition source:
   for a duration.
 
 Every check names the field it refuses (``details[].loc`` as FastAPI does), and a refused rule
-writes nothing.
+writes nothing. One checker (:func:`check`) serves the API and module manifests alike: what a
+condition may name comes from a :class:`Scope`, the registry's for the API, the module's own
+manifest for the rules a module ships (registry/manifest/validate.py, registry/services/module_alerts.py).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -30,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.errors import Conflict, InvalidInput, NotFound
 from registry.manifest import event_pattern_matches, event_pattern_problem
-from registry.models import AlertRule, AlertState, Job, Module
+from registry.models import AlertRule, AlertState, Job
 from registry.services.common import Actor
 
 SEVERITIES = ("info", "warning", "critical")
@@ -48,9 +50,69 @@ _PATH = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _LABEL = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
-def _bad(loc: list[Any], msg: str) -> InvalidInput:
-    where = ".".join(str(p) for p in loc)
-    return InvalidInput(f"{where}: {msg}", details=[{"loc": ["body", *loc], "msg": msg}])
+#: Where a rule comes from: made through the API, or shipped in a module's manifest.
+ORIGINS = ("api", "module")
+
+
+class RuleInvalid(InvalidInput):
+    """One refused field of a rule: ``loc`` inside the rule, ``kind`` the manifest's issue code
+    suffix (``alert.<kind>``, docs/manifest.md)."""
+
+    def __init__(self, loc: list[Any], msg: str, kind: str = "invalid") -> None:
+        where = ".".join(str(p) for p in loc)
+        super().__init__(f"{where}: {msg}", details=[{"loc": ["body", *loc], "msg": msg}])
+        self.loc = list(loc)
+        self.msg = msg
+        self.kind = kind
+
+
+def _bad(loc: list[Any], msg: str, kind: str = "invalid") -> RuleInvalid:
+    return RuleInvalid(loc, msg, kind)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a rule's condition may name.
+
+    Attributes:
+        manifests: Module name -> manifest, for the modules the condition names.
+        job_ids: The job ids the condition names that exist.
+        own: Set for the rules a module ships: its series only (``condition.module`` defaults to
+            it), its job types only; the event condition has no module filter, so event rules are
+            not scoped.
+    """
+
+    manifests: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    job_ids: frozenset[str] = frozenset()
+    own: str | None = None
+
+    @classmethod
+    def of_module(cls, name: str, manifest: Mapping[str, Any]) -> Scope:
+        return cls(manifests={name: manifest}, own=name)
+
+
+async def registry_scope(session: AsyncSession, data: Mapping[str, Any]) -> Scope:
+    """The registry's scope for a rule given through the API: what its condition names, read once."""
+    from registry.services import series as store
+
+    cond = data.get("condition")
+    cond = cond if isinstance(cond, dict) else {}
+    wanted: set[str] = set()
+    job_ids: set[str] = set()
+    if data.get("source") == "series" and isinstance(cond.get("module"), str):
+        wanted.add(cond["module"])
+    target = cond.get("job")
+    if data.get("source") == "job" and isinstance(target, str) and target:
+        if await session.get(Job, target) is not None:
+            job_ids.add(target)
+        elif "." in target:
+            wanted.add(target.partition(".")[0])
+    manifests = {}
+    for name in wanted:
+        found = await store.module_manifest(session=session, name=name)
+        if found is not None:
+            manifests[name] = found[1]
+    return Scope(manifests=manifests, job_ids=frozenset(job_ids))
 
 
 def group_key(labels: dict[str, Any]) -> str:
@@ -111,17 +173,21 @@ def _template_roots(source: str, condition: dict[str, Any], labels: Iterable[str
 def check_template(template: str, roots: dict[str, set[str] | None]) -> None:
     for path in placeholders(template):
         if not _PATH.match(path):
-            raise _bad(["message"], f"placeholder {{{{{path}}}}} is not a dotted path")
+            raise _bad(["message"], f"placeholder {{{{{path}}}}} is not a dotted path", "template")
         head, _, rest = path.partition(".")
         if head not in roots:
-            raise _bad(["message"], f"placeholder {{{{{path}}}}} names no known value; use {', '.join(sorted(roots))}")
+            raise _bad(
+                ["message"],
+                f"placeholder {{{{{path}}}}} names no known value; use {', '.join(sorted(roots))}",
+                "template",
+            )
         allowed = roots[head]
         if allowed is None:
             continue
         second = rest.partition(".")[0]
         if (not allowed and rest) or (allowed and second not in allowed):
             hint = f"; {head}.* is one of {', '.join(sorted(allowed))}" if allowed else ""
-            raise _bad(["message"], f"placeholder {{{{{path}}}}} references a missing path{hint}")
+            raise _bad(["message"], f"placeholder {{{{{path}}}}} references a missing path{hint}", "template")
 
 
 # --- active windows -------------------------------------------------------------------------------
@@ -220,7 +286,7 @@ def _only(data: dict[str, Any], allowed: set[str], loc: list[Any]) -> None:
         raise _bad([*loc, unknown[0]], f"unknown key; use {', '.join(sorted(allowed))}")
 
 
-async def _series_condition(session: AsyncSession, cond: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def _series_condition(scope: Scope, cond: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     from registry.services import series as store
 
     loc = ["condition"]
@@ -230,25 +296,39 @@ async def _series_condition(session: AsyncSession, cond: dict[str, Any]) -> tupl
          "for_evaluations", "no_data_minutes", "labels"},
         loc,
     )  # fmt: skip
-    module = cond.get("module")
+    module = cond.get("module", scope.own)
     if not isinstance(module, str) or not module:
         raise _bad([*loc, "module"], "the module whose series the rule reads")
-    found = await store.module_manifest(session=session, name=module)
-    if found is None:
-        raise _bad([*loc, "module"], f"unknown module {module!r}")
-    defs = store.declared(found[1])
+    if scope.own is not None and module != scope.own:
+        raise _bad(
+            [*loc, "module"],
+            f"a module's rule reads its own series only ({scope.own!r}), not {module!r}",
+            "other_module",
+        )
+    manifest = scope.manifests.get(module)
+    if manifest is None:
+        raise _bad([*loc, "module"], f"unknown module {module!r}", "unknown_module")
+    defs = store.declared(dict(manifest))
     name = cond.get("series")
     if name not in defs:
-        raise _bad([*loc, "series"], f"module {module!r} declares no series {name!r}; it has {sorted(defs) or 'none'}")
+        raise _bad(
+            [*loc, "series"],
+            f"module {module!r} declares no series {name!r}; it has {sorted(defs) or 'none'}",
+            "unknown_series",
+        )
     defn = defs[name]
     fld = cond.get("field")
     if fld not in defn.fields:
-        raise _bad([*loc, "field"], f"series {name!r} has no field {fld!r}; it has {', '.join(sorted(defn.fields))}")
+        raise _bad(
+            [*loc, "field"],
+            f"series {name!r} has no field {fld!r}; it has {', '.join(sorted(defn.fields))}",
+            "unknown_field",
+        )
     agg = cond.get("agg", "avg")
     if agg not in SERIES_AGGS:
         raise _bad([*loc, "agg"], f"one of {', '.join(SERIES_AGGS)}")
     if agg == "increase" and defn.fields[fld] != "counter":
-        raise _bad([*loc, "agg"], f"increase needs a counter; {fld!r} is a gauge")
+        raise _bad([*loc, "agg"], f"increase needs a counter; {fld!r} is a gauge", "not_counter")
     op = cond.get("op", "gt")
     if op not in SERIES_OPS:
         raise _bad([*loc, "op"], f"one of {', '.join(SERIES_OPS)}")
@@ -276,7 +356,11 @@ async def _series_condition(session: AsyncSession, cond: dict[str, Any]) -> tupl
         raise _bad([*loc, "labels"], "an object of label -> value")
     for key, value in filters.items():
         if key not in defn.labels:
-            raise _bad([*loc, "labels", key], f"series {name!r} has no label {key!r}; it has {list(defn.labels)}")
+            raise _bad(
+                [*loc, "labels", key],
+                f"series {name!r} has no label {key!r}; it has {list(defn.labels)}",
+                "unknown_label",
+            )
         if not isinstance(value, str):
             raise _bad([*loc, "labels", key], "a string")
     out["labels"] = dict(filters)
@@ -289,7 +373,7 @@ def _event_condition(cond: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     pattern = cond.get("pattern")
     problem = event_pattern_problem(pattern) if isinstance(pattern, str) else "not a string"
     if problem:
-        raise _bad([*loc, "pattern"], f"invalid event pattern {pattern!r}: {problem}")
+        raise _bad([*loc, "pattern"], f"invalid event pattern {pattern!r}: {problem}", "invalid_pattern")
     join = cond.get("join", "and")
     if join not in ("and", "or"):
         raise _bad([*loc, "join"], "and or or")
@@ -321,19 +405,30 @@ def _event_condition(cond: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     ]
 
 
-async def _job_condition(session: AsyncSession, cond: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def _job_condition(scope: Scope, cond: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     loc = ["condition"]
     _only(cond, {"job", "failures", "not_succeeded_minutes"}, loc)
     target = cond.get("job")
     if not isinstance(target, str) or not target:
         raise _bad([*loc, "job"], "a job id or <module>.<job-type>")
-    job = await session.get(Job, target)
-    if job is None:
+    if scope.own is not None:
+        # A module's rule watches its own job types (job ids are not known when it registers).
+        target = target if "." in target else f"{scope.own}.{target}"
+        if target.partition(".")[0] != scope.own:
+            raise _bad(
+                [*loc, "job"],
+                f"a module's rule watches its own job types only ({scope.own}.<job-type>)",
+                "other_module",
+            )
+    if target not in scope.job_ids:
         module_name, dot, job_type = target.partition(".")
-        module = await session.scalar(select(Module).where(Module.name == module_name)) if dot else None
-        names = [j.get("name") for j in ((module.manifest or {}).get("jobs") or [])] if module else []
-        if module is None or job_type not in names:
-            raise _bad([*loc, "job"], f"no job {target!r} and no job type of that name (<module>.<job-type>)")
+        manifest = scope.manifests.get(module_name) if dot else None
+        jobs = (manifest or {}).get("jobs")
+        names = [j.get("name") for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
+        if manifest is None or job_type not in names:
+            raise _bad(
+                [*loc, "job"], f"no job {target!r} and no job type of that name (<module>.<job-type>)", "unknown_job"
+            )
     has_failures = cond.get("failures") is not None
     has_stale = cond.get("not_succeeded_minutes") is not None
     if has_failures == has_stale:
@@ -390,7 +485,13 @@ def _escalation(value: Any, severity: str) -> dict[str, Any] | None:
 
 
 async def validate(session: AsyncSession, data: dict[str, Any], *, default_interval: int) -> dict[str, Any]:
-    """A rule's fields, checked and normalised (defaults filled); raises 422 naming the field."""
+    """A rule given through the API, checked against the registry (:func:`check`)."""
+    return check(data, await registry_scope(session, data), default_interval=default_interval)
+
+
+def check(data: Mapping[str, Any], scope: Scope, *, default_interval: int) -> dict[str, Any]:
+    """A rule's fields, checked and normalised (defaults filled); raises :class:`RuleInvalid` (422)
+    naming the field. What the condition may name comes from ``scope``."""
     name = data.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise _bad(["name"], "1-200 characters")
@@ -410,11 +511,11 @@ async def validate(session: AsyncSession, data: dict[str, Any], *, default_inter
     if not isinstance(cond, dict):
         raise _bad(["condition"], f"an object with the fields of a {source} condition")
     if source == "series":
-        condition, group_labels = await _series_condition(session, cond)
+        condition, group_labels = _series_condition(scope, cond)
     elif source == "event":
         condition, group_labels = _event_condition(cond)
     else:
-        condition, group_labels = await _job_condition(session, cond)
+        condition, group_labels = _job_condition(scope, cond)
     message = data.get("message")
     if not isinstance(message, str) or not message.strip() or len(message) > 4000:
         raise _bad(["message"], "a template of 1-4000 characters with {{path}} placeholders")
@@ -455,13 +556,15 @@ async def get_rule(*, session: AsyncSession, rule_id: str) -> AlertRule:
 
 
 async def list_rules(
-    *, session: AsyncSession, source: str | None = None, enabled: bool | None = None
+    *, session: AsyncSession, source: str | None = None, enabled: bool | None = None, module: str | None = None
 ) -> list[AlertRule]:
     query = select(AlertRule).order_by(AlertRule.name)
     if source is not None:
         query = query.where(AlertRule.source == source)
     if enabled is not None:
         query = query.where(AlertRule.enabled.is_(enabled))
+    if module is not None:
+        query = query.where(AlertRule.module_name == module)
     return list(await session.scalars(query))
 
 
@@ -483,11 +586,21 @@ async def create_rule(*, session: AsyncSession, data: dict[str, Any], actor: Act
 
 
 async def update_rule(*, session: AsyncSession, rule_id: str, data: dict[str, Any], default_interval: int) -> AlertRule:
-    """A partial update: the given fields over the stored ones, checked whole."""
+    """A partial update: the given fields over the stored ones, checked whole. A module's rule that
+    changes is marked ``modified``: upgrades of the module leave it alone (docs/alerting.md)."""
     rule = await get_rule(session=session, rule_id=rule_id)
     merged = {**as_fields(rule), **data}
     fields = await validate(session, merged, default_interval=default_interval)
     await _unique_name(session, fields["name"], rule.id)
+    if rule.origin == "module" and fields != as_fields(rule):
+        rule.modified = True
+    await replace_fields(session=session, rule=rule, fields=fields)
+    return rule
+
+
+async def replace_fields(*, session: AsyncSession, rule: AlertRule, fields: dict[str, Any]) -> None:
+    """Store checked ``fields`` on ``rule``; what evaluation remembered goes when the condition changed
+    or the rule was turned off."""
     changed_condition = (fields["source"], fields["condition"]) != (rule.source, rule.condition)
     for key, value in fields.items():
         setattr(rule, key, value)
@@ -496,7 +609,6 @@ async def update_rule(*, session: AsyncSession, rule_id: str, data: dict[str, An
         await session.execute(delete(AlertState).where(AlertState.rule_id == rule.id))
     rule.updated_at = datetime.now(UTC)
     await session.flush()
-    return rule
 
 
 async def delete_rule(*, session: AsyncSession, rule_id: str) -> AlertRule:

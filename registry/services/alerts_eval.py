@@ -8,6 +8,8 @@
 * **Event rules and "failed N times in a row" job rules** are evaluated when the dispatcher
   dispatches each stored event (:func:`on_events`, called from registry/services/dispatch.py).
 
+Rules that are off (``enabled`` false) or paused (their module is disabled) are not evaluated.
+
 Either way the outcome is a list of :class:`Signal` sent to incident workflows with
 :func:`send_signals` *before* the evaluation state commits: a failed send rolls the state back and
 the next evaluation sends again, and the workflow takes a repeated fire as a refresh (or drops it,
@@ -284,7 +286,9 @@ async def evaluate_due(session: AsyncSession, *, now: datetime | None = None, sl
     """Series rules and "not succeeded for" job rules whose interval has passed."""
     now = now or datetime.now(UTC)
     rules = await session.scalars(
-        select(AlertRule).where(AlertRule.enabled.is_(True), AlertRule.source.in_(("series", "job")))
+        select(AlertRule).where(
+            AlertRule.enabled.is_(True), AlertRule.paused_reason.is_(None), AlertRule.source.in_(("series", "job"))
+        )
     )
     out: list[Signal] = []
     cache: dict[str, SeriesData | None] = {}
@@ -321,7 +325,9 @@ async def on_events(session: AsyncSession, batch: Sequence[Event]) -> list[Signa
         return []
     rules = list(
         await session.scalars(
-            select(AlertRule).where(AlertRule.enabled.is_(True), AlertRule.source.in_(("event", "job")))
+            select(AlertRule).where(
+                AlertRule.enabled.is_(True), AlertRule.paused_reason.is_(None), AlertRule.source.in_(("event", "job"))
+            )
         )
     )
     if not rules:

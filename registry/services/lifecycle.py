@@ -1,7 +1,8 @@
 """The hook interface module lifecycle transitions call, inside their transaction.
 
 The jobs capability implements it with Temporal schedules (pause on disable, resume on enable,
-delete on uninstall). A hook that raises aborts the transition: the DB change is rolled back and
+delete on uninstall) and resolves the open incidents of the alert rules a transition removed
+(registry/services/module_alerts.py). A hook that raises aborts the transition: the DB change is rolled back and
 the module keeps its previous state; Temporal-side leftovers are repaired by the reconciler.
 """
 
@@ -23,6 +24,10 @@ class LifecycleHooks(Protocol):
 
     async def module_upgraded(self, *, session: AsyncSession, module: Module, previous_version: str) -> None: ...
 
+    async def incidents_orphaned(self, *, session: AsyncSession, workflow_ids: list[str], reason: str) -> None:
+        """Resolve the open incidents (by workflow id) of alert rules the transition removed; called
+        only when there are some."""
+
 
 class NoHooks:
     """Hooks that do nothing (registry-only deployments and unit tests)."""
@@ -37,4 +42,7 @@ class NoHooks:
         return None
 
     async def module_upgraded(self, *, session: AsyncSession, module: Module, previous_version: str) -> None:
+        return None
+
+    async def incidents_orphaned(self, *, session: AsyncSession, workflow_ids: list[str], reason: str) -> None:
         return None

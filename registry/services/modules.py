@@ -53,7 +53,7 @@ from registry.manifest import (
     validate_manifest,
 )
 from registry.models import Job, Module, ModuleStatus, ModuleVersion, new_id
-from registry.services import audit, events
+from registry.services import audit, events, module_alerts
 from registry.services import jobs as job_service
 from registry.services.common import Actor, Page, escape_like, paginate
 from registry.services.lifecycle import LifecycleHooks
@@ -736,12 +736,20 @@ async def install_module(*, session: AsyncSession, actor: Actor, state_dir: Path
 
 
 async def enable_module(
-    *, session: AsyncSession, actor: Actor, hooks: LifecycleHooks, name: str, min_interval: int | None = None
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    hooks: LifecycleHooks,
+    name: str,
+    min_interval: int | None = None,
+    alert_interval: int = 60,
 ) -> Module:
     """INSTALLED / DISABLED -> ENABLED; every dependency must be ENABLED at a version in range.
 
     The jobs the manifest asks for (``createJob``) are created if missing, then every job's
     schedule follows (the hook). ``min_interval``: AUTOPLAT_MIN_SCHEDULE_INTERVAL_SECONDS for them.
+    The manifest's alert rules are created or resumed (registry/services/module_alerts.py);
+    ``alert_interval``: AUTOPLAT_ALERTS_DEFAULT_INTERVAL_SECONDS for those that name none.
     """
     module = await _lock(session, name)
     _check(module, Action.enable)
@@ -754,8 +762,15 @@ async def enable_module(
     )
     await session.flush()
     await job_service.ensure_manifest_jobs(session=session, module=module, actor=actor, min_interval=min_interval)
+    orphaned = await module_alerts.sync(session=session, module=module, actor=actor, default_interval=alert_interval)
     await hooks.module_enabled(session=session, module=module)
+    await _orphaned(session, hooks, orphaned, f"module {module.name} {module.version} no longer ships its rule")
     return module
+
+
+async def _orphaned(session: AsyncSession, hooks: LifecycleHooks, workflow_ids: list[str], reason: str) -> None:
+    if workflow_ids:
+        await hooks.incidents_orphaned(session=session, workflow_ids=workflow_ids, reason=reason)
 
 
 async def disable_module(*, session: AsyncSession, actor: Actor, hooks: LifecycleHooks, name: str) -> Module:
@@ -767,6 +782,7 @@ async def disable_module(*, session: AsyncSession, actor: Actor, hooks: Lifecycl
     module.revision += 1
     _record(session, actor, module, action="disable", event="disabled")
     await session.flush()
+    await module_alerts.pause(session=session, module=module)
     await hooks.module_disabled(session=session, module=module)
     return module
 
@@ -784,7 +800,10 @@ async def uninstall_module(*, session: AsyncSession, actor: Actor, hooks: Lifecy
     module.revision += 1
     _record(session, actor, module, action="uninstall", event="uninstalled", details={"previous_status": previous})
     await session.flush()
+    reason = f"module {module.name} was uninstalled"
+    orphaned = await module_alerts.remove(session=session, module=module.name, actor=actor, reason=reason)
     await hooks.module_uninstalled(session=session, module=module)
+    await _orphaned(session, hooks, orphaned, reason)
     return module
 
 
@@ -800,6 +819,8 @@ async def delete_module(*, session: AsyncSession, actor: Actor, state_dir: Path,
             details={"jobs": jobs},
         )
     _record(session, actor, module, action="delete", event="deleted")
+    # Uninstall removed its alert rules already; none is left behind by a module that is gone.
+    await module_alerts.remove(session=session, module=module.name, actor=actor, reason=f"module {name} was deleted")
     await session.delete(module)
     try:
         await session.flush()
@@ -821,6 +842,7 @@ async def upgrade_module(
     source: CodeSource,
     pause_invalid: bool = False,
     min_interval: int | None = None,
+    alert_interval: int = 60,
 ) -> Module:
     """Switch a module to a newer version, keeping its state (FAILED goes back to REGISTERED).
 
@@ -829,7 +851,8 @@ async def upgrade_module(
     Every job of the module is checked against the new version (its job type still exists, its
     config passes the new config schema): any that does not fit refuses the upgrade (409
     ``jobs_invalid`` naming the jobs and fields), unless ``pause_invalid`` disables them, each with
-    its reason. An enabled module gets the jobs its new manifest asks for (``createJob``).
+    its reason. An enabled module gets the jobs its new manifest asks for (``createJob``). The alert
+    rules of an enabled or disabled module follow the new manifest (registry/services/module_alerts.py).
 
     Raises:
         InvalidManifest / InvalidInput / PayloadTooLarge: as for a registration; also a manifest
@@ -910,7 +933,13 @@ async def upgrade_module(
         )
     if module.status == S.ENABLED:
         await job_service.ensure_manifest_jobs(session=session, module=module, actor=actor, min_interval=min_interval)
+    orphaned: list[str] = []
+    if module.status in (S.ENABLED, S.DISABLED):
+        orphaned = await module_alerts.sync(
+            session=session, module=module, actor=actor, default_interval=alert_interval
+        )
     await hooks.module_upgraded(session=session, module=module, previous_version=previous)
+    await _orphaned(session, hooks, orphaned, f"module {module.name} {module.version} no longer ships its rule")
     return module
 
 
@@ -1150,13 +1179,17 @@ async def ensure_module_from_path(*, state: _Platform, path: Path, enable: bool 
                 session=session, actor=actor, hooks=state.hooks, state_dir=settings.state_dir,
                 secret_key=settings.encryption_key(), name=name, source=source, pause_invalid=True,
                 min_interval=settings.min_schedule_interval_seconds,
+                alert_interval=settings.alerts_default_interval_seconds,
             )  # fmt: skip
         elif module.status == S.ENABLED:
-            # Enabled before its manifest asked for jobs (an older platform): create them now.
+            # Enabled before its manifest asked for jobs or rules (an older platform): create them now.
             if await job_service.ensure_manifest_jobs(
                 session=session, module=module, actor=actor, min_interval=settings.min_schedule_interval_seconds
             ):
                 await state.hooks.module_enabled(session=session, module=module)
+            await module_alerts.sync(
+                session=session, module=module, actor=actor, default_interval=settings.alerts_default_interval_seconds
+            )
     if module.status in (S.REGISTERED, S.FAILED):
         async with unit_of_work(state.sessions) as session:
             outcome = await install_module(session=session, actor=actor, state_dir=settings.state_dir, name=name)
@@ -1171,5 +1204,6 @@ async def ensure_module_from_path(*, state: _Platform, path: Path, enable: bool 
                 hooks=state.hooks,
                 name=name,
                 min_interval=settings.min_schedule_interval_seconds,
+                alert_interval=settings.alerts_default_interval_seconds,
             )
     return f"{name} {module.version}: {module.status}"
