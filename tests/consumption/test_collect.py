@@ -155,3 +155,32 @@ async def test_a_client_over_its_monthly_budget_opens_an_incident(sim):
     [incident] = services.alerts.open()
     assert incident["key"].startswith("budget:acme:") and incident["labels"] == {"client": "acme"}
     assert "acme used 60 kWh" in incident["message"]
+
+
+async def test_each_due_endpoint_is_an_item_of_its_own_retried_on_its_own(sim):
+    """``due`` hands ``read`` ids and names only (Temporal keeps items in history); each endpoint is
+    one item, and a transient failure is retried for that endpoint alone, ``retries`` times."""
+    services = memory()
+    good = await _create(services, json_endpoint(f"{sim.url}/open/rack-a.json"))
+    broken = await _create(services, json_endpoint(f"{sim.url}/open/broken.json", name="broken"))
+    result = await _collect(services, retries=2)
+    due, read, record = result.steps
+    assert sorted(due.result, key=lambda i: i["name"]) == [
+        {"id": broken, "name": "broken"},
+        {"id": good, "name": "rack A"},
+    ]
+    assert read.items is not None and len(read.items) == 2
+    by_id = {r.result["id"]: r.result for r in read.items}
+    assert set(by_id[good]) == {"id", "at", "values", "reset", "backwards_total"}
+    assert by_id[broken]["error"] == f"{sim.url}/open/broken.json answered 500 (after 3 attempts)"
+    tries = [r for r in sim.requests if r["target"].startswith("/open/")]
+    assert sorted(r["target"] for r in tries) == ["/open/broken.json"] * 3 + ["/open/rack-a.json"]
+    assert record.result["errors"] == {broken: by_id[broken]["error"]}
+    assert (record.result["due"], record.result["read"], record.result["failed"]) == (2, 1, 1)
+    # A reading that fails for good right away is not retried.
+    await _age(services)
+    sim.requests.clear()
+    gone = await _create(services, json_endpoint(f"{sim.url}/open/nothing-here.json", name="missing"))
+    again = await _collect(services, retries=2)
+    assert gone in again.result["errors"]
+    assert sum(1 for r in sim.requests if r["target"] == "/open/nothing-here.json") == 1

@@ -1,15 +1,21 @@
-"""The ``collect`` job: read every due endpoint, concurrently, and keep what each one said.
+"""The ``collect`` job: one activity per due endpoint, and what each one said kept on its health.
 
-Runs every minute (``createJob``); an endpoint is due when its own ``poll_interval_seconds`` has
-passed since its last attempt. Endpoints are read concurrently (at most ``concurrency`` at once;
-HTML endpoints take turns on the step's one browser context), each with its own timeout and
-retries, and **no endpoint can fail the run**: a failure is recorded on that endpoint's health and,
-after ``failure_threshold`` failures in a row, opens an incident (``ctx.alerts``), resolved by the
-next good reading. Readings go to the series ``power`` (labels ``endpoint``, ``client``).
+Runs every minute (``createJob``) in three steps:
 
-Today all endpoints are read inside this one step (one Temporal activity): a slow meter costs a
-concurrency slot for its timeout, never the others' readings. One activity per endpoint needs a
-platform fan-out (``ctx.map``), planned; see docs/consumption-monitor.md.
+* ``due``: which endpoints are due (an endpoint is due when its own ``poll_interval_seconds`` has
+  passed since its last attempt); returns their ids and names, nothing more: the items of a
+  ``forEach`` step are kept in Temporal's history.
+* ``read`` (``forEach``, ``continueOnItemError``): one endpoint per activity, at most 8 at once,
+  each with its own timeout: a slow or broken meter neither fails nor delays the others. A
+  transient failure (timeout, refused connection, 5xx) is raised while the module's ``retries``
+  allow, so the platform retries that endpoint's activity (with backoff); any other failure is
+  answered as the endpoint's error. A good reading is written to the series ``power`` (labels
+  ``endpoint``, ``client``) by the item itself.
+* ``record``: the health of every endpoint tried, incidents (``ctx.alerts``: after
+  ``failure_threshold`` failures in a row, resolved by the next good reading; power over an
+  endpoint's threshold; a client over its monthly budget) and the run's summary.
+
+**No endpoint can fail the run.**
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -79,7 +86,12 @@ def is_due(endpoint: dict[str, Any], health: dict[str, Any] | None, at: datetime
 
 
 async def read_endpoint(
-    ctx: JobContext, endpoint: dict[str, Any], settings: Settings, *, browser_lock: asyncio.Lock | None = None
+    ctx: JobContext,
+    endpoint: dict[str, Any],
+    settings: Settings,
+    *,
+    browser_lock: asyncio.Lock | None = None,
+    retries: int | None = None,
 ) -> dict[str, float]:
     """One reading with the endpoint's credentials (decrypted here, never logged or returned)."""
     try:
@@ -92,7 +104,7 @@ async def read_endpoint(
         credentials,
         timeout=float(endpoint.get("timeout_seconds") or settings.timeout_seconds),
         max_bytes=settings.max_response_bytes,
-        retries=settings.retries,
+        retries=settings.retries if retries is None else retries,
         browser_lock=browser_lock,
     )
 
@@ -115,64 +127,134 @@ def _check_counter(values: dict[str, float], health: dict[str, Any]) -> bool:
     )
 
 
-async def collect(ctx: JobContext) -> dict[str, Any]:
-    """Read the due endpoints; returns counts and each failed endpoint's error."""
-    started = time.monotonic()
-    settings = Settings.of(ctx.module_config)
+#: The storage document where ``due`` leaves the run's due endpoints for ``record`` (runs of the
+#: job never overlap: ``"overlap": "skip"``).
+DUE_KEY = "collect:due"
+
+
+class TransientReadError(Exception):
+    """A reading that may work if tried again (timeout, refused connection, 5xx): raised so that the
+    platform retries this endpoint's activity."""
+
+
+async def due(ctx: JobContext) -> list[dict[str, str]]:
+    """Step 1: the endpoints due now, as ``{"id", "name"}`` items (no URL, no credentials)."""
     at = model.now()
     endpoints = await model.load_endpoints(ctx.storage)
     healths = await model.load_health(ctx.storage)
-    due = [e for e in endpoints if is_due(e, healths.get(e["id"]), at)]
-    slots = asyncio.Semaphore(max(1, settings.concurrency))
-    browser_lock = asyncio.Lock()
+    items = [{"id": e["id"], "name": e["name"]} for e in endpoints if is_due(e, healths.get(e["id"]), at)]
+    await ctx.storage.put(
+        DUE_KEY, {"at": model.iso(at), "endpoints": len(endpoints), "due": items, "started": time.time()}
+    )
+    return items
 
-    async def one(endpoint: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+
+async def read(ctx: JobContext, item: dict[str, str]) -> dict[str, Any]:
+    """Step 2, once per due endpoint (``ctx.item``): one reading, written to the series.
+
+    Answers ``{"id", "at", "values", "reset"}``, or ``{"id", "at", "error"}`` for a reading that
+    failed for good; ``backwards_total`` carries the counter check's memory to ``record``. Raises
+    :class:`TransientReadError` while the module's ``retries`` allow another attempt."""
+    settings = Settings.of(ctx.module_config)
+    endpoint = await ctx.storage.get(f"endpoint:{item['id']}")
+    if endpoint is None:
+        return {"id": item["id"], "gone": True}  # deleted since the run began
+    health = dict(await ctx.storage.get(f"health:{item['id']}") or {})
+    when = model.now()
+    answer: dict[str, Any] = {"id": item["id"], "at": model.iso(when)}
+    try:
+        # One attempt per activity: the platform's retries (with backoff) are the endpoint's.
+        values = await read_endpoint(ctx, endpoint, settings, browser_lock=_browser_lock(ctx), retries=0)
+        reset = _check_counter(values, health)
+        await ctx.series.write(SERIES, labels_of(endpoint), values, at=when)
+    except scrape.ScrapeError as exc:
+        if exc.retryable and ctx.attempt <= settings.retries:
+            raise TransientReadError(exc.message) from None
+        attempts = f" (after {ctx.attempt} attempts)" if ctx.attempt > 1 else ""
+        return {**answer, "error": exc.message + attempts, "backwards_total": health.get("backwards_total")}
+    except Exception as exc:  # a refused series write, a service error: this endpoint's only
+        return {**answer, "error": f"{type(exc).__name__}: {exc}", "backwards_total": health.get("backwards_total")}
+    ctx.logger.info(
+        "%s: %s%s",
+        endpoint["name"],
+        _shown(values),
+        " (meter reset)" if reset else "",
+        extra={"endpoint": endpoint["id"]},
+    )
+    return {**answer, "values": values, "reset": reset, "backwards_total": None}
+
+
+#: Endpoints read with one browser context take turns on it (on the platform each endpoint's
+#: activity has a context of its own; the local harness may hand one to every item).
+_BROWSER_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _browser_lock(ctx: JobContext) -> asyncio.Lock | None:
+    try:
+        return _BROWSER_LOCKS.setdefault(ctx.browser, asyncio.Lock())
+    except TypeError:  # a browser that cannot be weakly referenced: nobody shares it
+        return None
+
+
+async def record(ctx: JobContext, outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Step 3: the health of every endpoint tried, incidents and budgets; returns counts and each
+    failed endpoint's error."""
+    settings = Settings.of(ctx.module_config)
+    run = dict(await ctx.storage.get(DUE_KEY, {}) or {})
+    items = list(run.get("due") or [])
+    if len(items) != len(outcomes):  # no note of this run's due endpoints: the answers name them
+        items = [{"id": (o.get("value") or {}).get("id")} for o in outcomes]
+    at = datetime.fromisoformat(run["at"]) if run.get("at") else model.now()
+    endpoints = {e["id"]: e for e in await model.load_endpoints(ctx.storage)}
+    healths = await model.load_health(ctx.storage)
+    tried: list[tuple[dict[str, Any], dict[str, Any], str | None]] = []
+    for item, outcome in zip(items, outcomes, strict=True):
+        endpoint = endpoints.get(str(item.get("id")))
+        answer = (outcome.get("value") or {}) if outcome.get("ok") else {}
+        if endpoint is None or answer.get("gone"):
+            continue  # deleted meanwhile
         health = dict(healths.get(endpoint["id"]) or {})
-        async with slots:
-            when = model.now()
-            health["last_attempt_at"] = model.iso(when)
-            try:
-                values = await read_endpoint(ctx, endpoint, settings, browser_lock=browser_lock)
-                reset = _check_counter(values, health)
-                await ctx.series.write(SERIES, labels_of(endpoint), values, at=when)
-            except scrape.ScrapeError as exc:
-                return endpoint, _failed(health, exc.message, when), exc.message
-            except Exception as exc:  # a refused series write, a service error: this endpoint's only
-                message = f"{type(exc).__name__}: {exc}"
-                return endpoint, _failed(health, message, when), message
-        health.update(
-            last_reading_at=model.iso(when),
-            last_values=values,
-            consecutive_failures=0,
-            last_reset=model.iso(when) if reset else health.get("last_reset"),
-        )
-        ctx.logger.info(
-            "%s: %s%s",
-            endpoint["name"],
-            _shown(values),
-            " (meter reset)" if reset else "",
-            extra={"endpoint": endpoint["id"]},
-        )
-        return endpoint, health, None
-
-    outcomes = await asyncio.gather(*(one(e) for e in due))
-    for endpoint, health, error in outcomes:
-        if error is not None:
+        when = datetime.fromisoformat(answer["at"]) if answer.get("at") else model.now()
+        health["last_attempt_at"] = model.iso(when)
+        if answer.get("backwards_total") is None:
+            health.pop("backwards_total", None)
+        else:
+            health["backwards_total"] = answer["backwards_total"]
+        error = answer.get("error") if outcome.get("ok") else _item_error(outcome.get("error") or {})
+        if error is None:
+            health.update(
+                last_reading_at=model.iso(when),
+                last_values=answer["values"],
+                consecutive_failures=0,
+                last_reset=model.iso(when) if answer.get("reset") else health.get("last_reset"),
+            )
+        else:
+            _failed(health, error, when)
             ctx.logger.warning("%s: %s", endpoint["name"], error, extra={"endpoint": endpoint["id"]})
         await _alert(ctx, endpoint, health, error, settings)
-    if outcomes:
-        await ctx.storage.put_many({f"health:{e['id']}": h for e, h, _ in outcomes})
+        tried.append((endpoint, health, error))
+    if tried:
+        await ctx.storage.put_many({f"health:{e['id']}": h for e, h, _ in tried})
     budgets = await _budgets(ctx, settings, at) if settings.client_budgets_kwh else {}
-    failed = {e["id"]: err for e, _, err in outcomes if err is not None}
+    failed = {e["id"]: err for e, _, err in tried if err is not None}
+    started = run.get("started")
     return {
-        "endpoints": len(endpoints),
-        "due": len(due),
-        "read": len(due) - len(failed),
+        "endpoints": int(run.get("endpoints", len(endpoints))),
+        "due": len(items),
+        "read": len(tried) - len(failed),
         "failed": len(failed),
         "errors": failed,
         "budgets": budgets,
-        "duration_ms": int((time.monotonic() - started) * 1000),
+        "duration_ms": int((time.time() - float(started)) * 1000) if started else 0,
     }
+
+
+def _item_error(error: dict[str, Any]) -> str:
+    """The message of a reading whose activity failed for good (its attempts used up, its timeout
+    passed): the platform prefixes an exception's message with its type."""
+    message = str(error.get("message") or "the reading failed")
+    kind = error.get("type")
+    return message.removeprefix(f"{kind}: ") if kind else message
 
 
 def _shown(values: dict[str, float]) -> str:
