@@ -16,7 +16,7 @@ Installs autoplat into .venv on first run (and when pyproject.toml changes), bui
 when Node.js >= 20 is present, then runs `autoplat dev`: the Temporal dev server, the API, a worker
 and the example module's demo source, with an embedded SQLite registry under .state/; and the
 consumption monitor's demo: a meter simulator and demo endpoints with live readings a minute after
-start (console /modules/consumption-monitor). Ctrl-C stops everything.
+start (console /m/consumption-monitor). Ctrl-C stops everything.
 
 Options (passed to `autoplat dev`):
   --host TEXT             API bind address                     [default: 127.0.0.1]

@@ -174,7 +174,7 @@ async def _serve(
         _say(f"  Temporal       {settings.temporal_address} (namespace {settings.temporal_namespace})")
         _say(f"  Demo source    {demo.note()}")
         if meters is not None:
-            _say(f"  Meters demo    {base}/modules/{demo_meters.MODULE}   (the consumption monitor; its live readings:")
+            _say(f"  Meters demo    {base}/m/{demo_meters.MODULE}   (the consumption monitor; its live readings:")
             _say(f"                 GET {base}/api/v1/m/{demo_meters.MODULE}/live; off with --no-consumption-demo)")
             _say(f"  Meter sim.     {meters.note()}")
         _say(f"  State folder   {settings.state_dir}")
