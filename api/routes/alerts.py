@@ -57,7 +57,7 @@ def rule_read(rule: AlertRule, open_incidents: int = 0) -> AlertRuleRead:
         routes=list(rule.routes or []),
         escalation=rule.escalation,
         resolve_after_minutes=rule.resolve_after_minutes,
-        origin=rule.origin,
+        origin="module" if rule.origin == "module" else "api",
         module_name=rule.module_name,
         module_rule=rule.module_rule,
         modified=rule.modified,

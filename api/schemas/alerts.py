@@ -13,6 +13,7 @@ from api.schemas.common import JsonObject, Printable, Schema, Text
 
 Severity = Literal["info", "warning", "critical"]
 Source = Literal["series", "event", "job"]
+Origin = Literal["api", "module"]
 
 
 class AlertRuleBase(Schema):
@@ -86,7 +87,7 @@ class AlertRuleRead(BaseModel):
     routes: list[dict[str, Any]]
     escalation: dict[str, Any] | None
     resolve_after_minutes: float | None
-    origin: str = Field(description="api: made by an operator; module: shipped by module_name")
+    origin: Origin = Field(description="api: made by an operator; module: shipped by module_name")
     module_name: str | None = Field(description="The module that ships the rule (origin module)")
     module_rule: str | None = Field(description="The rule's name in its module's manifest")
     modified: bool = Field(description="A module's rule an operator changed: module upgrades leave it alone")

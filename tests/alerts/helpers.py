@@ -1,9 +1,11 @@
-"""A local webhook receiver and a module with a series, for the alerting tests."""
+"""A local webhook receiver, a module with a series and a module that ships alert rules, for the
+alerting tests."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -36,6 +38,52 @@ async def add_meters_module(sessions: Any) -> None:
                 status=ModuleStatus.ENABLED.value,
             )
         )
+
+
+# --- a module that ships alert rules (tests/alerts/test_module_rules.py, tests/console) ---------------
+NAME = "watt-mod"
+
+POWER = {
+    "name": "power high",
+    "severity": "critical",
+    "source": "series",
+    "message": "{{labels.endpoint}} draws {{value}} W",
+    "condition": {"series": "power", "field": "power_w", "agg": "last", "window_minutes": 10, "op": "gt",
+                  "threshold": 3000},
+}  # fmt: skip
+OFFLINE = {
+    "name": "offline",
+    "source": "series",
+    "message": "no reading from {{labels.endpoint}}",
+    "condition": {"series": "power", "field": "total_kwh", "agg": "count", "window_minutes": 15, "op": "lt",
+                  "threshold": 1, "no_data_minutes": 15},
+}  # fmt: skip
+FAILING = {
+    "name": "collect failing",
+    "source": "job",
+    "message": "{{job.name}} failed {{failures}} times",
+    "condition": {"job": "collect", "failures": 3},
+}
+
+
+def rules_manifest(version: str = "1.0.0", alerts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {
+        "name": NAME,
+        "version": version,
+        "displayName": "Watts",
+        "description": "A module with a series and default alert rules",
+        "author": "Tests <tests@example.com>",
+        "permissions": {"services": ["series"]},
+        "series": [
+            {
+                "name": "power",
+                "fields": {"total_kwh": {"type": "counter"}, "power_w": {"type": "gauge"}},
+                "labels": ["endpoint"],
+            }
+        ],
+        "jobs": [{"name": "collect", "description": "Read the meters", "handler": "watt_mod.jobs:run"}],
+        "alerts": copy.deepcopy([POWER, OFFLINE, FAILING] if alerts is None else alerts),
+    }
 
 
 @dataclass

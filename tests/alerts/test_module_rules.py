@@ -6,7 +6,6 @@ open incidents (on a real Temporal dev server and worker)."""
 
 from __future__ import annotations
 
-import copy
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,54 +16,12 @@ from sqlalchemy import select
 from activities.services.series import SeriesService
 from registry.models import AlertRule, AuditLog, Incident
 from registry.services import alerts_eval
+from tests.alerts.helpers import FAILING, NAME, OFFLINE, POWER, rules_manifest
 from tests.conftest import eventually, running_worker
 from tests.modules.conftest import write_module
 
 MODULES = "/api/v1/modules"
 RULES = "/api/v1/alerts/rules"
-NAME = "watt-mod"
-
-POWER = {
-    "name": "power high",
-    "severity": "critical",
-    "source": "series",
-    "message": "{{labels.endpoint}} draws {{value}} W",
-    "condition": {"series": "power", "field": "power_w", "agg": "last", "window_minutes": 10, "op": "gt",
-                  "threshold": 3000},
-}  # fmt: skip
-OFFLINE = {
-    "name": "offline",
-    "source": "series",
-    "message": "no reading from {{labels.endpoint}}",
-    "condition": {"series": "power", "field": "total_kwh", "agg": "count", "window_minutes": 15, "op": "lt",
-                  "threshold": 1, "no_data_minutes": 15},
-}  # fmt: skip
-FAILING = {
-    "name": "collect failing",
-    "source": "job",
-    "message": "{{job.name}} failed {{failures}} times",
-    "condition": {"job": "collect", "failures": 3},
-}
-
-
-def manifest(version: str = "1.0.0", alerts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {
-        "name": NAME,
-        "version": version,
-        "displayName": "Watts",
-        "description": "A module with a series and default alert rules",
-        "author": "Tests <tests@example.com>",
-        "permissions": {"services": ["series"]},
-        "series": [
-            {
-                "name": "power",
-                "fields": {"total_kwh": {"type": "counter"}, "power_w": {"type": "gauge"}},
-                "labels": ["endpoint"],
-            }
-        ],
-        "jobs": [{"name": "collect", "description": "Read the meters", "handler": "watt_mod.jobs:run"}],
-        "alerts": copy.deepcopy([POWER, OFFLINE, FAILING] if alerts is None else alerts),
-    }
 
 
 class Calls:
@@ -88,7 +45,7 @@ class Calls:
         assert r.status_code == 200, r.text
 
     async def enabled(self, data: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-        await self.register(data or manifest())
+        await self.register(data or rules_manifest())
         await self.act("install")
         await self.act("enable")
         return await self.rules()
@@ -109,7 +66,7 @@ async def test_registration_refuses_bad_rules_naming_path_and_code(client, admin
     other_job = {**FAILING, "name": "other job", "condition": {"job": "data-sync.hourly-sync", "failures": 2}}
     bad_template = {**POWER, "name": "templated", "message": "{{labels.site}} is high"}
     duplicate = {**OFFLINE, "name": "power high"}
-    data = manifest(alerts=[other_series, unknown_series, other_job, bad_template, duplicate])
+    data = rules_manifest(alerts=[other_series, unknown_series, other_job, bad_template, duplicate])
     body = await calls(client, admin_headers, tmp_path).register(data, expect=422)
     assert body["error"]["code"] == "invalid_manifest"
     found = {(e["path"], e["code"]) for e in body["error"]["details"]["errors"]}
@@ -121,7 +78,7 @@ async def test_registration_refuses_bad_rules_naming_path_and_code(client, admin
         ("/alerts/4/name", "alert.duplicate"),
     }
     # The shape is the JSON Schema's: an unknown key is refused before the rule checker runs.
-    data = manifest(alerts=[{**POWER, "window": 5}])
+    data = rules_manifest(alerts=[{**POWER, "window": 5}])
     body = await calls(client, admin_headers, tmp_path / "b").register(data, expect=422)
     assert [(e["path"], e["code"]) for e in body["error"]["details"]["errors"]] == [
         ("/alerts/0", "schema.additionalProperties")
@@ -132,7 +89,7 @@ async def test_enable_creates_rules_an_edit_marks_modified_and_reset_restores(
     client, admin_headers, operator_headers, viewer_headers, sessions, tmp_path
 ):
     api = calls(client, admin_headers, tmp_path)
-    await api.register(manifest())
+    await api.register(rules_manifest())
     await api.act("install")
     assert await api.rules() == {}  # not before the module is enabled
     await api.act("enable")
@@ -193,7 +150,7 @@ async def test_upgrade_updates_adds_deletes_and_detaches(client, admin_headers, 
     power_v2 = {**POWER, "condition": {**POWER["condition"], "threshold": 5000}}
     low = {**POWER, "name": "power low", "severity": "info", "condition": {**POWER["condition"], "op": "lt",
                                                                              "threshold": 10}}  # fmt: skip
-    await api.upgrade(manifest("1.1.0", [power_v2, low]))
+    await api.upgrade(rules_manifest("1.1.0", [power_v2, low]))
     after = await api.rules()
     assert set(after) == {"power high", "power low", "offline"}
     assert after["power high"]["id"] == before["power high"]["id"]  # updated in place
@@ -212,7 +169,7 @@ async def test_upgrade_updates_adds_deletes_and_detaches(client, admin_headers, 
     assert r.status_code == 409 and "no longer ships" in r.json()["error"]["message"], r.text
 
     # 1.2.0 ships "offline" again: the kept rule is the module's again, still with the operator's change.
-    await api.upgrade(manifest("1.2.0", [power_v2, OFFLINE]))
+    await api.upgrade(rules_manifest("1.2.0", [power_v2, OFFLINE]))
     again = await api.rules()
     assert set(again) == {"power high", "offline"}
     assert again["offline"]["id"] == offline["id"]
@@ -229,7 +186,7 @@ async def _evaluate(sessions: Any) -> list[alerts_eval.Signal]:
 
 async def test_disable_pauses_the_rules_and_enable_resumes_them(client, admin_headers, settings, sessions, tmp_path):
     api = calls(client, admin_headers, tmp_path)
-    rules = await api.enabled(manifest(alerts=[POWER]))
+    rules = await api.enabled(rules_manifest(alerts=[POWER]))
     rule_id = rules["power high"]["id"]
     series = SeriesService(SimpleNamespace(settings=settings, sessions=sessions)).module_series(NAME)
     await series.write_many("power", [(datetime.now(UTC), {"endpoint": "e1"}, {"power_w": 3500.0, "total_kwh": 1.0})])
@@ -252,7 +209,7 @@ async def test_uninstall_removes_the_rules_and_resolves_their_incidents(
 ):
     settings = temporal_settings
     api = calls(client, admin_headers, tmp_path)
-    rules = await api.enabled(manifest(alerts=[POWER, OFFLINE]))
+    rules = await api.enabled(rules_manifest(alerts=[POWER, OFFLINE]))
     rule_id = rules["power high"]["id"]
     series = SeriesService(SimpleNamespace(settings=settings, sessions=sessions)).module_series(NAME)
     await series.write_many("power", [(datetime.now(UTC), {"endpoint": "e1"}, {"power_w": 3500.0, "total_kwh": 1.0})])

@@ -1,18 +1,23 @@
 """The console's alerting pages in real Chromium: a firing critical incident shows as a banner on
 every page; an operator acknowledges and resolves it with a note from its page (timeline and
 sends shown); the rules list toggles a rule; the rule form previews ("would have fired N times")
-and shows the API's refusal naming the field. Accessible (axe) and text-only (markup in an event
-payload is shown, never run)."""
+and shows the API's refusal naming the field. A rule shipped by a module shows "from module X" and
+"modified", and is reset to the module's default from its page. Accessible (axe) and text-only
+(markup in an event payload is shown, never run)."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 from playwright.async_api import expect
 
+from tests.alerts.helpers import NAME, rules_manifest
 from tests.conftest import eventually
 from tests.console.conftest import XSS, api_call, axe_violations, bearer, no_script_ran, shoot, sign_in
+from tests.modules.conftest import write_module
 
 RULE = {
     "name": "demo alarms",
@@ -90,3 +95,41 @@ async def test_incident_and_rule_pages(stack: str, page: Any, users: Any) -> Non
     serious = {name: v for name, v in found.items() if v}
     assert serious == {}, json.dumps(serious, indent=1)
     await no_script_ran(page)
+
+
+async def test_module_rule_badges_and_reset(stack: str, page: Any, users: Any, tmp_path: Path) -> None:
+    admin = await users("admin")
+    headers = await bearer(stack, admin.email)
+    folder = write_module(tmp_path / "src", rules_manifest())
+    await api_call(stack, headers, "POST", "/api/v1/modules", json={"path": str(folder)})
+    await api_call(stack, headers, "POST", f"/api/v1/modules/{NAME}/install")
+    await api_call(stack, headers, "POST", f"/api/v1/modules/{NAME}/enable")
+    rules = await api_call(stack, headers, "GET", f"/api/v1/alerts/rules?module={NAME}")
+    power = next(r for r in rules["items"] if r["module_rule"] == "power high")
+    condition = {**power["condition"], "threshold": 4500}
+    await api_call(stack, headers, "PATCH", f"/api/v1/alerts/rules/{power['id']}", json={"condition": condition})
+
+    # The list: each of the module's rules says where it comes from; the edited one is modified.
+    await sign_in(page, stack, admin.email, path="/alerts/rules")
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name=f"{NAME}: power high"))
+    await expect(row.get_by_test_id("rule-origin")).to_have_text(f"from module {NAME}")
+    await expect(row.get_by_test_id("rule-modified")).to_have_text("modified")
+    offline = page.get_by_role("row").filter(has=page.get_by_role("link", name=f"{NAME}: offline"))
+    await expect(offline.get_by_test_id("rule-origin")).to_be_visible()
+    await expect(offline.get_by_test_id("rule-modified")).to_have_count(0)
+    found = {"rules": await axe_violations(page)}
+    await shoot(page, "alert-rules-module")
+
+    # Its page: reset to the module's default, confirmed; the form shows the shipped threshold.
+    await row.get_by_role("link", name=f"{NAME}: power high").click()
+    await expect(page.get_by_test_id("rule-modified")).to_be_visible()
+    await page.get_by_role("button", name="Reset to module default").click()
+    dialog = page.get_by_role("dialog")
+    await dialog.get_by_role("button", name="Reset to module default").click()
+    await expect(page.get_by_test_id("rule-modified")).to_have_count(0)
+    await expect(page.get_by_label("Condition (JSON)")).to_have_value(re.compile(r'"threshold": 3000\b'))
+    found["rule-form"] = await axe_violations(page)
+    stored = await api_call(stack, headers, "GET", f"/api/v1/alerts/rules/{power['id']}")
+    assert stored["modified"] is False and stored["condition"]["threshold"] == 3000
+    serious = {name: v for name, v in found.items() if v}
+    assert serious == {}, json.dumps(serious, indent=1)

@@ -4,6 +4,7 @@ import { useNavigate, useParams } from "react-router";
 import { api, unwrap, type Schemas } from "../api/client";
 import { useAuth } from "../auth";
 import { Card, ConfirmButton, ErrorBox, Field, Loading, PageHeader } from "../components/ui";
+import { OriginBadges } from "./AlertRules";
 
 type Source = "series" | "event" | "job";
 type Severity = "info" | "warning" | "critical";
@@ -115,6 +116,13 @@ export default function AlertRuleForm() {
       navigate("/alerts/rules");
     },
   });
+  const reset = useMutation({
+    mutationFn: () => unwrap(api.POST("/api/v1/alerts/rules/{rule_id}/reset", { params: { path: { rule_id: id ?? "" } } })),
+    onSuccess: (rule) => {
+      void queryClient.invalidateQueries({ queryKey: ["alerts"] });
+      setDraft(fromRule(rule));
+    },
+  });
   const remove = useMutation({
     mutationFn: () => unwrap(api.DELETE("/api/v1/alerts/rules/{rule_id}", { params: { path: { rule_id: id ?? "" } } })),
     onSuccess: () => {
@@ -123,6 +131,7 @@ export default function AlertRuleForm() {
     },
   });
   if (id && existing.isPending) return <Loading />;
+  const rule = reset.data ?? existing.data;
   const writable = can("alerts:write");
   const change = (k: keyof Draft) => (e: { target: { value: string } }) => setDraft({ ...draft, [k]: e.target.value });
   const submit = (e: FormEvent) => {
@@ -132,9 +141,23 @@ export default function AlertRuleForm() {
   return (
     <>
       <PageHeader title={id ? `Alert rule ${existing.data?.name ?? ""}` : "Create alert rule"}>
+        {rule?.origin === "module" && !rule.detached && writable ? (
+          <ConfirmButton
+            label="Reset to module default"
+            question={`Put this rule back to what module ${rule.module_name} ships? Your changes to it are lost.`}
+            onConfirm={() => reset.mutate()}
+          />
+        ) : null}
         {id && writable ? <ConfirmButton label="Delete" question="Delete this rule? Its open incidents stay." danger onConfirm={() => remove.mutate()} /> : null}
       </PageHeader>
-      <ErrorBox error={existing.error ?? remove.error} />
+      {rule?.origin === "module" ? (
+        <p className="muted">
+          <OriginBadges rule={rule} /> Shipped by module {rule.module_name} as “{rule.module_rule}”. A change marks it modified: upgrades of the module then leave
+          it alone. A deleted rule comes back when the module is enabled or upgraded: disable it instead.
+          {rule.paused_reason ? ` Not evaluated now: ${rule.paused_reason}.` : ""}
+        </p>
+      ) : null}
+      <ErrorBox error={existing.error ?? remove.error ?? reset.error} />
       <form className="form" onSubmit={submit}>
         <Field label="Name">
           <input required maxLength={200} value={draft.name} onChange={change("name")} />

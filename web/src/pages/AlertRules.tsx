@@ -1,6 +1,6 @@
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { Link } from "react-router";
-import { api, unwrap } from "../api/client";
+import { api, unwrap, type Schemas } from "../api/client";
 import { useAuth } from "../auth";
 import { ErrorBox, Loading, PageHeader, StatusBadge, Time } from "../components/ui";
 
@@ -46,7 +46,7 @@ export default function AlertRules() {
               {rules.data.items.map((r) => (
                 <tr key={r.id}>
                   <td>
-                    <Link to={`/alerts/rules/${r.id}/edit`}>{r.name}</Link>
+                    <Link to={`/alerts/rules/${r.id}/edit`}>{r.name}</Link> <OriginBadges rule={r} />
                     <div className="muted small">{summary(r.source, r.condition)}</div>
                   </td>
                   <td>{r.source}</td>
@@ -75,6 +75,34 @@ export default function AlertRules() {
           </table>
           {rules.data.items.length === 0 ? <p className="muted">No alert rule yet.</p> : null}
         </div>
+      ) : null}
+    </>
+  );
+}
+
+/** Where a rule comes from: "from module X" for a rule a module ships, "modified" once an operator
+ * changed it, "detached" when its module no longer ships it, "paused" while the module is disabled. */
+export function OriginBadges({ rule }: { rule: Schemas["AlertRuleRead"] }) {
+  if (rule.origin !== "module") return null;
+  return (
+    <>
+      <span className="badge" data-testid="rule-origin" title={`Shipped by module ${rule.module_name} as "${rule.module_rule}"`}>
+        from module {rule.module_name}
+      </span>
+      {rule.modified ? (
+        <span className="badge badge-pending" data-testid="rule-modified" title="Changed by an operator: upgrades of the module leave it alone">
+          modified
+        </span>
+      ) : null}
+      {rule.detached ? (
+        <span className="badge" title="The module no longer ships this rule; it was kept because it was modified">
+          detached
+        </span>
+      ) : null}
+      {rule.paused_reason ? (
+        <span className="badge badge-failed" title={rule.paused_reason}>
+          paused
+        </span>
       ) : null}
     </>
   );
