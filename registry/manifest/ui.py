@@ -134,7 +134,8 @@ def _check_panel(
         if not isinstance(action, dict) or not isinstance(action.get("route"), str):
             continue
         path = f"{base}/actions/{a}"
-        mapping = action.get("path") if isinstance(action.get("path"), dict) else {}
+        raw_path = action.get("path")
+        mapping: dict[str, Any] = raw_path if isinstance(raw_path, dict) else {}
         _check_route_ref(action["route"], f"{path}/route", routes, error, method=None, given=set(mapping), form=True)
         _check_templates(mapping, f"{path}/path", inputs, error, row=True)
 
@@ -167,7 +168,8 @@ def _check_source(
     if declared is None:
         error(f"{base}/series", "ui.unknown_series", f"no series named {name!r} in this module")
         return
-    fields = declared.get("fields") if isinstance(declared.get("fields"), dict) else {}
+    raw_fields = declared.get("fields")
+    fields: dict[str, Any] = raw_fields if isinstance(raw_fields, dict) else {}
     for f, field in enumerate(source.get("fields") or []):
         if field not in fields:
             error(f"{base}/fields/{f}", "ui.unknown_field", f"series {name!r} has no field {field!r}")
