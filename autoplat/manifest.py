@@ -492,6 +492,7 @@ class Manifest(_Model):
         dependencies: Module name -> npm-style semver range.
         metadata: Free-form data.
         ui: Console pages (docs/manifest.md#ui), kept as JSON; the platform validates them.
+        alerts: Default alert rules (docs/manifest.md#alerts), kept as JSON; the platform validates them.
     """
 
     schema_uri: SchemaUri | None = Field(default=None, alias="$schema")
@@ -511,6 +512,7 @@ class Manifest(_Model):
     dependencies: dict[ModuleName, Annotated[str, StringConstraints(max_length=256)]] | None = None
     metadata: dict[str, Any] | None = None
     ui: dict[str, Any] | None = None
+    alerts: list[dict[str, Any]] | None = Field(default=None, max_length=50)
 
     @field_validator("config")
     @classmethod
