@@ -997,6 +997,7 @@ def test_public_api_snapshot() -> None:
         "AuthMethod",
         "EmittedEvent",
         "Events",
+        "ForEach",
         "HttpMethod",
         "JobType",
         "Listener",
