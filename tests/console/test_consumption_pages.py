@@ -165,7 +165,7 @@ async def test_consumption_monitor_pages(stack: str, page: Any, browser: Any, us
             # Overload: rack A above its 3 kW limit opens a critical incident; back under, it resolves.
             async with httpx.AsyncClient(base_url=sim.url) as meters:
                 assert (await meters.post("/control/rack-a", json={"power_w": 4200})).status_code == 200
-            await _collect(http, job_id, force=True)
+            await _collect(http, job_id, read_all=True)
             await op.goto(f"{stack}{PAGES}/live")
             await expect(op.get_by_role("listitem", name="rack A")).to_contain_text("4.20 kW")
             await expect(op.get_by_role("alert").filter(has_text="critical incident is firing")).to_contain_text(
@@ -179,7 +179,7 @@ async def test_consumption_monitor_pages(stack: str, page: Any, browser: Any, us
             [opened] = await eventually(lambda: incident("firing"), what="the overload incident")
             async with httpx.AsyncClient(base_url=sim.url) as meters:
                 assert (await meters.post("/control/rack-a", json={"power_w": 2000})).status_code == 200
-            await _collect(http, job_id, force=True)
+            await _collect(http, job_id, read_all=True)
             [resolved] = await eventually(lambda: incident("resolved"), what="the overload incident to resolve")
             assert resolved["id"] == opened["id"]
             await op.goto(f"{stack}/alerts/incidents/{opened['id']}")

@@ -142,7 +142,13 @@ async def due(ctx: JobContext) -> list[dict[str, str]]:
     at = model.now()
     endpoints = await model.load_endpoints(ctx.storage)
     healths = await model.load_health(ctx.storage)
-    items = [{"id": e["id"], "name": e["name"]} for e in endpoints if is_due(e, healths.get(e["id"]), at)]
+    # read_all (a run started by hand): every enabled endpoint, due or not.
+    read_all = bool((ctx.config or {}).get("read_all"))
+    items = [
+        {"id": e["id"], "name": e["name"]}
+        for e in endpoints
+        if (e.get("enabled", True) if read_all else is_due(e, healths.get(e["id"]), at))
+    ]
     await ctx.storage.put(
         DUE_KEY, {"at": model.iso(at), "endpoints": len(endpoints), "due": items, "started": time.time()}
     )
