@@ -108,10 +108,19 @@ async def test_collection_on_the_platform_feeds_the_live_route(
     r = await client.get(f"{BASE}/reports/monthly", params={"month": "2026-13"}, headers=operator_headers)
     assert r.status_code == 422
 
-    # The alert rules the docs recommend are accepted as written.
+    # The rules the module ships were made when it was enabled, and the docs' own rule is accepted.
+    r = await client.get("/api/v1/alerts/rules", params={"module": "consumption-monitor"}, headers=viewer_headers)
+    assert r.status_code == 200, r.text
+    shipped = {rule["name"]: rule for rule in r.json()["items"]}
+    assert sorted(shipped) == [
+        "consumption-monitor: endpoint offline",
+        "consumption-monitor: endpoint over 12 MWh in 30 days",
+        "consumption-monitor: power above 3 kW",
+    ], shipped
+    assert {(rule["origin"], rule["modified"]) for rule in shipped.values()} == {("module", False)}
     docs = (MODULE.parents[1] / "docs" / "consumption-monitor.md").read_text()
     rules = [json.loads(block.split("```json\n", 1)[1].split("```", 1)[0]) for block in docs.split("<!-- rule -->")[1:]]
-    assert len(rules) == 3
+    assert len(rules) == 1
     for rule in rules:
         r = await client.post("/api/v1/alerts/rules", json=rule, headers=operator_headers)
         assert r.status_code == 201, (rule["name"], r.text)

@@ -75,7 +75,7 @@ export function LineChart({ label, lines, unit }: { label: string; lines: Line[]
         legend: { show: lines.length > 1 },
         cursor: { drag: { x: false, y: false } },
         scales: { x: { time: true } },
-        axes: [axis, { ...axis, size: 50, values: (_u, ticks) => ticks.map((v) => `${v}${unit ? ` ${unit}` : ""}`) }],
+        axes: [axis, { ...axis, size: 72, values: (_u, ticks) => ticks.map((v) => `${v.toLocaleString()}${unit ? ` ${unit}` : ""}`) }],
         series: [{}, ...lines.map((l, i) => ({ label: l.label, stroke: colors[i], width: 2, spanGaps: true }))],
       },
       [times.map((t) => t / 1000), ...columns],
