@@ -83,11 +83,22 @@ class RetryPolicyRead(Schema):
     non_retryable_errors: list[str]
 
 
+class ForEachRead(Schema):
+    concurrency: int = Field(description="Items run at once")
+    max_items: int = Field(description="Longest list the step accepts")
+    continue_on_item_error: bool = Field(
+        description="A failed item is reported to the next step instead of failing the run"
+    )
+
+
 class StepRead(Schema):
     name: str | None
     handler: str | None
     timeout_seconds: int | None
     retry_policy: RetryPolicyRead | None
+    for_each: ForEachRead | None = Field(
+        default=None, description="A fan-out step: one activity per item of the previous step's list"
+    )
 
 
 class JobTypeRead(Schema):

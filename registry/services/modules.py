@@ -234,6 +234,17 @@ def _jobs(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
 
 
+def _for_each(declared: Any) -> dict[str, Any] | None:
+    """A step's fan-out (``forEach``) with its defaults, or None for a plain step."""
+    if not isinstance(declared, dict):
+        return None
+    return {
+        "concurrency": declared.get("concurrency", 10),
+        "max_items": declared.get("maxItems", 1000),
+        "continue_on_item_error": declared.get("continueOnItemError", False),
+    }
+
+
 def _retry_policy(retries: Mapping[str, Any] | None) -> dict[str, Any]:
     retries = retries or {}
     return {
@@ -267,6 +278,7 @@ def job_types(module: Module) -> list[dict[str, Any]]:
                         "handler": step.get("handler"),
                         "timeout_seconds": step.get("timeoutSeconds"),
                         "retry_policy": _retry_policy(step["retries"]) if "retries" in step else None,
+                        "for_each": _for_each(step.get("forEach")),
                     }
                     for step in job.get("steps", [])
                 ],

@@ -89,3 +89,16 @@ def test_the_plan_carries_forEach_with_its_defaults():
         {"concurrency": 4, "maxItems": 1000, "continueOnItemError": False},
         None,
     ]
+
+
+def test_the_job_types_api_shows_the_fan_out_with_its_defaults():
+    from registry.models import Module
+    from registry.services.modules import job_types
+
+    manifest = _with({"concurrency": 4})
+    [collect] = job_types(Module(name="fan-out", version="1.0.0", manifest=manifest))
+    assert [s["for_each"] for s in collect["steps"]] == [
+        None,
+        {"concurrency": 4, "max_items": 1000, "continue_on_item_error": False},
+        None,
+    ]

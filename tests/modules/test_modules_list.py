@@ -98,6 +98,7 @@ async def test_job_types_shape(api):
     assert [s["name"] for s in pipeline["steps"]] == ["first", "second"]
     assert pipeline["steps"][1] == {
         "name": "second", "handler": "demo_mod.jobs:step_two", "timeout_seconds": 30, "retry_policy": None,
+        "for_each": None,
     }  # fmt: skip
     assert pipeline["config_schema"] == {"type": "object", "properties": {}}
     assert (pipeline["timeout_seconds"], pipeline["retries"], pipeline["overlap"]) == (300, 0, "skip")

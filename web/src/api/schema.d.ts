@@ -2240,6 +2240,24 @@ export interface components {
             /** Workflow Id */
             workflow_id: string;
         };
+        /** ForEachRead */
+        ForEachRead: {
+            /**
+             * Concurrency
+             * @description Items run at once
+             */
+            concurrency: number;
+            /**
+             * Continue On Item Error
+             * @description A failed item is reported to the next step instead of failing the run
+             */
+            continue_on_item_error: boolean;
+            /**
+             * Max Items
+             * @description Longest list the step accepts
+             */
+            max_items: number;
+        };
         /** GroupRead */
         GroupRead: {
             /** Labels */
@@ -3577,6 +3595,8 @@ export interface components {
         };
         /** StepRead */
         StepRead: {
+            /** @description A fan-out step: one activity per item of the previous step's list */
+            for_each?: components["schemas"]["ForEachRead"] | null;
             /** Handler */
             handler: string | null;
             /** Name */

@@ -37,6 +37,8 @@ export default function ModuleDetail() {
     queryKey: ["modules", "job-types", name],
     queryFn: () => unwrap(api.GET("/api/v1/modules/{name}/job-types", { params: { path: { name }, query: { limit: 200 } } })),
   });
+  const pages = useQuery({ queryKey: ["ui", "pages"], queryFn: () => unwrap(api.GET("/api/v1/ui/pages")), staleTime: 30_000 });
+  const modulePages = pages.data?.modules.find((p) => p.module === name)?.pages ?? [];
   const versions = useQuery({
     queryKey: ["modules", "versions", name],
     queryFn: () => unwrap(api.GET("/api/v1/modules/{name}/versions", { params: { path: { name }, query: { limit: 50 } } })),
@@ -142,7 +144,17 @@ export default function ModuleDetail() {
                   </td>
                   <td>{jt.schedule ? <code>{jt.schedule}</code> : "—"}</td>
                   <td>{jt.timeout_seconds} s</td>
-                  <td>{jt.steps.length || 1}</td>
+                  <td>
+                    {jt.steps.length
+                      ? jt.steps.map((s, i) => (
+                          <span key={s.name ?? i}>
+                            {i ? " → " : ""}
+                            <code>{s.name}</code>
+                            {s.for_each ? <span className="muted small">{` (each item, ${s.for_each.concurrency} at once)`}</span> : null}
+                          </span>
+                        ))
+                      : 1}
+                  </td>
                 </tr>
               ))}
             </tbody>
@@ -154,6 +166,18 @@ export default function ModuleDetail() {
       </Card>
 
       <div className="grid two">
+        {modulePages.length ? (
+          <Card title="Pages">
+            <ul className="plain">
+              {modulePages.map((p) => (
+                <li key={p.name}>
+                  <Link to={`/m/${encodeURIComponent(name)}/${p.name}`}>{p.title}</Link>
+                  {p.description ? <span className="muted small">{` — ${p.description}`}</span> : null}
+                </li>
+              ))}
+            </ul>
+          </Card>
+        ) : null}
         <Card title="Routes">
           {manifest.routes?.length ? (
             <ul className="plain">
