@@ -136,8 +136,20 @@ def _check_panel(
         path = f"{base}/actions/{a}"
         raw_path = action.get("path")
         mapping: dict[str, Any] = raw_path if isinstance(raw_path, dict) else {}
-        _check_route_ref(action["route"], f"{path}/route", routes, error, method=None, given=set(mapping), form=True)
+        target = _check_route_ref(
+            action["route"], f"{path}/route", routes, error, method=None, given=set(mapping), form=True
+        )
         _check_templates(mapping, f"{path}/path", inputs, error, row=True)
+        _check_body(action.get("body"), f"{path}/body", inputs, error)
+        if action.get("form") is True and "body" in action:
+            error(f"{path}/body", "ui.action_body_and_form", "an action sends either a fixed body or its form")
+        schemaless = target is not None and not isinstance(target.get("bodySchema"), dict)
+        if action.get("form") is True and schemaless and "schema" not in action:
+            error(
+                f"{path}/form",
+                "ui.form_without_schema",
+                f"{action['route']} declares no bodySchema: give the action a schema",
+            )
 
 
 def _check_source(
@@ -212,6 +224,18 @@ def _check_route_ref(
     return route
 
 
+def _check_body(raw: object, base: str, inputs: dict[str, str], error: Report) -> None:
+    """Placeholders in a fixed body, at any depth."""
+    if isinstance(raw, str):
+        _check_template(raw, base, inputs, error, row=True)
+    elif isinstance(raw, dict):
+        for key, value in raw.items():
+            _check_body(value, f"{base}/{key}", inputs, error)
+    elif isinstance(raw, list):
+        for k, value in enumerate(raw):
+            _check_body(value, f"{base}/{k}", inputs, error)
+
+
 def _check_templates(raw: object, base: str, inputs: dict[str, str], error: Report, *, row: bool = False) -> None:
     if isinstance(raw, dict):
         for key, value in raw.items():
@@ -269,10 +293,26 @@ def page_for(manifest: dict[str, Any], name: str, role: str) -> dict[str, Any] |
 
 
 def _with_form_schema(panel: dict[str, Any], routes: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """A form without a schema of its own gets its route's bodySchema."""
+    """A form (or a row action's edit form) without a schema of its own gets its route's bodySchema."""
+
+    def schema_of(route: object) -> Any:
+        return routes.get(str(route), {}).get("bodySchema")
+
+    if isinstance(panel.get("actions"), list):
+        panel = panel | {
+            "actions": [
+                a | {"schema": schema_of(a.get("route"))}
+                if isinstance(a, dict)
+                and a.get("form") is True
+                and "schema" not in a
+                and isinstance(schema_of(a.get("route")), dict)
+                else a
+                for a in panel["actions"]
+            ]
+        }
     if panel.get("type") != "form" or "schema" in panel:
         return panel
-    body = routes.get(str(panel.get("route")), {}).get("bodySchema")
+    body = schema_of(panel.get("route"))
     return panel | {"schema": body} if isinstance(body, dict) else panel
 
 

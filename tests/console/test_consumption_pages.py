@@ -162,6 +162,23 @@ async def test_consumption_monitor_pages(stack: str, page: Any, browser: Any, us
             await form.get_by_role("button", name="Add endpoint").click()
             await expect(form.get_by_role("alert").first).to_contain_text("url")
 
+            # Edit opens a form with the row's values and saves through PATCH; Disable / Enable toggle.
+            await table.get_by_role("button", name="Edit rack B").click()
+            dialog = op.get_by_role("dialog", name="Edit: rack B")
+            await expect(dialog.locator("#edit-PATCH-endpoints-endpoint_id_name")).to_have_value("rack B")
+            await expect(dialog.locator("#edit-PATCH-endpoints-endpoint_id_credentials_token")).to_have_value("")
+            await dialog.locator("#edit-PATCH-endpoints-endpoint_id_location").fill("DC2 / row 1")
+            await dialog.get_by_role("button", name="Save").click()
+            await expect(dialog).to_be_hidden()
+            await expect(table.get_by_role("row", name="rack B")).to_contain_text("DC2 / row 1")
+            broken_row = table.get_by_role("row", name="broken meter")
+            await broken_row.get_by_role("button", name="Disable broken meter").click()
+            await expect(broken_row).to_contain_text("disabled")
+            await broken_row.get_by_role("button", name="Enable broken meter").click()
+            await expect(broken_row.get_by_role("button", name="Disable broken meter")).to_be_visible()
+            r = await http.get(f"{BASE}/endpoints/{ids[1]}")
+            assert r.json()["location"] == "DC2 / row 1" and r.json()["protocol"] == "prometheus", r.text
+
             # Overload: rack A above its 3 kW limit opens a critical incident; back under, it resolves.
             async with httpx.AsyncClient(base_url=sim.url) as meters:
                 assert (await meters.post("/control/rack-a", json={"power_w": 4200})).status_code == 200

@@ -151,6 +151,18 @@ def _broken(change: Any) -> dict[str, Any]:
             lambda p: p["panels"][2]["source"].update(route="GET /things"),
             ("/ui/pages/0/panels/2/source/fields", "ui.source_mixed"),
         ),
+        (
+            lambda p: p["panels"][1]["actions"][0].update(form=True),
+            ("/ui/pages/0/panels/1/actions/0/form", "ui.form_without_schema"),
+        ),
+        (
+            lambda p: p["panels"][1]["actions"][0].update(body={"who": "{nobody}"}),
+            ("/ui/pages/0/panels/1/actions/0/body/who", "ui.unknown_input"),
+        ),
+        (
+            lambda p: p["panels"][1]["actions"][0].update(body={"on": True}, form=True, schema={"type": "object"}),
+            ("/ui/pages/0/panels/1/actions/0/body", "ui.action_body_and_form"),
+        ),
         (lambda p: p.update(name="billing"), ("/ui/pages/1/name", "ui.duplicate_page")),
     ],
 )

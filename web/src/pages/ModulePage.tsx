@@ -5,7 +5,7 @@ import Form from "@rjsf/core";
 import type { ErrorSchema, RJSFSchema, UiSchema } from "@rjsf/utils";
 import validator from "@rjsf/validator-ajv8";
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
-import { lazy, Suspense, useEffect, useMemo, useState, type ReactNode } from "react";
+import { lazy, Suspense, useEffect, useId, useMemo, useRef, useState, type ReactNode } from "react";
 import { Link, Navigate, NavLink, useParams, useSearchParams } from "react-router";
 import { api, ApiError, authFetch, toApiError, unwrap } from "../api/client";
 import { configErrors } from "../components/SchemaForm";
@@ -43,6 +43,11 @@ interface Action {
   route: string;
   path?: Record<string, string>;
   confirm?: string;
+  body?: unknown;
+  form?: boolean;
+  schema?: Dict;
+  showIf?: string;
+  hideIf?: string;
 }
 interface Panel extends Shown {
   type: string;
@@ -168,6 +173,18 @@ function fillAll(map: Record<string, string> | undefined, scope: Scope): Record<
     out[k] = filled;
   }
   return out;
+}
+
+/** A fixed body with its placeholders filled; a string that is one placeholder keeps the value's type. */
+function fillBody(value: unknown, scope: Scope): unknown {
+  if (typeof value === "string") {
+    const whole = /^\{([a-z][a-z0-9_]*)(?:\.([A-Za-z0-9_]+))?\}$/.exec(value);
+    if (whole && whole[1] === "row" && whole[2]) return scope.row?.[whole[2]] ?? null;
+    return fill(value, scope) ?? "";
+  }
+  if (Array.isArray(value)) return value.map((v) => fillBody(v, scope));
+  if (value && typeof value === "object") return Object.fromEntries(Object.entries(value as Dict).map(([k, v]) => [k, fillBody(v, scope)]));
+  return value;
 }
 
 /** The API address of a module route with its path parameters and query; null until inputs are set. */
@@ -586,9 +603,11 @@ function Table({ page, panel, data, scope }: { page: PageDef; panel: Panel; data
                 ))}
                 {actions.length ? (
                   <td className="actions">
-                    {actions.map((a) => (
-                      <RowAction key={a.label} page={page} action={a} scope={{ ...scope, row }} onDone={setOutcome} />
-                    ))}
+                    {actions
+                      .filter((a) => (!a.showIf || Boolean(pick(row, a.showIf))) && (!a.hideIf || !pick(row, a.hideIf)))
+                      .map((a) => (
+                        <RowAction key={a.label} page={page} action={a} scope={{ ...scope, row }} onDone={setOutcome} />
+                      ))}
                   </td>
                 ) : null}
               </tr>
@@ -634,19 +653,87 @@ function RowAction({ page, action, scope, onDone }: { page: PageDef; action: Act
   const url = routeUrl(page, action.route, action.path, undefined, scope);
   const name = String(scope.row?.name ?? scope.row?.id ?? "");
   const run = useMutation({
-    mutationFn: () => callRoute(page, action.route, url!),
+    mutationFn: (body?: unknown) => callRoute(page, action.route, url!, body),
     onSuccess: (value) => onDone({ title: `${action.label}: ${name}`, value }),
     onError: (error) => onDone({ title: `${action.label}: ${name}`, error }),
     onSettled: () => qc.invalidateQueries({ queryKey: ["ui", "data", page.module] }),
   });
+  const body = action.body === undefined ? undefined : fillBody(action.body, scope);
   const label = run.isPending ? `${action.label}…` : action.label;
+  if (action.form) return <EditAction page={page} action={action} url={url} scope={scope} name={name} onDone={onDone} />;
   if (action.confirm)
-    return <ConfirmButton label={label} question={action.confirm} danger={page.routes[action.route].method === "DELETE"} disabled={!url || run.isPending} onConfirm={() => run.mutate()} />;
+    return <ConfirmButton label={label} question={action.confirm} danger={page.routes[action.route].method === "DELETE"} disabled={!url || run.isPending} onConfirm={() => run.mutate(body)} />;
   return (
-    <button type="button" disabled={!url || run.isPending} onClick={() => run.mutate()} aria-label={`${action.label} ${name}`}>
+    <button type="button" disabled={!url || run.isPending} onClick={() => run.mutate(body)} aria-label={`${action.label} ${name}`}>
       {label}
     </button>
   );
+}
+
+/** The row's values the form knows (its schema's top-level properties). */
+function formValues(row: Dict | undefined, schema: Dict): Dict {
+  const props = Object.keys((schema.properties ?? {}) as Dict);
+  return Object.fromEntries(Object.entries(row ?? {}).filter(([k, v]) => props.includes(k) && v !== null));
+}
+
+function EditAction({ page, action, url, scope, name, onDone }: { page: PageDef; action: Action; url: string | null; scope: Scope; name: string; onDone(o: { title: string; value?: unknown; error?: unknown }): void }) {
+  const qc = useQueryClient();
+  const dialog = useRef<HTMLDialogElement>(null);
+  const titleId = useId();
+  const schema = (action.schema ?? { type: "object" }) as Dict;
+  const [value, setValue] = useState<Dict>({});
+  const save = useMutation({
+    mutationFn: (body: Dict) => callRoute(page, action.route, url!, pruned(body)),
+    onSuccess: (result) => {
+      dialog.current?.close();
+      onDone({ title: `${action.label}: ${name}`, value: result });
+      void qc.invalidateQueries({ queryKey: ["ui", "data", page.module] });
+    },
+  });
+  const uiSchema = useMemo<UiSchema>(() => ({ ...secretUi(schema), "ui:submitButtonOptions": { submitText: "Save" } }), [schema]);
+  const extra: ErrorSchema | undefined = save.error instanceof ApiError ? configErrors(save.error.details, "body") : undefined;
+  return (
+    <>
+      <button
+        type="button"
+        disabled={!url}
+        aria-label={`${action.label} ${name}`}
+        onClick={() => {
+          setValue(formValues(scope.row, schema));
+          save.reset();
+          dialog.current?.showModal();
+        }}
+      >
+        {action.label}
+      </button>
+      <dialog ref={dialog} aria-labelledby={titleId} className="confirm edit-dialog">
+        <h2 id={titleId}>{`${action.label}: ${name}`}</h2>
+        <Form<Dict>
+          schema={schema as RJSFSchema}
+          uiSchema={uiSchema}
+          formData={value}
+          validator={validator}
+          idPrefix={`edit-${slug(action.route)}`}
+          showErrorList={false}
+          noHtml5Validate
+          extraErrors={extra}
+          onChange={(e) => setValue((e.formData ?? {}) as Dict)}
+          onSubmit={(e) => save.mutate((e.formData ?? {}) as Dict)}
+        />
+        <ErrorBox error={save.error} />
+        <div className="actions">
+          <button type="button" onClick={() => dialog.current?.close()}>
+            Cancel
+          </button>
+        </div>
+      </dialog>
+    </>
+  );
+}
+
+/** "PATCH /endpoints/{endpoint_id}" -> "PATCH-endpoints-endpoint_id": ids of a form's fields. */
+function slug(route: string): string {
+  return route.replace(/[^a-z0-9_]+/gi, "-").replace(/^-+|-+$/g, "");
 }
 
 /** Password widgets for every `writeOnly` or `format: password` property, at any depth. */
@@ -701,7 +788,7 @@ function FormPanel({ page, panel }: { page: PageDef; panel: Panel }) {
         uiSchema={uiSchema}
         formData={value}
         validator={validator}
-        idPrefix={`form-${panel.route?.replace(/[^a-z0-9]+/gi, "-")}`}
+        idPrefix={`form-${slug(panel.route ?? "")}`}
         showErrorList={false}
         noHtml5Validate
         extraErrors={extra}
