@@ -50,9 +50,11 @@ ALLOWED_CALLS: dict[str, frozenset[str]] = {
     "emit": frozenset({"emit"}),
     "series": frozenset({"write_many", "range", "rollup", "latest"}),
     "alerts": frozenset({"raise_", "resolve"}),
+    # Sealing and opening happen here: the handler process never holds the module's vault key.
+    "vault": frozenset({"seal", "open"}),
 }
 #: Services a handler process reaches through the worker.
-_REMOTE_SERVICES = ("storage", "state", "notify", "browser", "series", "alerts")
+_REMOTE_SERVICES = ("storage", "state", "notify", "browser", "series", "alerts", "vault")
 #: How long a cancelled handler gets to stop (and send its last logs) before its process is killed.
 STOP_GRACE_SECONDS = 3.0  # within activities.types.STEP_GRACE_SECONDS (10 s): the end is written before
 #: A run waits this long for a busy process to be released before one is started for it.

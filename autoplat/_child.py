@@ -7,8 +7,9 @@ after that, every ``run`` message loads a handler from its code folder and calls
 
 * ``ctx.http`` runs here (an :class:`autoplat.http.HttpClient` with the manifest's hosts and the
   worker's address policy, which the worker sends);
-* ``ctx.storage``, ``ctx.state``, ``ctx.series``, ``ctx.notify``, ``ctx.browser`` and ``ctx.emit`` are calls
-  answered by the worker, which checks them as it checks in-process calls;
+* ``ctx.storage``, ``ctx.state``, ``ctx.series``, ``ctx.notify``, ``ctx.browser``, ``ctx.alerts``,
+  ``ctx.vault`` and ``ctx.emit`` are calls answered by the worker, which checks them as it checks
+  in-process calls (the vault's key stays in the worker: this process only sends values and tokens);
 * log lines (``ctx.logger``, and ``print``) are sent to the worker as they happen, so they are
   kept even when this process dies.
 
@@ -38,6 +39,7 @@ from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer
 from autoplat.errors import Cancelled, JobError
 from autoplat.series import Bucket, Point, SeriesBase, SeriesError
 from autoplat.storage import Document, JobStateBase, StateConflict, StateSnapshot, StorageBase, StorageError
+from autoplat.vault import VaultBase, VaultError
 
 #: Largest message the worker sends (a run's config, previous result and event are in it).
 MAX_INBOUND = 64 * 1024 * 1024
@@ -46,6 +48,7 @@ _KNOWN: dict[str, type[Exception]] = {
     "JobError": JobError,
     "StorageError": StorageError,
     "SeriesError": SeriesError,
+    "VaultError": VaultError,
     "Cancelled": Cancelled,
 }
 #: Largest ``write_many`` call sent to the worker (its messages are capped by the output limit).
@@ -211,6 +214,20 @@ class _RemoteSeries(SeriesBase):
 
     async def latest(self, series: str, **kwargs: Any) -> list[Point]:
         return [_point(p) for p in await self._child.call("series", "latest", [series], kwargs)]
+
+
+class _RemoteVault(VaultBase):
+    """``ctx.vault`` answered by the worker, which holds the module's key (this process never does)."""
+
+    def __init__(self, child: Child) -> None:
+        super().__init__(runner=child.runner)
+        self._child = child
+
+    async def _seal(self, value: Any) -> str:
+        return str(await self._child.call("vault", "seal", [value], {}))
+
+    async def _open(self, token: str) -> Any:
+        return await self._child.call("vault", "open", [token], {})
 
 
 def _iso(value: Any) -> Any:
@@ -418,6 +435,8 @@ class Child:
             services["state"] = _RemoteState(self)
         if "series" in provided:
             services["series"] = _RemoteSeries(self)
+        if "vault" in provided:
+            services["vault"] = _RemoteVault(self)
         ctx = JobContext(
             info=info,
             config=message.get("config"),

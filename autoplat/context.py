@@ -64,6 +64,11 @@ class HttpRequest:
     query: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     body: Any = None
+    #: Where the body holds values its route's ``bodySchema`` marks ``"secret": true``, as paths
+    #: (``["credentials", "password"]``, ``["keys", 0]``). The platform sealed them before the run
+    #: started (its workflow history and execution row hold only vault tokens) and opened them for
+    #: this handler: ``body`` has them in clear. Keep them out of logs and results.
+    secret_fields: list[list[str | int]] = field(default_factory=list)
 
 
 @dataclass
@@ -220,10 +225,14 @@ class JobContext:
             ``slack(url, text)`` and ``channel(name, subject, text)``. See docs/notifications.md.
         alerts: ``raise_(key, title, message=, severity=, labels=, channels=)`` opens or refreshes
             an incident by dedup key, ``resolve(key)`` resolves it. See docs/alerting.md.
+        vault: The module's own sealing (:class:`autoplat.vault.VaultBase`): ``seal(value)`` turns
+            any JSON value into an opaque token to store, ``open(token)`` gives it back; only this
+            module can open its tokens, and handlers never hold the key. Needs no declaration.
+            See docs/services.md, "Vault".
 
-    http, storage, state and series methods have ``*_sync`` twins for sync handlers (docs/services.md);
-    browser and notify methods are awaitable in ``async def`` handlers and blocking in plain
-    ``def`` handlers. A service used without being declared in the manifest's
+    http, storage, state, series and vault methods have ``*_sync`` twins for sync handlers
+    (docs/services.md); browser, notify and alerts methods are awaitable in ``async def`` handlers
+    and blocking in plain ``def`` handlers. A service used without being declared in the manifest's
     ``permissions.services`` fails the step (no retry).
     """
 
@@ -262,6 +271,7 @@ class JobContext:
         self.state: Any = services.get("state") or _Unavailable("state")
         self.series: Any = services.get("series") or _Unavailable("series")
         self.alerts: Any = services.get("alerts") or _Unavailable("alerts")
+        self.vault: Any = services.get("vault") or _Unavailable("vault")
 
     # identity -------------------------------------------------------------------------------
     @property

@@ -33,10 +33,12 @@ registry — the platform's own workflow, activities and mirror, end to end::
 
 Services in-process (:class:`MemoryServices`): ``ctx.storage`` / ``ctx.state`` are
 :class:`MemoryStorage` / :class:`MemoryState`, ``ctx.notify`` records what it would send
-(:class:`MemoryNotify`), ``ctx.emit`` records events, and ``ctx.http`` is the real client (allowlist
-from the manifest's ``permissions.hosts``, address guard) on a :class:`MockHttp` transport when
-one is given, answering per host. As on the platform, a service the manifest does not declare in
-``permissions.services`` is not available (``state`` and ``emit`` need no declaration).
+(:class:`MemoryNotify`), ``ctx.emit`` records events, ``ctx.vault`` seals with a random key of
+its own (:class:`autoplat.vault.KeyVault`), and ``ctx.http`` is the real client (allowlist from the
+manifest's ``permissions.hosts``, address guard) on a :class:`MockHttp` transport when one is
+given, answering per host. As on the platform, a service the manifest does not declare in
+``permissions.services`` is not available (``state``, ``emit``, ``alerts`` and ``vault`` need no
+declaration).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from autoplat.context import ExecutionInfo, HttpRequest, JobContext, LogBuffer, 
 from autoplat.errors import JobError
 from autoplat.http import AddressPolicy, AllowPrivate, GuardedTransport, HostNotAllowed, HttpClient
 from autoplat.storage import MemoryState, MemoryStorage
+from autoplat.vault import KeyVault
 
 __all__ = [
     "ItemFailed",
@@ -342,6 +345,8 @@ class MemoryServices:
     series: MemorySeries = field(default_factory=MemorySeries)
     #: ``ctx.alerts``: incidents by dedup key (autoplat/alerts.py).
     alerts: MemoryAlerts = field(default_factory=MemoryAlerts)
+    #: ``ctx.vault``: a random key of its own (each test gets one), so tokens open within the test only.
+    vault: KeyVault = field(default_factory=KeyVault.generate)
     http: MockHttp | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -353,6 +358,7 @@ class MemoryServices:
             "notify": self.notify,
             "series": self.series.bind(runner),
             "alerts": self.alerts,
+            "vault": self.vault.bind(runner),
         }
 
 

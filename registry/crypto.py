@@ -3,6 +3,10 @@
 Values are JSON documents encrypted with Fernet (AES-128-CBC + HMAC-SHA256, timestamped). The
 Fernet key is derived from ``Settings.encryption_key()`` (``AUTOPLAT_SECRET_KEY``, falling back to
 the JWT secret) with SHA-256, so any string of enough entropy works as the setting.
+
+Each module also has a vault key (``ctx.vault``, and the route body fields marked secret), derived
+from the same setting with HKDF-SHA256 and the module's name, so one module's tokens never open
+for another. Changing the setting makes every stored secret and every vault token unreadable.
 """
 
 from __future__ import annotations
@@ -13,8 +17,15 @@ import json
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-__all__ = ["DecryptionFailed", "decrypt_json", "encrypt_json", "fernet_key"]
+from autoplat.vault import KeyVault
+
+__all__ = ["DecryptionFailed", "decrypt_json", "encrypt_json", "fernet_key", "module_vault", "vault_key"]
+
+#: HKDF salt of the module vault keys (a new derivation gets a new salt and token prefix).
+_VAULT_SALT = b"autoplat module vault v1"
 
 
 class DecryptionFailed(Exception):
@@ -46,3 +57,15 @@ def decrypt_json(key: str, token: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise DecryptionFailed("stored secrets are not a JSON object")
     return value
+
+
+def vault_key(key: str, module: str) -> bytes:
+    """The Fernet key of ``module``'s vault: HKDF-SHA256 of the settings secret, with the module's
+    name as the context, so each module has its own key and none can be computed from another's."""
+    derived = HKDF(algorithm=SHA256(), length=32, salt=_VAULT_SALT, info=b"module:" + module.encode("utf-8"))
+    return base64.urlsafe_b64encode(derived.derive(key.encode("utf-8")))
+
+
+def module_vault(key: str, module: str) -> KeyVault:
+    """``module``'s vault (``ctx.vault`` as the worker answers it; the API seals route bodies with it)."""
+    return KeyVault(vault_key(key, module))

@@ -1,5 +1,5 @@
 """Platform services for jobs: HTTP, browser, notifications, module storage / job state, live logs,
-time series.
+time series, the module's vault.
 
 Each service lives in a submodule of this package that defines ``provider(deps)``, returning an
 object with:
@@ -26,7 +26,7 @@ from autoplat.context import JobContext
 
 log = logging.getLogger(__name__)
 
-SUBMODULES = ("http", "storage", "notify", "browser", "logs", "series")
+SUBMODULES = ("http", "storage", "notify", "browser", "logs", "series", "vault")
 
 
 class Services:

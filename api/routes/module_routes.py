@@ -3,7 +3,9 @@
 Each call: find the module's route table (re-read when the module row changed, so every API
 process follows enable / disable / upgrade at once), match method and path (404, 405 with
 ``Allow``), authenticate (a platform token and the route's role, or the HMAC signature of a public
-route), validate query and body (422), then start one execution with trigger ``http``. A sync route
+route), validate query and body (422), seal the body values its schema marks ``"secret": true``
+with the module's vault key (so Temporal history and the execution row hold only tokens; the
+worker opens them for the handler), then start one execution with trigger ``http``. A sync route
 waits for the handler and answers its return value (status and headers from ``ctx.response``); an
 async route answers 202 with the execution id and a ``Location`` to poll.
 """
@@ -27,7 +29,8 @@ from activities.types import INFRA_ATTEMPTS
 from api.deps import client_ip, principal_for, read_body
 from api.errors import error_response
 from api.state import AppState
-from registry import metrics
+from autoplat.vault import KeyVault
+from registry import crypto, metrics
 from registry.errors import AuthenticationFailed, NotFound, ServiceUnavailable, UpstreamTimeout
 from registry.models import Execution, ExecutionStatus, Module
 from registry.security import decode_token
@@ -79,6 +82,17 @@ def _cache(request: Request, state: AppState) -> routes.RouteCache:
         cache = routes.RouteCache(config_loader=load_config)
         request.app.state.route_cache = cache
     return cache
+
+
+def _vault(request: Request, state: AppState, module: str) -> KeyVault:
+    """The module's vault (its key derived once per API process)."""
+    vaults: dict[str, KeyVault] | None = getattr(request.app.state, "route_vaults", None)
+    if vaults is None:
+        vaults = request.app.state.route_vaults = {}
+    vault = vaults.get(module)
+    if vault is None:
+        vault = vaults[module] = crypto.module_vault(state.settings.encryption_key(), module)
+    return vault
 
 
 async def _caller(request: Request, session: AsyncSession, state: AppState) -> Actor:
@@ -229,6 +243,7 @@ async def _serve(request: Request, module: str) -> Response:
     query = routes.query_values(route, table, request.query_params.multi_items())
     body = _json(request, raw)
     routes.check_body(route, table, body)
+    body, secret_fields = routes.seal_body(route, body, _vault(request, state, module).seal_now)
 
     definition = table.jobs.get(route.job) or {}
     runner = await state.runner()
@@ -244,6 +259,8 @@ async def _serve(request: Request, module: str) -> Response:
                 "query": query,
                 "headers": routes.handler_headers(request.headers.items()),
                 "body": body,
+                # Only when there are some: a worker of an earlier version knows no such field.
+                **({"secret_fields": secret_fields} if secret_fields else {}),
             },
             timeout=run_timeout(definition, module, route.job),
             plan=table.plan(route.job, heartbeat_timeout_seconds=state.settings.heartbeat_timeout_seconds),

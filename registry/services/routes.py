@@ -1,4 +1,5 @@
-"""Module HTTP routes: the route table of a module, matching, input validation and webhook signatures.
+"""Module HTTP routes: the route table of a module, matching, input validation, webhook signatures,
+and the sealing of the body values a route's ``bodySchema`` marks ``"secret": true``.
 
 A module route is the serverless HTTP trigger of a job type (``manifest.routes``). The API layer
 (``api/routes/module_routes.py``) asks :class:`RouteCache` for the table of a module on every call;
@@ -23,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.types import RunPlan
+from autoplat.vault import MAX_VALUE_BYTES, VaultError
 from registry.errors import AuthenticationFailed, InvalidInput, PermissionDenied, ServiceUnavailable
 from registry.models import Module, ModuleStatus
 from registry.services.runs import run_plan
@@ -62,6 +64,8 @@ class RouteSpec:
     body_schema: dict[str, Any] | None
     query_schema: dict[str, Any] | None
     auth: dict[str, Any] | None
+    #: ``bodySchema`` marks some value ``"secret": true``: the API seals them (:func:`seal_body`).
+    secret_body: bool
     #: Sort key: a literal segment wins over a parameter at the same position.
     specificity: tuple[int, ...]
 
@@ -98,6 +102,7 @@ class RouteSpec:
             body_schema=raw.get("bodySchema") if isinstance(raw.get("bodySchema"), dict) else None,
             query_schema=raw.get("querySchema") if isinstance(raw.get("querySchema"), dict) else None,
             auth=auth,
+            secret_body=holds_secret(raw.get("bodySchema")),
             specificity=tuple(0 if s is not None else 1 for s in segments),
         )
 
@@ -372,14 +377,152 @@ def _errors(table: RouteTable, route: RouteSpec, which: str, instance: Any) -> l
         ) from exc
 
 
+#: Validation messages that name properties, never the value checked (safe when it holds a secret).
+_NAMES_ONLY = frozenset({"required", "additionalProperties", "unevaluatedProperties", "dependentRequired"})
+
+
 def check_body(route: RouteSpec, table: RouteTable, body: Any) -> None:
     if route.body_schema is None:
         return
     errors = _errors(table, route, "body", body)
     if errors:
-        raise RouteInputInvalid(
-            "request body does not match the route's bodySchema", details=_issue_details("body", errors)
-        )
+        details = _issue_details("body", errors)
+        secrets = secret_paths(route, body)
+        for error, detail in zip(errors, details, strict=True):
+            at = list(error.absolute_path)
+            # A message about a secret, or about a value holding one, may quote it: not echoed.
+            if any(at[: len(s)] == s for s in secrets) or (
+                error.validator not in _NAMES_ONLY and any(s[: len(at)] == at for s in secrets)
+            ):
+                detail["msg"] = f"invalid value ({error.validator})"
+        raise RouteInputInvalid("request body does not match the route's bodySchema", details=details)
+
+
+# --- secret body fields -----------------------------------------------------------------------------
+
+#: How deep ``$ref`` / ``allOf`` / ``anyOf`` / ``oneOf`` are followed looking for secrets (cycles end here).
+_MAX_SCHEMA_DEPTH = 32
+
+
+def holds_secret(schema: object) -> bool:
+    """True when ``"secret": true`` appears anywhere in ``schema`` (a cheap test before the walk)."""
+    if isinstance(schema, dict):
+        return schema.get("secret") is True or any(holds_secret(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(holds_secret(v) for v in schema)
+    return False
+
+
+def _pointer(root: Mapping[str, Any], ref: str) -> object:
+    """The subschema a local ``$ref`` (``#``, ``#/$defs/x``) names, or None."""
+    node: object = root
+    for raw in ref[1:].split("/")[1:] if ref != "#" else []:
+        part = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _applying(root: Mapping[str, Any], schemas: Sequence[object], depth: int = 0) -> list[Mapping[str, Any]]:
+    """``schemas`` and what applies at the same place through local ``$ref`` and ``allOf`` / ``anyOf`` /
+    ``oneOf`` (a value that is secret in any branch is sealed)."""
+    found: list[Mapping[str, Any]] = []
+    if depth > _MAX_SCHEMA_DEPTH:
+        return found
+    for schema in schemas:
+        if not isinstance(schema, dict):
+            continue
+        found.append(schema)
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#"):
+            found += _applying(root, [_pointer(root, ref)], depth + 1)
+        for key in ("allOf", "anyOf", "oneOf"):
+            branches = schema.get(key)
+            if isinstance(branches, list):
+                found += _applying(root, branches, depth + 1)
+    return found
+
+
+def _seal_at(
+    root: Mapping[str, Any],
+    schemas: Sequence[object],
+    value: Any,
+    path: list[str | int],
+    seal: Callable[[Any], str],
+    sealed: list[list[str | int]],
+) -> Any:
+    applying = _applying(root, schemas)
+    if value is None or not applying:
+        return value
+    if any(s.get("secret") is True for s in applying):
+        sealed.append(path)
+        return seal(value)
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            subs: list[object] = []
+            for s in applying:
+                props = s.get("properties")
+                if isinstance(props, dict) and key in props:
+                    subs.append(props[key])
+                elif isinstance(s.get("additionalProperties"), dict):
+                    subs.append(s["additionalProperties"])
+            out[key] = _seal_at(root, subs, item, [*path, key], seal, sealed)
+        return out
+    if isinstance(value, list):
+        items: list[Any] = []
+        for index, item in enumerate(value):
+            subs = []
+            for s in applying:
+                prefix = s.get("prefixItems")
+                if isinstance(prefix, list) and index < len(prefix):
+                    subs.append(prefix[index])
+                elif isinstance(s.get("items"), dict):
+                    subs.append(s["items"])
+            items.append(_seal_at(root, subs, item, [*path, index], seal, sealed))
+        return items
+    return value
+
+
+def secret_paths(route: RouteSpec, body: Any) -> list[list[str | int]]:
+    """Where ``body`` holds values its route's ``bodySchema`` marks secret (as :func:`seal_body` finds them)."""
+    if route.body_schema is None or not route.secret_body:
+        return []
+    found: list[list[str | int]] = []
+    _seal_at(route.body_schema, [route.body_schema], body, [], lambda _: "", found)
+    return found
+
+
+def seal_body(route: RouteSpec, body: Any, seal: Callable[[Any], str]) -> tuple[Any, list[list[str | int]]]:
+    """``body`` with each value its ``bodySchema`` marks ``"secret": true`` sealed by ``seal`` (the
+    module's vault), and the paths of those values (``ctx.request.secret_fields``).
+
+    Secrets are found under ``properties``, ``additionalProperties``, ``items`` and ``prefixItems``,
+    through local ``$ref`` and ``allOf`` / ``anyOf`` / ``oneOf``; a ``null`` is left as it is.
+
+    Raises:
+        RouteInputInvalid: A secret value is too large to seal.
+    """
+    schema = route.body_schema
+    if schema is None or not route.secret_body:
+        return body, []
+    sealed: list[list[str | int]] = []
+
+    def checked(value: Any) -> str:
+        try:
+            return seal(value)
+        except VaultError as exc:
+            where = ".".join(str(p) for p in sealed[-1]) or "body"
+            raise RouteInputInvalid(
+                f"{where}: a secret value is at most {MAX_VALUE_BYTES} bytes of JSON",
+                details=[{"loc": ["body", *sealed[-1]], "msg": exc.message, "type": "value_error"}],
+            ) from None
+
+    return _seal_at(schema, [schema], body, [], checked, sealed), sealed
 
 
 def handler_headers(headers: Sequence[tuple[str, str]]) -> dict[str, str]:
