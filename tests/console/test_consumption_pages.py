@@ -105,6 +105,12 @@ async def test_consumption_monitor_pages(stack: str, page: Any, browser: Any, us
         assert await axe_violations(page) == []
         await shoot(page, "consumption-live")
 
+        # Its incidents and the rules it ships, one click away (the markdown panel's links).
+        await page.get_by_role("link", name="Alert rules").click()
+        await expect(page.get_by_role("heading", name="Alert rules of consumption-monitor")).to_be_visible()
+        await expect(page.get_by_role("row").filter(has_text="from module consumption-monitor")).to_have_count(3)
+        await page.go_back()
+
         # Endpoints: the table with health, but neither the form nor the actions for a viewer.
         await tabs.get_by_role("link", name="Endpoints").click()
         table = page.get_by_role("region", name="Endpoints").get_by_role("table")

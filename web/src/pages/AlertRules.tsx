@@ -1,5 +1,5 @@
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
-import { Link } from "react-router";
+import { Link, useSearchParams } from "react-router";
 import { api, unwrap, type Schemas } from "../api/client";
 import { useAuth } from "../auth";
 import { ErrorBox, Loading, PageHeader, StatusBadge, Time } from "../components/ui";
@@ -8,7 +8,13 @@ import { ErrorBox, Loading, PageHeader, StatusBadge, Time } from "../components/
 export default function AlertRules() {
   const { can } = useAuth();
   const queryClient = useQueryClient();
-  const rules = useQuery({ queryKey: ["alerts", "rules"], queryFn: () => unwrap(api.GET("/api/v1/alerts/rules")), refetchInterval: 10_000 });
+  // ?module=<name>: the rules a module ships (linked from its pages).
+  const module = useSearchParams()[0].get("module") || undefined;
+  const rules = useQuery({
+    queryKey: ["alerts", "rules", module ?? ""],
+    queryFn: () => unwrap(api.GET("/api/v1/alerts/rules", { params: { query: { module } } })),
+    refetchInterval: 10_000,
+  });
   const toggle = useMutation({
     mutationFn: ({ id, enabled }: { id: string; enabled: boolean }) =>
       unwrap(api.PATCH("/api/v1/alerts/rules/{rule_id}", { params: { path: { rule_id: id } }, body: { enabled } })),
@@ -17,7 +23,12 @@ export default function AlertRules() {
   const writable = can("alerts:write");
   return (
     <>
-      <PageHeader title="Alert rules">
+      <PageHeader title={module ? `Alert rules of ${module}` : "Alert rules"}>
+        {module ? (
+          <Link className="button" to="/alerts/rules">
+            All rules
+          </Link>
+        ) : null}
         <Link className="button" to="/alerts">
           Incidents
         </Link>
