@@ -15,8 +15,9 @@ if str(MODULE) not in sys.path:
     sys.path.insert(0, str(MODULE))  # the simulator and the handlers, imported by the tests
 
 MANIFEST = json.loads((MODULE / "manifest.json").read_text())
+#: The legacy ``credentials_key`` of 0.2 (0.3 seals credentials with ``ctx.vault`` and needs none).
 KEY = "test-credentials-key-0123456789"
-CONFIG: dict[str, Any] = {"credentials_key": KEY, "retries": 0, "timeout_seconds": 5}
+CONFIG: dict[str, Any] = {"retries": 0, "timeout_seconds": 5}
 
 
 def memory() -> MemoryServices:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from consumption_monitor import model, routes
+from consumption_monitor import routes
 from consumption_monitor.simulator import API_KEY, PASSWORD, TOKEN, USERNAME
 
 from autoplat.testing import arun_job
-from tests.consumption.helpers import CONFIG, KEY, MODULE, call, json_endpoint, memory
+from tests.consumption.helpers import CONFIG, MODULE, call, json_endpoint, memory
 
 
 async def _create(services: Any, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
@@ -28,12 +28,12 @@ async def test_crud_keeps_credentials_sealed_and_write_only(sim):
     eid = created["id"]
     assert created["credentials_set"] is True and "credentials" not in created
     assert created["auth"] == {"type": "basic"} and created["health"]["status"] == "pending"
-    # Stored: the endpoint without secrets, the credentials as a Fernet token only this key opens.
+    # Stored: the endpoint without secrets, the credentials as a token only the module's vault opens.
     stored = json.dumps([(d.key, d.value) for d in await services.storage.query("", limit=100)])
     endpoint_doc = await services.storage.get(f"endpoint:{eid}")
     sealed = await services.storage.get(f"cred:{eid}")
-    assert PASSWORD not in json.dumps(endpoint_doc) and PASSWORD not in sealed["token"]
-    assert model.unseal(KEY, sealed["token"]) == {"username": USERNAME, "password": PASSWORD}
+    assert PASSWORD not in json.dumps(endpoint_doc) and sealed["sealed"].startswith("apv1:")
+    assert await services.vault.open(sealed["sealed"]) == {"username": USERNAME, "password": PASSWORD}
     assert PASSWORD not in stored
 
     # No route answers them; a PATCH without credentials keeps them, and the endpoint still reads.
@@ -108,12 +108,6 @@ async def test_bad_endpoints_are_422s_naming_the_field_and_nothing_is_stored(sim
         error = answer["error"]
         assert error["code"] == "validation_error"
         assert any(d["loc"] == loc and needle in d["msg"] for d in error["details"]), (loc, error)
-    # Credentials without the module's key: refused, not stored in the clear.
-    body = {**good, "auth": {"type": "bearer"}, "credentials": {"token": TOKEN}}
-    status, answer, _ = await call(
-        services, routes.create_endpoint, "POST", "/endpoints", body=body, module_config={"credentials_key": None}
-    )
-    assert status == 422 and "credentials_key" in answer["error"]["message"]
     assert await services.storage.query("", limit=10) == []
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from consumption_monitor.simulator import TOKEN
 
 from tests.conftest import eventually
-from tests.consumption.helpers import KEY, MODULE, json_endpoint
+from tests.consumption.helpers import MODULE, json_endpoint
 from tests.routes.route_helpers import MODULES, deploy
 
 BASE = "/api/v1/m/consumption-monitor"
@@ -21,13 +21,11 @@ async def test_collection_on_the_platform_feeds_the_live_route(
     worker: Any, client: Any, sim: Any, admin_headers: Any, operator_headers: Any, viewer_headers: Any
 ) -> None:
     await deploy(client, admin_headers, MODULE)
+    # No credentials_key (0.3 seals credentials with the platform's module vault).
     r = await client.put(
-        f"{MODULES}/consumption-monitor/config",
-        json={"config": {"credentials_key": KEY, "failure_threshold": 1}},
-        headers=admin_headers,
+        f"{MODULES}/consumption-monitor/config", json={"config": {"failure_threshold": 1}}, headers=admin_headers
     )
     assert r.status_code == 200, r.text
-    assert KEY not in r.text  # the module's own secret is masked too
 
     bodies = [
         json_endpoint(f"{sim.url}/bearer/rack-a.json", auth={"type": "bearer"}, credentials={"token": TOKEN}),

@@ -95,7 +95,7 @@ async def read_endpoint(
 ) -> dict[str, float]:
     """One reading with the endpoint's credentials (decrypted here, never logged or returned)."""
     try:
-        credentials = await model.load_credentials(ctx.storage, ctx.module_config, endpoint["id"])
+        credentials = await model.load_credentials(ctx, endpoint["id"])
     except Exception as exc:  # no key any more, or a key that no longer decrypts them
         raise scrape.ScrapeError(str(exc)) from None
     return await scrape.read(

@@ -3,9 +3,12 @@
 Storage (``ctx.storage``, the module's private documents):
 
 - ``endpoint:<id>``: the endpoint as configured, **without** credentials;
-- ``cred:<id>``: ``{"token": ...}``, the endpoint's credentials encrypted (Fernet) with a key derived
-  from the module config's ``credentials_key`` (a ``secret: true`` value, which the platform stores
-  encrypted with its own key: envelope encryption). No route ever answers this document;
+- ``cred:<id>``: ``{"sealed": ...}``, the endpoint's credentials sealed with the module's vault
+  (``ctx.vault``: a key of this module's own, derived by the platform from its secret key; the
+  handler never holds it). Documents written by 0.2 and earlier are ``{"token": ...}``, sealed with
+  the module config's legacy ``credentials_key``: still read while that key is set, and replaced by
+  a vault-sealed one when the endpoint's credentials are set again. No route ever answers this
+  document;
 - ``health:<id>``: what the collection job learned (last attempt, last reading, last error,
   consecutive failures), kept apart so a scrape never races an edit of the endpoint.
 
@@ -323,38 +326,45 @@ def check_endpoint(data: Any, *, existing: dict[str, Any] | None = None) -> tupl
 # --- credentials -------------------------------------------------------------------------------
 
 
-class NoKey(JobError):
-    """Credentials were given but the module has no ``credentials_key``."""
+async def seal_credentials(vault: Any, credentials: dict[str, str]) -> dict[str, str]:
+    """The ``cred:<id>`` document: the credentials sealed with the module's vault (``ctx.vault``)."""
+    return {"sealed": await vault.seal(credentials)}
 
 
-def _fernet(key: str) -> Any:
+def _legacy_fernet(key: str) -> Any:
     from cryptography.fernet import Fernet
 
     return Fernet(base64.urlsafe_b64encode(hashlib.sha256(key.encode("utf-8")).digest()))
 
 
-def credentials_key(module_config: dict[str, Any]) -> str:
-    key = module_config.get("credentials_key")
-    if not isinstance(key, str) or len(key) < 16:
-        raise NoKey(
-            "endpoint credentials need the module's credentials_key (a secret of at least 16 characters): "
-            'PUT /api/v1/modules/consumption-monitor/config {"config": {"credentials_key": "..."}}'
-        )
-    return key
-
-
-def seal(key: str, credentials: dict[str, str]) -> str:
-    return str(_fernet(key).encrypt(json.dumps(credentials, sort_keys=True).encode("utf-8")).decode("ascii"))
-
-
-def unseal(key: str, token: str) -> dict[str, str]:
+def unseal_legacy(module_config: dict[str, Any], token: str) -> dict[str, str]:
+    """Credentials sealed by 0.2 and earlier: Fernet with a key derived (SHA-256) from the module
+    config's ``credentials_key``. Read until the endpoint's credentials are set again."""
     from cryptography.fernet import InvalidToken
 
+    key = module_config.get("credentials_key")
+    if not isinstance(key, str) or not key:
+        raise JobError(
+            "the endpoint's credentials were sealed by an earlier version with credentials_key, which is not "
+            "set: set it back in the module config, or give the endpoint its credentials again"
+        )
     try:
-        value = json.loads(_fernet(key).decrypt(token.encode("ascii")))
+        value = json.loads(_legacy_fernet(key).decrypt(token.encode("ascii")))
     except (InvalidToken, ValueError) as exc:
         raise JobError("the endpoint's credentials cannot be decrypted: was credentials_key changed?") from exc
     return {str(k): str(v) for k, v in value.items()}
+
+
+async def load_credentials(ctx: Any, endpoint_id: str) -> dict[str, str]:
+    """The endpoint's credentials in clear (``{}`` when it has none): opened with ``ctx.vault``, or
+    with the legacy ``credentials_key`` for a document an earlier version wrote."""
+    doc = await ctx.storage.get(f"cred:{endpoint_id}")
+    if not doc:
+        return {}
+    if "sealed" in doc:
+        value = await ctx.vault.open(doc["sealed"])
+        return {str(k): str(v) for k, v in value.items()}
+    return unseal_legacy(ctx.module_config, doc["token"])
 
 
 # --- storage ----------------------------------------------------------------------------------
@@ -380,13 +390,6 @@ async def load_endpoints(storage: Any) -> list[dict[str, Any]]:
 async def load_health(storage: Any) -> dict[str, dict[str, Any]]:
     docs = await storage.query("health:", limit=1000)
     return {d.key.removeprefix("health:"): dict(d.value) for d in docs}
-
-
-async def load_credentials(storage: Any, module_config: dict[str, Any], endpoint_id: str) -> dict[str, str]:
-    doc = await storage.get(f"cred:{endpoint_id}")
-    if not doc:
-        return {}
-    return unseal(credentials_key(module_config), doc["token"])
 
 
 def status_of(endpoint: dict[str, Any], health: dict[str, Any] | None, at: datetime) -> str:

@@ -5,8 +5,10 @@ Endpoints: ``GET/POST /endpoints``, ``GET/PATCH/DELETE /endpoints/{endpoint_id}`
 before saving it). Data: ``GET /endpoints/{endpoint_id}/readings``, ``GET /live``,
 ``GET /consumption``, ``GET /reports/monthly`` (JSON or CSV).
 
-Credentials are write-only: a body may carry ``credentials``; they are sealed with the module's
-``credentials_key`` before they are stored and no answer carries them (``credentials_set`` only).
+Credentials are write-only: a body may carry ``credentials``, whose ``password`` and ``token`` the
+route's ``bodySchema`` marks secret (the platform seals them before the run starts, so its history
+holds only tokens, and opens them for the handler); they are stored sealed with ``ctx.vault`` and no
+answer carries them (``credentials_set`` only).
 Refusals use the platform's error body ``{"error": {"code", "message", "details"}}``.
 """
 
@@ -63,19 +65,14 @@ async def _answer(ctx: JobContext, endpoint: dict[str, Any]) -> dict[str, Any]:
     return model.public(endpoint, health, model.now(), has_credentials=bool(endpoint.get("credentials_set")))
 
 
-async def _seal(ctx: JobContext, endpoint_id: str, credentials: Any) -> dict[str, Any] | None:
-    """Store (or clear) the credentials; an error body when the module has no key."""
+async def _store_credentials(ctx: JobContext, endpoint_id: str, credentials: Any) -> None:
+    """Store (sealed) or clear the credentials; ``...`` (not given) keeps what is stored."""
     if credentials is ...:
-        return None
+        return
     if credentials is None:
         await ctx.storage.delete(f"cred:{endpoint_id}")
-        return None
-    try:
-        key = model.credentials_key(ctx.module_config)
-    except model.NoKey as exc:
-        return _invalid(ctx, [{"loc": ["body", "credentials"], "msg": str(exc), "type": "value_error"}])
-    await ctx.storage.put(f"cred:{endpoint_id}", {"token": model.seal(key, credentials)})
-    return None
+        return
+    await ctx.storage.put(f"cred:{endpoint_id}", await model.seal_credentials(ctx.vault, credentials))
 
 
 # --- endpoints ------------------------------------------------------------------------------------
@@ -107,9 +104,7 @@ async def create_endpoint(ctx: JobContext) -> dict[str, Any]:
     stamp = model.iso(model.now())
     endpoint = {"id": model.new_id(), **endpoint, "created_at": stamp, "updated_at": stamp}
     endpoint["credentials_set"] = isinstance(credentials, dict)
-    refused = await _seal(ctx, endpoint["id"], credentials)
-    if refused is not None:
-        return refused
+    await _store_credentials(ctx, endpoint["id"], credentials)
     await ctx.storage.put(f"endpoint:{endpoint['id']}", endpoint)
     ctx.logger.info("endpoint %s created (%s, %s)", endpoint["name"], endpoint["protocol"], endpoint["auth"]["type"])
     ctx.response.status = 201
@@ -130,9 +125,7 @@ async def update_endpoint(ctx: JobContext) -> dict[str, Any]:
         endpoint, credentials = model.check_endpoint(_body(ctx), existing=existing)
     except model.Invalid as exc:
         return _invalid(ctx, exc.details)
-    refused = await _seal(ctx, existing["id"], credentials)
-    if refused is not None:
-        return refused
+    await _store_credentials(ctx, existing["id"], credentials)
     has = existing.get("credentials_set", False) if credentials is ... else isinstance(credentials, dict)
     updated = {
         "id": existing["id"],
