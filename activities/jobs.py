@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
-from sqlalchemy import case, select
+from sqlalchemy import case, false, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
@@ -546,6 +547,11 @@ class JobActivities:
     async def _prepare_in(
         self, session: AsyncSession, inp: StepInput, info: activity.Info
     ) -> _Prepared | dict[str, Any] | _Spent:
+        prepared = await self._prepare_common(session, inp, info)
+        if prepared is not None:
+            return prepared
+        # Anything else (a step end handed on, an overrun, a skip, a final row, a spent budget, a
+        # module or row gone): the full path, in the same transaction, on the ORM row.
         execution = await session.get(Execution, inp.execution_id, with_for_update=True)
         if execution is not None and inp.pending_end is not None:
             _write_pending(execution, inp.pending_end)
@@ -558,7 +564,8 @@ class JobActivities:
             if inp.starts_run:
                 return step_outcome(None, skipped=execution.status_reason or "already finished")
         job = await session.get(Job, inp.job_id) if inp.job_id else None
-        module = await session.scalar(select(Module).where(Module.name == inp.module))
+        state = await runs.module_state(session, inp.module)
+        module = state.module if state is not None else None
         version = await runs.module_version(session, module.id, inp.module_version) if module is not None else None
         definition = runs.job_type_definition(version.manifest, inp.job_type) if version is not None else None
         starting = inp.starts_run and execution is not None and execution.status != ExecutionStatus.RUNNING.value
@@ -573,7 +580,7 @@ class JobActivities:
                 if runs.finish(session=session, execution=execution, status=ExecutionStatus.SKIPPED, reason=reason):
                     metrics.count_end(session, metrics.run_labels(execution, "SKIPPED"))
                 return step_outcome(None, skipped=reason)
-        if module is None or version is None:
+        if state is None or version is None:
             raise JobError(f"module {inp.module} {inp.module_version} is no longer registered")
         overran = self._overran(inp, info)
         if overran is not None and execution is not None:
@@ -592,7 +599,7 @@ class JobActivities:
         prepared, masked = self._resolve(
             inp,
             job=job,
-            module=module,
+            module=state,
             version=version,
             definition=definition,
             run_secrets=self._run_secrets(execution),
@@ -609,12 +616,113 @@ class JobActivities:
             metrics.count_start(session, execution, since=since, workflow_id=info.workflow_id or "")
         return prepared
 
+    async def _prepare_common(self, session: AsyncSession, inp: StepInput, info: activity.Info) -> _Prepared | None:
+        """The common start of a step, in three statements: one read of the columns it needs
+        (the row locked, its job and its module's revision joined), one UPDATE (step RUNNING; the
+        run RUNNING for a first step) and, for a first step, the ``job.started`` INSERT. The
+        module's manifest and config come from :func:`runs.module_state` (read once per
+        revision). ``None`` when the step is not the common case (see :meth:`_prepare_in`); it
+        has written nothing then."""
+        if inp.pending_end is not None or self._overran(inp, info) is not None or _unwritten_end(inp, info) is not None:
+            return None
+        row = (
+            await session.execute(
+                select(
+                    *_COMMON_COLUMNS,
+                    *runs.JobRow.columns(),
+                    *(c.label(f"module_{c.key}") for c in runs.MODULE_KEY_COLUMNS),
+                )
+                .select_from(Execution)
+                .outerjoin(Job, Job.id == inp.job_id if inp.job_id else false())
+                .outerjoin(Module, Module.name == inp.module)
+                .where(Execution.id == inp.execution_id)
+                .with_for_update(of=Execution)
+            )
+        ).first()
+        if row is None or ExecutionStatus(row.status).is_final:
+            return None
+        job = runs.JobRow.of(row)
+        state = await runs.module_state(
+            session, inp.module, tuple(row._mapping[f"module_{c.key}"] for c in runs.MODULE_KEY_COLUMNS)
+        )
+        if state is None:
+            return None
+        starting = inp.starts_run and row.status != ExecutionStatus.RUNNING.value
+        if starting and runs.skip_reason(inp.job_id, job, inp.module, state.module) is not None:
+            return None
+        version = await runs.module_version(session, state.module.id, inp.module_version)
+        if version is None:
+            return None
+        definition = runs.job_type_definition(version.manifest, inp.job_type)
+        if starting and definition is None:
+            return None
+        steps = [dict(s) for s in (row.steps or [])]
+        while len(steps) <= inp.step_index:
+            steps.append({"name": inp.step, "status": "PENDING", "attempts": 0, "failures": 0})
+        step = steps[inp.step_index]
+        if int(step.get("failures") or 0) >= inp.max_attempts:
+            return None
+        # As _mark_running does on the ORM row.
+        run = int(step.get("attempts") or 0) + 1
+        step.update(status="RUNNING", attempts=run, started_at=datetime.now(UTC).isoformat())
+        step.pop("finished_at", None)
+        values: dict[str, Any] = {"steps": steps}
+        if run > (row.attempt or 0):
+            values["attempt"] = run
+        trace_id = tracing.current_trace_id()
+        if trace_id and not row.trace_id:
+            values["trace_id"] = trace_id
+        prepared, masked = self._resolve(
+            inp,
+            job=job,
+            module=state,
+            version=version,
+            definition=definition,
+            run_secrets=self._decrypt((row.input or {}).get("secret_override")),
+            trigger=row.trigger,
+            run=run,
+        )
+        if not starting:
+            await runs.update_execution(session, inp.execution_id, values)
+            return prepared
+        # As runs.mark_started does on the ORM row.
+        since = datetime.now(UTC)
+        started = {
+            "status": ExecutionStatus.RUNNING.value,
+            "started_at": row.started_at or datetime.now(UTC),
+            "run_id": info.workflow_run_id,
+            "module_version": inp.module_version,
+            "config": masked,
+        }
+        await runs.update_execution(session, inp.execution_id, {**values, **started})
+        payload = runs.job_event_payload(
+            execution_id=inp.execution_id,
+            job_id=row.job_id,
+            module=row.module_name,
+            job_type=row.job_type,
+            trigger=row.trigger,
+            status=ExecutionStatus.RUNNING.value,
+            reason=row.status_reason,
+            error=None,
+            duration_ms=None,
+        )
+        await runs.insert_event(
+            session, name="job.started", payload=payload, module_name=row.module_name, execution_id=inp.execution_id
+        )
+        metrics.count_start(
+            session,
+            SimpleNamespace(**{**row._mapping, **started, "finished_at": None}),
+            since=since,
+            workflow_id=info.workflow_id or "",
+        )
+        return prepared
+
     def _resolve(
         self,
         inp: StepInput,
         *,
-        job: Job | None,
-        module: Module,
+        job: Job | runs.JobRow | None,
+        module: runs.ModuleState,
         version: ModuleVersion,
         definition: dict[str, Any] | None,
         run_secrets: dict[str, Any],
@@ -624,13 +732,11 @@ class JobActivities:
         """What a step's handler gets (config, secrets, module config), and the config as the
         row shows it (secrets masked)."""
         from registry.manifest import secret_parts
-        from registry.services.modules import config_schema, resolved_config
 
         secrets = {**self._job_secrets(job), **run_secrets}
         override = {**(inp.config_override or {}), **run_secrets}
         config, masked = runs.resolve_config(definition or {}, job, override or None, secrets)
-        module_config = resolved_config(module=module, secret_key=self.settings.encryption_key())
-        module_secrets = secret_parts(config_schema(module), module_config)
+        module_config, module_secrets = module.config(self.settings.encryption_key())
         job_schema = (definition or {}).get("config") or {}
         prepared = _Prepared(
             version=version,
@@ -677,16 +783,16 @@ class JobActivities:
                 )
             ).first()
             job = await session.get(Job, inp.job_id) if inp.job_id else None
-            module = await session.scalar(select(Module).where(Module.name == inp.module))
-            version = await runs.module_version(session, module.id, inp.module_version) if module is not None else None
-            if module is None or version is None:
+            state = await runs.module_state(session, inp.module)
+            version = await runs.module_version(session, state.module.id, inp.module_version) if state else None
+            if state is None or version is None:
                 raise JobError(f"module {inp.module} {inp.module_version} is no longer registered")
             definition = runs.job_type_definition(version.manifest, inp.job_type)
             token = ((row.input if row is not None else None) or {}).get("secret_override")
             prepared, _ = self._resolve(
                 inp,
                 job=job,
-                module=module,
+                module=state,
                 version=version,
                 definition=definition,
                 run_secrets=self._decrypt(token),
@@ -924,7 +1030,7 @@ class JobActivities:
 
         return decrypt_json(self.settings.encryption_key(), token)
 
-    def _job_secrets(self, job: Job | None) -> dict[str, Any]:
+    def _job_secrets(self, job: Job | runs.JobRow | None) -> dict[str, Any]:
         return self._decrypt(job.secrets) if job is not None else {}
 
     def _run_secrets(self, execution: Execution | None) -> dict[str, Any]:
@@ -1087,7 +1193,7 @@ class JobActivities:
                 )
                 ended = {**values, **finish.values}
                 if await runs.update_execution(session, inp.execution_id, ended, unless_final=True):
-                    finish.record(session, inp.execution_id)
+                    await finish.record(session, inp.execution_id)
                     metrics.count_end(session, finish.payload)
                     return True, _NOTHING
             if values:
@@ -1121,6 +1227,23 @@ class JobActivities:
             )
             return event.id
 
+
+#: The columns of the run's row the common start of a step reads (never its logs, result or config).
+_COMMON_COLUMNS = (
+    Execution.status,
+    Execution.status_reason,
+    Execution.steps,
+    Execution.attempt,
+    Execution.trigger,
+    Execution.input,
+    Execution.trace_id,
+    Execution.job_id,
+    Execution.module_name,
+    Execution.job_type,
+    Execution.created_at,
+    Execution.started_at,
+    Execution.nominal_at,
+)
 
 #: Namespace of the ids of events that steps emit (``emit_id``).
 _EMIT_NAMESPACE = uuid.UUID("3f5b1c2e-8a4d-5e6f-9b7a-0c1d2e3f4a5b")

@@ -12,10 +12,10 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -52,12 +52,23 @@ class Runner:
         config_override: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> tuple[Execution, bool]:
-        """Start a manual run of a job. Returns (execution, created)."""
+        """Start a manual run of a job. Returns (execution, created).
+
+        One read (the job's columns and its module's revision, joined; the manifest comes from
+        :func:`runs.module_state`, read once per revision) and two INSERTs (the PENDING row with its
+        plan, the audit row), without the ORM's unit of work."""
         async with unit_of_work(self.sessions) as session:
-            job = await session.get(Job, job_id)
-            if job is None:
+            found = (
+                await session.execute(
+                    select(*runs.JobRow.columns(), *(c.label(f"module_{c.key}") for c in runs.MODULE_KEY_COLUMNS))
+                    .select_from(Job)
+                    .outerjoin(Module, Module.name == Job.module_name)
+                    .where(Job.id == job_id)
+                )
+            ).first()
+            job = runs.JobRow.of(found) if found is not None else None
+            if found is None or job is None:
                 raise NotFound(f"job {job_id} not found")
-            module = await session.scalar(select(Module).where(Module.name == job.module_name))
             if idempotency_key:
                 existing = await session.scalar(
                     select(Execution).where(Execution.job_id == job_id, Execution.idempotency_key == idempotency_key)
@@ -68,32 +79,42 @@ class Runner:
                 raise Conflict(
                     f"job {job.name} is disabled; enable it to run it", details={"current_state": "disabled"}
                 )
-            if module is None or module.status != ModuleStatus.ENABLED.value:
-                state = module.status if module else "missing"
-                raise Conflict(
-                    f"module {job.module_name} is {state}; enable it to run its jobs",
-                    details={"current_state": state, "allowed_actions": ["enable"]},
-                )
-            execution = Execution(
-                id=str(uuid.uuid4()),
-                job_id=job.id,
-                module_name=job.module_name,
-                job_type=job.job_type,
-                trigger=trigger,
-                idempotency_key=idempotency_key,
-                status=ExecutionStatus.PENDING.value,
-                input=self._override_input(job, module, config_override),
+            state = await runs.module_state(
+                session, job.module_name, tuple(found._mapping[f"module_{c.key}"] for c in runs.MODULE_KEY_COLUMNS)
             )
-            execution.workflow_id = f"exec-{execution.id}"
-            plan = await self._plan(session, execution, job, module)
+            module = state.module if state is not None else None
+            if state is None or module is None or module.status != ModuleStatus.ENABLED.value:
+                status = module.status if module else "missing"
+                raise Conflict(
+                    f"module {job.module_name} is {status}; enable it to run its jobs",
+                    details={"current_state": status, "allowed_actions": ["enable"]},
+                )
+            execution_id = str(uuid.uuid4())
+            plan = await self._plan(session, execution_id, job, state)
+            values: dict[str, Any] = {
+                "id": execution_id,
+                "job_id": job.id,
+                "module_name": job.module_name,
+                "module_version": plan.module_version if plan is not None else None,
+                "job_type": job.job_type,
+                "workflow_id": f"exec-{execution_id}",
+                "trigger": trigger,
+                "idempotency_key": idempotency_key,
+                "status": ExecutionStatus.PENDING.value,
+                "attempt": 0,
+                "steps": runs.pending_steps(plan) if plan is not None else [],
+                "input": self._override_input(job, state, config_override),
+                "logs": "",
+                "created_at": datetime.now(UTC),
+            }
             if not idempotency_key:
-                session.add(execution)
+                await session.execute(insert(Execution).values(values))
             else:
                 try:
                     # A savepoint: two concurrent requests with one Idempotency-Key race on the unique
                     # (job, key) constraint; the loser answers the winner's execution.
                     async with session.begin_nested():
-                        session.add(execution)
+                        await session.execute(insert(Execution).values(values))
                 except IntegrityError:
                     existing = await session.scalar(
                         select(Execution).where(
@@ -103,15 +124,17 @@ class Runner:
                     if existing is None:
                         raise
                     return existing, False
-            audit.record(
+            await audit.insert(
                 session=session,
                 actor=actor,
                 action="job.execute",
                 target_type="job",
                 target_id=job.id,
-                details={"execution_id": execution.id, "trigger": trigger},
+                details={"execution_id": execution_id, "trigger": trigger},
             )
             timeout = workflow_timeout(job, len(plan.steps) if plan is not None else 1)
+        # What the caller gets: the row as inserted (not attached to any session).
+        execution = Execution(**values)
         await self._start(
             execution,
             # Only the plain part of an override travels through Temporal history; secret values stay
@@ -127,16 +150,19 @@ class Runner:
         )
         return execution, True
 
-    async def _plan(self, session: AsyncSession, execution: Execution, job: Job, module: Module) -> RunPlan | None:
+    async def _plan(
+        self, session: AsyncSession, execution_id: str, job: runs.JobRow, state: runs.ModuleState
+    ) -> RunPlan | None:
         """The run's plan, from the job and module just read: the workflow then needs no
-        ``mirror_start`` and the first step starts the run. The row gets its steps and version now.
-        None (the workflow resolves the run itself) when the version or job type is missing."""
-        definition = runs.job_type_definition(module.manifest, job.job_type)
+        ``mirror_start`` and the first step starts the run. None (the workflow resolves the run
+        itself) when the version or job type is missing."""
+        module = state.module
+        definition = state.definition(job.job_type)
         version = await runs.module_version(session, module.id, module.version)
         if definition is None or version is None:
             return None
-        plan = runs.run_plan(
-            execution_id=execution.id,
+        return runs.run_plan(
+            execution_id=execution_id,
             module=module.name,
             module_version=module.version,
             bundle_sha256=version.bundle_sha256,
@@ -145,23 +171,22 @@ class Runner:
             definition=definition,
             heartbeat_timeout_seconds=self.settings.heartbeat_timeout_seconds,
         )
-        execution.module_version = module.version
-        execution.steps = runs.pending_steps(plan)
-        return plan
 
     def _codec(self) -> Any:
         from registry.services.jobs import SecretCodec
 
         return SecretCodec(self.settings.encryption_key())
 
-    def _override_input(self, job: Job, module: Module, override: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _override_input(
+        self, job: runs.JobRow, state: runs.ModuleState, override: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
         """Validate a per-run override against the job type's schema; split off its secrets (encrypted)."""
         if not override:
             return None
         from registry.manifest import secret_keys
         from registry.services.jobs import split_config
 
-        definition = runs.job_type_definition(module.manifest, job.job_type) or {}
+        definition = state.definition(job.job_type) or {}
         schema = definition.get("config") or {}
         codec = self._codec()
         stored = codec.decrypt(job.secrets)

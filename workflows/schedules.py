@@ -22,7 +22,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio.client import (
     Client,
@@ -44,6 +44,9 @@ from activities.types import INFRA_ATTEMPTS, STEP_GRACE_SECONDS, JobInput
 from registry.manifest import to_temporal_cron
 from registry.models import Job, Module, ModuleStatus
 from registry.services.slots import RUN_PREFIX, dst_plan, job_dst, nominal_of, run_workflow_id  # noqa: F401 - re-exported
+
+if TYPE_CHECKING:
+    from registry.services.runs import JobRow
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,7 @@ def search_attributes(
     return TypedSearchAttributes(pairs)
 
 
-def workflow_timeout(job: Job, steps: int = 1) -> timedelta:
+def workflow_timeout(job: Job | JobRow, steps: int = 1) -> timedelta:
     """A bound on a whole run: every attempt of every step, with backoff, plus slack."""
     attempts = job.retries + 1 + INFRA_ATTEMPTS
     backoff = job.retry_backoff or {}

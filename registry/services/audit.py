@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import insert as sql_insert
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,6 +36,32 @@ def record(
     )
     session.add(row)
     return row
+
+
+async def insert(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    action: str,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    outcome: str = "success",
+    details: dict[str, Any] | None = None,
+) -> None:
+    """:func:`record` as one INSERT with no ORM object (a hot path: every manual run writes one)."""
+    await session.execute(
+        sql_insert(AuditLog).values(
+            actor_id=actor.user_id,
+            actor_email=actor.email,
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            outcome=outcome,
+            ip=actor.ip,
+            request_id=actor.request_id,
+            details=details,
+        )
+    )
 
 
 async def list_entries(

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.types import RunPlan, StepPlan
+from registry import tracing
 from registry.manifest import apply_config_defaults, mask_secrets
-from registry.models import Execution, ExecutionStatus, Job, Module, ModuleStatus, ModuleVersion
+from registry.models import Event, Execution, ExecutionStatus, Job, Module, ModuleStatus, ModuleVersion, new_id
 from registry.services import events, slots
 
 _EXECUTION_NS = uuid.UUID("5b0e4a4e-3f5e-4f6b-9a0e-2c1f7f8d9a10")
@@ -94,7 +95,7 @@ def for_each(step: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def resolve_config(
-    definition: dict[str, Any], job: Job | None, override: dict[str, Any] | None, secrets: dict[str, Any]
+    definition: dict[str, Any], job: Job | JobRow | None, override: dict[str, Any] | None, secrets: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(config with secrets, config with secrets masked) for a run starting now."""
     schema = definition.get("config") or {}
@@ -106,6 +107,112 @@ def resolve_config(
         merged.update(override)
     resolved = apply_config_defaults(schema, merged) if schema else merged
     return resolved, mask_secrets(schema, resolved) if schema else dict(resolved)
+
+
+#: The columns of a job row that starting or running it reads (not its schedule's bookkeeping).
+JOB_COLUMNS = (
+    Job.id,
+    Job.name,
+    Job.module_name,
+    Job.job_type,
+    Job.enabled,
+    Job.config,
+    Job.secrets,
+    Job.timeout_seconds,
+    Job.retries,
+    Job.retry_backoff,
+    Job.notifications,
+)
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """What a run needs of its job (:data:`JOB_COLUMNS`), read without the ORM's unit of work."""
+
+    id: str
+    name: str
+    module_name: str
+    job_type: str
+    enabled: bool
+    config: dict[str, Any]
+    secrets: str | None
+    timeout_seconds: int
+    retries: int
+    retry_backoff: dict[str, Any]
+    notifications: dict[str, Any]
+
+    @staticmethod
+    def columns(prefix: str = "job_") -> list[Any]:
+        """:data:`JOB_COLUMNS` labelled with ``prefix`` (to read them joined with other tables)."""
+        return [c.label(f"{prefix}{c.key}") for c in JOB_COLUMNS]
+
+    @classmethod
+    def of(cls, row: Any, prefix: str = "job_") -> JobRow | None:
+        """The job in a row read with :meth:`columns`; None when the row has none (an outer join)."""
+        mapping = row._mapping
+        if mapping[f"{prefix}id"] is None:
+            return None
+        return cls(**{c.key: mapping[f"{prefix}{c.key}"] for c in JOB_COLUMNS})
+
+
+#: The columns that say whether a cached :class:`ModuleState` is current (any change of the row
+#: bumps ``revision``; status and version are compared too).
+MODULE_KEY_COLUMNS = (Module.id, Module.revision, Module.status, Module.version)
+
+
+@dataclass
+class ModuleState:
+    """A module row as of one revision, kept per process: a run checks the row's
+    :data:`MODULE_KEY_COLUMNS` (a small indexed read) instead of reading the manifest and config
+    each time, and its config in clear is decrypted once per revision, not once per step."""
+
+    key: tuple[str, int, str, str]
+    #: Detached, read-only: what :func:`skip_reason`, the config helpers and the plan read.
+    module: Module
+    _definitions: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    _config: tuple[dict[str, Any], dict[str, Any]] | None = None
+
+    def definition(self, job_type: str) -> dict[str, Any] | None:
+        if job_type not in self._definitions:
+            self._definitions[job_type] = job_type_definition(self.module.manifest, job_type)
+        return self._definitions[job_type]
+
+    def config(self, secret_key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the module config in clear with its defaults, its secret parts): what a step gets."""
+        if self._config is None:
+            from registry.manifest import secret_parts
+            from registry.services.modules import config_schema, resolved_config
+
+            resolved = resolved_config(module=self.module, secret_key=secret_key)
+            self._config = (resolved, secret_parts(config_schema(self.module), resolved))
+        # Copies: a handler in this process may change what it gets.
+        return json.loads(json.dumps(self._config[0])), json.loads(json.dumps(self._config[1]))
+
+
+_MODULES: dict[str, ModuleState] = {}
+
+
+async def module_state(session: AsyncSession, name: str, key: Any = None) -> ModuleState | None:
+    """The module named ``name`` as the registry has it now. ``key``: its
+    :data:`MODULE_KEY_COLUMNS` when the caller read them already (joined to its own query;
+    ``None`` values when the module does not exist), else they are read here."""
+    if key is None:
+        found = (await session.execute(select(*MODULE_KEY_COLUMNS).where(Module.name == name))).first()
+        key = tuple(found) if found is not None else None
+    if key is None or key[0] is None:
+        _MODULES.pop(name, None)
+        return None
+    cached = _MODULES.get(name)
+    if cached is not None and cached.key == tuple(key):
+        return cached
+    module = await session.get(Module, key[0], populate_existing=True)
+    if module is None:
+        return None
+    session.expunge(module)
+    # Keyed by what was read with the manifest, so a change racing this read is seen next time.
+    state = ModuleState(key=(module.id, module.revision, module.status, module.version), module=module)
+    _MODULES[name] = state
+    return state
 
 
 @dataclass
@@ -242,7 +349,7 @@ async def start_run(
     return result
 
 
-def skip_reason(job_id: str | None, job: Job | None, module_name: str, module: Module | None) -> str | None:
+def skip_reason(job_id: str | None, job: Job | JobRow | None, module_name: str, module: Module | None) -> str | None:
     """Why a run starting now must not run (its job or module changed since it was requested)."""
     if job_id and job is None:
         return "the job was deleted after this run was requested"
@@ -277,7 +384,7 @@ def run_plan(
     module: str,
     module_version: str,
     bundle_sha256: str | None,
-    job: Job | None,
+    job: Job | JobRow | None,
     job_type: str,
     definition: dict[str, Any],
     heartbeat_timeout_seconds: int,
@@ -391,7 +498,7 @@ async def finish_by_id(
             execution_id=execution_id, row=row, status=status, result=result, error=error, reason=reason
         )
         if await update_execution(session, execution_id, {**values, **ending.values}, unless_final=True):
-            ending.record(session, execution_id)
+            await ending.record(session, execution_id)
             return True
     if values:
         await update_execution(session, execution_id, values)
@@ -421,16 +528,35 @@ class Ending:
     payload: dict[str, Any]
     module_name: str
 
-    def record(self, session: AsyncSession, execution_id: str) -> None:
+    async def record(self, session: AsyncSession, execution_id: str) -> None:
         if self.event:
-            events.record(
-                session=session,
-                name=self.event,
-                payload=self.payload,
-                source="platform",
-                module_name=self.module_name,
-                execution_id=execution_id,
+            await insert_event(
+                session, name=self.event, payload=self.payload, module_name=self.module_name, execution_id=execution_id
             )
+
+
+async def insert_event(
+    session: AsyncSession, *, name: str, payload: dict[str, Any], module_name: str | None, execution_id: str
+) -> None:
+    """:func:`registry.services.events.record` of a platform ``job.*`` event as one INSERT (no
+    ORM object: nobody reads it back in this transaction)."""
+    now = datetime.now(UTC)
+    await session.execute(
+        insert(Event).values(
+            id=new_id(),
+            name=name,
+            payload=payload,
+            source=events.PLATFORM_SOURCE,
+            module_name=module_name,
+            execution_id=execution_id,
+            occurred_at=now,
+            received_at=now,
+            dispatch_status="PENDING",
+            dispatch_attempts=0,
+            next_attempt_at=now,
+            traceparent=tracing.traceparent(),
+        )
+    )
 
 
 def final_values(
@@ -456,7 +582,7 @@ def final_values(
             "duration_ms": duration_ms,
         },
         event=STATUS_EVENTS.get(status),
-        payload=_job_event_payload(
+        payload=job_event_payload(
             execution_id=execution_id,
             job_id=row.job_id,
             module=row.module_name,
@@ -499,7 +625,7 @@ def _scrub(value: Any) -> Any:
 
 
 def _event_payload(execution: Execution) -> dict[str, Any]:
-    return _job_event_payload(
+    return job_event_payload(
         execution_id=execution.id,
         job_id=execution.job_id,
         module=execution.module_name,
@@ -512,7 +638,7 @@ def _event_payload(execution: Execution) -> dict[str, Any]:
     )
 
 
-def _job_event_payload(
+def job_event_payload(
     *,
     execution_id: str,
     job_id: str | None,
