@@ -93,3 +93,20 @@ async def put_module(sessions: Any, state_dir: Path, folder: Path, *, status: st
 
 def enabled() -> str:
     return ModuleStatus.ENABLED.value
+
+
+def history_payloads(node: Any) -> list[str]:
+    """Every payload of a Temporal history (as ``history.to_json_dict()`` gives it, ``data`` in
+    base64), decoded: what a search for clear values must look through."""
+    import base64
+
+    found: list[str] = []
+    if isinstance(node, dict):
+        if "data" in node and "metadata" in node and isinstance(node["data"], str):
+            found.append(base64.b64decode(node["data"]).decode("utf-8", "replace"))
+        for value in node.values():
+            found += history_payloads(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += history_payloads(value)
+    return found

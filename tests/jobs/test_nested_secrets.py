@@ -4,14 +4,13 @@ in the logs of the run that uses them."""
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.jobs.helpers import put_module, write_module
+from tests.jobs.helpers import history_payloads, put_module, write_module
 from tests.services.helpers import http_receiver
 
 CODE = """
@@ -51,6 +50,8 @@ CONFIG = {
 }
 JOBS = [{"name": "use", "description": "uses nested secrets", "handler": "use", "config": CONFIG}]
 CLEAR = ("nested-pass-1", "tok-secret-2", "first-key-0", "override-key-3")
+#: A plain value the run's result carries: proves the history search reads decoded payloads.
+CLEAR_MARK = "db2.internal"
 
 
 @pytest.fixture
@@ -144,7 +145,9 @@ async def test_nested_secrets_never_leave_in_clear(
 
     # Temporal: the run's whole history (workflow input, activity inputs and results).
     history = await temporal_env.client.get_workflow_handle(run["workflow_id"]).fetch_history()
-    assert not _leaks(json.dumps(history.to_json_dict()))
+    payloads = history_payloads(history.to_json_dict())
+    assert any(CLEAR_MARK in p for p in payloads), "the search must see the run's decoded payloads"
+    assert not _leaks("\n".join(payloads))
 
     # The processes' own log lines (worker, API, httpx).
     assert not _leaks("\n".join(record.getMessage() for record in caplog.records))

@@ -5,7 +5,6 @@ answers and the logs hold only tokens."""
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from pathlib import Path
@@ -16,6 +15,7 @@ import psycopg
 import pytest
 
 from registry.crypto import module_vault
+from tests.jobs.helpers import history_payloads
 from tests.routes.route_helpers import deploy, route_module
 
 NAME = "secret-routes"
@@ -94,20 +94,6 @@ def _body(**extra: Any) -> dict[str, Any]:
     }
 
 
-def _payload_texts(node: Any) -> list[str]:
-    """Every payload of a history (as ``to_json_dict`` gives it: ``data`` in base64), decoded."""
-    found: list[str] = []
-    if isinstance(node, dict):
-        if "data" in node and "metadata" in node and isinstance(node["data"], str):
-            found.append(base64.b64decode(node["data"]).decode("utf-8", "replace"))
-        for value in node.values():
-            found += _payload_texts(value)
-    elif isinstance(node, list):
-        for value in node:
-            found += _payload_texts(value)
-    return found
-
-
 def _find_body(node: Any) -> Any:
     """The request body inside a workflow or activity input (``{"request": {"body": ...}}`` somewhere)."""
     if isinstance(node, dict):
@@ -174,7 +160,7 @@ async def test_secret_body_fields_reach_the_handler_and_nothing_else(
     # Temporal: every payload of the run's history (workflow input, each step's activity input and
     # result), decoded. The username (not secret) is found, so a clear secret would have been.
     history = await temporal_env.client.get_workflow_handle(detail["workflow_id"]).fetch_history()
-    texts = _payload_texts(history.to_json_dict())
+    texts = history_payloads(history.to_json_dict())
     payloads = "\n".join(texts)
     assert "ada-visible" in payloads
     # The workflow input and both steps' activity inputs carry the body, with tokens for the secrets.
