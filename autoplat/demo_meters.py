@@ -8,8 +8,7 @@
   falls back to a free one, and the set-up re-points the demo endpoints at it. The meters' counters
   are kept in the state folder (``meter-simulator.json``), so a restart continues them instead of
   showing every meter as reset (which the module would bill as a whole meter's consumption).
-- :func:`set_up` registers, installs and enables the module, gives it a ``credentials_key`` (made
-  once, kept in the state folder: a restart still reads the sealed credentials), creates the demo
+- :func:`set_up` registers, installs and enables the module, sets its timezone (UTC), creates the demo
   endpoints **through the module's routes** (the API a user calls; one per protocol and auth
   kind, and the ``broken`` meter for an endpoint in error) and starts a first ``collect`` run.
 
@@ -25,7 +24,6 @@ import contextlib
 import importlib.util
 import json
 import logging
-import secrets
 import socket
 import sys
 from datetime import UTC, datetime
@@ -42,7 +40,6 @@ MODULE_PATH = ROOT / "example_modules" / "consumption_monitor"
 MODULE = "consumption-monitor"
 #: The simulator's port in the dev stack (the docs' examples name it too).
 METER_PORT = 8098
-KEY_FILE = "consumption-demo-key"
 METERS_FILE = "meter-simulator.json"
 #: The meters read by the demo: the simulator's own, and ``rack-d`` for the HTML endpoint (so no
 #: meter is read, and billed, twice).
@@ -269,7 +266,7 @@ async def set_up(*, state: Any, api_url: str, simulator_url: str) -> None:
     token = await _session_token(state)
     async with httpx.AsyncClient(base_url=api_url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
         try:
-            await _configure(http, state.settings.state_dir / KEY_FILE)
+            await _configure(http)
             await _ensure_endpoints(http, simulator_url)
             jobs = await _call(http, "GET", "/api/v1/jobs", params={"module": MODULE, "limit": 100})
             collect = [j for j in jobs["items"] if j["job_type"] == "collect"]
@@ -338,21 +335,16 @@ async def _call(http: httpx.AsyncClient, method: str, path: str, **kwargs: Any) 
     return r.json() if r.content else None
 
 
-async def _configure(http: httpx.AsyncClient, key_file: Path) -> None:
-    """Give the module a ``credentials_key`` once; a key already set (by an earlier start or by
-    someone) is left alone, so the sealed credentials stay readable."""
+async def _configure(http: httpx.AsyncClient) -> None:
+    """Timezone UTC, once (a timezone already set is left alone). No key: the module seals the
+    endpoints' credentials with the platform's vault (a ``credentials_key`` set by a demo of module
+    0.2 stays in the config, so what it sealed stays readable)."""
     path = f"/api/v1/modules/{MODULE}/config"
     current = (await _call(http, "GET", path))["config"]
-    if current.get("credentials_key"):
+    if current.get("timezone"):
         return
-    if key_file.is_file():
-        key = key_file.read_text(encoding="utf-8").strip()
-    else:
-        key = secrets.token_urlsafe(32)
-        key_file.touch(mode=0o600)
-        key_file.write_text(key, encoding="utf-8")
-    await _call(http, "PUT", path, json={"config": {**current, "credentials_key": key, "timezone": "UTC"}})
-    log.info("consumption demo: module config set (credentials_key kept in %s, timezone UTC)", key_file)
+    await _call(http, "PUT", path, json={"config": {**current, "timezone": "UTC"}})
+    log.info("consumption demo: module config set (timezone UTC)")
 
 
 async def _ensure_endpoints(http: httpx.AsyncClient, simulator_url: str) -> None:
