@@ -21,7 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
-from sqlalchemy import case, false, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
@@ -332,10 +332,7 @@ class JobActivities:
                 step["error"] = inp.error[:2000]
             if inp.status == "FAILED":
                 step["failures"] = int(step.get("failures") or 0) + 1
-            values: dict[str, Any] = {"steps": steps}
-            if inp.logs:
-                values["logs"] = case((Execution.logs == "", inp.logs), else_=Execution.logs + "\n" + inp.logs)
-            await runs.update_execution(session, inp.execution_id, values)
+            await runs.update_execution(session, inp.execution_id, {"steps": steps}, logs=inp.logs)
         return self.settings.execution_log_limit
 
     # --- steps ----------------------------------------------------------------------------------
@@ -625,25 +622,13 @@ class JobActivities:
         has written nothing then."""
         if inp.pending_end is not None or self._overran(inp, info) is not None or _unwritten_end(inp, info) is not None:
             return None
-        row = (
-            await session.execute(
-                select(
-                    *_COMMON_COLUMNS,
-                    *runs.JobRow.columns(),
-                    *(c.label(f"module_{c.key}") for c in runs.MODULE_KEY_COLUMNS),
-                )
-                .select_from(Execution)
-                .outerjoin(Job, Job.id == inp.job_id if inp.job_id else false())
-                .outerjoin(Module, Module.name == inp.module)
-                .where(Execution.id == inp.execution_id)
-                .with_for_update(of=Execution)
-            )
-        ).first()
+        params = {"_execution_id": inp.execution_id, "_job_id": inp.job_id, "_module": inp.module}
+        row = (await session.execute(_PREPARE_READ, params)).first()
         if row is None or ExecutionStatus(row.status).is_final:
             return None
         job = runs.JobRow.of(row)
         state = await runs.module_state(
-            session, inp.module, tuple(row._mapping[f"module_{c.key}"] for c in runs.MODULE_KEY_COLUMNS)
+            session, inp.module, tuple(row._mapping[f"modrow_{c.key}"] for c in runs.MODULE_KEY_COLUMNS)
         )
         if state is None:
             return None
@@ -926,11 +911,7 @@ class JobActivities:
             return
         try:
             async with unit_of_work(self.sessions) as session:
-                await runs.update_execution(
-                    session,
-                    inp.execution_id,
-                    {"logs": case((Execution.logs == "", text), else_=Execution.logs + "\n" + text)},
-                )
+                await runs.update_execution(session, inp.execution_id, {}, logs=text)
         except Exception:  # noqa: BLE001 - the item's cancellation stands
             log.exception("could not keep the logs of cancelled item %s of %s", inp.item_index, inp.execution_id)
 
@@ -1160,11 +1141,8 @@ class JobActivities:
         self, inp: StepInput, attempt: int, outcome: str, error: str | None, text: str, result: Any
     ) -> tuple[bool, Any]:
         completes = result is not _NOTHING
-        columns = (Execution.steps, *runs.FINISH_COLUMNS) if completes else (Execution.steps,)
         async with unit_of_work(self.sessions) as session:
-            row = (
-                await session.execute(select(*columns).where(Execution.id == inp.execution_id).with_for_update())
-            ).first()
+            row = (await session.execute(_END_READS[completes], {"_execution_id": inp.execution_id})).first()
             if row is None:
                 return False, _NOTHING
             values: dict[str, Any] = {}
@@ -1178,13 +1156,10 @@ class JobActivities:
                 if error:
                     steps[inp.step_index]["error"] = error[:2000]
                 values["steps"] = steps
-            if text:
-                values["logs"] = case((Execution.logs == "", text), else_=Execution.logs + "\n" + text)
             if completes and ExecutionStatus(row.status) == ExecutionStatus.COMPLETED:
                 # Ended by an earlier attempt whose completion Temporal never got: its result stands.
                 stored = await session.scalar(select(Execution.result).where(Execution.id == inp.execution_id))
-                if values:
-                    await runs.update_execution(session, inp.execution_id, values)
+                await runs.update_execution(session, inp.execution_id, values, logs=text)
                 return True, stored
             ending = completes and latest and not ExecutionStatus(row.status).is_final
             if ending:
@@ -1192,12 +1167,11 @@ class JobActivities:
                     execution_id=inp.execution_id, row=row, status=ExecutionStatus.COMPLETED, result=result
                 )
                 ended = {**values, **finish.values}
-                if await runs.update_execution(session, inp.execution_id, ended, unless_final=True):
+                if await runs.update_execution(session, inp.execution_id, ended, unless_final=True, logs=text):
                     await finish.record(session, inp.execution_id)
                     metrics.count_end(session, finish.payload)
                     return True, _NOTHING
-            if values:
-                await runs.update_execution(session, inp.execution_id, values)
+            await runs.update_execution(session, inp.execution_id, values, logs=text)
             return False, _NOTHING
 
     async def emit(self, inp: StepInput, name: str, payload: dict[str, Any], *, sequence: int | None = None) -> str:
@@ -1228,22 +1202,40 @@ class JobActivities:
             return event.id
 
 
-#: The columns of the run's row the common start of a step reads (never its logs, result or config).
-_COMMON_COLUMNS = (
-    Execution.status,
-    Execution.status_reason,
-    Execution.steps,
-    Execution.attempt,
-    Execution.trigger,
-    Execution.input,
-    Execution.trace_id,
-    Execution.job_id,
-    Execution.module_name,
-    Execution.job_type,
-    Execution.created_at,
-    Execution.started_at,
-    Execution.nominal_at,
+_X = runs.EXECUTIONS.c
+#: The common start of a step (:meth:`JobActivities._prepare_common`) reads the run's row (never
+#: its logs, result or config), locked, with its job and its module's revision.
+_PREPARE_READ = (
+    select(
+        _X.status,
+        _X.status_reason,
+        _X.steps,
+        _X.attempt,
+        _X.trigger,
+        _X.input,
+        _X.trace_id,
+        _X.job_id,
+        _X.module_name,
+        _X.job_type,
+        _X.created_at,
+        _X.started_at,
+        _X.nominal_at,
+        *runs.JobRow.columns(),
+        *(c.label(f"modrow_{c.key}") for c in runs.MODULE_KEY_COLUMNS),
+    )
+    .select_from(runs.EXECUTIONS)
+    .outerjoin(Job.__table__, Job.__table__.c.id == bindparam("_job_id"))
+    .outerjoin(Module.__table__, Module.__table__.c.name == bindparam("_module"))
+    .where(_X.id == bindparam("_execution_id"))
+    .with_for_update(of=runs.EXECUTIONS)
 )
+#: What a step's end reads of the run's row, locked: its steps, and what ending the run needs.
+_END_READS = {
+    completes: select(_X.steps, *(_X[c.key] for c in runs.FINISH_COLUMNS if completes))
+    .where(_X.id == bindparam("_execution_id"))
+    .with_for_update()
+    for completes in (False, True)
+}
 
 #: Namespace of the ids of events that steps emit (``emit_id``).
 _EMIT_NAMESPACE = uuid.UUID("3f5b1c2e-8a4d-5e6f-9b7a-0c1d2e3f4a5b")

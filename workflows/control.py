@@ -13,9 +13,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -32,6 +32,16 @@ from registry.settings import Settings
 from workflows.schedules import search_attributes, workflow_timeout
 
 log = logging.getLogger(__name__)
+
+_JOBS, _MODULES = cast(Table, Job.__table__), cast(Table, Module.__table__)
+#: A manual run's start reads its job and its module's revision (the manifest is cached per revision).
+_START_READ = (
+    select(*runs.JobRow.columns(), *(c.label(f"modrow_{c.key}") for c in runs.MODULE_KEY_COLUMNS))
+    .select_from(_JOBS)
+    .outerjoin(_MODULES, _MODULES.c.name == _JOBS.c.module_name)
+    .where(_JOBS.c.id == bindparam("_job_id"))
+)
+_INSERT_EXECUTION = runs.EXECUTIONS.insert()
 
 
 @dataclass
@@ -58,14 +68,7 @@ class Runner:
         :func:`runs.module_state`, read once per revision) and two INSERTs (the PENDING row with its
         plan, the audit row), without the ORM's unit of work."""
         async with unit_of_work(self.sessions) as session:
-            found = (
-                await session.execute(
-                    select(*runs.JobRow.columns(), *(c.label(f"module_{c.key}") for c in runs.MODULE_KEY_COLUMNS))
-                    .select_from(Job)
-                    .outerjoin(Module, Module.name == Job.module_name)
-                    .where(Job.id == job_id)
-                )
-            ).first()
+            found = (await session.execute(_START_READ, {"_job_id": job_id})).first()
             job = runs.JobRow.of(found) if found is not None else None
             if found is None or job is None:
                 raise NotFound(f"job {job_id} not found")
@@ -80,7 +83,7 @@ class Runner:
                     f"job {job.name} is disabled; enable it to run it", details={"current_state": "disabled"}
                 )
             state = await runs.module_state(
-                session, job.module_name, tuple(found._mapping[f"module_{c.key}"] for c in runs.MODULE_KEY_COLUMNS)
+                session, job.module_name, tuple(found._mapping[f"modrow_{c.key}"] for c in runs.MODULE_KEY_COLUMNS)
             )
             module = state.module if state is not None else None
             if state is None or module is None or module.status != ModuleStatus.ENABLED.value:
@@ -108,13 +111,13 @@ class Runner:
                 "created_at": datetime.now(UTC),
             }
             if not idempotency_key:
-                await session.execute(insert(Execution).values(values))
+                await session.execute(_INSERT_EXECUTION, values)
             else:
                 try:
                     # A savepoint: two concurrent requests with one Idempotency-Key race on the unique
                     # (job, key) constraint; the loser answers the winner's execution.
                     async with session.begin_nested():
-                        await session.execute(insert(Execution).values(values))
+                        await session.execute(_INSERT_EXECUTION, values)
                 except IntegrityError:
                     existing = await session.scalar(
                         select(Execution).where(

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert as sql_insert
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.models import AuditLog
@@ -50,18 +49,22 @@ async def insert(
 ) -> None:
     """:func:`record` as one INSERT with no ORM object (a hot path: every manual run writes one)."""
     await session.execute(
-        sql_insert(AuditLog).values(
-            actor_id=actor.user_id,
-            actor_email=actor.email,
-            action=action,
-            target_type=target_type,
-            target_id=target_id,
-            outcome=outcome,
-            ip=actor.ip,
-            request_id=actor.request_id,
-            details=details,
-        )
+        _INSERT,
+        {
+            "actor_id": actor.user_id,
+            "actor_email": actor.email,
+            "action": action,
+            "target_type": target_type,
+            "target_id": target_id,
+            "outcome": outcome,
+            "ip": actor.ip,
+            "request_id": actor.request_id,
+            "details": details,
+        },
     )
+
+
+_INSERT = cast(Table, AuditLog.__table__).insert()
 
 
 async def list_entries(

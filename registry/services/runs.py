@@ -11,9 +11,9 @@ import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, Text, bindparam, case, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -142,12 +142,12 @@ class JobRow:
     notifications: dict[str, Any]
 
     @staticmethod
-    def columns(prefix: str = "job_") -> list[Any]:
+    def columns(prefix: str = "jobrow_") -> list[Any]:
         """:data:`JOB_COLUMNS` labelled with ``prefix`` (to read them joined with other tables)."""
         return [c.label(f"{prefix}{c.key}") for c in JOB_COLUMNS]
 
     @classmethod
-    def of(cls, row: Any, prefix: str = "job_") -> JobRow | None:
+    def of(cls, row: Any, prefix: str = "jobrow_") -> JobRow | None:
         """The job in a row read with :meth:`columns`; None when the row has none (an outer join)."""
         mapping = row._mapping
         if mapping[f"{prefix}id"] is None:
@@ -505,16 +505,45 @@ async def finish_by_id(
     return False
 
 
+#: The tables the hot path writes with prebuilt Core statements: no ORM unit of work, and a
+#: statement built once (its cache key is cheap) whose values come as execution parameters.
+EXECUTIONS = cast(Table, Execution.__table__)
+EVENTS = cast(Table, Event.__table__)
+_UPDATE = update(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("_execution_id"))
+_UPDATE_UNLESS_FINAL = _UPDATE.where(EXECUTIONS.c.status.not_in(FINAL_STATUSES))
+#: The logs appended in SQL (the stored logs are never read back).
+_APPENDED = {
+    "logs": case(
+        (EXECUTIONS.c.logs == "", bindparam("_logs", type_=Text)),
+        else_=EXECUTIONS.c.logs + "\n" + bindparam("_logs", type_=Text),
+    )
+}
+_UPDATES = {
+    (False, False): _UPDATE,
+    (True, False): _UPDATE_UNLESS_FINAL,
+    (False, True): _UPDATE.values(_APPENDED),
+    (True, True): _UPDATE_UNLESS_FINAL.values(_APPENDED),
+}
+
+
 async def update_execution(
-    session: AsyncSession, execution_id: str, values: dict[str, Any], *, unless_final: bool = False
+    session: AsyncSession,
+    execution_id: str,
+    values: dict[str, Any],
+    *,
+    unless_final: bool = False,
+    logs: str | None = None,
 ) -> bool:
-    """One UPDATE of an execution row (nothing loaded into the session); with ``unless_final``, only
-    while its status is not final (atomic on SQLite too, where FOR UPDATE locks nothing). Returns
+    """One UPDATE of an execution row (nothing loaded into the session) setting ``values`` (column
+    values) and appending ``logs`` (JSON lines) to its logs; with ``unless_final``, only while
+    its status is not final (atomic on SQLite too, where FOR UPDATE locks nothing). Returns
     whether a row changed."""
-    statement = update(Execution).where(Execution.id == execution_id)
-    if unless_final:
-        statement = statement.where(Execution.status.not_in(FINAL_STATUSES))
-    done = await session.execute(statement.values(**values), execution_options={"synchronize_session": False})
+    params = {**values, "_execution_id": execution_id}
+    if logs:
+        params["_logs"] = logs
+    if len(params) == 1:
+        return True  # nothing to write
+    done = await session.execute(_UPDATES[(unless_final, bool(logs))], params)
     return bool(getattr(done, "rowcount", 1))
 
 
@@ -542,21 +571,25 @@ async def insert_event(
     ORM object: nobody reads it back in this transaction)."""
     now = datetime.now(UTC)
     await session.execute(
-        insert(Event).values(
-            id=new_id(),
-            name=name,
-            payload=payload,
-            source=events.PLATFORM_SOURCE,
-            module_name=module_name,
-            execution_id=execution_id,
-            occurred_at=now,
-            received_at=now,
-            dispatch_status="PENDING",
-            dispatch_attempts=0,
-            next_attempt_at=now,
-            traceparent=tracing.traceparent(),
-        )
+        _INSERT_EVENT,
+        {
+            "id": new_id(),
+            "name": name,
+            "payload": payload,
+            "source": events.PLATFORM_SOURCE,
+            "module_name": module_name,
+            "execution_id": execution_id,
+            "occurred_at": now,
+            "received_at": now,
+            "dispatch_status": "PENDING",
+            "dispatch_attempts": 0,
+            "next_attempt_at": now,
+            "traceparent": tracing.traceparent(),
+        },
     )
+
+
+_INSERT_EVENT = EVENTS.insert()
 
 
 def final_values(
