@@ -189,6 +189,42 @@ def _step_value(result: Any) -> Any:
     return result
 
 
+def _step_input(plan: RunPlan, job: JobInput, index: int, step: StepPlan, **extra: Any) -> StepInput:
+    """The activity input of step ``index`` (or of one of its items): what every step shares, and
+    ``extra`` (the previous value, the request, the item, the run's first / last step flags)."""
+    return StepInput(
+        execution_id=plan.execution_id,
+        job_id=job.job_id,
+        module=plan.module,
+        module_version=plan.module_version,
+        bundle_sha256=plan.bundle_sha256,
+        job_type=plan.job_type,
+        step=step.name,
+        step_index=index,
+        handler=step.handler,
+        max_attempts=step.max_attempts,
+        timeout_seconds=step.timeout_seconds,
+        trigger=job.trigger,
+        event=job.event,
+        config_override=job.config_override,
+        **extra,
+    )
+
+
+def _retry_policy(plan: RunPlan, *, maximum_attempts: int) -> RetryPolicy:
+    """The run's backoff; ``maximum_attempts`` 0 (unbounded, a step counting its own attempts) or
+    the step's attempts (a forEach item)."""
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=plan.retry_initial_seconds),
+        backoff_coefficient=plan.retry_backoff,
+        maximum_interval=(
+            timedelta(seconds=plan.retry_max_interval_seconds) if plan.retry_max_interval_seconds else None
+        ),
+        maximum_attempts=maximum_attempts,
+        non_retryable_error_types=NON_RETRYABLE,
+    )
+
+
 @workflow.defn(dynamic=True, sandboxed=False)
 class JobWorkflow:
     @workflow.run
@@ -238,23 +274,13 @@ class JobWorkflow:
                 finishes_run = index == len(plan.steps) - 1
                 outcome = await workflow.execute_activity(
                     step.activity,
-                    StepInput(
-                        execution_id=plan.execution_id,
-                        job_id=job.job_id,
-                        module=plan.module,
-                        module_version=plan.module_version,
-                        bundle_sha256=plan.bundle_sha256,
-                        job_type=plan.job_type,
-                        step=step.name,
-                        step_index=index,
-                        handler=step.handler,
-                        max_attempts=step.max_attempts,
-                        timeout_seconds=step.timeout_seconds,
-                        trigger=job.trigger,
+                    _step_input(
+                        plan,
+                        job,
+                        index,
+                        step,
                         previous=_step_value(previous),
-                        event=job.event,
                         request=job.request,
-                        config_override=job.config_override,
                         starts_run=starts_run,
                         finishes_run=finishes_run,
                         pending_end=unwritten,
@@ -265,17 +291,7 @@ class JobWorkflow:
                     # backoff for as long as the run's own timeout allows.
                     schedule_to_close_timeout=_until_deadline(attempt_timeout),
                     heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
-                    retry_policy=RetryPolicy(
-                        initial_interval=timedelta(seconds=plan.retry_initial_seconds),
-                        backoff_coefficient=plan.retry_backoff,
-                        maximum_interval=(
-                            timedelta(seconds=plan.retry_max_interval_seconds)
-                            if plan.retry_max_interval_seconds
-                            else None
-                        ),
-                        maximum_attempts=0,
-                        non_retryable_error_types=NON_RETRYABLE,
-                    ),
+                    retry_policy=_retry_policy(plan, maximum_attempts=0),
                     cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 )
                 # Steps that start or finish the run answer an envelope, and so does a step whose
@@ -383,39 +399,12 @@ class JobWorkflow:
                 try:
                     outcome = await workflow.execute_activity(
                         step.activity,
-                        StepInput(
-                            execution_id=plan.execution_id,
-                            job_id=job.job_id,
-                            module=plan.module,
-                            module_version=plan.module_version,
-                            bundle_sha256=plan.bundle_sha256,
-                            job_type=plan.job_type,
-                            step=step.name,
-                            step_index=index,
-                            handler=step.handler,
-                            max_attempts=step.max_attempts,
-                            timeout_seconds=step.timeout_seconds,
-                            trigger=job.trigger,
-                            event=job.event,
-                            config_override=job.config_override,
-                            item_index=i,
-                            item=items[i],
-                        ),
+                        _step_input(plan, job, index, step, item_index=i, item=items[i]),
                         start_to_close_timeout=attempt_timeout,
                         schedule_to_close_timeout=_until_deadline(attempt_timeout),
                         heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
                         # Each item retries on its own, up to the step's attempts.
-                        retry_policy=RetryPolicy(
-                            initial_interval=timedelta(seconds=plan.retry_initial_seconds),
-                            backoff_coefficient=plan.retry_backoff,
-                            maximum_interval=(
-                                timedelta(seconds=plan.retry_max_interval_seconds)
-                                if plan.retry_max_interval_seconds
-                                else None
-                            ),
-                            maximum_attempts=step.max_attempts,
-                            non_retryable_error_types=NON_RETRYABLE,
-                        ),
+                        retry_policy=_retry_policy(plan, maximum_attempts=step.max_attempts),
                         cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                     )
                 except ActivityError as exc:
