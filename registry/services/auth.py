@@ -12,7 +12,13 @@ from registry import authcache
 from registry.errors import AuthenticationFailed
 from registry.models import RefreshSession, User, new_id
 from registry.ratelimit import LoginLimiter
-from registry.security import decode_token, encode_token, hash_password, needs_rehash, verify_password
+from registry.security import (
+    decode_token,
+    encode_token,
+    hash_password_async,
+    needs_rehash,
+    verify_password_async,
+)
 from registry.services import audit, users
 from registry.services.common import Actor
 from registry.settings import Settings
@@ -56,13 +62,13 @@ async def login(
     # Count failures per account, not per spelling: email and username share one budget.
     account = f"user:{user.id}" if user is not None else login
     attempt = await limiter.begin(account, actor.ip)
-    ok = verify_password(user.password_hash if user else None, password)
+    ok = await verify_password_async(user.password_hash if user else None, password)
     if not ok or user is None or not user.is_active:
         # One message for unknown user, wrong password and inactive account: no account probing.
         raise AuthenticationFailed("invalid credentials or inactive account")
     await limiter.succeeded(attempt)
     if needs_rehash(user.password_hash):
-        user.password_hash = hash_password(password)
+        user.password_hash = await hash_password_async(password)
     user.last_login_at = datetime.now(UTC)
     pair = await _issue(session=session, settings=settings, user=user, family_id=new_id(), actor=actor)
     audit.record(
@@ -164,7 +170,7 @@ async def change_password(
 ) -> int:
     # Proving the current password is a password guess like a login: same budget, same limits.
     attempt = await limiter.begin(f"user:{user.id}", ip)
-    if not verify_password(user.password_hash, current_password):
+    if not await verify_password_async(user.password_hash, current_password):
         raise AuthenticationFailed("current password is wrong")
     await limiter.succeeded(attempt)
     await users.set_password(session=session, user=user, password=new_password)

@@ -13,7 +13,7 @@ from registry import authcache
 from registry.errors import Conflict, InvalidInput, NotFound
 from registry.models import RefreshSession, Role, User
 from registry.passwords import control_character, password_problem
-from registry.security import hash_password
+from registry.security import hash_password_async
 from registry.services.common import Page, escape_like, paginate
 
 
@@ -81,7 +81,7 @@ async def create_user(
         email=email,
         username=username,
         full_name=full_name,
-        password_hash=hash_password(password),
+        password_hash=await hash_password_async(password),
         role=role.value,
         is_active=is_active,
     )
@@ -145,7 +145,7 @@ async def _guard_last_admin(*, session: AsyncSession, user: User) -> None:
 
 async def set_password(*, session: AsyncSession, user: User, password: str) -> None:
     check_password_strength(password)
-    user.password_hash = hash_password(password)
+    user.password_hash = await hash_password_async(password)
     await session.flush()
 
 
