@@ -39,8 +39,31 @@ def record(
     occurred_at: datetime | None = None,
 ) -> Event:
     """Add an event to the outbox in the caller's transaction; it is dispatched after commit."""
+    event = _new_event(
+        name=name,
+        payload=payload,
+        source=source,
+        module_name=module_name,
+        execution_id=execution_id,
+        event_id=event_id,
+        occurred_at=occurred_at,
+    )
+    session.add(event)
+    return event
+
+
+def _new_event(
+    *,
+    name: str,
+    payload: dict[str, Any] | None = None,
+    source: str | None = None,
+    module_name: str | None = None,
+    execution_id: str | None = None,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+) -> Event:
     now = datetime.now(UTC)
-    event = Event(
+    return Event(
         id=event_id or new_id(),
         name=name,
         payload=payload or {},
@@ -55,8 +78,10 @@ def record(
         # The request or step it comes from, when tracing is on: its runs join that trace.
         traceparent=tracing.traceparent(),
     )
-    session.add(event)
-    return event
+
+
+_ACCEPT_COLUMNS = [c for c in Event.__table__.c if c.key not in ("seq", "dispatched_at", "dispatch_error")]
+_INSERT_ACCEPTED = Event.__table__.insert().returning(Event.__table__.c.seq)
 
 
 async def record_once(*, session: AsyncSession, event_id: str | None, **fields: Any) -> tuple[Event, bool]:
@@ -185,9 +210,11 @@ async def accept(
     validate_source(source)
     check_payload(payload, max_bytes=max_payload_bytes)
     if event_id is None:
-        # A fresh id cannot collide: no savepoint (two round trips) needed.
-        event = record(session=session, name=name, payload=payload, source=source, occurred_at=occurred_at)
-        await session.flush()
+        # A fresh id cannot collide: no savepoint (two round trips) needed, and no unit of work:
+        # one prebuilt INSERT ... RETURNING seq (the ORM flush was ~15 % of the API's CPU here).
+        event = _new_event(name=name, payload=payload, source=source, occurred_at=occurred_at)
+        values = {c.key: getattr(event, c.key) for c in _ACCEPT_COLUMNS}
+        event.seq = (await session.execute(_INSERT_ACCEPTED, values)).scalar_one()
         return event, True
     existing = await session.scalar(select(Event).where(Event.id == event_id))
     if existing is not None:
