@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, cast, delete, func, literal, select
+from sqlalchemy import ColumnElement, Table, Text, cast, delete, func, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
@@ -80,8 +81,9 @@ def _new_event(
     )
 
 
-_ACCEPT_COLUMNS = [c for c in Event.__table__.c if c.key not in ("seq", "dispatched_at", "dispatch_error")]
-_INSERT_ACCEPTED = Event.__table__.insert().returning(Event.__table__.c.seq)
+_EVENTS = typing.cast(Table, Event.__table__)
+_ACCEPT_COLUMNS = [c for c in _EVENTS.c if c.key not in ("seq", "dispatched_at", "dispatch_error")]
+_INSERT_ACCEPTED = _EVENTS.insert().returning(_EVENTS.c.seq)
 
 
 async def record_once(*, session: AsyncSession, event_id: str | None, **fields: Any) -> tuple[Event, bool]:
