@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors, limits
 from api.state import AppState
-from registry import logformat, metrics, tracing
+from registry import logformat, metrics, security, tracing
 from registry.db import create_engine, create_session_factory, unit_of_work
 from registry.ratelimit import LoginLimiter
 from registry.services import audit
@@ -80,6 +80,7 @@ def create_app(settings: Settings, *, state: AppState | None = None) -> FastAPI:
         app_state = state or open_state(settings)
         app.state.autoplat = app_state
         metrics.watch_engine(app_state.engine, "api")
+        await security.warm_up()
         dispatcher = _event_dispatcher(app_state)
         # POST /events calls notify() on it right after its commit.
         app.state.event_dispatcher = dispatcher

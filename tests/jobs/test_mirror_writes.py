@@ -329,7 +329,7 @@ async def test_a_cancel_while_the_end_is_written_still_records_the_end(
                 waiting = await probe.scalar(
                     text(
                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND query ILIKE 'INSERT INTO events%'"
+                        "AND datname = current_database() AND query ILIKE 'INSERT INTO events%'"
                     )
                 )
             return bool(waiting)
