@@ -156,8 +156,8 @@ def _own_state_dir(settings: Any, tmp_path: Path) -> None:
 
 
 # --- fast callers ----------------------------------------------------------------------------------
-# Logging in hashes and verifies an argon2 password (~0.3 s each); these tests are about modules,
-# so their callers are user rows with a hash computed once and an access token minted directly.
+# These tests are about modules, not logins: their callers are user rows with a hash computed once
+# and an access token minted directly (no login request per test).
 # Real logins are exercised by tests/api and by test_modules_client.py.
 
 
