@@ -85,9 +85,13 @@ def create_app(settings: Settings, *, state: AppState | None = None) -> FastAPI:
         # POST /events calls notify() on it right after its commit.
         app.state.event_dispatcher = dispatcher
         dispatcher.start()
+        from api.routes.events import new_event_ingest
+
+        app.state.event_ingest = ingest = new_event_ingest(app, app_state)
         try:
             yield
         finally:
+            await ingest.close()
             await dispatcher.stop()
             if owned:
                 await close_state(app_state)

@@ -40,6 +40,7 @@ from bench.jobs_throughput import (
     percentile,
     put_module,
 )
+from bench.loadgen import LoadError, Reply, drive
 
 LISTENERS = 3
 
@@ -172,13 +173,10 @@ async def run(opts: Options) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {token}"}
 
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http:
-            accept_ms: list[float] = []
 
             async def post(n: int) -> tuple[str, float]:
                 sent = time.time()
-                t0 = time.perf_counter()
                 r = await http.post("/api/v1/events", json={"name": "bench.tick", "payload": {"n": n}})
-                accept_ms.append((time.perf_counter() - t0) * 1000)
                 if r.status_code != 201:
                     raise RuntimeError(f"POST /events answered {r.status_code}: {r.text}")
                 return r.json()["id"], sent
@@ -186,22 +184,25 @@ async def run(opts: Options) -> dict[str, Any]:
             # Warm-up: connections, code loading on the worker, prepared statements.
             warm = [await post(-1 - n) for n in range(5)]
             await all_started(sessions, [e for e, _ in warm], timeout=60, listeners=opts.listeners)
-            accept_ms.clear()
 
-            # Under load.
-            sem = asyncio.Semaphore(opts.concurrency)
+            # Under load: --concurrency keep-alive connections of the light load generator.
+            def created(reply: Reply) -> str:
+                if reply.status != 201:
+                    raise LoadError(f"POST /events answered {reply.status}: {reply.body[:500]!r}")
+                return str(reply.json()["id"])
 
-            async def bounded(n: int) -> tuple[str, float]:
-                async with sem:
-                    return await post(n)
-
+            requests = [
+                ("POST", "/api/v1/events", {"name": "bench.tick", "payload": {"n": n}}) for n in range(opts.events)
+            ]
             t0 = time.time()
-            cpu0 = api_cpu_seconds(api.pid)
-            posted = await asyncio.gather(*(bounded(n) for n in range(opts.events)))
+            cpu0, client_cpu0 = api_cpu_seconds(api.pid), time.process_time()
+            load = await drive(base, headers, requests, connections=opts.concurrency, check=created)
             accepted_wall = time.time() - t0
             # CPU seconds are robust where events/s is not: a busy box steals time, not CPU.
             api_cpu_ms = (api_cpu_seconds(api.pid) - cpu0) * 1000 / opts.events
-            accept = stats(accept_ms)
+            client_cpu_ms = (time.process_time() - client_cpu0) * 1000 / opts.events
+            posted = load.kept
+            accept = stats(load.latencies_ms)
             starts = await all_started(sessions, [e for e, _ in posted], timeout=300, listeners=opts.listeners)
             delivered_wall = max((max(v) for v in starts.values() if v), default=t0) - t0
             sent_at = dict(posted)
@@ -245,6 +246,7 @@ async def run(opts: Options) -> dict[str, Any]:
                 "accepted_per_s": round(opts.events / accepted_wall, 1),
                 "accept": accept,
                 "api_cpu_ms_per_event": round(api_cpu_ms, 2),
+                "client_cpu_ms_per_event": round(client_cpu_ms, 2),
                 "delivered_events_per_s": round(opts.events / delivered_wall, 1) if loaded else None,
                 "runs_per_s": round(opts.events * opts.listeners / delivered_wall, 1) if loaded else None,
                 "event_to_start": stats(loaded) if loaded else None,
@@ -266,7 +268,8 @@ def render(report: dict[str, Any]) -> str:
         f"under load ({load['events']} events, {load['concurrency']} in flight):",
         f"  accepted        {load['accepted_per_s']} events/s (201 from POST /api/v1/events), "
         f"accept p50 {load['accept']['p50_ms']} ms, p95 {load['accept']['p95_ms']} ms",
-        f"  API CPU         {load['api_cpu_ms_per_event']} ms per accepted event (API processes, dispatcher included)",
+        f"  API CPU         {load['api_cpu_ms_per_event']} ms per accepted event (API processes, dispatcher included); "
+        f"load generator {load['client_cpu_ms_per_event']} ms",
     ]
     if load["event_to_start"]:
         lines += [

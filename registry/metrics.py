@@ -82,6 +82,11 @@ EVENT_DISPATCH_LAG = Histogram(
     "Event received to its run's workflow started.",
     buckets=_LAG_BUCKETS,
 )
+EVENT_INGEST_BATCH = Histogram(
+    "autoplat_event_ingest_batch_events",
+    "Events stored by one transaction of POST /events (concurrent requests share one).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 EVENTS_PENDING = Gauge(
     "autoplat_events_pending",
     "Events in the outbox not yet dispatched (read at scrape time by the API).",

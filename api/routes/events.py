@@ -24,12 +24,14 @@ from api.schemas.events import (
     EventStats,
     SubscriptionRead,
 )
+from api.state import AppState
 from registry.db import unit_of_work
 from registry.errors import ServiceUnavailable
 from registry.manifest import event_pattern_matches
 from registry.services import events
 from registry.services.common import Actor
-from registry.services.dispatch import channel, publish_live
+from registry.services.dispatch import channel, publish_live, publish_live_many
+from registry.services.ingest import EventIngest
 
 router = APIRouter(prefix="/events", tags=["events"], responses=ERROR_RESPONSES)
 
@@ -50,6 +52,18 @@ async def create_event(
     _: Annotated[Actor, Requires("events:write")],
 ) -> EventRead:
     """Store an event; it then goes live on the stream and starts the jobs listening to it."""
+    if body.id is None:
+        # A fresh event: stored in a transaction shared with concurrent requests (group commit),
+        # published and dispatched after that commit, answered once it is stored.
+        event, size = events.fresh(
+            name=body.name,
+            payload=body.payload,
+            source=body.source,
+            occurred_at=body.occurred_at,
+            max_payload_bytes=state.settings.event_payload_max_bytes,
+        )
+        await event_ingest(request.app, state).store(event, size)
+        return EventRead(**events.as_dict(event))
     # Its own unit of work: publishing and dispatching must follow the commit, never precede it.
     async with unit_of_work(state.sessions) as session:
         event, created = await events.accept(
@@ -70,6 +84,26 @@ async def create_event(
     else:
         response.status_code = status.HTTP_200_OK
     return EventRead(**data)
+
+
+def event_ingest(app: Any, state: AppState) -> EventIngest:
+    """The process's group commit of new events (made by the app's lifespan; here when it did not run)."""
+    ingest = getattr(app.state, "event_ingest", None)
+    if ingest is None:
+        ingest = app.state.event_ingest = new_event_ingest(app, state)
+    return ingest
+
+
+def new_event_ingest(app: Any, state: AppState) -> EventIngest:
+    async def publish(stored: list[dict[str, Any]]) -> None:
+        await publish_live_many(state.redis, state.settings.redis_prefix, stored)
+
+    def notify() -> None:
+        dispatcher = getattr(app.state, "event_dispatcher", None)
+        if dispatcher is not None:
+            dispatcher.notify()
+
+    return EventIngest(sessions=state.sessions, publish=publish, notify=notify)
 
 
 @router.get("", response_model=Page[EventRead])

@@ -461,14 +461,26 @@ async def dispatch_pending(
     bind = sessions.kw.get("bind")
     size = BATCH_SIZE if bind is not None and bind.dialect.name == "postgresql" else 1
 
+    loops = 0
+
     async def worker() -> None:
-        while report.events < limit:
+        nonlocal loops
+        more = True
+        while more and report.events < limit:
             live: list[dict[str, Any]] = []
             async with unit_of_work(sessions) as session:
-                batch = await _claim(session, datetime.now(UTC), min(size, limit - report.events))
+                wanted = min(size, limit - report.events)
+                batch = await _claim(session, datetime.now(UTC), wanted)
                 if not batch:
                     return
                 report.events += len(batch)
+                # A full batch: more may be due, for another loop to claim meanwhile. A short one:
+                # nothing else was free, so this loop ends after it (an event stored meanwhile
+                # wakes the dispatcher again), and no loop claims an empty batch for nothing.
+                more = len(batch) == wanted
+                if more and loops < concurrency and report.events < limit:
+                    loops += 1
+                    group.create_task(worker())
                 # One read of the listeners per batch; an event without any costs no query at all.
                 listeners = await load_listeners(session)
                 prepared = []
@@ -496,10 +508,11 @@ async def dispatch_pending(
     # Claims skip locked rows on PostgreSQL, so several loops (and processes) share the outbox;
     # SQLite has one writer and runs one.
     # A task group: when one loop fails, the others are cancelled with it (no orphans).
+    # Loops start one at a time, each when the one before it claimed a full batch.
     try:
         async with asyncio.TaskGroup() as group:
-            for _ in range(max(1, concurrency)):
-                group.create_task(worker())
+            loops = 1
+            group.create_task(worker())
     except ExceptionGroup as failed:
         if len(failed.exceptions) == 1:
             raise failed.exceptions[0] from None
@@ -613,6 +626,21 @@ class Dispatcher:
 
 def channel(prefix: str) -> str:
     return f"{prefix}:events"
+
+
+async def publish_live_many(redis: Redis, prefix: str, stored: list[dict[str, Any]]) -> bool:
+    """:func:`publish_live` for several events, in one round trip (a pipeline, in order)."""
+    if len(stored) == 1:
+        return await publish_live(redis, prefix, stored[0])
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for event in stored:
+                pipe.publish(channel(prefix), json.dumps(event, default=str))
+            await pipe.execute()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not publish %d events live: %s", len(stored), exc)
+        return False
+    return True
 
 
 async def publish_live(redis: Redis, prefix: str, event: dict[str, Any]) -> bool:

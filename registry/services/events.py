@@ -84,6 +84,7 @@ def _new_event(
 _EVENTS = typing.cast(Table, Event.__table__)
 _ACCEPT_COLUMNS = [c for c in _EVENTS.c if c.key not in ("seq", "dispatched_at", "dispatch_error")]
 _INSERT_ACCEPTED = _EVENTS.insert().returning(_EVENTS.c.seq)
+_INSERT_MANY = _EVENTS.insert().returning(_EVENTS.c.id, _EVENTS.c.seq)
 
 
 async def record_once(*, session: AsyncSession, event_id: str | None, **fields: Any) -> tuple[Event, bool]:
@@ -170,8 +171,9 @@ def validate_pattern(pattern: str, *, loc: str = "pattern") -> None:
         )
 
 
-def check_payload(payload: Any, *, max_bytes: int = MAX_EVENT_PAYLOAD_BYTES) -> None:
-    """The payload is a plain JSON object (see ``json_problem``) of at most ``max_bytes`` (compact UTF-8 JSON)."""
+def check_payload(payload: Any, *, max_bytes: int = MAX_EVENT_PAYLOAD_BYTES) -> int:
+    """The payload is a plain JSON object (see ``json_problem``) of at most ``max_bytes`` (compact
+    UTF-8 JSON). Returns its size in bytes."""
     if not isinstance(payload, dict):
         raise InvalidInput(
             "the event payload must be a JSON object",
@@ -190,6 +192,39 @@ def check_payload(payload: Any, *, max_bytes: int = MAX_EVENT_PAYLOAD_BYTES) -> 
             f"the event payload is {size} bytes; the limit is {max_bytes}",
             details={"size": size, "limit": max_bytes},
         )
+    return size
+
+
+def fresh(
+    *,
+    name: str,
+    payload: Any,
+    source: str | None = None,
+    occurred_at: datetime | None = None,
+    max_payload_bytes: int = MAX_EVENT_PAYLOAD_BYTES,
+) -> tuple[Event, int]:
+    """A new event from outside the platform, checked as :func:`accept` checks it but not stored
+    (``registry/services/ingest.py`` stores many in one transaction). Returns (event, payload size)."""
+    validate_name(name)
+    validate_source(source)
+    size = check_payload(payload, max_bytes=max_payload_bytes)
+    return _new_event(name=name, payload=payload, source=source, occurred_at=occurred_at), size
+
+
+def accepted_values(event: Event) -> dict[str, Any]:
+    """The columns a new event's INSERT writes (everything but ``seq`` and what dispatch sets)."""
+    return {c.key: getattr(event, c.key) for c in _ACCEPT_COLUMNS}
+
+
+async def insert_fresh(session: AsyncSession, batch: list[Event]) -> None:
+    """Store new events (fresh ids) with one multi-row ``INSERT ... RETURNING``, setting each one's ``seq``."""
+    if len(batch) == 1:
+        batch[0].seq = (await session.execute(_INSERT_ACCEPTED, accepted_values(batch[0]))).scalar_one()
+        return
+    rows = await session.execute(_INSERT_MANY, [accepted_values(e) for e in batch])
+    seqs = dict(rows.all())
+    for event in batch:
+        event.seq = seqs[event.id]
 
 
 async def accept(
@@ -215,8 +250,7 @@ async def accept(
         # A fresh id cannot collide: no savepoint (two round trips) needed, and no unit of work:
         # one prebuilt INSERT ... RETURNING seq (the ORM flush was ~15 % of the API's CPU here).
         event = _new_event(name=name, payload=payload, source=source, occurred_at=occurred_at)
-        values = {c.key: getattr(event, c.key) for c in _ACCEPT_COLUMNS}
-        event.seq = (await session.execute(_INSERT_ACCEPTED, values)).scalar_one()
+        event.seq = (await session.execute(_INSERT_ACCEPTED, accepted_values(event))).scalar_one()
         return event, True
     existing = await session.scalar(select(Event).where(Event.id == event_id))
     if existing is not None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from registry.db import unit_of_work
 from registry.errors import ServiceUnavailable
@@ -235,3 +235,44 @@ async def test_an_event_that_cannot_be_prepared_backs_off_alone(sessions, module
     assert stored_bad.next_attempt_at > datetime.now(UTC)
     # Not due yet: the next pass leaves it alone.
     assert (await dispatch_pending(sessions=sessions, start=record)).events == 0
+
+
+async def test_dispatch_loops_start_only_when_there_is_more_to_claim(sessions, engine):
+    """Concurrent loops are added one at a time, each after a full batch: a pass over a few events
+    claims once, not once per loop, and a backlog is still spread over several loops."""
+    from sqlalchemy import event as sa_event
+
+    from registry.services.dispatch import BATCH_SIZE
+
+    claims: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM events" in statement and "SKIP LOCKED" in statement:
+            claims.append(statement)
+
+    async def no_start(request: StartRequest) -> None:
+        raise AssertionError("no job listens")
+
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        for n in range(3):
+            await accept(sessions, "quiet.tick", {"n": n})
+        report = await dispatch_pending(sessions=sessions, start=no_start, concurrency=8)
+        assert (report.events, report.dispatched, len(claims)) == (3, 3, 1)
+
+        claims.clear()
+        backlog = 2 * BATCH_SIZE + 5
+        for n in range(backlog):
+            await accept(sessions, "quiet.tick", {"n": n})
+        report = await dispatch_pending(sessions=sessions, start=no_start, concurrency=8, limit=1000)
+        assert (report.events, report.dispatched) == (backlog, backlog)
+        # Two full batches and the rest, by up to three loops (each full batch adds one): a loop
+        # that saw a full batch may claim once more and find nothing.
+        assert 3 <= len(claims) <= 3 + 3, len(claims)
+    finally:
+        sa_event.remove(engine.sync_engine, "before_cursor_execute", count)
+    async with sessions() as session:
+        pending = await session.scalar(
+            select(func.count()).select_from(Event).where(Event.dispatch_status != "DISPATCHED")
+        )
+    assert pending == 0

@@ -1,0 +1,116 @@
+"""Group commit of POST /events (registry/services/ingest.py): concurrent events share transactions,
+each is stored, answered and published exactly once, and one the database refuses fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, text
+
+from registry.db import create_engine, create_session_factory, unit_of_work
+from registry.migrate import upgrade
+from registry.models import Event
+from registry.services import events
+from registry.services.dispatch import channel
+from registry.services.ingest import EventIngest
+
+
+async def _post_all(client: Any, headers: dict[str, str], names: list[str]) -> list[Any]:
+    return await asyncio.gather(
+        *(
+            client.post("/api/v1/events", json={"name": n, "payload": {"n": i}}, headers=headers)
+            for i, n in enumerate(names)
+        )
+    )
+
+
+async def test_concurrent_events_share_transactions_and_each_is_stored_and_published_once(
+    client, sessions, app_state, settings, operator_headers
+):
+    pubsub = app_state.redis.pubsub()
+    await pubsub.subscribe(channel(settings.redis_prefix))
+    try:
+        replies = await _post_all(client, operator_headers, ["load.tested"] * 60)
+        assert [r.status_code for r in replies] == [201] * 60, [r.text for r in replies if r.status_code != 201]
+        answered = {r.json()["id"]: r.json()["seq"] for r in replies}
+        assert len(answered) == 60 and len(set(answered.values())) == 60
+
+        async with sessions() as session:
+            stored = dict((await session.execute(select(Event.id, Event.seq).where(Event.name == "load.tested"))).all())
+        assert stored == answered
+
+        ingest = client.app.state.event_ingest
+        assert ingest.flushes < 60 and ingest.largest > 1, (ingest.flushes, ingest.largest)
+
+        live: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 10
+        while len(live) < 60 and time.monotonic() < deadline:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                live.append(json.loads(message["data"]))
+        assert sorted(e["id"] for e in live) == sorted(answered)
+        assert [e["seq"] for e in live] == sorted(e["seq"] for e in live)  # published in commit order
+    finally:
+        await pubsub.unsubscribe()
+        await pubsub.aclose()
+
+
+async def test_an_event_the_database_refuses_fails_alone(client, sessions, engine, operator_headers):
+    """A real refusal (a trigger raising for one name): the batch it was in is stored again one
+    event at a time, so only that event fails, with the generic 500 body."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE FUNCTION refuse_event() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN RAISE EXCEPTION 'refused by the test'; END $$"
+            )
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER refuse_event BEFORE INSERT ON events FOR EACH ROW "
+                "WHEN (NEW.name = 'refused.here') EXECUTE FUNCTION refuse_event()"
+            )
+        )
+    try:
+        names = ["batch.ok"] * 15 + ["refused.here"] + ["batch.ok"] * 15
+        replies = await _post_all(client, operator_headers, names)
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP TRIGGER refuse_event ON events"))
+            await conn.execute(text("DROP FUNCTION refuse_event()"))
+    statuses = [r.status_code for r in replies]
+    assert statuses == [201] * 15 + [500] + [201] * 15, statuses
+    refused = replies[15].json()
+    assert refused["error"]["code"] == "internal_error" and "refused by the test" not in replies[15].text
+    async with sessions() as session:
+        names_stored = list(await session.scalars(select(Event.name)))
+    assert sorted(names_stored) == ["batch.ok"] * 30
+
+
+async def test_batches_are_stored_on_sqlite(tmp_path: Path):
+    """The embedded registry takes the multi-row INSERT ... RETURNING too, and gives each event its seq."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db' / 'autoplat.db'}"
+    await upgrade(url)
+    engine = create_engine(url)
+    published: list[list[dict[str, Any]]] = []
+    woken: list[bool] = []
+
+    async def publish(stored: list[dict[str, Any]]) -> None:
+        published.append(stored)
+
+    try:
+        sessions = create_session_factory(engine)
+        ingest = EventIngest(sessions=sessions, publish=publish, notify=lambda: woken.append(True))
+        batch = [events.fresh(name="lite.stored", payload={"n": n}) for n in range(40)]
+        await asyncio.gather(*(ingest.store(event, size) for event, size in batch))
+        async with unit_of_work(sessions) as session:
+            stored = dict((await session.execute(select(Event.id, Event.seq))).all())
+        assert stored == {event.id: event.seq for event, _ in batch}
+        assert ingest.flushes == len(published) == len(woken) < 40
+        assert [e["id"] for flush in published for e in flush] == [event.id for event, _ in batch]
+    finally:
+        await engine.dispose()
