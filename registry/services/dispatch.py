@@ -265,32 +265,31 @@ async def _claim(session: AsyncSession, now: datetime, size: int) -> list[Event]
     return list(await session.scalars(query))
 
 
-async def _deliveries(session: AsyncSession, event: Event, jobs: list[Job]) -> dict[str, EventDelivery]:
-    """The (event, job) delivery rows by job id, created once whatever the concurrency: one
-    ``INSERT … ON CONFLICT DO NOTHING`` for the missing ones, then read back."""
-    query = select(EventDelivery).where(
-        EventDelivery.event_id == event.id, EventDelivery.job_id.in_([job.id for job in jobs])
-    )
-    found = {d.job_id: d for d in await session.scalars(query)}
-    missing = [job for job in jobs if job.id not in found]
+async def _deliveries(session: AsyncSession, wanted: dict[str, list[Job]]) -> dict[tuple[str, str], EventDelivery]:
+    """The delivery rows of (event id, job id) pairs (``wanted``: event id -> its target jobs),
+    created once whatever the concurrency: one read for all of them, one ``INSERT … ON CONFLICT DO
+    NOTHING`` for the missing ones, then one read back."""
+    pairs = {(event_id, job.id) for event_id, jobs in wanted.items() for job in jobs}
+    query = select(EventDelivery).where(EventDelivery.event_id.in_(list(wanted)))
+
+    async def read(q: Any) -> dict[tuple[str, str], EventDelivery]:
+        rows = await session.scalars(q)
+        return {(d.event_id, d.job_id): d for d in rows if (d.event_id, d.job_id) in pairs}
+
+    found = await read(query)
+    missing = sorted(pairs - found.keys())
     if missing:
         from sqlalchemy.dialects import postgresql, sqlite
 
         insert: Any = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
         now = datetime.now(UTC)
         rows = [
-            {
-                "event_id": event.id,
-                "job_id": job.id,
-                "workflow_id": workflow_id_for(event.id, job.id),
-                "created_at": now,
-            }
-            for job in missing
+            {"event_id": e, "job_id": j, "workflow_id": workflow_id_for(e, j), "created_at": now} for e, j in missing
         ]
         await session.execute(
             insert(EventDelivery).values(rows).on_conflict_do_nothing(index_elements=["event_id", "job_id"])
         )
-        found = {d.job_id: d for d in await session.scalars(query.execution_options(populate_existing=True))}
+        found = await read(query.execution_options(populate_existing=True))
     return found
 
 
@@ -310,16 +309,59 @@ async def _prepare(
     try:
         targets = await targets_for(session=session, event=event, listeners=listeners)
     except ChainTooLong as exc:
-        log.warning("event %s (%s): %s", event.id, event.name, exc)
-        event.dispatch_status = "DISPATCHED"
-        event.dispatched_at = datetime.now(UTC)
-        event.dispatch_error = str(exc)
-        report.dispatched += 1
+        _refuse(event, exc, report)
         return None
+    jobs = {event.id: [target.job for target in targets]} if targets else {}
+    return _pending(event, targets, await _deliveries(session, jobs) if jobs else {}, report)
+
+
+async def _prepare_together(
+    session: AsyncSession, batch: list[Event], listeners: Listeners, report: DispatchReport
+) -> list[_Pending]:
+    """:func:`_prepare` for the events of a batch that have listeners, their delivery rows read and
+    created together (three statements for the batch instead of a savepoint and three each). When
+    that fails for another reason than an outage, each event is prepared apart, so one bad event
+    backs off alone."""
+    targets: dict[str, list[Target]] = {}
+    refused: dict[str, ChainTooLong] = {}
+    try:
+        async with session.begin_nested():
+            for event in batch:
+                try:
+                    targets[event.id] = await targets_for(session=session, event=event, listeners=listeners)
+                except ChainTooLong as exc:
+                    refused[event.id] = exc
+            jobs = {event_id: [t.job for t in found] for event_id, found in targets.items() if found}
+            deliveries = await _deliveries(session, jobs) if jobs else {}
+    except Exception as exc:  # noqa: BLE001 - any failure: find the event it was about
+        if is_unavailable(exc):
+            raise  # the database is gone: the whole batch waits
+        log.warning("could not prepare %d events together (%s); preparing each apart", len(batch), exc)
+        prepared = [await _prepare_apart(session, event, listeners, report) for event in batch]
+        return [p for p in prepared if p is not None]
+    out = []
+    for event in batch:
+        if event.id in refused:
+            _refuse(event, refused[event.id], report)
+        else:
+            out.append(_pending(event, targets[event.id], deliveries, report))
+    return out
+
+
+def _refuse(event: Event, exc: ChainTooLong, report: DispatchReport) -> None:
+    log.warning("event %s (%s): %s", event.id, event.name, exc)
+    event.dispatch_status = "DISPATCHED"
+    event.dispatched_at = datetime.now(UTC)
+    event.dispatch_error = str(exc)
+    report.dispatched += 1
+
+
+def _pending(
+    event: Event, targets: list[Target], deliveries: dict[tuple[str, str], EventDelivery], report: DispatchReport
+) -> _Pending:
     pending = _Pending(event=event, targets=targets)
-    deliveries = await _deliveries(session, event, [target.job for target in targets]) if targets else {}
     for target in targets:
-        delivery = deliveries[target.job.id]
+        delivery = deliveries[(event.id, target.job.id)]
         if delivery.execution_id is not None:
             report.already_started += 1
             continue
@@ -484,15 +526,18 @@ async def dispatch_pending(
                 # One read of the listeners per batch; an event without any costs no query at all.
                 listeners = await load_listeners(session)
                 prepared = []
+                listened = []
                 for event in batch:
                     if publish is not None and event.execution_id is not None and not event.dispatch_attempts:
                         live.append(events.as_dict(event))
                     if not _matching(listeners, event):
                         pending = await _prepare(session, event, listeners, report)  # no query: settles it
+                        if pending is not None:
+                            prepared.append(pending)
                     else:
-                        pending = await _prepare_apart(session, event, listeners, report)
-                    if pending is not None:
-                        prepared.append(pending)
+                        listened.append(event)
+                if listened:
+                    prepared += await _prepare_together(session, listened, listeners, report)
                 # The starts of the whole batch go out together (they only talk to Temporal).
                 outcomes = await _start_all(start, [request for p in prepared for _, request in p.starts])
                 for pending in prepared:

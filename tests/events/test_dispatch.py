@@ -214,10 +214,11 @@ async def test_an_event_that_cannot_be_prepared_backs_off_alone(sessions, module
     bad = await accept(sessions, "data.synced", {"kind": "full", "data": {"table": "b"}})
     real = dispatch._deliveries
 
-    async def deliveries(session: Any, event: Event, jobs: Any) -> Any:
-        if event.id == bad:
+    async def deliveries(session: Any, wanted: dict[str, Any]) -> Any:
+        # Fails the batch's shared preparation too: the batch falls back to one event at a time.
+        if bad in wanted:
             raise RuntimeError("cannot write the delivery rows")
-        return await real(session, event, jobs)
+        return await real(session, wanted)
 
     started: list[str] = []
 
@@ -276,3 +277,38 @@ async def test_dispatch_loops_start_only_when_there_is_more_to_claim(sessions, e
             select(func.count()).select_from(Event).where(Event.dispatch_status != "DISPATCHED")
         )
     assert pending == 0
+
+
+async def test_a_batch_reads_and_creates_its_delivery_rows_together(sessions, engine, module):
+    """Twelve events with two listening jobs each: their 24 delivery rows cost one read, one
+    INSERT and one read back for the batch (no savepoint and three statements per event), and each
+    pair is started once."""
+    from sqlalchemy import event as sa_event
+
+    await add_job(sessions, module, "refresh")
+    await add_job(sessions, module, "refresh", name="second", event_triggers=["data.**"])
+    ids = [await accept(sessions, "data.synced", {"kind": "full", "data": {"table": f"t{n}"}}) for n in range(12)]
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "event_deliveries" in statement or "SAVEPOINT" in statement:
+            statements.append(statement.split()[0])
+
+    started: list[str] = []
+
+    async def record(request: StartRequest) -> None:
+        started.append(request.workflow_id)
+
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        report = await dispatch_pending(sessions=sessions, start=record)
+    finally:
+        sa_event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert (report.events, report.dispatched, report.started, report.failed) == (12, 12, 24, 0)
+    assert len(set(started)) == 24 and all(sum(i in w for w in started) == 2 for i in ids)
+    # The batch's savepoint, read, INSERT, read back, release; then the executions set, in one UPDATE.
+    assert statements.count("INSERT") == 1 and statements.count("SELECT") == 2, statements
+    assert statements.count("SAVEPOINT") == 1 and len(statements) <= 6, statements
+    async with sessions() as session:
+        rows = list(await session.scalars(select(EventDelivery)))
+    assert len(rows) == 24 and all(r.execution_id for r in rows)
