@@ -146,6 +146,17 @@ async def segments(sessions: Any, sent: dict[str, float]) -> dict[str, float]:
     return {k: round(percentile(v, 50), 1) for k, v in parts.items() if v}
 
 
+async def dispatch_lags(sessions: Any, sent: dict[str, float]) -> list[float]:
+    """POST sent -> all of the event's starts acknowledged by Temporal (``dispatched_at``), in ms."""
+    from sqlalchemy import select
+
+    from registry.models import Event
+
+    async with sessions() as session:
+        rows = (await session.execute(select(Event.id, Event.dispatched_at).where(Event.id.in_(list(sent))))).all()
+    return [(at.timestamp() - sent[event_id]) * 1000 for event_id, at in rows if at is not None]
+
+
 def api_cpu_seconds(pid: int) -> float:
     """CPU seconds of the API process and its children (``--api-workers`` > 1) so far."""
     from pathlib import Path
@@ -207,6 +218,7 @@ async def run(opts: Options) -> dict[str, Any]:
             delivered_wall = max((max(v) for v in starts.values() if v), default=t0) - t0
             sent_at = dict(posted)
             loaded = [(s - sent_at[e]) * 1000 for e, v in starts.items() for s in v]
+            dispatched = await dispatch_lags(sessions, sent_at) if opts.listeners else []
 
             # Low load: one event at a time.
             low: list[float] = []
@@ -250,6 +262,7 @@ async def run(opts: Options) -> dict[str, Any]:
                 "delivered_events_per_s": round(opts.events / delivered_wall, 1) if loaded else None,
                 "runs_per_s": round(opts.events * opts.listeners / delivered_wall, 1) if loaded else None,
                 "event_to_start": stats(loaded) if loaded else None,
+                "event_to_dispatched": stats(dispatched) if dispatched else None,
             },
             "low_load": {
                 "events": opts.low_load_events,
@@ -275,6 +288,8 @@ def render(report: dict[str, Any]) -> str:
         lines += [
             f"  delivered       {load['delivered_events_per_s']} events/s = {load['runs_per_s']} runs/s completed",
             f"  event -> start  p50 {load['event_to_start']['p50_ms']} ms, p95 {load['event_to_start']['p95_ms']} ms",
+            f"  event -> dispatched (its starts acknowledged by Temporal) p50 "
+            f"{load['event_to_dispatched']['p50_ms']} ms, p95 {load['event_to_dispatched']['p95_ms']} ms",
         ]
     if low["event_to_start"]:
         lines += [

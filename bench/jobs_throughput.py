@@ -37,6 +37,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -64,8 +65,9 @@ async def noop(ctx):
     return time.time()
 '''
 
-#: Targets from issue 4, item 8, raised by issue 13 (handlers in processes): 0.6x bare Temporal.
-TARGET_RATIO = 0.6
+#: Throughput targets against bare Temporal (issue 14, item 7): 0.8x with handlers inline, 0.6x with
+#: handlers in confined processes (issue 13).
+TARGET_RATIOS = {"inline": 0.8, "process": 0.6}
 TARGET_LOW_LOAD_P95_START_MS = 100.0
 #: The dev server's Prometheus counters lag the work by up to about a second.
 METRICS_LAG = 1.2
@@ -581,6 +583,8 @@ class Options:
     http: bool = False
     #: Also measure what metrics and tracing cost over HTTP (bench/observability.py).
     metrics: bool = False
+    #: Whole benchmarks run one after the other; the ratio judged is their median.
+    rounds: int = 1
 
 
 async def bench_baseline(client: Any, probe: Probe, opts: Options) -> tuple[Phase, Phase, dict[str, Any]]:
@@ -867,10 +871,11 @@ async def run(opts: Options) -> dict[str, Any]:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     ratio = plat_loaded.throughput / base_loaded.throughput if base_loaded.throughput else 0.0
+    target = TARGET_RATIOS[opts.isolation]
     targets = {
         "throughput_ratio": round(ratio, 3),
-        "throughput_ratio_target": TARGET_RATIO,
-        "throughput_ratio_ok": ratio >= TARGET_RATIO,
+        "throughput_ratio_target": target,
+        "throughput_ratio_ok": ratio >= target,
         "low_load_p95_start_ms": plat_low.start_p95_ms,
         "low_load_p95_start_target_ms": TARGET_LOW_LOAD_P95_START_MS,
         "low_load_p95_start_ok": plat_low.start_p95_ms < TARGET_LOW_LOAD_P95_START_MS,
@@ -1015,9 +1020,20 @@ def render(report: dict[str, Any]) -> str:
             f"trigger->completion p50 {h_low['done_p50_ms']} ms (baseline {base_low['done_p50_ms']} ms)",
         ]
     lines.append("")
+    rounds = report.get("rounds")
+    if rounds:
+        lines.append(f"{len(rounds)} rounds (the report above is the last one's):")
+        for n, r in enumerate(rounds, 1):
+            http = f", over HTTP {r['http_ratio']:.2f}x" if r["http_ratio"] is not None else ""
+            lines.append(
+                f"  round {n}: baseline {r['baseline_runs_per_s']} runs/s, platform {r['platform_runs_per_s']} runs/s"
+                f" = {r['ratio']:.2f}x{http}"
+            )
+        lines.append("")
     t = report["targets"]
+    median = " (median of the rounds)" if rounds else ""
     lines.append(
-        f"target throughput ratio >= {t['throughput_ratio_target']}: {t['throughput_ratio']:.2f} -> "
+        f"target throughput ratio{median} >= {t['throughput_ratio_target']}: {t['throughput_ratio']:.2f} -> "
         f"{'MET' if t['throughput_ratio_ok'] else 'MISSED'}"
     )
     lines.append(
@@ -1033,6 +1049,29 @@ def render(report: dict[str, Any]) -> str:
         )
     lines.append(f"total time {report['total_seconds']} s")
     return "\n".join(lines)
+
+
+def with_rounds(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last round's report, its throughput target judged on the median ratio of all rounds."""
+    report = reports[-1]
+    if len(reports) == 1:
+        return report
+    ratios = [r["targets"]["throughput_ratio"] for r in reports]
+    median = statistics.median(ratios)
+    report["rounds"] = [
+        {
+            "baseline_runs_per_s": r["phases"][0]["throughput"],
+            "platform_runs_per_s": r["phases"][1]["throughput"],
+            "ratio": r["targets"]["throughput_ratio"],
+            "http_ratio": (r.get("http") or {}).get("throughput_ratio"),
+        }
+        for r in reports
+    ]
+    t = report["targets"]
+    t["throughput_ratio_last_round"] = t["throughput_ratio"]
+    t["throughput_ratio"] = round(median, 3)
+    t["throughput_ratio_ok"] = median >= t["throughput_ratio_target"]
+    return report
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -1064,9 +1103,16 @@ def parse_args(argv: list[str] | None = None) -> Options:
         action="store_true",
         help="also measure metrics on / tracing on against off over HTTP (bench/observability.py)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the whole benchmark this many times (each a baseline then a platform phase) and judge the "
+        "median ratio: on a shared box bare Temporal's own rate moves by up to 40 %% between runs (default 1)",
+    )
     ns = parser.parse_args(argv)
-    if ns.runs < 1 or ns.concurrency < 1 or ns.low_load_runs < 1 or ns.warmup < 1:
-        parser.error("--runs, --concurrency, --low-load-runs and --warmup must be at least 1")
+    if ns.runs < 1 or ns.concurrency < 1 or ns.low_load_runs < 1 or ns.warmup < 1 or ns.rounds < 1:
+        parser.error("--runs, --concurrency, --low-load-runs, --warmup and --rounds must be at least 1")
     return Options(
         runs=ns.runs,
         concurrency=ns.concurrency,
@@ -1078,13 +1124,15 @@ def parse_args(argv: list[str] | None = None) -> Options:
         isolation=ns.isolation,
         http=ns.http,
         metrics=ns.metrics,
+        rounds=ns.rounds,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    report = asyncio.run(run(opts))
+    reports = [asyncio.run(run(opts)) for _ in range(opts.rounds)]
+    report = with_rounds(reports)
     print(json.dumps(report, indent=2) if opts.as_json else render(report))
     t = report["targets"]
     return 1 if opts.strict and not (t["throughput_ratio_ok"] and t["low_load_p95_start_ok"]) else 0
