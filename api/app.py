@@ -85,9 +85,7 @@ def create_app(settings: Settings, *, state: AppState | None = None) -> FastAPI:
         # POST /events calls notify() on it right after its commit.
         app.state.event_dispatcher = dispatcher
         dispatcher.start()
-        from api.routes.events import new_event_ingest
-
-        app.state.event_ingest = ingest = new_event_ingest(app, app_state)
+        app.state.event_ingest = ingest = event_ingest_for(app, app_state)
         try:
             yield
         finally:
@@ -138,6 +136,23 @@ def _event_dispatcher(state: AppState) -> Any:
         publish=publish,
         observe=dispatch_observer(state.temporal, state.settings.task_queue),
     )
+
+
+def event_ingest_for(app: FastAPI, state: AppState) -> Any:
+    """Stores POST /events' new events in shared transactions (registry/services/ingest.py), then
+    wakes the app's dispatcher and publishes them live."""
+    from registry.services.dispatch import publish_live_many
+    from registry.services.ingest import EventIngest
+
+    async def publish(stored: list[dict[str, Any]]) -> None:
+        await publish_live_many(state.redis, state.settings.redis_prefix, stored)
+
+    def notify() -> None:
+        dispatcher = getattr(app.state, "event_dispatcher", None)
+        if dispatcher is not None:
+            dispatcher.notify()
+
+    return EventIngest(sessions=state.sessions, publish=publish, notify=notify)
 
 
 def open_state(settings: Settings) -> AppState:

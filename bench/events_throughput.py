@@ -288,9 +288,13 @@ def render(report: dict[str, Any]) -> str:
         lines += [
             f"  delivered       {load['delivered_events_per_s']} events/s = {load['runs_per_s']} runs/s completed",
             f"  event -> start  p50 {load['event_to_start']['p50_ms']} ms, p95 {load['event_to_start']['p95_ms']} ms",
-            f"  event -> dispatched (its starts acknowledged by Temporal) p50 "
-            f"{load['event_to_dispatched']['p50_ms']} ms, p95 {load['event_to_dispatched']['p95_ms']} ms",
         ]
+        lag = load["event_to_dispatched"]
+        if lag:
+            lines.append(
+                f"  event -> dispatched (its starts acknowledged by Temporal) p50 {lag['p50_ms']} ms, "
+                f"p95 {lag['p95_ms']} ms"
+            )
     if low["event_to_start"]:
         lines += [
             f"low load ({low['events']} events, one at a time):",

@@ -1108,7 +1108,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         type=int,
         default=1,
         help="run the whole benchmark this many times (each a baseline then a platform phase) and judge the "
-        "median ratio: on a shared box bare Temporal's own rate moves by up to 40 %% between runs (default 1)",
+        "median ratio: on a shared box bare Temporal's own rate moves by 20 %% and more between runs (default 1)",
     )
     ns = parser.parse_args(argv)
     if ns.runs < 1 or ns.concurrency < 1 or ns.low_load_runs < 1 or ns.warmup < 1 or ns.rounds < 1:

@@ -30,7 +30,7 @@ from registry.errors import ServiceUnavailable
 from registry.manifest import event_pattern_matches
 from registry.services import events
 from registry.services.common import Actor
-from registry.services.dispatch import channel, publish_live, publish_live_many
+from registry.services.dispatch import channel, publish_live
 from registry.services.ingest import EventIngest
 
 router = APIRouter(prefix="/events", tags=["events"], responses=ERROR_RESPONSES)
@@ -90,20 +90,10 @@ def event_ingest(app: Any, state: AppState) -> EventIngest:
     """The process's group commit of new events (made by the app's lifespan; here when it did not run)."""
     ingest = getattr(app.state, "event_ingest", None)
     if ingest is None:
-        ingest = app.state.event_ingest = new_event_ingest(app, state)
+        from api.app import event_ingest_for
+
+        ingest = app.state.event_ingest = event_ingest_for(app, state)
     return ingest
-
-
-def new_event_ingest(app: Any, state: AppState) -> EventIngest:
-    async def publish(stored: list[dict[str, Any]]) -> None:
-        await publish_live_many(state.redis, state.settings.redis_prefix, stored)
-
-    def notify() -> None:
-        dispatcher = getattr(app.state, "event_dispatcher", None)
-        if dispatcher is not None:
-            dispatcher.notify()
-
-    return EventIngest(sessions=state.sessions, publish=publish, notify=notify)
 
 
 @router.get("", response_model=Page[EventRead])

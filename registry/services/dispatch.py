@@ -133,7 +133,9 @@ async def chain_of(session: AsyncSession, event: Event) -> tuple[int, int]:
 
 #: How long ``Dispatcher.stop`` waits for the loop it cancelled (an API's shutdown must stay short).
 STOP_GRACE_SECONDS = 3.0
-#: Events dispatched at once by one process (PostgreSQL; each in its own transaction).
+#: Most dispatch loops one process runs at once (PostgreSQL; each claims a batch of up to
+#: ``BATCH_SIZE`` events per transaction). A pass ends at its ``limit`` (the Dispatcher's: 100 events),
+#: so a pass uses at most four.
 DISPATCH_CONCURRENCY = 8
 
 
@@ -349,6 +351,7 @@ async def _prepare_together(
 
 
 def _refuse(event: Event, exc: ChainTooLong, report: DispatchReport) -> None:
+    """Settle an event the chain guard stopped: dispatched to nobody, with the reason."""
     log.warning("event %s (%s): %s", event.id, event.name, exc)
     event.dispatch_status = "DISPATCHED"
     event.dispatched_at = datetime.now(UTC)
@@ -359,6 +362,7 @@ def _refuse(event: Event, exc: ChainTooLong, report: DispatchReport) -> None:
 def _pending(
     event: Event, targets: list[Target], deliveries: dict[tuple[str, str], EventDelivery], report: DispatchReport
 ) -> _Pending:
+    """The starts ``event`` still needs: one per target whose delivery has not started yet."""
     pending = _Pending(event=event, targets=targets)
     for target in targets:
         delivery = deliveries[(event.id, target.job.id)]
@@ -503,7 +507,7 @@ async def dispatch_pending(
     bind = sessions.kw.get("bind")
     size = BATCH_SIZE if bind is not None and bind.dialect.name == "postgresql" else 1
 
-    loops = 0
+    loops = 1  # started so far in this pass (see below)
 
     async def worker() -> None:
         nonlocal loops
@@ -556,7 +560,6 @@ async def dispatch_pending(
     # Loops start one at a time, each when the one before it claimed a full batch.
     try:
         async with asyncio.TaskGroup() as group:
-            loops = 1
             group.create_task(worker())
     except ExceptionGroup as failed:
         if len(failed.exceptions) == 1:

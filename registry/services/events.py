@@ -222,7 +222,7 @@ async def insert_fresh(session: AsyncSession, batch: list[Event]) -> None:
         batch[0].seq = (await session.execute(_INSERT_ACCEPTED, accepted_values(batch[0]))).scalar_one()
         return
     rows = await session.execute(_INSERT_MANY, [accepted_values(e) for e in batch])
-    seqs = dict(rows.all())
+    seqs: dict[str, int] = {row[0]: row[1] for row in rows}
     for event in batch:
         event.seq = seqs[event.id]
 

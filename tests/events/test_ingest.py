@@ -9,9 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
 
-from registry.db import create_engine, create_session_factory, unit_of_work
+from registry.db import create_engine, create_session_factory, is_unavailable, unit_of_work
+from registry.errors import ServiceUnavailable
 from registry.migrate import upgrade
 from registry.models import Event
 from registry.services import events
@@ -59,7 +62,7 @@ async def test_concurrent_events_share_transactions_and_each_is_stored_and_publi
         await pubsub.aclose()
 
 
-async def test_an_event_the_database_refuses_fails_alone(client, sessions, engine, operator_headers):
+async def test_an_event_the_database_refuses_fails_alone(client, sessions, engine, operator_headers, caplog):
     """A real refusal (a trigger raising for one name): the batch it was in is stored again one
     event at a time, so only that event fails, with the generic 500 body."""
     async with engine.begin() as conn:
@@ -84,6 +87,8 @@ async def test_an_event_the_database_refuses_fails_alone(client, sessions, engin
             await conn.execute(text("DROP FUNCTION refuse_event()"))
     statuses = [r.status_code for r in replies]
     assert statuses == [201] * 15 + [500] + [201] * 15, statuses
+    refused_batches = [r.args[0] for r in caplog.records if r.getMessage().startswith("a batch of")]
+    assert refused_batches and refused_batches[0] > 1, "the refused event was not part of a shared batch"
     refused = replies[15].json()
     assert refused["error"]["code"] == "internal_error" and "refused by the test" not in replies[15].text
     async with sessions() as session:
@@ -114,3 +119,61 @@ async def test_batches_are_stored_on_sqlite(tmp_path: Path):
         assert [e["id"] for flush in published for e in flush] == [event.id for event, _ in batch]
     finally:
         await engine.dispose()
+
+
+async def test_an_outage_fails_the_whole_batch_at_once(tmp_path: Path):
+    """The database unreachable (a loopback port nothing listens on): every waiting event fails
+    with the outage, from one connection attempt per flush, not one per event."""
+    from tests.conftest import free_port
+
+    engine = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test")
+    connects: list[int] = []
+    sa_event.listen(engine.sync_engine, "do_connect", lambda *args: connects.append(1))
+    try:
+        ingest = EventIngest(sessions=create_session_factory(engine), publish=_nowhere, notify=lambda: None)
+        batch = [events.fresh(name="down.here", payload={"n": n}) for n in range(20)]
+        outcomes = await asyncio.gather(*(ingest.store(e, size) for e, size in batch), return_exceptions=True)
+    finally:
+        await engine.dispose()
+    assert all(isinstance(o, Exception) and is_unavailable(o) for o in outcomes), outcomes
+    assert ingest.flushes == 0 and all(e.seq is None for e, _ in batch)
+    assert len(connects) < 20, len(connects)
+
+
+async def test_shutdown_answers_the_waiting_and_refuses_new_events(sessions, engine):
+    """close() waits for the flush in progress; one that outlives its grace is cancelled and its
+    events answered 503 (rolled back, not stored); after close() new events are refused."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE FUNCTION slow_event() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN PERFORM pg_sleep(3); RETURN NEW; END $$"
+            )
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER slow_event BEFORE INSERT ON events FOR EACH ROW "
+                "WHEN (NEW.name = 'slow.here') EXECUTE FUNCTION slow_event()"
+            )
+        )
+    try:
+        ingest = EventIngest(sessions=sessions, publish=_nowhere, notify=lambda: None)
+        slow, size = events.fresh(name="slow.here", payload={})
+        waiting = asyncio.create_task(ingest.store(slow, size))
+        await asyncio.sleep(0)  # the flush has begun
+        await ingest.close(grace=0.2)
+        with pytest.raises(ServiceUnavailable):
+            await waiting
+        late, late_size = events.fresh(name="late.here", payload={})
+        with pytest.raises(ServiceUnavailable, match="shutting down"):
+            await ingest.store(late, late_size)
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP TRIGGER slow_event ON events"))
+            await conn.execute(text("DROP FUNCTION slow_event()"))
+    async with sessions() as session:
+        assert list(await session.scalars(select(Event.name))) == []
+
+
+async def _nowhere(stored: list[dict[str, Any]]) -> None:
+    return None
