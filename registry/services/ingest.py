@@ -48,6 +48,8 @@ class _Pending:
     event: Event
     size: int
     done: asyncio.Future[None]
+    #: Committed: whatever happens next (a cancelled publish), its request answers success.
+    stored: bool = False
 
 
 class EventIngest:
@@ -111,7 +113,7 @@ class EventIngest:
             except BaseException:  # cancelled (shutdown): no request is left hanging
                 stopped = ServiceUnavailable("the API is shutting down; try again shortly")
                 for pending in [*batch, *self._queue]:
-                    _settle(pending, stopped)
+                    _settle(pending, None if pending.stored else stopped)
                 self._queue.clear()
                 raise
 
@@ -148,6 +150,8 @@ class EventIngest:
                 await events.insert_fresh(session, [p.event for p in batch])
         except Exception as exc:  # noqa: BLE001 - handed to each request, which answers it
             return exc
+        for pending in batch:
+            pending.stored = True
         self.flushes += 1
         self.largest = max(self.largest, len(batch))
         metrics.EVENT_INGEST_BATCH.observe(len(batch))

@@ -20,6 +20,7 @@ from registry.models import Event
 from registry.services import events
 from registry.services.dispatch import channel
 from registry.services.ingest import EventIngest
+from tests.conftest import eventually
 
 
 async def _post_all(client: Any, headers: dict[str, str], names: list[str]) -> list[Any]:
@@ -177,3 +178,25 @@ async def test_shutdown_answers_the_waiting_and_refuses_new_events(sessions, eng
 
 async def _nowhere(stored: list[dict[str, Any]]) -> None:
     return None
+
+
+async def test_an_event_committed_before_shutdown_cuts_its_flush_is_answered_stored(sessions):
+    """Shutdown cancels a flush stuck publishing (Redis hanging): its events are committed, so their
+    requests answer success, not 503 (a retry would store them twice)."""
+    hang = asyncio.Event()
+
+    async def stuck(stored: list[dict[str, Any]]) -> None:
+        await hang.wait()
+
+    ingest = EventIngest(sessions=sessions, publish=stuck, notify=lambda: None)
+    event, size = events.fresh(name="stored.first", payload={})
+    waiting = asyncio.create_task(ingest.store(event, size))
+
+    async def flushed() -> bool | None:
+        return True if ingest.flushes == 1 else None
+
+    await eventually(flushed, timeout=10, what="the event committed")
+    await ingest.close(grace=0.1)
+    await waiting  # no exception: it is stored
+    async with sessions() as session:
+        assert list(await session.scalars(select(Event.name))) == ["stored.first"]
