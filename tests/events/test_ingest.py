@@ -4,8 +4,10 @@ each is stored, answered and published exactly once, and one the database refuse
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,27 @@ from registry.services import events
 from registry.services.dispatch import channel
 from registry.services.ingest import EventIngest
 from tests.conftest import eventually
+
+
+@contextlib.asynccontextmanager
+async def on_insert(engine: Any, name: str, body: str) -> AsyncIterator[None]:
+    """A real PostgreSQL trigger running ``body`` (PL/pgSQL) before each insert of an event named ``name``."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(f"CREATE FUNCTION test_event_hook() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body}; END $$")
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER test_event_hook BEFORE INSERT ON events FOR EACH ROW "
+                f"WHEN (NEW.name = '{name}') EXECUTE FUNCTION test_event_hook()"
+            )
+        )
+    try:
+        yield
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP TRIGGER test_event_hook ON events"))
+            await conn.execute(text("DROP FUNCTION test_event_hook()"))
 
 
 async def _post_all(client: Any, headers: dict[str, str], names: list[str]) -> list[Any]:
@@ -66,26 +89,9 @@ async def test_concurrent_events_share_transactions_and_each_is_stored_and_publi
 async def test_an_event_the_database_refuses_fails_alone(client, sessions, engine, operator_headers, caplog):
     """A real refusal (a trigger raising for one name): the batch it was in is stored again one
     event at a time, so only that event fails, with the generic 500 body."""
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "CREATE FUNCTION refuse_event() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                "BEGIN RAISE EXCEPTION 'refused by the test'; END $$"
-            )
-        )
-        await conn.execute(
-            text(
-                "CREATE TRIGGER refuse_event BEFORE INSERT ON events FOR EACH ROW "
-                "WHEN (NEW.name = 'refused.here') EXECUTE FUNCTION refuse_event()"
-            )
-        )
-    try:
+    async with on_insert(engine, "refused.here", "RAISE EXCEPTION 'refused by the test'"):
         names = ["batch.ok"] * 15 + ["refused.here"] + ["batch.ok"] * 15
         replies = await _post_all(client, operator_headers, names)
-    finally:
-        async with engine.begin() as conn:
-            await conn.execute(text("DROP TRIGGER refuse_event ON events"))
-            await conn.execute(text("DROP FUNCTION refuse_event()"))
     statuses = [r.status_code for r in replies]
     assert statuses == [201] * 15 + [500] + [201] * 15, statuses
     refused_batches = [r.args[0] for r in caplog.records if r.getMessage().startswith("a batch of")]
@@ -144,20 +150,7 @@ async def test_an_outage_fails_the_whole_batch_at_once(tmp_path: Path):
 async def test_shutdown_answers_the_waiting_and_refuses_new_events(sessions, engine):
     """close() waits for the flush in progress; one that outlives its grace is cancelled and its
     events answered 503 (rolled back, not stored); after close() new events are refused."""
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "CREATE FUNCTION slow_event() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                "BEGIN PERFORM pg_sleep(3); RETURN NEW; END $$"
-            )
-        )
-        await conn.execute(
-            text(
-                "CREATE TRIGGER slow_event BEFORE INSERT ON events FOR EACH ROW "
-                "WHEN (NEW.name = 'slow.here') EXECUTE FUNCTION slow_event()"
-            )
-        )
-    try:
+    async with on_insert(engine, "slow.here", "PERFORM pg_sleep(3); RETURN NEW"):
         ingest = EventIngest(sessions=sessions, publish=_nowhere, notify=lambda: None)
         slow, size = events.fresh(name="slow.here", payload={})
         waiting = asyncio.create_task(ingest.store(slow, size))
@@ -168,10 +161,6 @@ async def test_shutdown_answers_the_waiting_and_refuses_new_events(sessions, eng
         late, late_size = events.fresh(name="late.here", payload={})
         with pytest.raises(ServiceUnavailable, match="shutting down"):
             await ingest.store(late, late_size)
-    finally:
-        async with engine.begin() as conn:
-            await conn.execute(text("DROP TRIGGER slow_event ON events"))
-            await conn.execute(text("DROP FUNCTION slow_event()"))
     async with sessions() as session:
         assert list(await session.scalars(select(Event.name))) == []
 
