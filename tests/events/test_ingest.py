@@ -154,7 +154,18 @@ async def test_shutdown_answers_the_waiting_and_refuses_new_events(sessions, eng
         ingest = EventIngest(sessions=sessions, publish=_nowhere, notify=lambda: None)
         slow, size = events.fresh(name="slow.here", payload={})
         waiting = asyncio.create_task(ingest.store(slow, size))
-        await asyncio.sleep(0)  # the flush has begun
+
+        async def inserting() -> bool | None:
+            async with engine.connect() as conn:
+                busy = await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                        "AND datname = current_database() AND query LIKE 'INSERT INTO events%'"
+                    )
+                )
+            return True if busy else None
+
+        await eventually(inserting, timeout=10, what="the flush inside its INSERT")
         await ingest.close(grace=0.2)
         with pytest.raises(ServiceUnavailable):
             await waiting
