@@ -10,7 +10,11 @@ this process only drives HTTP.
 
 * **accepted/s**: ``POST /api/v1/events`` with ``--concurrency`` requests in flight, each event
   matched by ``--listeners`` enabled jobs (job-level event triggers; 0: ingest alone); an event
-  counts when its 201 arrives. Accept latency p50 / p95 is the POST's round trip.
+  counts when its 201 arrives. Accept latency p50 / p95 is the POST's round trip. The posts come from
+  ``bench/loadgen.py`` (keep-alive connections, one request in flight each), whose CPU per POST is
+  reported beside the API's: on this box httpx cost as much CPU as the API it loaded.
+* **event → dispatched**: from just before the POST to the event's ``dispatched_at`` (all its
+  workflow starts acknowledged by Temporal): whether the dispatcher keeps up.
 * **delivered/s**: events whose three runs have all completed (mirror rows COMPLETED), divided by
   the time from the first POST to the last completion.
 * **event → start latency**: from just before the POST to the handler's own ``time.time()`` (it
