@@ -5,7 +5,8 @@ taken from the server. httpx spent ~2.2 ms of CPU per ``POST /events`` here, as 
 spent answering it, so a loaded phase measured the two together. This client keeps ``connections``
 HTTP/1.1 keep-alive connections on plain asyncio streams, one request in flight on each (as wrk
 or hey do), and parses only the status line, ``Content-Length`` and the body: ~0.1 ms of CPU per
-request here, about a twentieth of httpx's. Everything else in the benchmarks (set-up, checks, low-load phases) still uses httpx.
+request here, about a twentieth of httpx's. Everything else in the benchmarks (set-up, checks,
+low-load phases) still uses httpx.
 """
 
 from __future__ import annotations
