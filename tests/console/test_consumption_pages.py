@@ -123,7 +123,9 @@ async def test_consumption_monitor_pages(stack: str, page: Any, browser: Any, us
 
         # History: the endpoint picker (first endpoint chosen), a chart and the readings.
         await tabs.get_by_role("link", name="History").click()
-        endpoint = page.get_by_label("Endpoint")
+        # The tab's page first: until it is drawn, "Endpoint" also labels the Endpoints page's panels.
+        await expect(page.get_by_role("heading", name="History", exact=True)).to_be_visible()
+        endpoint = page.get_by_label("Endpoint", exact=True)
         await expect(endpoint).not_to_have_value("")
         await endpoint.select_option(label="rack A")
         await expect(page).to_have_url(f"{stack}{PAGES}/history?endpoint={ids[0]}")
