@@ -250,7 +250,7 @@ async def accept(
         # A fresh id cannot collide: no savepoint (two round trips) needed, and no unit of work:
         # one prebuilt INSERT ... RETURNING seq (the ORM flush was ~15 % of the API's CPU here).
         event = _new_event(name=name, payload=payload, source=source, occurred_at=occurred_at)
-        event.seq = (await session.execute(_INSERT_ACCEPTED, accepted_values(event))).scalar_one()
+        await insert_fresh(session, [event])
         return event, True
     existing = await session.scalar(select(Event).where(Event.id == event_id))
     if existing is not None:
