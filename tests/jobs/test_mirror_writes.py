@@ -296,9 +296,10 @@ async def test_a_run_cancelled_before_its_first_step_never_starts(
 async def test_the_worker_heartbeats_at_the_timeout_the_run_asked_for(
     client, module, operator_headers, temporal_settings, temporal_env, sessions
 ):
-    """The API plans a 1 s heartbeat timeout; a worker configured for 60 s must still heartbeat in
-    time (it follows the activity's own timeout), or the 3.5 s step would be retried."""
-    temporal_settings.heartbeat_timeout_seconds = 1  # the API's (and so the plan's) setting
+    """The API plans a 2 s heartbeat timeout; a worker configured for 60 s must still heartbeat in
+    time (it follows the activity's own timeout, beating every 0.67 s), or the 3.5 s step would be
+    retried. (1 s left a loaded CI box 0.5 s of slack, and a first beat was once late.)"""
+    temporal_settings.heartbeat_timeout_seconds = 2  # the API's (and so the plan's) setting
     worker_settings = temporal_settings.model_copy(update={"heartbeat_timeout_seconds": 60})
     async with running_worker(worker_settings, temporal_env.client):
         job = await _job(client, operator_headers, "slow")
