@@ -114,15 +114,19 @@ class _Beat:
     inherited: list[Any] = field(default_factory=list)
     #: The logs of an item's earlier failed runs (``forEach``), handed to the item's next attempt.
     item_logs: str | None = None
+    #: What the handler's last ``ctx.heartbeat(*details)`` said, sent after the platform's own
+    #: detail with every heartbeat (so the next platform beat does not erase it).
+    progress: list[Any] = field(default_factory=list)
 
     def details(self) -> list[Any]:
         if self.item_logs is not None:
-            return [{_BEAT: 1, "run": self.run, "started": self.started, "at": time.time(), "logs": self.item_logs}]
+            beat = {_BEAT: 1, "run": self.run, "started": self.started, "at": time.time(), "logs": self.item_logs}
+            return [beat, *self.progress]
         if self.ended is not None:
             return [{_BEAT: 1, "run": self.ended["attempt"], "end": self.ended}]
         if not self.run:
             return list(self.inherited)
-        return [{_BEAT: 1, "run": self.run, "started": self.started, "at": time.time()}]
+        return [{_BEAT: 1, "run": self.run, "started": self.started, "at": time.time()}, *self.progress]
 
 
 #: Key of the platform's heartbeat details (the first detail of every step heartbeat).
@@ -140,10 +144,9 @@ class _StepRuntime:
         self._emitted: dict[str, int] = {}
 
     def heartbeat(self, *details: Any) -> None:
-        if self._loop is _running_loop():
-            activity.heartbeat(*self._beat.details(), *details)
-        else:
-            self._loop.call_soon_threadsafe(lambda: activity.heartbeat(*self._beat.details(), *details))
+        # Kept, not sent: the step's heartbeat loop sends it with its next beat (every third of the
+        # heartbeat timeout), so a handler heartbeating in a tight loop costs the server nothing more.
+        self._beat.progress = list(details)
 
     def is_cancelled(self) -> bool:
         return self._activities.cancelled.get(_cancel_key(self._inp), False)
@@ -158,13 +161,6 @@ class _StepRuntime:
 
 async def _await(aw: Awaitable[Any]) -> Any:
     return await aw
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 _A = TypeVar("_A")
@@ -970,7 +966,11 @@ class JobActivities:
 
     async def _heartbeats(self, beat: _Beat) -> None:
         """Heartbeat for the whole step (loading code included), so slow preparation is not
-        mistaken for a lost worker, and cancellation is delivered while the handler runs."""
+        mistaken for a lost worker, and cancellation is delivered while the handler runs.
+
+        Three beats per heartbeat timeout reach the server: the worker lowers the SDK's heartbeat
+        throttle (80 % of the timeout by default, which would leave a beat a fifth of the timeout
+        to arrive) to :data:`workflows.worker.HEARTBEAT_THROTTLE`."""
         timeout = activity.info().heartbeat_timeout
         # What the workflow asked for (it may come from another process's settings); ours otherwise.
         seconds = timeout.total_seconds() if timeout else self.settings.heartbeat_timeout_seconds

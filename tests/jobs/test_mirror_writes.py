@@ -64,6 +64,15 @@ def slow(ctx):
         time.sleep(0.05)
     return "done"
 
+def progress(ctx):
+    import time
+    from pathlib import Path
+    ctx.heartbeat("page", 3)
+    Path(ctx.config["marker"] + ".running").touch()
+    while not Path(ctx.config["marker"] + ".release").exists():  # held until the test releases it
+        time.sleep(0.05)
+    return "done"
+
 def first(ctx):
     ctx.logger.info("first step")
     return 2
@@ -86,6 +95,7 @@ JOBS: list[dict[str, Any]] = [
     {"name": "odd", "description": "a result PostgreSQL cannot store as is", "handler": "odd"},
     {"name": "boom", "description": "fails", "handler": "boom"},
     {"name": "slow", "description": "runs 3.5 s", "handler": "slow"},
+    {"name": "progress", "description": "heartbeats its progress once", "handler": "progress", "config": CONFIG},
     {"name": "gated_failure", "description": "fails when released", "handler": "gated_failure", "config": CONFIG},
     {
         "name": "pipeline",
@@ -306,6 +316,70 @@ async def test_the_worker_heartbeats_at_the_timeout_the_run_asked_for(
         body = (await client.post(f"/api/v1/jobs/{job['id']}/execute?wait=true", headers=operator_headers)).json()
     assert body["status"] == "COMPLETED" and body["result"] == "done", body
     assert body["attempt"] == 1
+
+
+async def test_a_handlers_heartbeat_details_ride_on_the_platforms_beats(
+    client, module, operator_headers, temporal_settings, temporal_env, sessions, tmp_path
+):
+    """``ctx.heartbeat("page", 3)`` once: every later beat of the step carries it after the
+    platform's own detail, so the server keeps showing it (before, the next platform beat erased
+    it), and the handler's call costs no heartbeat of its own."""
+    temporal_settings.heartbeat_timeout_seconds = 2  # a beat every 0.67 s
+    marker = tmp_path / "progress"
+    seen: list[tuple[Any, list[Any]]] = []
+    async with running_worker(temporal_settings, temporal_env.client):
+        job = await _job(client, operator_headers, "progress", config={"marker": str(marker)})
+        execution_id = (await client.post(f"/api/v1/jobs/{job['id']}/execute", headers=operator_headers)).json()["id"]
+        handle = temporal_env.client.get_workflow_handle(f"exec-{execution_id}")
+
+        async def two_beats_with_progress() -> bool:
+            if not (tmp_path / "progress.running").exists():
+                return False
+            pending = (await handle.describe()).raw_description.pending_activities
+            if not pending or not pending[0].heartbeat_details.payloads:
+                return False
+            details = DATA_CONVERTER.payload_converter.from_payloads(pending[0].heartbeat_details.payloads)
+            when = pending[0].last_heartbeat_time.ToDatetime()
+            if not seen or seen[-1][0] != when:
+                seen.append((when, details))
+            return len(seen) >= 2 and all(d[1:] == ["page", 3] for _, d in seen[-2:])
+
+        await eventually(two_beats_with_progress, timeout=30, what="two beats that carry the handler's progress")
+        (tmp_path / "progress.release").touch()
+        row = await _final_row(sessions, execution_id)
+    assert all(d[0].get("autoplat_step_beat") == 1 for _, d in seen), seen  # the platform's detail first
+    assert row.status == "COMPLETED" and row.attempt == 1, (row.status, row.attempt)
+
+
+async def test_the_server_sees_a_beat_every_third_of_the_heartbeat_timeout(
+    client, module, operator_headers, temporal_settings, temporal_env, sessions, tmp_path
+):
+    """The SDK holds a heartbeat back for up to 80 % of the timeout by default (2.4 s of 3 s here,
+    leaving a beat 0.6 s to arrive); the worker lowers that throttle, so the step's own cadence, a
+    third of the timeout, is what the server sees. The median gap is judged: a stall of the box
+    may stretch one."""
+    temporal_settings.heartbeat_timeout_seconds = 3
+    marker = tmp_path / "progress"
+    beats: list[Any] = []
+    async with running_worker(temporal_settings, temporal_env.client):
+        job = await _job(client, operator_headers, "progress", config={"marker": str(marker)})
+        execution_id = (await client.post(f"/api/v1/jobs/{job['id']}/execute", headers=operator_headers)).json()["id"]
+        handle = temporal_env.client.get_workflow_handle(f"exec-{execution_id}")
+
+        async def six_beats() -> bool:
+            pending = (await handle.describe()).raw_description.pending_activities
+            if pending and pending[0].HasField("last_heartbeat_time"):
+                when = pending[0].last_heartbeat_time.ToDatetime()
+                if not beats or beats[-1] != when:
+                    beats.append(when)
+            return len(beats) >= 6
+
+        await eventually(six_beats, timeout=60, what="six heartbeats of the step")
+        (tmp_path / "progress.release").touch()
+        row = await _final_row(sessions, execution_id)
+    gaps = sorted((b - a).total_seconds() for a, b in zip(beats, beats[1:], strict=False))
+    assert gaps[len(gaps) // 2] < 2.0, gaps  # 1 s; the SDK's default throttle gives 2.4 s
+    assert row.status == "COMPLETED" and row.attempt == 1, (row.status, row.attempt)
 
 
 async def test_a_cancel_while_the_end_is_written_still_records_the_end(

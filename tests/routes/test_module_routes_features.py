@@ -110,7 +110,8 @@ ROUTES = [
             "properties": {"name": {"type": "string", "minLength": 1}},
         },
     },
-    {"method": "GET", "path": "/slow", "job": "slow", "waitSeconds": 1},
+    # 2 s: the step must have started (RUNNING) when the wait ends, also on a loaded box.
+    {"method": "GET", "path": "/slow", "job": "slow", "waitSeconds": 2},
     {"method": "GET", "path": "/boom", "job": "boom"},
     {"method": "POST", "path": "/jobs", "job": "background", "mode": "async"},
     {"method": "GET", "path": "/nothing", "job": "nothing"},
@@ -215,7 +216,7 @@ async def test_async_route_answers_202_and_the_execution_can_be_polled(mod, clie
 
 
 async def test_sync_call_outliving_its_wait_is_a_504_naming_the_running_execution(mod, client, viewer_headers):
-    r = await client.get(f"{BASE}/slow", params={"seconds": "3"}, headers=viewer_headers)
+    r = await client.get(f"{BASE}/slow", params={"seconds": "4"}, headers=viewer_headers)
     assert r.status_code == 504, r.text
     error = r.json()["error"]
     execution_id = error["details"]["execution_id"]
