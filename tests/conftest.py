@@ -264,8 +264,13 @@ async def running_worker(settings: Settings, client: Any) -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def worker(temporal_settings: Settings, temporal_env: Any, engine: Any) -> AsyncIterator[Any]:
-    """A real worker on the test's own task queue, running the platform's workflows and activities."""
-    temporal_settings.heartbeat_timeout_seconds = 2
+    """A real worker on the test's own task queue, running the platform's workflows and activities.
+
+    Heartbeat timeout 5 s (a beat every 1.7 s): cancellation lands within 2 s, and a worker process
+    starved of CPU for over a second on a loaded CI box (three test processes, their Temporal
+    servers and Chromium on two cores) does not have its running steps retried. Tests of lost
+    workers and heartbeat timing set their own."""
+    temporal_settings.heartbeat_timeout_seconds = 5
     async with running_worker(temporal_settings, temporal_env.client) as w:
         try:
             yield w
