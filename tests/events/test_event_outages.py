@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,17 @@ async def port_open(port: int) -> bool:
 class Process:
     """A server process that can be stopped and started again with the same arguments."""
 
-    def __init__(self, argv: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        port: int,
+        log: Path,
+        env: dict[str, str] | None = None,
+        ready: Callable[[int], Awaitable[bool]] | None = None,
+    ) -> None:
         self.argv, self.port, self.log, self.env = argv, port, log, env
+        #: Beyond a listening port: Temporal's frontend answers "not healthy yet" for a while.
+        self.ready = ready
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> None:
@@ -46,9 +55,9 @@ class Process:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.argv[0]} exited: {self.log.read_text()[-2000:]}")
-            return await port_open(self.port)
+            return await port_open(self.port) and (self.ready is None or await self.ready(self.port))
 
-        await eventually(up, timeout=60, what=f"{Path(self.argv[0]).name} listening on {self.port}")
+        await eventually(up, timeout=60, what=f"{Path(self.argv[0]).name} ready on {self.port}")
 
     async def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -78,6 +87,17 @@ async def headers(make_user: Any, sessions: Any, settings: Any) -> dict[str, str
     return {"Authorization": f"Bearer {pair.access_token}"}
 
 
+async def temporal_ready(port: int) -> bool:
+    """The dev server's frontend takes clients (a listening port is not enough)."""
+    from temporalio.client import Client
+
+    try:
+        await Client.connect(f"127.0.0.1:{port}")
+    except RuntimeError:  # "Frontend is not healthy yet", or not listening
+        return False
+    return True
+
+
 @pytest.fixture
 async def own_temporal(tmp_path: Path) -> AsyncIterator[Process]:
     """A Temporal dev server of this test alone, with its history in a file that survives a restart."""
@@ -100,7 +120,7 @@ async def own_temporal(tmp_path: Path) -> AsyncIterator[Process]:
         "--dynamic-config-value",
         "matching.numTaskqueueWritePartitions=1",
     ]
-    server = Process(argv, port, tmp_path / "temporal.log")
+    server = Process(argv, port, tmp_path / "temporal.log", ready=temporal_ready)
     await server.start()
     try:
         yield server
