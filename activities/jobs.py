@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.common import RawValue
+from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
 
 from activities.handlers import HandlerFailed, HandlerNotLoaded, HandlerPool, LimitExceeded, RunLimits
@@ -146,7 +147,7 @@ class _StepRuntime:
     def heartbeat(self, *details: Any) -> None:
         # Kept, not sent: the step's heartbeat loop sends it with its next beat (every third of the
         # heartbeat timeout), so a handler heartbeating in a tight loop costs the server nothing more.
-        self._beat.progress = list(details)
+        self._beat.progress = [_convertible(d) for d in details]
 
     def is_cancelled(self) -> bool:
         return self._activities.cancelled.get(_cancel_key(self._inp), False)
@@ -157,6 +158,16 @@ class _StepRuntime:
 
     def run_coroutine(self, coro: Awaitable[Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(_await(coro), self._loop).result()
+
+
+def _convertible(detail: Any) -> Any:
+    """A heartbeat detail as is if the SDK can convert it, else its repr: a beat with a detail it
+    cannot convert fails, and the SDK cancels an activity whose heartbeat fails."""
+    try:
+        DataConverter.default.payload_converter.to_payloads([detail])  # any thread, no activity context
+    except Exception:  # noqa: BLE001 - whatever the converter raises, the step's beats go on
+        return repr(detail)[:200]
+    return detail
 
 
 async def _await(aw: Awaitable[Any]) -> Any:

@@ -13,6 +13,7 @@ import secrets
 import sys
 import sysconfig
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -160,6 +161,23 @@ def _superuser(conn: psycopg.Connection[Any]) -> bool:
     return bool(row and row[0])
 
 
+def end_leftover_transactions(conn: psycopg.Connection[Any]) -> list[str]:
+    """End the other backends of ``conn``'s database that sit inside a transaction; their last
+    statements.
+
+    A connection an earlier test's app left in a transaction (a task cancelled in the middle of a
+    statement at the app's shutdown, its engine disposed around it) holds row locks that the
+    clean-up's DELETEs would wait on until pytest's timeout (a suite run hung on one). Between
+    tests no session may be in a transaction."""
+    leftover = conn.execute(
+        "SELECT pid, left(query, 120) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"
+    ).fetchall()
+    for pid, _ in leftover:
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    return [query for _, query in leftover]
+
+
 @pytest.fixture(autouse=True)
 def _clean_state(request: pytest.FixtureRequest) -> None:
     """Empty every table and the test Redis DB before each test that uses the database."""
@@ -167,6 +185,9 @@ def _clean_state(request: pytest.FixtureRequest) -> None:
         return
     url = request.getfixturevalue("pg_database").replace("postgresql+psycopg://", "postgresql://", 1)
     with psycopg.connect(url) as conn:
+        for query in end_leftover_transactions(conn):
+            warnings.warn(f"ended a connection an earlier test left in a transaction (last: {query})", stacklevel=1)
+        conn.execute("SET lock_timeout = '20s'")  # a lock still held: a clear error, not a hang
         # DELETE from the tables holding rows (a few ms) rather than TRUNCATE all of them (~75 ms:
         # new files for every table), with foreign keys off for this transaction so the order does not
         # matter; sequences restart as TRUNCATE ... RESTART IDENTITY would.
