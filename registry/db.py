@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+log = logging.getLogger(__name__)
 
 
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
@@ -128,11 +131,18 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
 
 @asynccontextmanager
 async def unit_of_work(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """A session that commits on success and rolls back on any error: the one place that commits."""
+    """A session that commits on success and rolls back on any error: the one place that commits.
+
+    The error that ended the unit is the one raised: a rollback that fails too (the connection
+    lost with it, or ended while a cancellation was being handled) must not turn a cancellation
+    into an ordinary error, which a loop that survives errors would take for one and go on."""
     async with factory() as session:
         try:
             yield session
             await session.commit()
-        except BaseException:
-            await session.rollback()
+        except BaseException as exc:
+            try:
+                await session.rollback()
+            except Exception as failed:  # noqa: BLE001 - the original error is the one that matters
+                log.debug("rollback after %s failed: %r", type(exc).__name__, failed)
             raise

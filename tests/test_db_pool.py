@@ -45,3 +45,21 @@ async def test_without_the_ping_the_dead_connection_fails_once_then_the_pool_rec
         assert await backend_pid(engine) != first  # the pool was recycled after the failure
     finally:
         await engine.dispose()
+
+
+async def test_a_rollback_that_fails_does_not_replace_the_error_that_ended_the_unit(migrated):
+    """A unit cut by a cancellation whose connection is gone: the rollback fails too, and the
+    cancellation, not the rollback's error, is what the caller sees (a loop that survives errors
+    would otherwise take a stop for a failure and go on)."""
+    import asyncio
+
+    engine = db.create_engine(migrated)
+    sessions = db.create_session_factory(engine)
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            async with db.unit_of_work(sessions) as session:
+                pid = int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+                terminate(migrated, pid)
+                raise asyncio.CancelledError
+    finally:
+        await engine.dispose()

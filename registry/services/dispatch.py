@@ -649,7 +649,13 @@ class Dispatcher:
                 log.warning("event dispatcher ended with %r", task.exception())
 
     async def _run(self) -> None:
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # Stopped, though an error stood in for the cancellation on its way out (a statement
+                # cut by it failing instead): a stopped dispatcher stops, or it claims events on
+                # and on after its app is gone.
+                raise asyncio.CancelledError
             self._wake.clear()
             try:
                 report = await dispatch_pending(
@@ -665,6 +671,8 @@ class Dispatcher:
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the loop must survive a DB outage; events stay pending
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from None  # see above
                 log.exception("event dispatch failed")
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval)

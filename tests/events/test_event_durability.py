@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from redis.asyncio import Redis
 
 from registry.services.dispatch import Dispatcher, StartRequest, publish_live
@@ -75,3 +78,33 @@ async def test_events_recorded_by_runs_are_published_once(sessions):
     await dispatch_pending(sessions=sessions, start=down, publish=publish)
     assert [p["id"] for p in published] == [emitted.id]
     assert published[0]["execution_id"] == "x-1"
+
+
+async def test_a_stopped_dispatcher_stops_when_an_error_stands_in_for_the_cancellation(sessions):
+    """A cancellation that reaches a statement can come back as an ordinary error (the statement
+    failing as it is cut); the loop, which survives errors, must still end, or it claims events
+    on and on after its app is gone."""
+    from registry.db import unit_of_work
+    from registry.services import events
+
+    async with unit_of_work(sessions) as session:
+        events.record(session=session, name="data.synced", payload={}, source="m", execution_id="x-1")
+    publishing = asyncio.Event()
+
+    async def publish(data: dict[str, Any]) -> None:
+        publishing.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            raise RuntimeError("the connection went away as the call was cut") from None
+
+    async def start(request: StartRequest) -> None:
+        raise AssertionError("nothing listens")
+
+    dispatcher = Dispatcher(sessions=sessions, start=start, interval=0.05, publish=publish)
+    dispatcher.start()
+    loop_task = dispatcher._task
+    assert loop_task is not None
+    await asyncio.wait_for(publishing.wait(), timeout=20)
+    await dispatcher.stop(grace=5)
+    assert loop_task.done() and loop_task.cancelled()
