@@ -313,8 +313,8 @@ async def _prepare(
     except ChainTooLong as exc:
         _refuse(event, exc, report)
         return None
-    jobs = {event.id: [target.job for target in targets]} if targets else {}
-    return _pending(event, targets, await _deliveries(session, jobs) if jobs else {}, report)
+    deliveries = await _deliveries(session, {event.id: [t.job for t in targets]}) if targets else {}
+    return _pending(event, targets, deliveries, report)
 
 
 async def _prepare_together(
@@ -651,11 +651,6 @@ class Dispatcher:
     async def _run(self) -> None:
         task = asyncio.current_task()
         while True:
-            if task is not None and task.cancelling():
-                # Stopped, though an error stood in for the cancellation on its way out (a statement
-                # cut by it failing instead): a stopped dispatcher stops, or it claims events on
-                # and on after its app is gone.
-                raise asyncio.CancelledError
             self._wake.clear()
             try:
                 report = await dispatch_pending(
@@ -672,7 +667,10 @@ class Dispatcher:
                 raise
             except Exception:  # noqa: BLE001 - the loop must survive a DB outage; events stay pending
                 if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from None  # see above
+                    # Stopped, though an error stood in for the cancellation on its way out (a
+                    # statement cut by it failing instead): a stopped dispatcher stops, or it claims
+                    # events on and on after its app is gone.
+                    raise asyncio.CancelledError from None
                 log.exception("event dispatch failed")
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval)

@@ -18,7 +18,7 @@ def busy(ctx):
     marker = Path(ctx.config["marker"])
     ctx.logger.info("busy starts")
     try:
-        while True:
+        while True:  # a busy handler (the behaviour under test): it stops only when cancelled
             time.sleep(0.02)
             if not ctx.config.get("ignore_cancel") and ctx.is_cancelled():
                 break

@@ -112,6 +112,7 @@ async def test_the_import_check_times_out(tmp_path):
     pkg = tmp_path / "slow_mod"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
+    # A module whose import hangs (the behaviour under test): the check gives up after 0.5 s.
     (pkg / "jobs.py").write_text("import time\ntime.sleep(30)\ndef run(ctx):\n    return 1\n")
     manifest = {"jobs": [{"name": "a", "handler": "slow_mod.jobs:run"}]}
     assert await check_handlers(tmp_path, manifest, timeout=0.5) == {"*": "import check timed out after 0.5 s"}
